@@ -1,0 +1,1 @@
+"""versweep analysis: version-comparison reports from MLflow records (never imports torch)."""

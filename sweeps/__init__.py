@@ -1,0 +1,1 @@
+"""versweep host side: grids, Ray Tune trials, backends and MLflow records (never imports torch)."""

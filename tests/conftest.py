@@ -1,0 +1,54 @@
+"""Shared test fixtures: run the worker as a user (a child process) and read its events."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerRun:
+    """A finished ``python -m workers`` process: exit code, events, raw output."""
+
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.events = [json.loads(line) for line in proc.stdout.splitlines()
+                       if line.startswith("{")]
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == kind]
+
+    def one(self, kind: str) -> dict:
+        found = self.of(kind)
+        assert len(found) == 1, f"expected one {kind} event, got {len(found)}: {self.stdout}"
+        return found[0]
+
+    @property
+    def kinds(self) -> list[str]:
+        return [e["event"] for e in self.events]
+
+
+def run_worker(workload: str, config=None, *, raw_config: str | None = None,
+               timeout: float = 300, env: dict | None = None) -> WorkerRun:
+    """Run ``python -m workers`` from the repository root as the backends do."""
+    args = [sys.executable, "-m", "workers", workload]
+    if raw_config is not None:
+        args += ["--config", raw_config]
+    elif config is not None:
+        args += ["--config", json.dumps(config)]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+    return WorkerRun(proc)
+
+
+@pytest.fixture
+def worker():
+    """The ``run_worker`` function, as a fixture."""
+    return run_worker

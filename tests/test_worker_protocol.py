@@ -1,0 +1,66 @@
+"""Protocol v1 frame: env first, the right terminal event, the right exit code."""
+import json
+
+import pytest
+
+
+def test_env_workload_reports_versions_and_flags(worker):
+    run = worker("env", {"device": "cpu", "seed": 7})
+    assert run.returncode == 0, run.stderr
+    assert run.kinds == ["env", "result"]
+    env = run.events[0]
+    assert env["v"] == 1
+    for key in ("python", "torch", "cuda", "cudnn", "device", "gpu", "capability", "driver",
+                "flags", "workload", "config"):
+        assert key in env, key
+    assert env["device"] == "cpu"
+    assert env["workload"] == "env"
+    assert env["config"]["seed"] == 7
+    flags = env["flags"]
+    for key in ("tf32_matmul", "tf32_cudnn", "cudnn_benchmark", "cudnn_deterministic",
+                "deterministic_algorithms"):
+        assert key in flags, key
+    assert flags["tf32_matmul"] is False  # the worker turns TF32 off unless asked
+
+
+def test_every_line_is_versioned_json(worker):
+    run = worker("env", {})
+    for line in run.stdout.splitlines():
+        event = json.loads(line)
+        assert event["v"] == 1 and "event" in event
+
+
+@pytest.mark.parametrize(
+    "workload, raw, needle",
+    [
+        ("nope", "{}", "workload 'nope' is unknown"),
+        ("ptb_ml", "{}", "did you mean 'ptb_lm'"),
+        ("env", "{not json", "not valid JSON"),
+        ("env", "[1, 2]", "must be a JSON object"),
+        ("env", '{"devise": "cpu"}', "did you mean 'device'"),
+        ("env", '{"seed": "one"}', "'seed' is a string"),
+        ("env", '{"seed": -1}', "at least 0"),
+        ("env", '{"tf32": 1}', "must be true or false"),
+        ("env", '{"device": "tpu"}', "choose auto, cpu, cuda"),
+        ("env", "@/no/such/file.json", "cannot read config file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(worker, workload, raw, needle):
+    run = worker(workload, raw_config=raw)
+    assert run.returncode == 2
+    assert run.kinds == ["env", "error"]
+    error = run.events[-1]
+    assert error["kind"] == "bad_config"
+    assert needle in error["message"]
+    assert "\n" not in error["message"]
+    # A person reading stderr gets the same one line, never a traceback.
+    assert "Traceback" not in run.stderr
+    assert needle in run.stderr
+
+
+def test_config_from_file(worker, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"device": "cpu", "seed": 3}))
+    run = worker("env", raw_config=f"@{path}")
+    assert run.returncode == 0
+    assert run.events[0]["config"]["seed"] == 3
