@@ -1,33 +1,18 @@
 """``python -m workers <workload> --config '<json>'``: run one workload, speak protocol v1.
 
-A workload is a module with a small written contract:
-
-    SCHEMA                    dict of config.Field: the keys it accepts besides COMMON_SCHEMA
-    expand(raw) -> raw        optional: fill in a preset before validation (raw keys win)
-    env_extras(config) -> {}  optional: what the env event should add (e.g. the data source)
-    run(config, device, emitter)
-                              emits metric events and exactly one result, or raises
-                              Unsupported / WorkerError
+The workloads and their contract are in workers/workloads.py.
 
 The CLI owns the protocol's frame: env first, always; then the workload's
 events; then the exit code that says how it ended.
 """
 import argparse
-import difflib
 import importlib
 import json
 import sys
 
 from . import protocol
-from .config import resolve
 from .protocol import BadConfig, Emitter, Unsupported, WorkerError
-
-# Explicit registry: name -> module (imported only when asked for).
-WORKLOADS = {
-    "env": ".envcheck",
-    "ptb_lm": ".ptb_lm",
-    "rnn_bench": ".rnn_bench",
-}
+from .workloads import WORKLOADS, check_workload, resolve_workload_config
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -64,25 +49,10 @@ def load_config_text(text):
         raise BadConfig("the config is not valid JSON: %s" % exc) from None
 
 
-def load_workload(name):
-    """Import a workload module by its registered name, or raise BadConfig."""
-    if name not in WORKLOADS:
-        near = difflib.get_close_matches(name, list(WORKLOADS), n=1, cutoff=0.6)
-        hint = "did you mean '%s'? " % near[0] if near else ""
-        raise BadConfig("workload '%s' is unknown; %svalid workloads: %s"
-                        % (name, hint, ", ".join(sorted(WORKLOADS))))
-    return importlib.import_module(WORKLOADS[name], package=__package__)
-
-
-def resolve_config(module, raw):
-    """Validate the raw config against the workload's schema plus the common keys."""
-    from .runtime import COMMON_SCHEMA
-
-    schema = dict(COMMON_SCHEMA)
-    schema.update(module.SCHEMA)
-    if isinstance(raw, dict) and hasattr(module, "expand"):
-        raw = module.expand(raw)
-    return resolve(schema, raw)
+def load_runner(name):
+    """Import the runner module of a registered workload (this imports torch)."""
+    check_workload(name)
+    return importlib.import_module(WORKLOADS[name][1], package=__package__)
 
 
 def main(argv=None, stdout=None, stderr=None):
@@ -112,8 +82,8 @@ def main(argv=None, stdout=None, stderr=None):
 
     try:
         args = _parser().parse_args(argv)
-        module = load_workload(args.workload)
-        config = resolve_config(module, load_config_text(args.config))
+        config = resolve_workload_config(args.workload, load_config_text(args.config))
+        module = load_runner(args.workload)
         device = runtime.resolve_device(config["device"])
         runtime.apply_numerics(config, device)
         extras = module.env_extras(config) if hasattr(module, "env_extras") else {}

@@ -11,26 +11,7 @@ import time
 
 import torch
 
-from .config import Field
 from .protocol import BadConfig
-
-# Keys every workload accepts, merged into its own schema by the CLI.
-COMMON_SCHEMA = {
-    # "auto" takes the first CUDA device when there is one (inside a Ray trial
-    # CUDA_VISIBLE_DEVICES already narrows that to the GPU Ray gave the trial).
-    "device": Field("str", "auto", help="auto, cpu, cuda or cuda:N"),
-    # Seeds torch's CPU and CUDA generators, so two runs on the CPU agree exactly.
-    "seed": Field("int", 1234, minimum=0),
-    # TF32 changes fp32 math on Ampere and newer; off by default so "fp32" means
-    # the same thing on every torch version (the default flipped in 1.12).
-    "tf32": Field("bool", False),
-    # cudnn.benchmark picks kernels by timing them: faster, but not comparable across runs.
-    "cudnn_benchmark": Field("bool", False),
-    # Ask for deterministic algorithms where torch can (cudnn.deterministic always).
-    "deterministic": Field("bool", False),
-    # CPU threads for intra-op parallelism; null leaves torch's default.
-    "num_threads": Field("int", None, nullable=True, positive=True),
-}
 
 
 def resolve_device(name):

@@ -1,0 +1,142 @@
+"""The validated shape of a sweep: frozen dataclasses that grid files are loaded into.
+
+Configuration is typed and checked at the edge (sweeps/grid.py turns a TOML grid
+into these); everything after that trusts them. Nothing here imports Ray, MLflow
+or torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Trial statuses, as the `versweep.status` tag records them (DESIGN.md).
+STATUSES = ("ok", "unsupported", "failed", "diverged", "stopped")
+
+# The image name the `local` backend runs on: the host's own interpreter and torch.
+LOCAL_IMAGE = "local"
+
+
+def trial_key(workload: str, image: str, config: dict[str, Any], repeat: int) -> str:
+    """A stable id for one trial: the same inputs always give the same key.
+
+    Resuming a sweep looks trials up by this key, so it must not depend on
+    anything but what the trial computes (not on the order of keys, not on time).
+    """
+    payload = json.dumps(
+        {"workload": workload, "image": image, "config": config, "repeat": repeat},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Image:
+    """One entry of images/matrix.toml: a Docker image that pins a PyTorch build."""
+
+    name: str  # e.g. "torch-1.13.1-cu117"
+    base: str  # the pytorch/pytorch tag it builds FROM
+    torch: str
+    python: str
+    cuda: str | None  # None for a CPU-only image
+    cudnn: str | None
+    archs: tuple[str, ...]  # GPU architectures with code compiled in, e.g. ("sm_80", "sm_90")
+    ptx: tuple[str, ...] = ()  # virtual architectures embedded as PTX (JIT on newer GPUs)
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial of a grid: a workload with a resolved config on one image, one repeat."""
+
+    workload: str
+    image: str
+    config: tuple[tuple[str, Any], ...]  # the worker config, sorted (key, value) pairs
+    repeat: int
+    group: int  # which [[group]] of the grid file it came from
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    @property
+    def key(self) -> str:
+        return trial_key(self.workload, self.image, self.config_dict, self.repeat)
+
+    @property
+    def name(self) -> str:
+        """A name a person can read in the MLflow UI."""
+        cfg = self.config_dict
+        if self.workload == "rnn_bench":
+            label = f"rnn_bench {cfg.get('bench')} {cfg.get('impl')}"
+            if cfg.get("cell", "lstm") != "lstm":
+                label += f" {cfg['cell']}"
+        elif self.workload == "ptb_lm":
+            label = f"ptb_lm {cfg.get('preset', 'custom')}"
+        else:
+            label = self.workload
+        return f"{label} @ {self.image} #{self.repeat}"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension of a search space."""
+
+    name: str  # the worker config key it sets
+    kind: str  # "uniform", "loguniform", "int", "choice"
+    low: float | None = None
+    high: float | None = None
+    values: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """ASHA early stopping on a per-step metric."""
+
+    kind: str  # "asha"
+    grace_period: int  # steps (epochs) before a trial can be stopped
+    reduction_factor: int
+    max_t: int  # the most steps a trial runs
+
+
+@dataclass(frozen=True)
+class Search:
+    """Optuna search over one workload's config on one image."""
+
+    workload: str
+    image: str
+    base_config: tuple[tuple[str, Any], ...]  # fixed keys; the space's keys are added per trial
+    space: tuple[Param, ...]
+    metric: str  # e.g. "valid_perplexity", reported per step by the worker
+    mode: str  # "min" or "max"
+    num_samples: int
+    sampler: str  # "tpe"
+    seed: int
+    scheduler: Scheduler | None
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A whole validated grid file."""
+
+    name: str
+    path: Path
+    text: str  # the grid file as written, logged on the parent run
+    description: str
+    backend: str  # "local", later "docker"
+    device: str  # "auto", "cpu" or "cuda": what trials ask Ray for
+    trial_timeout_s: float
+    retries: int  # how often a crashed trial is retried before it is recorded as failed
+    max_concurrent: int | None
+    trials: tuple[TrialSpec, ...] = ()
+    search: Search | None = None
+    data_dir: str | None = None  # PTB data on the host; None: the synthetic corpus
+    images: tuple[Image, ...] = field(default=())  # the matrix entries the grid names
+
+    @property
+    def is_search(self) -> bool:
+        return self.search is not None

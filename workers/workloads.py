@@ -1,0 +1,82 @@
+"""The workloads and their config schemas, without torch.
+
+This module and the ``*_config`` modules it imports are standard library only,
+so the host (sweeps/) validates a grid's trial configs with exactly the rules
+the worker applies, before any trial starts, without importing torch.
+
+A workload has a torch-free config module with:
+
+    SCHEMA                    dict of config.Field: the keys it accepts besides COMMON_SCHEMA
+    expand(raw) -> raw        optional: fill in a preset before validation (raw keys win)
+    check(config)             optional: cross-key checks on the resolved config (BadConfig)
+
+and a runner module (imports torch) with:
+
+    env_extras(config) -> {}  optional: what the env event adds (e.g. the data source)
+    run(config, device, emitter)
+                              emits metric events and exactly one result, or raises
+                              Unsupported / WorkerError
+"""
+import difflib
+
+from . import ptb_lm_config, rnn_bench_config
+from .config import Field, resolve
+from .protocol import BadConfig
+
+# Keys every workload accepts, merged into its own schema.
+COMMON_SCHEMA = {
+    # "auto" takes the first CUDA device when there is one (inside a Ray trial
+    # CUDA_VISIBLE_DEVICES already narrows that to the GPU Ray gave the trial).
+    "device": Field("str", "auto", help="auto, cpu, cuda or cuda:N"),
+    # Seeds torch's CPU and CUDA generators, so two runs on the CPU agree exactly.
+    "seed": Field("int", 1234, minimum=0),
+    # TF32 changes fp32 math on Ampere and newer; off by default so "fp32" means
+    # the same thing on every torch version (the default flipped in 1.12).
+    "tf32": Field("bool", False),
+    # cudnn.benchmark picks kernels by timing them: faster, but not comparable across runs.
+    "cudnn_benchmark": Field("bool", False),
+    # Ask for deterministic algorithms where torch can (cudnn.deterministic always).
+    "deterministic": Field("bool", False),
+    # CPU threads for intra-op parallelism; null leaves torch's default.
+    "num_threads": Field("int", None, nullable=True, positive=True),
+}
+
+
+
+# name -> (config module, runner module imported only when the workload runs)
+WORKLOADS = {
+    "env": (None, ".envcheck"),
+    "ptb_lm": (ptb_lm_config, ".ptb_lm"),
+    "rnn_bench": (rnn_bench_config, ".rnn_bench"),
+}
+
+
+def check_workload(name):
+    """Raise BadConfig unless ``name`` is a known workload, naming the nearest one."""
+    if name not in WORKLOADS:
+        near = difflib.get_close_matches(str(name), list(WORKLOADS), n=1, cutoff=0.6)
+        hint = "did you mean '%s'? " % near[0] if near else ""
+        raise BadConfig("workload '%s' is unknown; %svalid workloads: %s"
+                        % (name, hint, ", ".join(sorted(WORKLOADS))))
+
+
+def schema_for(name):
+    """The full schema of a workload: its own keys plus the common ones."""
+    check_workload(name)
+    module = WORKLOADS[name][0]
+    schema = dict(COMMON_SCHEMA)
+    if module is not None:
+        schema.update(module.SCHEMA)
+    return schema
+
+
+def resolve_workload_config(name, raw):
+    """Validate a raw config for workload ``name``; return it with every default filled in."""
+    schema = schema_for(name)
+    module = WORKLOADS[name][0]
+    if isinstance(raw, dict) and module is not None and hasattr(module, "expand"):
+        raw = module.expand(raw)
+    config = resolve(schema, raw)
+    if module is not None and hasattr(module, "check"):
+        module.check(config)
+    return config
