@@ -1,3 +1,155 @@
-"""Config schema of the `ptb_lm` workload (torch-free: the host validates grids with it)."""
+"""Config schema of the `ptb_lm` workload (torch-free: the host validates grids with it).
 
-SCHEMA = {}
+A config names a preset and may override any of its keys:
+
+    {"preset": "medium", "max_epochs": 2, "learning_rate": 0.5}
+
+``expand`` fills in the preset before validation; the user's keys win. Every
+preset number comes from the seed documents (docs: reference/seed-facts.md):
+small/medium/large are the TensorFlow PTB tutorial's SmallConfig, MediumConfig
+and LargeConfig (seed-facts section 2); kuchaiev2017 is the PyTorch port of the
+large model in deeplearningathome/pytorch-language-model (section 1.3).
+
+The learning-rate schedules live here too, as plain arithmetic on the config,
+so the host can show them without torch.
+"""
+import difflib
+
+from .config import Field
+from .protocol import BadConfig
+
+# The keys a preset sets. The user may override each of them.
+PRESETS = {
+    # TF tutorial SmallConfig: the non-regularised 2x200 model (no dropout).
+    "small": {
+        "hidden_size": 200, "num_layers": 2, "num_steps": 20, "batch_size": 20,
+        "epochs": 13, "learning_rate": 1.0, "lr_decay": 0.5, "lr_flat_epochs": 4,
+        "lr_schedule": "tf", "keep_prob": 1.0, "clip_norm": 5.0, "init_scale": 0.1,
+        "init": "tf", "loss": "sum_steps", "test_batch_size": 1, "test_num_steps": 1,
+    },
+    # TF tutorial MediumConfig (note: lr_decay 0.8, where Zaremba et al. wrote 1/1.2).
+    "medium": {
+        "hidden_size": 650, "num_layers": 2, "num_steps": 35, "batch_size": 20,
+        "epochs": 39, "learning_rate": 1.0, "lr_decay": 0.8, "lr_flat_epochs": 6,
+        "lr_schedule": "tf", "keep_prob": 0.5, "clip_norm": 5.0, "init_scale": 0.05,
+        "init": "tf", "loss": "sum_steps", "test_batch_size": 1, "test_num_steps": 1,
+    },
+    # TF tutorial LargeConfig.
+    "large": {
+        "hidden_size": 1500, "num_layers": 2, "num_steps": 35, "batch_size": 20,
+        "epochs": 55, "learning_rate": 1.0, "lr_decay": 1 / 1.15, "lr_flat_epochs": 14,
+        "lr_schedule": "tf", "keep_prob": 0.35, "clip_norm": 10.0, "init_scale": 0.04,
+        "init": "tf", "loss": "sum_steps", "test_batch_size": 1, "test_num_steps": 1,
+    },
+    # Kuchaiev's 2017 PyTorch port (ptb-lm.py defaults and its hard-coded constants):
+    # lr 20 with a mean loss and clip 0.25 stand in for TF's lr 1 with a summed loss and
+    # clip 10; the decay compounds (lr_decay_base 1/1.15, m_flat_lr 14); the test pass
+    # runs with batch 1 but keeps num_steps 35; init_range 0.1 for embedding and softmax.
+    "kuchaiev2017": {
+        "hidden_size": 1500, "num_layers": 2, "num_steps": 35, "batch_size": 20,
+        "epochs": 40, "learning_rate": 20.0, "lr_decay": 1 / 1.15, "lr_flat_epochs": 14,
+        "lr_schedule": "compound", "keep_prob": 0.35, "clip_norm": 0.25, "init_scale": 0.1,
+        "init": "kuchaiev2017", "loss": "mean", "test_batch_size": 1, "test_num_steps": 35,
+    },
+}
+
+DEFAULT_PRESET = "small"
+
+# What the preset's authors published for it on the real PTB, for the env event
+# (seed-facts 1.2 and section 2). A run on other data or other settings will differ.
+PUBLISHED_PERPLEXITY = {
+    "small": {"train": 37.99, "valid": 121.39, "test": 115.91,
+              "source": "tensorflow/models ptb_word_lm.py docstring"},
+    "medium": {"train": 48.45, "valid": 86.16, "test": 82.07,
+               "source": "tensorflow/models ptb_word_lm.py docstring"},
+    "large": {"train": 37.87, "valid": 82.62, "test": 78.29,
+              "source": "tensorflow/models ptb_word_lm.py docstring"},
+    "kuchaiev2017": {"test": 78.04,
+                     "source": "deeplearningathome/pytorch-language-model README (~78.04)"},
+}
+
+_SMALL = PRESETS[DEFAULT_PRESET]
+
+SCHEMA = {
+    # Which published configuration to start from; every other key overrides it.
+    "preset": Field("str", DEFAULT_PRESET, choices=sorted(PRESETS)),
+    # A directory with ptb.train.txt, ptb.valid.txt, ptb.test.txt; null: the synthetic corpus.
+    "data_dir": Field("str", None, nullable=True),
+    # LSTM hidden size, also the embedding size (as in both seeds).
+    "hidden_size": Field("int", _SMALL["hidden_size"], positive=True),
+    "num_layers": Field("int", _SMALL["num_layers"], positive=True),
+    # Truncated-BPTT length: tokens per row per training step.
+    "num_steps": Field("int", _SMALL["num_steps"], positive=True),
+    "batch_size": Field("int", _SMALL["batch_size"], positive=True),
+    # The preset's full number of epochs (the schedule is defined over these).
+    "epochs": Field("int", _SMALL["epochs"], positive=True),
+    "learning_rate": Field("float", _SMALL["learning_rate"], positive=True),
+    "lr_decay": Field("float", _SMALL["lr_decay"], positive=True, maximum=1.0),
+    # Epochs trained at the initial learning rate before the decay starts.
+    "lr_flat_epochs": Field("int", _SMALL["lr_flat_epochs"], minimum=0),
+    # "tf": lr0 * decay ** max(epoch + 1 - flat, 0); "compound": the port's running product.
+    "lr_schedule": Field("str", _SMALL["lr_schedule"], choices=("tf", "compound")),
+    # Dropout keep probability (dropout p = 1 - keep_prob); 1.0 turns dropout off.
+    "keep_prob": Field("float", _SMALL["keep_prob"], positive=True, maximum=1.0),
+    # Global gradient-norm clip.
+    "clip_norm": Field("float", _SMALL["clip_norm"], positive=True),
+    "init_scale": Field("float", _SMALL["init_scale"], positive=True),
+    # "tf": every parameter U(-init_scale, init_scale); "kuchaiev2017": embedding and
+    # softmax weight U(-init_scale, init_scale), softmax bias 0, LSTM at torch's default.
+    "init": Field("str", _SMALL["init"], choices=("tf", "kuchaiev2017")),
+    # "sum_steps": TF's cost (batch mean summed over num_steps); "mean": mean over B*T tokens.
+    "loss": Field("str", _SMALL["loss"], choices=("sum_steps", "mean")),
+    # The test pass's batch layout (TF: 1 x 1; the port: 1 x 35).
+    "test_batch_size": Field("int", _SMALL["test_batch_size"], positive=True),
+    "test_num_steps": Field("int", _SMALL["test_num_steps"], positive=True),
+    # Limits for quick runs; null = the full run.
+    "max_epochs": Field("int", None, nullable=True, positive=True),
+    "max_steps_per_epoch": Field("int", None, nullable=True, positive=True),
+    "max_eval_steps": Field("int", None, nullable=True, positive=True),
+    # Size of the synthetic corpus (used when data_dir is null): tokens over all three
+    # splits including <eos>, and the number of word types including <eos> and <unk>.
+    "synthetic_words": Field("int", 60000, positive=True),
+    "synthetic_vocab": Field("int", 1000, minimum=3),
+}
+
+
+def expand(raw):
+    """Fill in the preset's keys; keys the user gave win. Unknown preset -> BadConfig."""
+    preset = raw.get("preset", DEFAULT_PRESET)
+    if not isinstance(preset, str):
+        return raw  # resolve() reports the wrong type with the usual message
+    if preset not in PRESETS:
+        near = difflib.get_close_matches(preset, list(PRESETS), n=1, cutoff=0.4)
+        hint = " (did you mean '%s'?)" % near[0] if near else ""
+        raise BadConfig("config key 'preset' is '%s'%s; choose one of: %s"
+                        % (preset, hint, ", ".join(sorted(PRESETS))))
+    expanded = dict(PRESETS[preset])
+    expanded.update(raw)
+    expanded["preset"] = preset
+    return expanded
+
+
+def check(config):
+    """Cross-key checks on the resolved config."""
+    if config["data_dir"] is not None and not config["data_dir"].strip():
+        raise BadConfig("config key 'data_dir' is an empty string; give a directory or null "
+                        "for the synthetic corpus")
+
+
+def learning_rate(config, epoch):
+    """The learning rate of 0-based ``epoch`` under the config's schedule.
+
+    tf (ptb_word_lm.py):  lr0 * decay ** max(epoch + 1 - flat, 0), never compounding.
+    compound (ptb-lm.py): starting from lr0, every epoch multiplies the running rate by
+                          decay ** max(epoch - flat, 0), so the exponents add up:
+                          lr0 * decay ** sum_{e<=epoch} max(e - flat, 0).
+    """
+    lr0 = config["learning_rate"]
+    decay = config["lr_decay"]
+    flat = config["lr_flat_epochs"]
+    if config["lr_schedule"] == "tf":
+        return lr0 * decay ** max(epoch + 1 - flat, 0)
+    rate = lr0
+    for e in range(epoch + 1):
+        rate *= decay ** max(e - flat, 0)
+    return rate
