@@ -1,0 +1,209 @@
+"""The image matrix: images/matrix.toml loaded and checked into ``spec.Image`` entries.
+
+images/matrix.toml is data: one ``[[image]]`` table per Docker image that pins a
+PyTorch build. Grids name these images; the docker backend builds and runs them.
+A mistake in the matrix is a user error with the file and the key path, like a
+mistake in a grid, because a sweep over a misdescribed image records wrong facts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import GridError
+from .spec import LOCAL_IMAGE, Image
+
+# The keys of one [[image]] table; True marks the required ones.
+IMAGE_KEYS = {
+    "name": True,
+    "base": True,
+    "torch": True,
+    "python": True,
+    "cuda": True,
+    "cudnn": True,
+    "archs": True,
+    "ptx": False,
+    "notes": False,
+}
+
+# Top-level keys of the matrix file.
+TOP_KEYS = ("schema", "image")
+SCHEMA_VERSION = 1
+
+# "0.4.1", "1.13.1", "2.15.0" (a local suffix like "+cu117" belongs in the name, not here).
+TORCH_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+PYTHON_VERSION = re.compile(r"^3\.\d+(\.\d+)?$")
+CUDA_VERSION = re.compile(r"^\d+\.\d+$")
+CUDNN_VERSION = re.compile(r"^\d+(\.\d+){1,3}$")
+# SASS for a real architecture ("sm_90", "sm_90a", "sm_120") and PTX for a virtual one.
+SASS_ARCH = re.compile(r"^sm_\d{2,3}a?$")
+PTX_ARCH = re.compile(r"^compute_\d{2,3}a?$")
+# A Docker reference with an explicit tag: "pytorch/pytorch:1.13.1-cuda11.6-cudnn8-runtime".
+DOCKER_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*:[A-Za-z0-9._-]+$")
+
+
+def display_path(path: Path) -> str:
+    """The path as a user would type it: relative to the working directory when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def nearest(word: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest of ``choices``, or '' when nothing is close."""
+    near = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """Read a TOML file; a missing file or a syntax error is one GridError line."""
+    shown = display_path(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GridError(f"{shown}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GridError(f"{shown}: cannot read it: {exc}") from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already ends with "(at line N, column M)".
+        raise GridError(f"{shown}: not valid TOML: {exc}") from None
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def _check_name(shown: str, where: str, entry: dict[str, Any]) -> None:
+    """An image name says what it holds: torch-<torch>-cu<cuda digits> or torch-<torch>-cpu."""
+    cuda = entry["cuda"] or None
+    variant = "cpu" if cuda is None else "cu" + cuda.replace(".", "")
+    expected = f"torch-{entry['torch']}-{variant}"
+    name = entry["name"]
+    if name != expected and not name.startswith(expected + "-"):
+        raise GridError(f"{shown}: {where}.name: '{name}' does not match its torch and cuda "
+                        f"fields; name it '{expected}' (optionally with a '-suffix')")
+
+
+def _image_from_table(shown: str, index: int, table: Any) -> Image:
+    where = f"image[{index}]"
+    if not isinstance(table, dict):
+        raise GridError(f"{shown}: {where}: must be a table ([[image]]), not {table!r}")
+    for key in table:
+        if key not in IMAGE_KEYS:
+            raise GridError(f"{shown}: {where}.{key}: unknown key{nearest(key, IMAGE_KEYS)}; "
+                            f"valid keys: {', '.join(IMAGE_KEYS)}")
+    for key, required in IMAGE_KEYS.items():
+        if required and key not in table:
+            raise GridError(f"{shown}: {where}.{key}: missing; every image needs "
+                            f"{', '.join(k for k, r in IMAGE_KEYS.items() if r)}")
+    for key in ("name", "base", "torch", "python", "cuda", "cudnn", "notes"):
+        if key in table and not isinstance(table[key], str):
+            raise GridError(f"{shown}: {where}.{key}: must be a string, not {table[key]!r}")
+    for key in ("archs", "ptx"):
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise GridError(f"{shown}: {where}.{key}: must be a list of strings, not {value!r}")
+
+    name = table["name"]
+    if not re.match(r"^[a-z0-9][a-z0-9.-]*$", name):
+        raise GridError(f"{shown}: {where}.name: '{name}' must be lower-case letters, digits, "
+                        "dots and dashes, like 'torch-1.13.1-cu116'")
+    where = f"image[{index}] ({name})"
+    if name == LOCAL_IMAGE:
+        raise GridError(f"{shown}: {where}.name: '{LOCAL_IMAGE}' is reserved for the host's "
+                        "own torch (the local backend); pick another name")
+    checks = (
+        ("base", DOCKER_REFERENCE, "a Docker image with a tag, like "
+                                   "'pytorch/pytorch:1.13.1-cuda11.6-cudnn8-runtime'"),
+        ("torch", TORCH_VERSION, "a release like '1.13.1'"),
+        ("python", PYTHON_VERSION, "a Python 3 version like '3.10'"),
+    )
+    for key, pattern, what in checks:
+        if not pattern.match(table[key]):
+            raise GridError(f"{shown}: {where}.{key}: '{table[key]}' is not {what}")
+    cuda, cudnn = table["cuda"], table["cudnn"]
+    if cuda and not CUDA_VERSION.match(cuda):
+        raise GridError(f"{shown}: {where}.cuda: '{cuda}' is not a CUDA version like '11.8' "
+                        "(use \"\" for a CPU-only image)")
+    if cudnn and not CUDNN_VERSION.match(cudnn):
+        raise GridError(f"{shown}: {where}.cudnn: '{cudnn}' is not a cuDNN version like "
+                        "'8.7.0.84' (use \"\" for a CPU-only image)")
+    if bool(cuda) != bool(cudnn):
+        raise GridError(f"{shown}: {where}: cuda and cudnn must both be set (a CUDA image) or "
+                        "both be \"\" (a CPU-only image)")
+    archs, ptx = table["archs"], table.get("ptx", [])
+    if cuda and not archs:
+        raise GridError(f"{shown}: {where}.archs: a CUDA image needs the GPU architectures "
+                        "compiled in, like [\"sm_80\", \"sm_90\"]")
+    if not cuda and (archs or ptx):
+        raise GridError(f"{shown}: {where}.archs: a CPU-only image has no GPU architectures; "
+                        "use []")
+    for key, values, pattern, example in (("archs", archs, SASS_ARCH, "sm_90"),
+                                          ("ptx", ptx, PTX_ARCH, "compute_90")):
+        for value in values:
+            if not pattern.match(value):
+                raise GridError(f"{shown}: {where}.{key}: '{value}' is not an architecture "
+                                f"like '{example}'")
+        if len(set(values)) != len(values):
+            raise GridError(f"{shown}: {where}.{key}: lists an architecture twice")
+    _check_name(shown, where, table)
+    return Image(
+        name=name,
+        base=table["base"],
+        torch=table["torch"],
+        python=table["python"],
+        cuda=cuda or None,
+        cudnn=cudnn or None,
+        # Sorted by architecture number so equal sets compare equal.
+        archs=tuple(sorted(archs, key=lambda a: int(re.sub(r"\D", "", a)))),
+        ptx=tuple(sorted(ptx, key=lambda a: int(re.sub(r"\D", "", a)))),
+        notes=table.get("notes", ""),
+    )
+
+
+def load_matrix(path: Path) -> dict[str, Image]:
+    """Load images/matrix.toml into {name: Image}, in file order.
+
+    Raises GridError (one line: file, key path, what to do) for a missing file,
+    a TOML syntax error, an unknown or missing key, a malformed version or
+    architecture, a name that contradicts its fields, or a duplicate name.
+    """
+    shown = display_path(path)
+    _, document = read_toml(path)
+    for key in document:
+        if key not in TOP_KEYS:
+            raise GridError(f"{shown}: {key}: unknown key{nearest(key, TOP_KEYS)}; the matrix "
+                            "holds schema = 1 and [[image]] tables")
+    schema = document.get("schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        raise GridError(f"{shown}: schema: this versweep reads matrix schema "
+                        f"{SCHEMA_VERSION}, not {schema!r}")
+    tables = document.get("image")
+    if not isinstance(tables, list) or not tables:
+        raise GridError(f"{shown}: image: the matrix has no [[image]] tables")
+    images: dict[str, Image] = {}
+    for index, table in enumerate(tables):
+        image = _image_from_table(shown, index, table)
+        if image.name in images:
+            raise GridError(f"{shown}: image[{index}].name: '{image.name}' appears twice; "
+                            "image names must be unique")
+        images[image.name] = image
+    return images
+
+
+def release_line(image: Image) -> str:
+    """The PyTorch release line of an image: '1.13' for torch 1.13.1."""
+    return ".".join(image.torch.split(".")[:2])
+
+
+def newest_first(images: dict[str, Image]) -> list[Image]:
+    """The images sorted by torch version, newest first (ties keep file order)."""
+    return sorted(images.values(), key=lambda image: _version_key(image.torch), reverse=True)
