@@ -1,0 +1,201 @@
+"""The backend contract: how a trial's worker process is started, streamed and killed.
+
+A backend is one small class (asv's "environments"): ``preflight`` says whether it can
+run a sweep at all, ``start`` launches ``python -m workers <workload> --config <json>``
+somewhere (the host's interpreter, a container) and returns a ``WorkerHandle``. The
+handle is the same for every backend: it reads protocol v1 lines from the worker's
+stdout as they arrive, sends every other line (stdout and stderr) to the trial's log
+file, and kills the worker's whole process group when asked. Nothing here imports
+Ray, MLflow or torch.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..spec import Sweep, TrialSpec
+
+# prctl(2) option: the kernel sends a signal to the child when its parent thread dies.
+_PR_SET_PDEATHSIG = 1
+# How many stderr lines a handle keeps in memory for the "failed" message.
+_STDERR_TAIL_LINES = 40
+
+
+def _die_with_parent_hook():
+    """A preexec_fn that makes the worker receive SIGKILL when the thread that started it dies.
+
+    This is what keeps a worker from outliving its trial when the Ray trial process is
+    killed outright (SIGKILL leaves no chance to clean up). Linux only; elsewhere None.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def hook():
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return hook
+
+
+class WorkerHandle:
+    """A running worker: its protocol events as they arrive, its log, its exit code.
+
+    The worker runs in its own session (``start_new_session=True``), so its process id
+    is also its process group id, and ``kill`` reaches every process it started.
+    """
+
+    def __init__(self, args: Sequence[str], *, env: dict[str, str], cwd: Path | None,
+                 log_path: Path):
+        self.args = list(args)
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "a", encoding="utf-8")
+        self._log_lock = threading.Lock()
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        self.started_at = time.monotonic()
+        self.first_event_at: float | None = None
+        self.killed = False
+        self._write_log(f"$ {' '.join(self.args)}\n")
+        self.process = subprocess.Popen(
+            self.args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, encoding="utf-8", errors="replace", bufsize=1,
+            start_new_session=True, preexec_fn=_die_with_parent_hook())
+        self.pid = self.process.pid
+        self.pgid = self.pid  # a new session makes the worker its own group leader
+        self._stderr_thread = threading.Thread(target=self._pump_stderr, daemon=True)
+        self._stderr_thread.start()
+
+    def _write_log(self, text: str) -> None:
+        with self._log_lock:
+            self._log.write(text)
+            self._log.flush()
+
+    def _pump_stderr(self) -> None:
+        for line in self.process.stderr:
+            self.stderr_tail.append(line.rstrip("\n"))
+            self._write_log(line)
+
+    def events(self) -> Iterator[dict]:
+        """Yield the worker's protocol events in order until its stdout closes.
+
+        A line is an event when it is a JSON object with ``"v"`` and ``"event"``; every
+        other stdout line goes to the log, as the protocol says.
+        """
+        for line in self.process.stdout:
+            event = _parse_event(line)
+            if event is None:
+                self._write_log(line)
+                continue
+            if self.first_event_at is None:
+                self.first_event_at = time.monotonic()
+            yield event
+
+    @property
+    def startup_seconds(self) -> float | None:
+        """Seconds from starting the worker to its first protocol event (None: no event)."""
+        if self.first_event_at is None:
+            return None
+        return self.first_event_at - self.started_at
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the worker to exit and for its stderr to be logged; return the exit code."""
+        code = self.process.wait(timeout)
+        self._stderr_thread.join(5)
+        return code
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def kill(self, grace_s: float = 3.0) -> None:
+        """Kill the worker's whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
+        self.killed = True
+        if self.process.poll() is None:
+            _signal_group(self.pgid, signal.SIGTERM)
+            try:
+                self.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # Children the worker started may outlive the leader; the group id still names them.
+        _signal_group(self.pgid, signal.SIGKILL)
+        self.process.wait()
+
+    def close(self) -> None:
+        """Reap the worker and every process left in its group, then close the log."""
+        if self.process.poll() is None:
+            self.kill()
+        else:
+            _signal_group(self.pgid, signal.SIGKILL)
+        self._stderr_thread.join(5)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        with self._log_lock:
+            self._log.close()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _parse_event(line: str) -> dict | None:
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(event, dict) and "v" in event and "event" in event:
+        return event
+    return None
+
+
+def worker_env(spec: TrialSpec, gpu_ids: Sequence[str]) -> dict[str, str]:
+    """The environment a worker runs with: the host's, plus the GPUs Ray gave the trial.
+
+    A trial without GPUs gets CUDA_VISIBLE_DEVICES="" so that it cannot touch a GPU
+    that Ray handed to a timing trial (timing trials never share a GPU).
+    """
+    env = dict(os.environ)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+    env["PYTHONUNBUFFERED"] = "1"  # events must arrive as they happen, not at exit
+    return env
+
+
+def worker_args(python: str, spec: TrialSpec) -> list[str]:
+    """The worker's command line as an argument list (never a shell string)."""
+    config = json.dumps(spec.config_dict, sort_keys=True, separators=(",", ":"))
+    return [python, "-m", "workers", spec.workload, "--config", config]
+
+
+class Backend:
+    """Where a trial's worker runs. Subclasses set ``name`` and implement both methods."""
+
+    name = ""
+
+    def preflight(self, sweep: Sweep) -> None:
+        """Raise UserError (one line, what to do) if this backend cannot run ``sweep``."""
+        raise NotImplementedError
+
+    def start(self, spec: TrialSpec, *, gpu_ids: Sequence[str], log_path: Path) -> WorkerHandle:
+        """Start the worker for ``spec`` and return its handle."""
+        raise NotImplementedError

@@ -1,0 +1,56 @@
+"""The `local` backend: the worker runs on the host's own interpreter, in a child process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import UserError
+from ..spec import LOCAL_IMAGE, Sweep, TrialSpec
+from ._base import Backend, WorkerHandle, worker_args, worker_env
+
+# The checkout whose `workers` package the child runs (python -m workers needs it on the path).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class LocalBackend(Backend):
+    """Run ``python -m workers`` with this interpreter (the embedded default, no Docker)."""
+
+    name = "local"
+
+    def __init__(self, python: str | None = None):
+        self.python = python or sys.executable
+
+    def preflight(self, sweep: Sweep) -> None:
+        """Check that every trial runs on the host image and that this interpreter has torch.
+
+        torch is imported in a child process: the host itself never imports it.
+        """
+        images = sorted({t.image for t in sweep.trials}
+                        | ({sweep.search.image} if sweep.search else set()))
+        foreign = [name for name in images if name != LOCAL_IMAGE]
+        if foreign:
+            raise UserError(
+                f"the local backend runs the host's own torch, but sweep '{sweep.name}' names "
+                f"image(s) {', '.join(foreign)}; use --backend docker for images")
+        try:
+            probe = subprocess.run(
+                [self.python, "-c", "import torch; print(torch.__version__)"],
+                capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UserError(f"the local backend cannot run {self.python}: {exc}") from None
+        if probe.returncode != 0:
+            last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(
+                f"the local backend needs torch in {self.python} ({last}); "
+                "install it (pip install torch) or use --backend docker")
+
+    def start(self, spec: TrialSpec, *, gpu_ids: Sequence[str], log_path: Path) -> WorkerHandle:
+        env = worker_env(spec, gpu_ids)
+        # The repo root on the path makes `-m workers` import this checkout's workers.
+        env["PYTHONPATH"] = str(REPO_ROOT) + (
+            ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return WorkerHandle(worker_args(self.python, spec), env=env, cwd=REPO_ROOT,
+                            log_path=log_path)

@@ -1,0 +1,137 @@
+"""What a user reads at the end of a sweep: counts per status, the best results, the records.
+
+    trials: 6 ok, 1 unsupported, 0 diverged, 0 failed, 0 stopped
+    best per workload:
+      ptb_lm                            test_perplexity 112.4   ptb_lm small @ local #0
+      rnn_bench 1x320-ce-short cudnn    ms_per_batch_median 3.1  rnn_bench ... #1
+    records: sqlite:////home/me/mlflow.db, experiment 'smoke'
+    see them: mlflow ui --backend-store-uri sqlite:////home/me/mlflow.db
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .spec import STATUSES
+
+
+@dataclass
+class TrialRecord:
+    """One decided trial as the driver knows it at the end of a sweep."""
+
+    key: str
+    name: str
+    workload: str
+    status: str
+    message: str = ""
+    config: dict = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # result metrics, else the last step's
+    run_id: str | None = None
+    from_earlier_run: bool = False  # decided before this --resume, not run again
+
+
+@dataclass
+class Best:
+    """The best trial of one group: what it is, by which metric, how good."""
+
+    group: str
+    metric: str
+    value: float
+    trial: TrialRecord
+
+    def as_tags(self) -> dict:
+        """The dict RECORDS.close_sweep tags on the parent run (versweep.best.*)."""
+        return {"trial_key": self.trial.key, "run_id": self.trial.run_id or "",
+                "name": self.trial.name, "metric": self.metric, "value": self.value,
+                "config": self.trial.config}
+
+
+def count_statuses(records: Iterable[TrialRecord]) -> dict[str, int]:
+    """Trials per status, every status present (zeros included) in STATUSES order."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for record in records:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    return counts
+
+
+def _group_and_metric(record: TrialRecord) -> tuple[str, str] | None:
+    """Which comparison group a trial belongs to and the metric it is judged by (lower wins)."""
+    if record.workload == "ptb_lm":
+        return "ptb_lm", "test_perplexity"
+    if record.workload == "rnn_bench":
+        cfg = record.config
+        return f"rnn_bench {cfg.get('bench')} {cfg.get('impl')}", "ms_per_batch_median"
+    return None
+
+
+def best_per_workload(records: Iterable[TrialRecord]) -> list[Best]:
+    """Lowest test_perplexity for ptb_lm; lowest ms_per_batch_median per rnn_bench bench/impl.
+
+    Only ``ok`` trials compete: an unsupported or failed trial has no result to compare.
+    """
+    best: dict[str, Best] = {}
+    for record in records:
+        judged = _group_and_metric(record)
+        if record.status != "ok" or judged is None:
+            continue
+        group, metric = judged
+        value = record.metrics.get(metric)
+        if value is None:
+            continue
+        if group not in best or value < best[group].value:
+            best[group] = Best(group, metric, float(value), record)
+    return [best[g] for g in sorted(best)]
+
+
+def best_by_metric(records: Iterable[TrialRecord], metric: str, mode: str) -> Best | None:
+    """The best trial of a search by its search metric (stopped trials count: ASHA judged them)."""
+    chosen: Best | None = None
+    for record in records:
+        value = record.metrics.get(metric)
+        if record.status not in ("ok", "stopped") or value is None:
+            continue
+        better = chosen is None or (value < chosen.value if mode == "min" else value > chosen.value)
+        if better:
+            chosen = Best("search", metric, float(value), record)
+    return chosen
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """The command that shows the records: `mlflow ui` for a local store, the URL for a server."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def format_summary(records: list[TrialRecord], *, tracking_uri: str, experiment: str,
+                   parent_run_id: str | None = None, search_best: Best | None = None,
+                   interrupted: bool = False) -> str:
+    """The end-of-sweep text: counts, the best per workload (or of the search), the records."""
+    counts = count_statuses(records)
+    earlier = sum(1 for r in records if r.from_earlier_run)
+    lines = ["", "=" * 72,
+             "sweep interrupted" if interrupted else "sweep finished",
+             "trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+             + (f" ({earlier} decided by an earlier run, not run again)" if earlier else "")]
+    failed = [r for r in records if r.status == "failed" and not r.from_earlier_run]
+    for record in failed:
+        first_line = (record.message.splitlines() or [""])[0]
+        lines.append(f"  failed: {record.name}: {first_line}")
+    if search_best is not None:
+        lines.append(f"best trial by {search_best.metric}: {search_best.value:.4g}  "
+                     f"{search_best.trial.name}  (run {search_best.trial.run_id})")
+        for key in sorted(search_best.trial.config):
+            lines.append(f"  {key} = {search_best.trial.config[key]}")
+    bests = best_per_workload(records)
+    if bests:
+        lines.append("best per workload:")
+        width = max(len(b.group) for b in bests)
+        for b in bests:
+            lines.append(f"  {b.group:<{width}}  {b.metric} {b.value:.4g}  {b.trial.name}")
+    where = f"records: {tracking_uri}, experiment '{experiment}'"
+    if parent_run_id:
+        where += f", sweep run {parent_run_id}"
+    lines.append(where)
+    lines.append(f"see them: {mlflow_ui_command(tracking_uri)}")
+    return "\n".join(lines)

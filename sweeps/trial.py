@@ -1,0 +1,201 @@
+"""One trial, start to decision, without Ray: start the worker, stream it, map how it ended.
+
+    outcome = run_trial(backend, spec, gpu_ids=[], timeout_s=600, retries=1,
+                        on_event=print, log_dir=Path("logs"))
+    outcome.status   # "ok", "unsupported", "diverged", "failed" or "stopped"
+
+How a worker ends (protocol v1, DESIGN.md) becomes a status:
+
+    result      + exit 0          -> ok
+    unsupported + exit 3          -> unsupported   (a result, not a failure)
+    error diverged + exit 4       -> diverged      (a result)
+    error bad_config/data, exit 2 -> failed, not retried (it cannot get better)
+    anything else (a crash)       -> retried `retries` times, then failed with the stderr tail
+    timeout                       -> process group killed, failed "timed out after N s"
+    stop requested (ASHA, Ctrl-C) -> process group killed, stopped
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backends import Backend
+from .spec import TrialSpec
+
+EXIT_OK, EXIT_BAD_CONFIG, EXIT_UNSUPPORTED, EXIT_DIVERGED = 0, 2, 3, 4
+# How many stderr lines a failed trial's message keeps.
+STDERR_TAIL_IN_MESSAGE = 15
+
+
+@dataclass
+class Outcome:
+    """How a trial ended, and what the host needs to record it."""
+
+    status: str  # one of spec.STATUSES
+    message: str = ""  # why it is not "ok": the reason, the error, the stderr tail
+    exit_code: int | None = None
+    attempts: int = 0
+    env: dict | None = None  # the env event of the last attempt
+    result_metrics: dict[str, float] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)  # of the last metric event
+    last_step: int | None = None
+    samples: list[float] | None = None
+    startup_seconds: float | None = None  # worker start to its first event (last attempt)
+    wall_seconds: float = 0.0
+    log_path: Path | None = None
+
+    def log_text(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+class _Attempt:
+    """What one run of the worker produced, before it is judged."""
+
+    def __init__(self):
+        self.env: dict | None = None
+        self.terminal: dict | None = None  # the result / unsupported / error event
+        self.violation = ""  # a protocol violation, if any
+        self.metrics: dict[str, float] = {}
+        self.step: int | None = None
+
+
+def run_trial(backend: Backend, spec: TrialSpec, *, gpu_ids: Sequence[str] = (),
+              timeout_s: float | None = None, retries: int = 1,
+              on_event: Callable[[dict], None] | None = None, log_dir: Path,
+              stop: threading.Event | None = None,
+              log_name: str | None = None) -> Outcome:
+    """Run ``spec`` on ``backend`` until it reaches a decision; return the Outcome.
+
+    on_event is called with every protocol event as it arrives (in this thread); if it
+    raises, the worker's process group is killed and the exception propagates. Setting
+    ``stop`` (from any thread) kills the worker and ends the trial as "stopped".
+    The worker's log (command, non-protocol stdout, stderr, every attempt) goes to
+    ``log_dir/<key>.log``.
+    """
+    log_path = Path(log_dir) / (log_name or f"{spec.key}.log")
+    stop = stop if stop is not None else threading.Event()
+    started = time.monotonic()
+    outcome = Outcome(status="failed", log_path=log_path)
+    for attempt_number in range(1, retries + 2):
+        outcome.attempts = attempt_number
+        retry, outcome = _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop,
+                                      log_path, outcome, attempt_number)
+        if not retry or attempt_number > retries:
+            break
+    outcome.wall_seconds = time.monotonic() - started
+    return outcome
+
+
+def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, outcome,
+                 attempt_number):
+    """One worker run; returns (should_retry, outcome)."""
+    if attempt_number > 1:
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n--- attempt {attempt_number} ---\n")
+    handle = backend.start(spec, gpu_ids=list(gpu_ids), log_path=log_path)
+    timed_out = threading.Event()
+    finished = threading.Event()
+
+    def watchdog():
+        # Wakes on a stop request or the timeout, whichever comes first; the
+        # worker's stdout then closes and the event loop below ends.
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not finished.is_set():
+            if stop.is_set():
+                handle.kill()
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out.set()
+                handle.kill()
+                return
+            stop.wait(0.05)
+
+    guard = threading.Thread(target=watchdog, daemon=True)
+    guard.start()
+    attempt = _Attempt()
+    try:
+        for event in handle.events():
+            _take_event(attempt, event)
+            if on_event is not None:
+                on_event(event)
+            if attempt.violation:
+                handle.kill()
+                break
+        exit_code = handle.wait()
+    finally:
+        finished.set()
+        handle.close()  # kills the group if on_event raised (early stop, Ctrl-C)
+        guard.join(1)
+
+    outcome.exit_code = exit_code
+    outcome.env = attempt.env or outcome.env
+    outcome.startup_seconds = handle.startup_seconds
+    if attempt.metrics:
+        outcome.last_metrics, outcome.last_step = attempt.metrics, attempt.step
+    terminal = attempt.terminal or {}
+    kind = terminal.get("event")
+
+    if stop.is_set():
+        outcome.status, outcome.message = "stopped", "stopped before it finished"
+        return False, outcome
+    if timed_out.is_set():
+        outcome.status, outcome.message = "failed", f"timed out after {timeout_s:g} s"
+        return False, outcome
+    if kind == "result" and exit_code == EXIT_OK:
+        outcome.status, outcome.message = "ok", ""
+        outcome.result_metrics = {k: v for k, v in (terminal.get("metrics") or {}).items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        outcome.samples = terminal.get("samples")
+        return False, outcome
+    if kind == "unsupported" and exit_code == EXIT_UNSUPPORTED:
+        outcome.status, outcome.message = "unsupported", str(terminal.get("reason", ""))
+        return False, outcome
+    if kind == "error" and terminal.get("kind") == "diverged" and exit_code == EXIT_DIVERGED:
+        outcome.status, outcome.message = "diverged", str(terminal.get("message", ""))
+        return False, outcome
+    if kind == "error" and exit_code == EXIT_BAD_CONFIG:
+        # bad_config / data: the same config fails the same way again, so no retry.
+        outcome.status = "failed"
+        outcome.message = f"{terminal.get('kind', 'error')}: {terminal.get('message', '')}"
+        return False, outcome
+
+    # A crash: anything else. Keep what explains it.
+    if attempt.violation:
+        why = f"protocol violation: {attempt.violation}"
+    elif kind == "error":
+        why = f"{terminal.get('kind')}: {terminal.get('message', '')} (exit {exit_code})"
+    elif kind is None:
+        why = f"the worker exited with code {exit_code} without a final event"
+    else:
+        why = f"the worker sent '{kind}' but exited with code {exit_code}"
+    tail = "\n".join(list(handle.stderr_tail)[-STDERR_TAIL_IN_MESSAGE:])
+    outcome.status = "failed"
+    outcome.message = why + (f"\nstderr tail:\n{tail}" if tail else "")
+    return True, outcome
+
+
+def _take_event(attempt: _Attempt, event: dict) -> None:
+    """Check one event against protocol v1 and keep what the outcome needs."""
+    kind = event.get("event")
+    if event.get("v") != 1:
+        attempt.violation = f"protocol version {event.get('v')!r}, expected 1"
+    elif attempt.env is None and kind != "env":
+        attempt.violation = f"the first event was '{kind}', not 'env'"
+    elif kind == "env":
+        attempt.env = event
+    elif kind == "metric":
+        metrics = event.get("metrics") or {}
+        attempt.metrics = {k: v for k, v in metrics.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        attempt.step = event.get("step")
+    elif kind in ("result", "unsupported", "error"):
+        if attempt.terminal is None:
+            attempt.terminal = event
+    else:
+        attempt.violation = f"unknown event '{kind}'"
