@@ -142,15 +142,23 @@ def load_directory(data_dir):
             raise DataError("%s is missing (a PTB data directory holds %s)"
                             % (paths[split], ", ".join(FILE_NAMES[s] for s in SPLITS)))
     texts = dict((split, _read_text(paths[split])) for split in SPLITS)
+    return corpus_from_texts(texts, paths, os.path.abspath(data_dir), synthetic=False)
+
+
+def corpus_from_texts(texts, names, source, synthetic):
+    """Build the vocabulary from texts["train"] and map all three splits to ids.
+
+    names: split -> how messages name that split's file.
+    """
     train_words = [w for _, words in lines_to_words(texts["train"]) for w in words]
     if not any(w != EOS for w in train_words):
-        raise DataError("%s has no words" % paths["train"])
+        raise DataError("%s has no words" % names["train"])
     word_to_id = build_vocab(train_words)
-    ids = dict((split, words_to_ids(texts[split], word_to_id, paths[split]))
+    ids = dict((split, words_to_ids(texts[split], word_to_id, names[split]))
                for split in SPLITS)
     words = sorted(word_to_id, key=word_to_id.get)
-    return Corpus(ids["train"], ids["valid"], ids["test"], words,
-                  source=os.path.abspath(data_dir), synthetic=False)
+    return Corpus(ids["train"], ids["valid"], ids["test"], words, source=source,
+                  synthetic=synthetic)
 
 
 # --- the synthetic corpus -----------------------------------------------------------------
@@ -214,43 +222,36 @@ def synthetic_texts(num_words, vocab_size):
             else:
                 word = _pick(rng, unigram)
             sentence.append(word)
-        sentences.append(" ".join(types[w] for w in sentence))
+        sentences.append(sentence)
         produced += length + 1  # the words and the <eos>
 
     # Split by sentences at 80 % and 90 % of the tokens, like PTB's contiguous sections.
     running, total = [], 0
     for sentence in sentences:
-        total += len(sentence.split()) + 1
+        total += len(sentence) + 1
         running.append(total)
     valid_start = _first_reaching(running, 0.8 * produced)
     test_start = max(valid_start, _first_reaching(running, 0.9 * produced))
     pieces = {"train": sentences[:valid_start], "valid": sentences[valid_start:test_start],
               "test": sentences[test_start:]}
+    # As in PTB, valid/test words never seen in train are written as <unk>.
+    seen = set(w for sentence in pieces["train"] for w in sentence)
     texts = {}
     for split in SPLITS:
-        # PTB's layout: a space before and after every sentence, one per line.
-        texts[split] = "".join(" %s \n" % sentence for sentence in pieces[split])
+        lines = []
+        for sentence in pieces[split]:
+            words = [types[w] if w in seen else UNK for w in sentence]
+            # PTB's layout: one sentence per line, a space before and after it.
+            lines.append(" %s \n" % " ".join(words))
+        texts[split] = "".join(lines)
     return texts
 
 
 def synthetic_corpus(num_words, vocab_size):
-    """The synthetic corpus as ids; valid/test words unseen in train become ``<unk>``."""
-    texts = synthetic_texts(num_words, vocab_size)
-    train_words = [w for _, words in lines_to_words(texts["train"]) for w in words]
-    word_to_id = build_vocab(train_words)
-    unk = word_to_id.get(UNK)
-    ids = {"train": [word_to_id[w] for w in train_words]}
-    for split in ("valid", "test"):
-        ids[split] = []
-        for _, words in lines_to_words(texts[split]):
-            for word in words:
-                if word in word_to_id:
-                    ids[split].append(word_to_id[word])
-                elif unk is not None:
-                    ids[split].append(unk)
-    words = sorted(word_to_id, key=word_to_id.get)
-    return Corpus(ids["train"], ids["valid"], ids["test"], words,
-                  source=synthetic_source(num_words, vocab_size), synthetic=True)
+    """The synthetic corpus as ids, read exactly like a data directory."""
+    names = dict((split, "the synthetic %s split" % split) for split in SPLITS)
+    return corpus_from_texts(synthetic_texts(num_words, vocab_size), names,
+                             synthetic_source(num_words, vocab_size), synthetic=True)
 
 
 def synthetic_source(num_words, vocab_size):
