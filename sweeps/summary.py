@@ -4,7 +4,8 @@
     best per workload:
       ptb_lm                            test_perplexity 112.4   ptb_lm small @ local #0
       rnn_bench 1x320-ce-short cudnn    ms_per_batch_median 3.1  rnn_bench ... #1
-    records: sqlite:////home/me/mlflow.db, experiment 'smoke'
+    MLflow records: /home/me/mlflow.db (SQLite), artifacts under /home/me/mlartifacts
+    experiment 'smoke', sweep run 3f2a...
     see them: mlflow ui --backend-store-uri sqlite:////home/me/mlflow.db
 """
 
@@ -97,14 +98,7 @@ def best_by_metric(records: Iterable[TrialRecord], metric: str, mode: str) -> Be
     return chosen
 
 
-def mlflow_ui_command(tracking_uri: str) -> str:
-    """The command that shows the records: `mlflow ui` for a local store, the URL for a server."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri} in a browser"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
-
-
-def format_summary(records: list[TrialRecord], *, tracking_uri: str, experiment: str,
+def format_summary(records: list[TrialRecord], *, where: str, ui_command: str, experiment: str,
                    parent_run_id: str | None = None, search_best: Best | None = None,
                    interrupted: bool = False) -> str:
     """The end-of-sweep text: counts, the best per workload (or of the search), the records."""
@@ -129,9 +123,8 @@ def format_summary(records: list[TrialRecord], *, tracking_uri: str, experiment:
         width = max(len(b.group) for b in bests)
         for b in bests:
             lines.append(f"  {b.group:<{width}}  {b.metric} {b.value:.4g}  {b.trial.name}")
-    where = f"records: {tracking_uri}, experiment '{experiment}'"
-    if parent_run_id:
-        where += f", sweep run {parent_run_id}"
     lines.append(where)
-    lines.append(f"see them: {mlflow_ui_command(tracking_uri)}")
+    lines.append(f"experiment '{experiment}'"
+                 + (f", sweep run {parent_run_id}" if parent_run_id else ""))
+    lines.append(f"see them: {ui_command}")
     return "\n".join(lines)

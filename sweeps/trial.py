@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import Backend
-from .spec import TrialSpec
+from .spec import Sweep, TrialSpec
 
 EXIT_OK, EXIT_BAD_CONFIG, EXIT_UNSUPPORTED, EXIT_DIVERGED = 0, 2, 3, 4
 # How many stderr lines a failed trial's message keeps.
@@ -199,3 +199,22 @@ def _take_event(attempt: _Attempt, event: dict) -> None:
             attempt.terminal = event
     else:
         attempt.violation = f"unknown event '{kind}'"
+
+
+def trial_resources(sweep: Sweep, cluster_gpus: float | None) -> dict[str, float]:
+    """What one trial asks Ray for: a whole GPU on CUDA (timing trials never share one).
+
+    device "cuda" always asks for a GPU; "auto" asks for one when the cluster has GPUs
+    (``cluster_gpus`` None: not known yet, as in a dry run); "cpu" never does.
+    """
+    wants_gpu = sweep.device == "cuda" or (sweep.device == "auto" and bool(cluster_gpus))
+    return {"CPU": 1.0, "GPU": 1.0} if wants_gpu else {"CPU": 1.0}
+
+
+def describe_resources(sweep: Sweep) -> str:
+    """The resources of one trial in words, for the dry run (no Ray started)."""
+    if sweep.device == "cuda":
+        return "1 GPU + 1 CPU"
+    if sweep.device == "auto":
+        return "1 GPU + 1 CPU if the cluster has GPUs, else 1 CPU"
+    return "1 CPU"

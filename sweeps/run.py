@@ -1,0 +1,187 @@
+"""Run a sweep: ``python sweeps/run.py --grid smoke`` (also the ``versweep`` console script).
+
+The CLI (sweeps/cli.py) parses arguments and calls ``run_sweep``, a plain function that
+tests call too. ``run_sweep`` loads and validates the grid, prints the trial table for
+``--dry-run`` (no Ray, no MLflow), otherwise opens (or resumes) the sweep's parent run,
+runs the trials under Ray Tune (sweeps/tune.py), closes the parent run with the counts
+and the best trial, and prints the summary.
+
+Exit codes: 0 every trial reached a decision and none failed (unsupported and diverged
+are results); 1 some trial failed (CI should notice); 2 a user error (bad grid, unknown
+backend, no torch, no sweep to resume); 130 interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # `python sweeps/run.py` puts sweeps/ first on sys.path, where its module names
+    # (tune, datasets, errors ...) would shadow real packages; use the checkout root.
+    _HERE = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+    sys.path.insert(0, str(_HERE.parent))
+
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import TextIO  # noqa: E402
+
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None = None,
+              tracking_uri: str | None = None, address: str | None = None,
+              resume: bool = False, dry_run: bool = False, overrides: Sequence[str] = (),
+              max_concurrent: int | None = None, cwd: Path | None = None,
+              num_cpus: int | None = None, out: TextIO | None = None) -> int:
+    """Run (or with ``dry_run`` only show) the sweep of grid ``grid``; return the exit code.
+
+    Raises UserError for everything a user can fix (the CLI prints it as one line).
+    """
+    from .backends import get_backend
+    from .grid import load_sweep
+
+    out = out if out is not None else sys.stdout
+    cwd = Path(cwd) if cwd is not None else Path.cwd()
+    sweep = load_sweep(grid, overrides)
+    backend_name = backend or sweep.backend
+    runner = get_backend(backend_name)
+    max_concurrent = max_concurrent or sweep.max_concurrent
+    experiment = experiment or sweep.name
+    if dry_run:
+        out.write(format_trial_table(sweep, backend_name, max_concurrent) + "\n")
+        return EXIT_OK
+    runner.preflight(sweep)
+
+    from . import tune as sweep_tune
+    from .records import SweepRecords, mlflow_ui_command, records_location, resolve_tracking_uri
+    from .summary import TrialRecord, best_by_metric, best_per_workload, format_summary
+
+    tracking_uri = resolve_tracking_uri(tracking_uri, cwd)
+    records = SweepRecords(tracking_uri, experiment)
+    parent_run_id = records.open_sweep(sweep, resume=resume)
+    decided = records.finished_trial_keys(parent_run_id) if resume else {}
+    out.write(f"sweep '{sweep.name}': {'resuming' if resume else 'new'} parent run "
+              f"{parent_run_id} in experiment '{experiment}' at {tracking_uri}\n")
+    if decided:
+        out.write(f"{len(decided)} trial(s) already decided; they will not run again\n")
+    out.flush()
+
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    tune_run = sweep_tune.run_tune(
+        sweep, backend=backend_name, tracking_uri=tracking_uri, experiment=experiment,
+        parent_run_id=parent_run_id, skip_keys=set(decided),
+        storage_dir=cwd / "ray_results", max_concurrent=max_concurrent, address=address,
+        num_cpus=num_cpus, study_storage=_study_storage(tracking_uri, cwd),
+        samples_done=len(decided),
+        on_ray_started=lambda seconds: timings.setdefault("ray", seconds))
+    sweep_tune.shutdown()
+    total = time.monotonic() - started
+
+    trial_records = list(tune_run.records)
+    ran = {r.key for r in trial_records}
+    specs = {t.key: t for t in sweep.trials}
+    if decided:
+        # Trials decided before this --resume: their records, for the counts and the best.
+        for trial in records.list_trials(parent_run_id, finished_only=True):
+            if trial["key"] in ran or trial["key"] not in decided:
+                continue
+            ran.add(trial["key"])
+            spec = specs.get(trial["key"])
+            config = spec.config_dict if spec else dict(trial["params"])
+            trial_records.append(TrialRecord(
+                key=trial["key"], name=trial["name"], workload=trial["workload"] or "",
+                status=decided[trial["key"]], config=config, metrics=trial["metrics"],
+                run_id=trial["run_id"], from_earlier_run=True))
+
+    search_best = None
+    if sweep.is_search:
+        search_best = best_by_metric(trial_records, sweep.search.metric, sweep.search.mode)
+        best = search_best
+    else:
+        ptb = [b for b in best_per_workload(trial_records) if b.group == "ptb_lm"]
+        best = ptb[0] if ptb else None
+    counts = {status: 0 for status in ("ok", "unsupported", "diverged", "failed", "stopped")}
+    for record in trial_records:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    records.close_sweep(parent_run_id, counts, best.as_tags() if best else None)
+
+    out.write(format_summary(trial_records, where=records_location(tracking_uri),
+                             ui_command=mlflow_ui_command(tracking_uri), experiment=experiment,
+                             parent_run_id=parent_run_id, search_best=search_best,
+                             interrupted=tune_run.interrupted) + "\n")
+    out.write(f"timings: ray start {tune_run.ray_start_seconds:.2f} s, trials "
+              f"{tune_run.tune_seconds:.2f} s (after Ray started), total {total:.2f} s\n")
+    out.flush()
+    if tune_run.interrupted:
+        return EXIT_INTERRUPTED
+    if any(r.status == "failed" and not r.from_earlier_run for r in trial_records):
+        return EXIT_TRIALS_FAILED
+    return EXIT_OK
+
+
+def _study_storage(tracking_uri: str, cwd: Path) -> str:
+    """Where the Optuna study lives: next to a SQLite MLflow store, else in the working dir."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        return prefix + str(Path(tracking_uri[len(prefix):]).parent / "optuna.db")
+    return prefix + str(cwd / "optuna.db")
+
+
+def _varying_keys(configs: list[dict], limit: int = 8) -> list[str]:
+    """Config keys whose value differs between trials: the columns worth showing."""
+    keys = sorted({k for c in configs for k in c})
+    varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    return varying[:limit]
+
+
+def format_trial_table(sweep, backend: str, max_concurrent: int | None) -> str:
+    """The dry run: every trial (or the search), and what each trial asks Ray for."""
+    from .trial import describe_resources
+
+    resources = describe_resources(sweep)
+    lines = [f"sweep '{sweep.name}' from {sweep.path}",
+             f"backend {backend}, device {sweep.device}, trial timeout "
+             f"{sweep.trial_timeout_s:g} s, retries {sweep.retries}, max concurrent "
+             f"{max_concurrent or 'unlimited'}"]
+    if sweep.is_search:
+        search = sweep.search
+        lines.append(f"search: {search.num_samples} samples of {search.workload} on "
+                     f"{search.image}, {search.sampler} (seed {search.seed}), "
+                     f"{search.mode} {search.metric}; each trial asks for {resources}")
+        for param in search.space:
+            span = (", ".join(map(str, param.values)) if param.kind == "choice"
+                    else f"{param.low} .. {param.high}")
+            lines.append(f"  {param.name}: {param.kind} {span}")
+        if search.scheduler is not None:
+            s = search.scheduler
+            lines.append(f"  early stopping: {s.kind} on {search.metric}, grace {s.grace_period},"
+                         f" reduction factor {s.reduction_factor}, max_t {s.max_t}")
+        lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in search.base_config))
+        return "\n".join(lines)
+
+    configs = [t.config_dict for t in sweep.trials]
+    columns = _varying_keys(configs)
+    header = ["#", "trial", "workload", "image", *columns, "repeat", "resources"]
+    rows = [[str(i), t.name, t.workload, t.image,
+             *[_cell(t.config_dict.get(c)) for c in columns], str(t.repeat), resources]
+            for i, t in enumerate(sweep.trials, 1)]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    lines.append(f"{len(sweep.trials)} trials; nothing started (dry run)")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
+if __name__ == "__main__":
+    from sweeps.cli import main
+
+    sys.exit(main())

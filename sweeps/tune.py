@@ -1,0 +1,380 @@
+"""Ray Tune around trials: the only module of versweep that imports Ray.
+
+A grid sweep is one Tune trial per TrialSpec (``tune.grid_search`` over trial keys);
+a search sweep samples configs with OptunaSearch (TPE, a persistent study so
+``--resume`` continues it) and stops poor trials with ASHA. Every Tune trial runs the
+same function trainable: open the child run, run the worker through sweeps.trial,
+``tune.report`` each metric event, finish the child run with the outcome.
+
+What the trainable reports to Tune, besides the worker's metrics and ``step``:
+``versweep_run_id`` and ``versweep_trial_key`` on every report, and one final report
+with ``versweep_status`` (and the result metrics), so the driver learns every outcome
+without asking MLflow. A trial that Tune stopped (ASHA, Ctrl-C) never sends the final
+report: the driver records it as "stopped" itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+from .backends import get_backend
+from .spec import Sweep, TrialSpec
+from .summary import TrialRecord
+from .trial import run_trial, trial_resources
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Report keys the trainable adds to the worker's metrics.
+RUN_ID, TRIAL_KEY, STATUS, MESSAGE = (
+    "versweep_run_id", "versweep_trial_key", "versweep_status", "versweep_message")
+# Tune's message column is short; MLflow keeps the full message.
+_REPORTED_MESSAGE_CHARS = 300
+# Keys Tune adds to every result; the rest of a report are the trial's own figures.
+_TUNE_BOOKKEEPING = frozenset({
+    "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid",
+    "time_since_restore", "iterations_since_restore", "done", "step", "startup_seconds"})
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial process needs to run and record a trial (shipped once via Ray)."""
+
+    sweep: Sweep
+    backend: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    log_dir: str
+    specs_by_key: dict = field(default_factory=dict)  # grid sweeps: key -> TrialSpec
+
+
+@dataclass
+class TuneRun:
+    """What Ray Tune did: each trial's record, and the timings the benchmark quotes."""
+
+    records: list[TrialRecord]
+    interrupted: bool = False
+    ray_start_seconds: float = 0.0
+    tune_seconds: float = 0.0  # Tuner.fit, after Ray had started
+
+
+def search_spec(sweep: Sweep, sampled: dict) -> TrialSpec:
+    """The TrialSpec of one sampled point: base config + sampled keys, resolved in full."""
+    from workers.workloads import resolve_workload_config  # torch-free
+
+    search = sweep.search
+    raw = dict(search.base_config)
+    raw.update({name: _plain(value) for name, value in sampled.items()})
+    config = resolve_workload_config(search.workload, raw)
+    return TrialSpec(workload=search.workload, image=search.image,
+                     config=tuple(sorted(config.items())), repeat=0, group=0)
+
+
+def _plain(value):
+    """Optuna/numpy scalars -> Python int/float (the worker config is JSON, the key stable)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return value  # keep floats floats: the schema decides, and 1.0 != 1 in a key
+    return value
+
+
+def search_space(sweep: Sweep) -> dict:
+    """The Tune search space of a search sweep (OptunaSearch converts it)."""
+    space = {}
+    for param in sweep.search.space:
+        if param.kind == "uniform":
+            space[param.name] = tune.uniform(param.low, param.high)
+        elif param.kind == "loguniform":
+            space[param.name] = tune.loguniform(param.low, param.high)
+        elif param.kind == "int":
+            space[param.name] = tune.randint(int(param.low), int(param.high) + 1)  # inclusive
+        elif param.kind == "choice":
+            space[param.name] = tune.choice(list(param.values))
+        else:  # grid.py validates kinds; reaching this is a programming error
+            raise ValueError(f"unknown search parameter kind {param.kind!r}")
+    return space
+
+
+@functools.lru_cache(maxsize=4)
+def _records_for(tracking_uri: str, experiment: str):
+    """One SweepRecords per trial process (actors are reused across trials)."""
+    from .records import SweepRecords
+
+    return SweepRecords(tracking_uri, experiment)
+
+
+def _spec_for(context: TrialContext, config: dict) -> TrialSpec:
+    if context.sweep.is_search:
+        return search_spec(context.sweep, config)
+    return context.specs_by_key[config["trial_key"]]
+
+
+def _trainable(config: dict, context: TrialContext) -> None:
+    """Run one trial in a Ray trial process; report to Tune, record to MLflow."""
+    spec = _spec_for(context, config)
+    records = _records_for(context.tracking_uri, context.experiment)
+    run_id = records.start_trial(context.parent_run_id, spec)
+    tags = {RUN_ID: run_id, TRIAL_KEY: spec.key}
+
+    def on_event(event: dict) -> None:
+        records.log_event(run_id, event)
+        if event.get("event") == "metric":
+            metrics = {k: v for k, v in (event.get("metrics") or {}).items()
+                       if isinstance(v, (int, float))}
+            tune.report({**metrics, "step": event.get("step"), **tags})
+
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    outcome = run_trial(get_backend(context.backend), spec, gpu_ids=gpu_ids,
+                        timeout_s=context.sweep.trial_timeout_s,
+                        retries=context.sweep.retries, on_event=on_event,
+                        log_dir=Path(context.log_dir))
+    extra_tags = {"versweep.attempts": str(outcome.attempts),
+                  "versweep.wall_seconds": f"{outcome.wall_seconds:.3f}"}
+    if outcome.startup_seconds is not None:
+        extra_tags["versweep.startup_seconds"] = f"{outcome.startup_seconds:.3f}"
+    if gpu_ids:
+        extra_tags["versweep.gpu_ids"] = ",".join(gpu_ids)
+    records.finish_trial(run_id, outcome.status, message=outcome.message,
+                         log_text=outcome.log_text(), samples=outcome.samples,
+                         extra_tags=extra_tags)
+    # The final report: the last step's metrics (so the search metric is present),
+    # the result metrics, and the decision.
+    final = {**outcome.last_metrics, **outcome.result_metrics}
+    final = {k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    tune.report({**final, "step": outcome.last_step or 0, **tags, STATUS: outcome.status,
+                 MESSAGE: outcome.message[:_REPORTED_MESSAGE_CHARS],
+                 "startup_seconds": outcome.startup_seconds or 0.0})
+
+
+class _StopWatchingASHA(AsyncHyperBandScheduler):
+    """ASHA that remembers which trials it stopped, and never stops the last step.
+
+    The worker ends by itself after its last epoch (its config says how many); letting
+    ASHA stop it at max_t would kill it before it sends its result (test perplexity).
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs["stop_last_trials"] = False
+        super().__init__(*args, **kwargs)
+        self.stopped: dict[str, float] = {}  # trial id -> step at which ASHA stopped it
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and STATUS not in result:
+            self.stopped[trial.trial_id] = result.get(self._time_attr)
+        return decision
+
+
+class _RecordStops(tune.Callback):
+    """Driver-side: remember each trial's run id and final report; record ASHA stops."""
+
+    def __init__(self, context: TrialContext, scheduler: _StopWatchingASHA | None):
+        self.context = context
+        self.scheduler = scheduler
+        self.last: dict[str, dict] = {}  # trial id -> its last report
+        self.started: dict[str, dict] = {}  # trial id -> its config
+        self.recorded_stops: set[str] = set()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = dict(trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last[trial.trial_id] = dict(result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.scheduler is not None and trial.trial_id in self.scheduler.stopped:
+            step = self.scheduler.stopped[trial.trial_id]
+            self.finish_unreported(trial.trial_id, "stopped",
+                                   f"stopped early by ASHA at step {step}")
+
+    def finish_unreported(self, trial_id: str, status: str, message: str) -> None:
+        """Finish the child run of a trial that could not finish it itself."""
+        last = self.last.get(trial_id) or {}
+        run_id = last.get(RUN_ID)
+        if not run_id or STATUS in last or trial_id in self.recorded_stops:
+            return
+        self.recorded_stops.add(trial_id)
+        log_path = Path(self.context.log_dir) / f"{last.get(TRIAL_KEY)}.log"
+        log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        records = _records_for(self.context.tracking_uri, self.context.experiment)
+        records.finish_trial(run_id, status, message=message, log_text=log_text)
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> float:
+    """Start a local Ray (or join ``address``); return the seconds it took."""
+    # Set before Ray starts: its processes inherit them.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # failed trials report
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
+    # Trial processes import sweeps/ and workers/ from this checkout.
+    path = os.environ.get("PYTHONPATH", "")
+    if str(REPO_ROOT) not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + path if path else "")
+    started = time.monotonic()
+    if ray.is_initialized():
+        return 0.0
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING",
+                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, logging_level="WARNING")
+    return time.monotonic() - started
+
+
+def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
+             parent_run_id: str, skip_keys: set[str], storage_dir: Path,
+             max_concurrent: int | None, address: str | None = None,
+             num_cpus: int | None = None, study_storage: str | None = None,
+             samples_done: int = 0, verbose: int = 1,
+             on_ray_started: Callable[[float], None] | None = None) -> TuneRun:
+    """Run the sweep's trials that are not in ``skip_keys`` under Ray Tune.
+
+    For a search sweep, ``samples_done`` trials were decided by an earlier run and
+    ``study_storage`` is the Optuna RDB URL whose study the search continues.
+    """
+    ray_seconds = start_ray(address, num_cpus)
+    if on_ray_started is not None:
+        on_ray_started(ray_seconds)
+    log_dir = storage_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    resources = trial_resources(sweep, ray.cluster_resources().get("GPU", 0.0))
+    context = TrialContext(
+        sweep=sweep, backend=backend, tracking_uri=tracking_uri, experiment=experiment,
+        parent_run_id=parent_run_id, log_dir=str(log_dir),
+        specs_by_key={t.key: t for t in sweep.trials if t.key not in skip_keys})
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, context=context),
+        {k.lower(): v for k, v in resources.items()})
+
+    scheduler = None
+    if sweep.is_search:
+        search = sweep.search
+        num_samples = max(search.num_samples - samples_done, 0)
+        if num_samples == 0:
+            return TuneRun(records=[], ray_start_seconds=ray_seconds)
+        param_space = search_space(sweep)
+        searcher = _optuna_searcher(sweep, experiment, parent_run_id, study_storage)
+        if max_concurrent:
+            from ray.tune.search import ConcurrencyLimiter
+
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+        if search.scheduler is not None:
+            scheduler = _StopWatchingASHA(
+                time_attr="step", metric=search.metric, mode=search.mode,
+                grace_period=search.scheduler.grace_period,
+                reduction_factor=search.scheduler.reduction_factor,
+                max_t=search.scheduler.max_t)
+        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                      num_samples=num_samples, metric=search.metric,
+                                      mode=search.mode, reuse_actors=True)
+        columns = {search.metric: search.metric, "step": "step"}
+    else:
+        if not context.specs_by_key:
+            return TuneRun(records=[], ray_start_seconds=ray_seconds)
+        param_space = {"trial_key": tune.grid_search(list(context.specs_by_key))}
+        tune_config = tune.TuneConfig(max_concurrent_trials=max_concurrent or 0,
+                                      reuse_actors=True)
+        columns = {"step": "step"}
+    columns.update({STATUS: "decision", "test_perplexity": "test_ppl",
+                    "ms_per_batch_median": "ms/batch"})
+
+    callback = _RecordStops(context, scheduler)
+    reporter = tune.CLIReporter(metric_columns=columns, max_report_frequency=10,
+                                parameter_columns=(["trial_key"] if not sweep.is_search
+                                                   else [p.name for p in sweep.search.space]),
+                                max_column_length=24)
+    run_config = tune.RunConfig(
+        name=f"{sweep.name}-{parent_run_id[:8]}-{int(time.time())}",
+        storage_path=str(storage_dir), callbacks=[callback], progress_reporter=reporter,
+        verbose=verbose, failure_config=tune.FailureConfig(max_failures=0))
+    tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                       run_config=run_config)
+    # Tune's own result files are off (MLflow is the record); it need not say so per trial.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    fit_started = time.monotonic()
+    interrupted = False
+    try:
+        grid = tuner.fit()
+        trials = [result for result in grid]
+    except KeyboardInterrupt:  # a second Ctrl-C: Tune gave up waiting for its trials
+        interrupted, trials = True, []
+    tune_seconds = time.monotonic() - fit_started
+
+    records = []
+    for trial_id, last in callback.last.items():
+        key = last.get(TRIAL_KEY)
+        if STATUS in last:
+            status, message = last[STATUS], last.get(MESSAGE, "")
+        elif scheduler is not None and trial_id in scheduler.stopped:
+            status = "stopped"
+            message = f"stopped early by ASHA at step {scheduler.stopped[trial_id]}"
+        else:
+            interrupted = True
+            status, message = "stopped", "interrupted before it finished"
+            callback.finish_unreported(trial_id, status, message)
+        spec = _spec_for(context, last.get("config") or {})
+        metrics = {k: v for k, v in last.items() if isinstance(v, (int, float))
+                   and not isinstance(v, bool) and k not in _TUNE_BOOKKEEPING}
+        records.append(TrialRecord(
+            key=key, name=spec.name, workload=spec.workload, status=status, message=message,
+            config=spec.config_dict, metrics=metrics, run_id=last.get(RUN_ID)))
+    for trial_id, config in callback.started.items():
+        if trial_id in callback.last:
+            continue
+        # Started but never reported: died (or was interrupted) before its first event
+        # reached Tune; its child run, if any, is left RUNNING and marked KILLED on --resume.
+        spec = _spec_for(context, config)
+        errors = [str(r.error) for r in trials if r.error is not None
+                  and (r.config or {}) == config]
+        interrupted = interrupted or not errors
+        message = errors[0].splitlines()[0][:300] if errors else "interrupted before it started"
+        records.append(TrialRecord(key=spec.key, name=spec.name, workload=spec.workload,
+                                   status="failed" if errors else "stopped", message=message,
+                                   config=spec.config_dict))
+    if not sweep.is_search and len(callback.started) < len(context.specs_by_key):
+        interrupted = True  # some trials never started
+    return TuneRun(records=records, interrupted=interrupted,
+                   ray_start_seconds=ray_seconds, tune_seconds=tune_seconds)
+
+
+def _optuna_searcher(sweep: Sweep, experiment: str, parent_run_id: str,
+                     study_storage: str | None):
+    """OptunaSearch with a TPE sampler and a persistent study named after the sweep run."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = sweep.search
+    storage = optuna.storages.RDBStorage(study_storage) if study_storage else None
+    return OptunaSearch(
+        metric=search.metric, mode=search.mode,
+        sampler=optuna.samplers.TPESampler(seed=search.seed),
+        study_name=study_name(experiment, sweep.name, parent_run_id), storage=storage)
+
+
+def study_name(experiment: str, sweep_name: str, parent_run_id: str) -> str:
+    """The Optuna study of one sweep run: ``--resume`` finds the same parent run, so this study."""
+    return f"versweep/{experiment}/{sweep_name}/{parent_run_id}"
+
+
+def shutdown() -> None:
+    """Stop the Ray driver connection (and the local cluster it started)."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+__all__ = ["TuneRun", "run_tune", "search_spec", "shutdown", "start_ray", "study_name"]
