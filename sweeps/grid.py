@@ -1,0 +1,724 @@
+"""Grid files: a TOML grid (plus ``--set`` overrides) validated into a ``spec.Sweep``.
+
+A grid is either a list of ``[[group]]`` tables, each expanded into the cartesian
+product of its ``axes`` times its images times its repeats, or one ``[search]``
+table that Optuna samples. The format is documented in the shipped grids
+(sweeps/grids/*.toml); every key there carries a comment.
+
+Everything a grid says is checked here, before any trial starts: unknown keys
+(naming the nearest valid one), wrong types, empty axes, unknown images, and
+every trial's worker config, through the worker's own schema
+(``workers.workloads.resolve_workload_config``, which is torch-free). A mistake is
+one ``GridError`` line: ``<file>: <key path>: <what is wrong and what to do>``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from workers.protocol import BadConfig
+from workers.workloads import WORKLOADS, resolve_workload_config, schema_for
+
+from .errors import GridError
+from .matrix import display_path, load_matrix, nearest, read_toml
+from .spec import LOCAL_IMAGE, Image, Param, Scheduler, Search, Sweep, TrialSpec
+
+GRIDS_DIR = Path(__file__).resolve().parent / "grids"
+MATRIX_PATH = Path(__file__).resolve().parent.parent / "images" / "matrix.toml"
+
+# Backends a grid may name. `docker` arrives with the images issue; the runner says
+# so in one line when it is not available yet, but its grids already validate.
+KNOWN_BACKENDS = ("local", "docker")
+# What a trial asks Ray for: a GPU ("cuda"), a CPU ("cpu"), or a GPU when the cluster has one.
+DEVICES = ("auto", "cpu", "cuda")
+# Words that select images from the matrix instead of a list of names.
+IMAGE_SELECTORS = ("all", "cuda", "cpu")
+SPACE_TYPES = ("uniform", "loguniform", "int", "choice")
+SAMPLERS = ("tpe",)
+SCHEDULERS = ("asha",)
+MODES = ("min", "max")
+
+# What each workload reports, so a search's metric is checked before a trial runs.
+# "step": in `metric` events (per epoch / per chunk), usable by ASHA; "result": only
+# in the final `result` event. These mirror the workers' events (tests/test_grids.py
+# runs a tiny ptb_lm and checks them).
+METRICS = {
+    "ptb_lm": {
+        "step": ("train_perplexity", "valid_perplexity", "words_per_second", "learning_rate",
+                 "epoch_seconds"),
+        "result": ("test_perplexity", "best_valid_perplexity"),
+    },
+    "rnn_bench": {
+        "step": ("chunk_ms_per_batch_median", "loss"),
+        "result": ("ms_per_batch_mean", "ms_per_batch_median", "ms_per_batch_p10",
+                   "ms_per_batch_p90", "ms_per_batch_std", "ms_per_batch_min",
+                   "ms_per_batch_max", "sequences_per_second"),
+    },
+}
+
+# The keys of each table, with a note on what each is for (shown when a key is unknown).
+TOP_KEYS = ("sweep", "group", "search")
+SWEEP_KEYS = ("name", "description", "backend", "device", "repeats", "seed", "trial_timeout_s",
+              "retries", "max_concurrent", "images", "data_dir")
+GROUP_KEYS = ("workload", "images", "repeats", "config", "axes")
+SEARCH_KEYS = ("workload", "image", "config", "metric", "mode", "num_samples", "sampler", "seed",
+               "space", "scheduler")
+PARAM_KEYS = {"uniform": ("type", "low", "high"), "loguniform": ("type", "low", "high"),
+              "int": ("type", "low", "high"), "choice": ("type", "values")}
+SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t")
+
+# Defaults of the [sweep] table (the shipped grids repeat them in comments).
+DEFAULT_TIMEOUT_S = 3600.0
+DEFAULT_RETRIES = 1
+DEFAULT_NUM_SAMPLES = 20
+DEFAULT_REDUCTION_FACTOR = 4  # Ray Tune's ASHA default
+DEFAULT_GRACE_PERIOD = 1
+
+# Keys the sweep sets in every trial config; a group may not set them itself.
+SWEEP_OWNED_KEYS = {"device": "sweep.device"}
+
+_KEY_IN_MESSAGE = re.compile(r"key '([^']+)'")
+_SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
+
+
+class _Checker:
+    """Reads one grid document, raising GridError with the file and the key path."""
+
+    def __init__(self, shown: str):
+        self.shown = shown
+
+    def fail(self, path: str, message: str) -> GridError:
+        return GridError(f"{self.shown}: {path}: {message}")
+
+    def keys(self, path: str, table: Any, valid: Sequence[str]) -> dict[str, Any]:
+        """The table itself, after checking that it is a table with only ``valid`` keys."""
+        if not isinstance(table, dict):
+            raise self.fail(path, f"must be a table, not {_describe(table)}")
+        for key in table:
+            if key not in valid:
+                where = f"{path}.{key}" if path else key
+                raise self.fail(where, f"unknown key{nearest(key, valid)}; valid keys here: "
+                                       f"{', '.join(valid)}")
+        return table
+
+    def table(self, path: str, value: Any) -> dict[str, Any]:
+        """A table of free keys (worker config, axes, search space)."""
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a table, not {_describe(value)}")
+        return value
+
+    def string(self, path: str, value: Any, choices: Sequence[str] | None = None) -> str:
+        if not isinstance(value, str):
+            raise self.fail(path, f"must be a string, not {_describe(value)}")
+        if choices is not None and value not in choices:
+            raise self.fail(path, f"'{value}' is not one of {', '.join(choices)}"
+                                  f"{nearest(value, choices)}")
+        return value
+
+    def integer(self, path: str, value: Any, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"must be an integer, not {_describe(value)}")
+        if value < minimum:
+            raise self.fail(path, f"is {value}; it must be at least {minimum}")
+        return value
+
+    def number(self, path: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(path, f"must be a number, not {_describe(value)}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise self.fail(path, "must be a finite number")
+        return float(value)
+
+    def positive(self, path: str, value: Any) -> float:
+        number = self.number(path, value)
+        if number <= 0:
+            raise self.fail(path, f"is {value}; it must be greater than 0")
+        return number
+
+
+def _describe(value: Any) -> str:
+    """A value as a user reads it in an error: its TOML type and the value."""
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+    if isinstance(value, dict):
+        return kind
+    return f"{kind} ({value!r})"
+
+
+# ---------------------------------------------------------------- finding and overriding
+
+
+def grid_path(name_or_path: str) -> Path:
+    """The file of a grid: a shipped grid's name ("smoke") or a path to a .toml file."""
+    candidate = Path(name_or_path).expanduser()
+    looks_like_path = (name_or_path.endswith(".toml") or "/" in name_or_path
+                       or candidate.is_file())
+    if looks_like_path:
+        return candidate
+    shipped = GRIDS_DIR / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    names = shipped_grids()
+    raise GridError(f"grid '{name_or_path}': no such grid{nearest(name_or_path, names)}; "
+                    f"shipped grids: {', '.join(names)} (or give a path to a .toml file)")
+
+
+def parse_override_value(text: str) -> Any:
+    """A --set value: a TOML value (1, 2.5, true, "x", ["a", "b"]) or else the text itself."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(document: dict[str, Any], overrides: Sequence[str], shown: str) -> None:
+    """Apply ``--set key.path=value`` strings to the parsed grid, in place, in order.
+
+    A path walks tables by key and arrays by index (``group.0``) or by ``*`` (every
+    element: ``group.*.config.batches=20``). Missing tables at the end of a path are
+    created, so a new config key can be added; validation then checks it.
+    """
+    for raw in overrides:
+        path_text, sep, value_text = raw.partition("=")
+        path_text = path_text.strip()
+        if not sep or not path_text:
+            raise GridError(f"{shown}: --set {raw!r}: expected key.path=value, "
+                            "e.g. sweep.repeats=1 or group.*.config.batches=20")
+        parts = path_text.split(".")
+        if any(not part for part in parts):
+            raise GridError(f"{shown}: --set {path_text}: empty part in the key path")
+        _set_path(document, parts, parse_override_value(value_text.strip()), shown, path_text,
+                  [])
+
+
+def _set_path(node: Any, parts: list[str], value: Any, shown: str, full: str,
+              walked: list[str]) -> None:
+    here = ".".join(walked) or "the grid"
+    part, rest = parts[0], parts[1:]
+    if isinstance(node, list):
+        if part == "*":
+            if not node:
+                raise GridError(f"{shown}: --set {full}: {here} is empty")
+            indices = range(len(node))
+        elif part.isdigit() and int(part) < len(node):
+            indices = [int(part)]
+        else:
+            raise GridError(f"{shown}: --set {full}: {here} has {len(node)} entries; use an "
+                            f"index 0..{len(node) - 1} or * for all, not '{part}'")
+        for index in indices:
+            if not rest:
+                node[index] = value
+            else:
+                _set_path(node[index], rest, value, shown, full, walked + [str(index)])
+        return
+    if not isinstance(node, dict):
+        raise GridError(f"{shown}: --set {full}: {here} is a value, not a table, so it has "
+                        f"no key '{part}'")
+    if part == "*":
+        raise GridError(f"{shown}: --set {full}: {here} is a table; * selects array entries")
+    if not rest:
+        node[part] = value
+        return
+    if part not in node:
+        if rest[0] == "*" or rest[0].isdigit():
+            raise GridError(f"{shown}: --set {full}: the grid has no '{'.'.join(walked + [part])}'"
+                            " entries to index")
+        node[part] = {}
+    _set_path(node[part], rest, value, shown, full, walked + [part])
+
+
+# ---------------------------------------------------------------- images
+
+
+def _select_images(check: _Checker, path: str, value: Any, matrix: dict[str, Image],
+                   device: str) -> tuple[Image, ...]:
+    """Images named by a selector word ("all", "cuda", "cpu") or a list of matrix names."""
+    if isinstance(value, str):
+        check.string(path, value, IMAGE_SELECTORS)
+        if value == "all":
+            chosen = list(matrix.values())
+        else:
+            chosen = [i for i in matrix.values() if (i.cuda is not None) == (value == "cuda")]
+        if not chosen:
+            raise check.fail(path, f"the matrix has no '{value}' images")
+    elif isinstance(value, list):
+        if not value:
+            raise check.fail(path, "is empty; name at least one image of images/matrix.toml, "
+                                   f"or one of {', '.join(repr(s) for s in IMAGE_SELECTORS)}")
+        chosen = []
+        for index, name in enumerate(value):
+            if not isinstance(name, str):
+                raise check.fail(f"{path}[{index}]", f"must be an image name, not "
+                                                     f"{_describe(name)}")
+            if name not in matrix:
+                raise check.fail(f"{path}[{index}]", f"image '{name}' is not in "
+                                 f"images/matrix.toml{nearest(name, matrix)}")
+            if matrix[name] in chosen:
+                raise check.fail(f"{path}[{index}]", f"image '{name}' is listed twice")
+            chosen.append(matrix[name])
+    else:
+        raise check.fail(path, f"must be a list of image names or one of "
+                               f"{', '.join(IMAGE_SELECTORS)}, not {_describe(value)}")
+    if device == "cuda":
+        for image in chosen:
+            if image.cuda is None:
+                raise check.fail(path, f"image '{image.name}' has no CUDA but sweep.device is "
+                                       "'cuda'; use images = \"cuda\" or drop it")
+    return tuple(chosen)
+
+
+# ---------------------------------------------------------------- worker configs
+
+
+# Where a key the sweep put into a trial config comes from, for error messages.
+SWEEP_SOURCES = {"seed": "sweep.seed", "device": "sweep.device", "data_dir": "sweep.data_dir"}
+
+
+def _paths(prefix: str, table: dict[str, Any]) -> dict[str, str]:
+    """{key: "prefix.key"} for each key of a grid table."""
+    return {key: f"{prefix}.{key}" for key in table}
+
+
+def _bad_config_path(message: str, sources: list[dict[str, str]], fallback: str) -> str:
+    """The key path a worker BadConfig message is about: the first source holding its key."""
+    for key in _KEY_IN_MESSAGE.findall(message):
+        for paths in sources:
+            if key in paths:
+                return paths[key]
+    return fallback
+
+
+def _resolve(check: _Checker, workload: str, raw: dict[str, Any],
+             sources: list[dict[str, str]], fallback: str) -> dict[str, Any]:
+    """The worker's own resolution of a config; BadConfig becomes a GridError at the key path."""
+    try:
+        return resolve_workload_config(workload, raw)
+    except BadConfig as exc:
+        raise check.fail(_bad_config_path(exc.message, sources, fallback), exc.message) from None
+
+
+def _workload(check: _Checker, path: str, value: Any) -> str:
+    name = check.string(path, value)
+    if name not in WORKLOADS:
+        raise check.fail(path, f"workload '{name}' is unknown{nearest(name, WORKLOADS)}; "
+                               f"valid workloads: {', '.join(sorted(WORKLOADS))}")
+    return name
+
+
+def _config_table(check: _Checker, path: str, value: Any) -> dict[str, Any]:
+    table = check.table(path, value if value is not None else {})
+    for key, owner in SWEEP_OWNED_KEYS.items():
+        if key in table:
+            raise check.fail(f"{path}.{key}", f"the sweep sets '{key}' for every trial; set "
+                                              f"{owner} (auto, cpu or cuda) instead")
+    return dict(table)
+
+
+def _absolute_data_dir(check: _Checker, path: str, value: Any) -> Any:
+    """A data directory as an absolute path (relative to where the user runs versweep)."""
+    if not isinstance(value, str) or not value.strip():
+        return value  # the worker's schema reports null / wrong types / empty strings
+    directory = Path(value).expanduser()
+    if not directory.is_absolute():
+        directory = Path.cwd() / directory
+    if not directory.is_dir():
+        raise check.fail(path, f"directory '{value}' does not exist; give the directory "
+                               "holding ptb.train.txt, ptb.valid.txt and ptb.test.txt, or leave "
+                               "it out for the synthetic corpus")
+    return str(directory.resolve())
+
+
+# ---------------------------------------------------------------- the [sweep] table
+
+
+def _sweep_settings(check: _Checker, document: dict[str, Any], default_name: str,
+                    matrix_path: Path) -> dict[str, Any]:
+    table = check.keys("sweep", document.get("sweep", {}), SWEEP_KEYS)
+    name = check.string("sweep.name", table.get("name", default_name))
+    if not _SWEEP_NAME.match(name):
+        raise check.fail("sweep.name", f"'{name}' must start with a letter or digit and hold "
+                                       "only letters, digits, spaces, dots, dashes, underscores")
+    settings = {
+        "name": name,
+        "description": check.string("sweep.description", table.get("description", "")),
+        "backend": check.string("sweep.backend", table.get("backend", "local"), KNOWN_BACKENDS),
+        "device": check.string("sweep.device", table.get("device", "auto"), DEVICES),
+        "repeats": check.integer("sweep.repeats", table.get("repeats", 1), 1),
+        "seed": (check.integer("sweep.seed", table["seed"], 0) if "seed" in table else None),
+        "trial_timeout_s": check.positive("sweep.trial_timeout_s",
+                                          table.get("trial_timeout_s", DEFAULT_TIMEOUT_S)),
+        "retries": check.integer("sweep.retries", table.get("retries", DEFAULT_RETRIES), 0),
+        "max_concurrent": (check.integer("sweep.max_concurrent", table["max_concurrent"], 1)
+                           if "max_concurrent" in table else None),
+        "data_dir": None,
+        "images_value": table.get("images"),
+        "has": set(table),
+    }
+    if "data_dir" in table:
+        check.string("sweep.data_dir", table["data_dir"])
+        settings["data_dir"] = _absolute_data_dir(check, "sweep.data_dir", table["data_dir"])
+    # The matrix is read only when the grid names images: a local grid never needs it.
+    settings["matrix"] = None
+    settings["matrix_path"] = matrix_path
+    return settings
+
+
+def _matrix(settings: dict[str, Any]) -> dict[str, Image]:
+    if settings["matrix"] is None:
+        settings["matrix"] = load_matrix(settings["matrix_path"])
+    return settings["matrix"]
+
+
+# ---------------------------------------------------------------- [[group]] tables
+
+
+def _injected(settings: dict[str, Any], workload: str, config: dict[str, Any],
+              axes: dict[str, list[Any]]) -> dict[str, Any]:
+    """What the sweep adds to a group's config: the device, and the data directory."""
+    schema = schema_for(workload)
+    extra = {"device": settings["device"]}
+    if settings["data_dir"] is not None and "data_dir" in schema and "data_dir" not in config \
+            and "data_dir" not in axes:
+        extra["data_dir"] = settings["data_dir"]
+    return extra
+
+
+def _group_trials(check: _Checker, settings: dict[str, Any], index: int,
+                  table: Any) -> tuple[list[str], list[tuple[int, str, dict[str, Any]]]]:
+    """Validate one [[group]]: its image names and its (repeat, workload, resolved config)s."""
+    path = f"group[{index}]"
+    table = check.keys(path, table, GROUP_KEYS)
+    if "workload" not in table:
+        raise check.fail(f"{path}.workload", f"missing; name one of "
+                                             f"{', '.join(sorted(WORKLOADS))}")
+    workload = _workload(check, f"{path}.workload", table["workload"])
+    repeats = check.integer(f"{path}.repeats", table.get("repeats", settings["repeats"]), 1)
+    config = _config_table(check, f"{path}.config", table.get("config"))
+    axes: dict[str, list[Any]] = {}
+    for key, values in check.table(f"{path}.axes", table.get("axes", {})).items():
+        where = f"{path}.axes.{key}"
+        if not isinstance(values, list) or not values:
+            raise check.fail(where, f"must be a non-empty array of values, like "
+                                    f"{key} = [\"a\", \"b\"]; a fixed value goes in "
+                                    f"{path}.config")
+        if key in SWEEP_OWNED_KEYS:
+            raise check.fail(where, f"the sweep sets '{key}' for every trial; set "
+                                    f"{SWEEP_OWNED_KEYS[key]} instead")
+        if key in config:
+            raise check.fail(where, f"'{key}' is also set in {path}.config; keep one")
+        for position, value in enumerate(values):
+            if value in values[:position]:
+                raise check.fail(where, f"lists {value!r} twice")
+        axes[key] = list(values)
+    if "data_dir" in config:
+        config["data_dir"] = _absolute_data_dir(check, f"{path}.config.data_dir",
+                                                config["data_dir"])
+    if "data_dir" in axes:
+        axes["data_dir"] = [_absolute_data_dir(check, f"{path}.axes.data_dir", value)
+                            for value in axes["data_dir"]]
+
+    if settings["backend"] == "local":
+        if "images" in table:  # checked, so a typo fails the same way on every backend
+            _select_images(check, f"{path}.images", table["images"], _matrix(settings),
+                           settings["device"])
+        images = [LOCAL_IMAGE]
+    else:
+        value = table.get("images", settings["images_value"])
+        if value is None:
+            raise check.fail(f"{path}.images", "the docker backend runs each trial in an image; "
+                                               "set sweep.images or this group's images "
+                                               f"({', '.join(IMAGE_SELECTORS)} or a list of "
+                                               "names from images/matrix.toml)")
+        where = f"{path}.images" if "images" in table else "sweep.images"
+        images = [image.name for image in _select_images(check, where, value, _matrix(settings),
+                                                        settings["device"])]
+
+    injected = _injected(settings, workload, config, axes)
+    sources = [_paths(f"{path}.axes", axes), _paths(f"{path}.config", config), SWEEP_SOURCES]
+    # A seed the group sets itself is used by every repeat (identical inputs, so the
+    # repeats measure timing noise only); otherwise repeat r runs with base seed + r.
+    seed_fixed = "seed" in config or "seed" in axes
+    base_seed = settings["seed"]
+    if base_seed is None:
+        base_seed = schema_for(workload)["seed"].default
+
+    keys = list(axes)
+    templates = []
+    for combo in itertools.product(*(axes[key] for key in keys)):
+        raw = dict(config)
+        raw.update(zip(keys, combo, strict=True))
+        raw.update(injected)
+        for repeat in range(repeats):
+            trial_raw = dict(raw)
+            if not seed_fixed:
+                trial_raw["seed"] = base_seed + repeat
+            resolved = _resolve(check, workload, trial_raw, sources, f"{path}.config")
+            templates.append((repeat, workload, resolved))
+    return images, templates
+
+
+def _group_sweep(check: _Checker, settings: dict[str, Any],
+                 groups: Any) -> tuple[tuple[TrialSpec, ...], tuple[Image, ...]]:
+    if not isinstance(groups, list):
+        raise check.fail("group", "must be an array of tables: write [[group]], not [group]")
+    if not groups:
+        raise check.fail("group", "the grid has no [[group]] tables; add one, or a [search]")
+    if settings["images_value"] is not None:  # checked even where every group names its own
+        _select_images(check, "sweep.images", settings["images_value"], _matrix(settings),
+                       settings["device"])
+    per_group = [_group_trials(check, settings, i, t) for i, t in enumerate(groups)]
+
+    # Repeat-major order: every variant's repeat 0 is queued before any repeat 1, so slow
+    # drift on a node (thermals, other load) spreads over all variants instead of
+    # landing on whichever ran last.
+    trials: list[TrialSpec] = []
+    seen: dict[str, int] = {}
+    most = max(repeat for _, templates in per_group for repeat, _, _ in templates)
+    for repeat in range(most + 1):
+        for group_index, (images, templates) in enumerate(per_group):
+            for image in images:
+                for rep, workload, resolved in templates:
+                    if rep != repeat:
+                        continue
+                    spec = TrialSpec(workload=workload, image=image,
+                                     config=tuple(sorted(resolved.items())), repeat=repeat,
+                                     group=group_index)
+                    if spec.key in seen:
+                        raise check.fail(f"group[{group_index}]",
+                                         f"trial '{spec.name}' is also produced by "
+                                         f"group[{seen[spec.key]}]; each trial must appear once")
+                    seen[spec.key] = group_index
+                    trials.append(spec)
+    used = {trial.image for trial in trials}
+    images = tuple(i for i in (settings["matrix"] or {}).values() if i.name in used)
+    return tuple(trials), images
+
+
+# ---------------------------------------------------------------- [search]
+
+
+def _param(check: _Checker, workload: str, name: str, table: Any) -> Param:
+    path = f"search.space.{name}"
+    schema = schema_for(workload)
+    if name not in schema:
+        raise check.fail(path, f"config key '{name}' is unknown for {workload}"
+                               f"{nearest(name, schema)}; the space samples worker config keys")
+    if name in SWEEP_OWNED_KEYS:
+        raise check.fail(path, f"the sweep sets '{name}'; it cannot be searched")
+    if not isinstance(table, dict):
+        raise check.fail(path, "must be a table like {type = \"loguniform\", low = 0.1, "
+                               "high = 10}")
+    if "type" not in table:
+        raise check.fail(f"{path}.type", f"missing; one of {', '.join(SPACE_TYPES)}")
+    kind = check.string(f"{path}.type", table["type"], SPACE_TYPES)
+    check.keys(path, table, PARAM_KEYS[kind])
+    field = schema[name]
+    if kind == "choice":
+        values = table.get("values")
+        if not isinstance(values, list) or not values:
+            raise check.fail(f"{path}.values", "a choice needs a non-empty array of values")
+        for position, value in enumerate(values):
+            if value in values[:position]:
+                raise check.fail(f"{path}.values", f"lists {value!r} twice")
+        return Param(name=name, kind=kind, values=tuple(values))
+    for bound in ("low", "high"):
+        if bound not in table:
+            raise check.fail(f"{path}.{bound}", f"missing; a {kind} range needs low and high")
+    if kind == "int":
+        low = check.integer(f"{path}.low", table["low"], -(2 ** 62))
+        high = check.integer(f"{path}.high", table["high"], -(2 ** 62))
+    else:
+        if field.kind == "int":
+            raise check.fail(f"{path}.type", f"'{kind}' samples fractional numbers but '{name}' "
+                                             "takes integers; use type = \"int\" or \"choice\"")
+        low = check.number(f"{path}.low", table["low"])
+        high = check.number(f"{path}.high", table["high"])
+    if low >= high:
+        raise check.fail(path, f"low ({low}) must be less than high ({high})")
+    if kind == "loguniform" and low <= 0:
+        raise check.fail(f"{path}.low", f"is {low}; a loguniform range needs low > 0")
+    return Param(name=name, kind=kind, low=low, high=high)
+
+
+def _probe_values(param: Param) -> list[tuple[str, Any]]:
+    """The values of a parameter that bound what the sampler can produce."""
+    if param.kind == "choice":
+        return [(f"values[{i}]", v) for i, v in enumerate(param.values)]
+    if param.kind == "int":
+        return [("low", int(param.low)), ("high", int(param.high))]
+    return [("low", float(param.low)), ("high", float(param.high))]
+
+
+def _search_sweep(check: _Checker, settings: dict[str, Any],
+                  table: Any) -> tuple[Search, tuple[Image, ...]]:
+    table = check.keys("search", table, SEARCH_KEYS)
+    for key in ("repeats", "images"):
+        if key in settings["has"]:
+            what = ("each sampled config runs once; raise search.num_samples instead"
+                    if key == "repeats" else "a search runs on one image; set search.image")
+            raise check.fail(f"sweep.{key}", f"not used by a [search] grid: {what}")
+    for key in ("workload", "metric", "mode"):
+        if key not in table:
+            raise check.fail(f"search.{key}", "missing")
+    workload = _workload(check, "search.workload", table["workload"])
+    config = _config_table(check, "search.config", table.get("config"))
+    if "data_dir" in config:
+        config["data_dir"] = _absolute_data_dir(check, "search.config.data_dir",
+                                                config["data_dir"])
+
+    if settings["backend"] == "local":
+        if "image" in table:
+            _select_images(check, "search.image", [check.string("search.image", table["image"])],
+                           _matrix(settings), settings["device"])
+        image_name, images = LOCAL_IMAGE, ()
+    else:
+        if "image" not in table:
+            raise check.fail("search.image", "the docker backend runs the search in one image; "
+                                             "name one from images/matrix.toml")
+        images = _select_images(check, "search.image",
+                                [check.string("search.image", table["image"])],
+                                _matrix(settings), settings["device"])
+        image_name = images[0].name
+
+    space_table = check.table("search.space", table.get("space", {}))
+    if not space_table:
+        raise check.fail("search.space", "is empty; add at least one [search.space.<key>] table")
+    space = tuple(_param(check, workload, name, spec) for name, spec in space_table.items())
+    for param in space:
+        if param.name in config:
+            raise check.fail(f"search.space.{param.name}", f"'{param.name}' is also fixed in "
+                                                           "search.config; keep one")
+
+    raw = dict(config)
+    raw.update(_injected(settings, workload, config, {}))
+    if settings["seed"] is not None and "seed" not in raw:
+        raw["seed"] = settings["seed"]
+    sources = [_paths("search.config", config), SWEEP_SOURCES]
+    base = _resolve(check, workload, raw, sources, "search.config")
+    # Every bound of every dimension must be a config the worker accepts.
+    for param in space:
+        for label, value in _probe_values(param):
+            probe = dict(raw)
+            probe[param.name] = value
+            _resolve(check, workload, probe,
+                     [{param.name: f"search.space.{param.name}.{label}"}] + sources,
+                     f"search.space.{param.name}.{label}")
+
+    metrics = METRICS.get(workload, {"step": (), "result": ()})
+    metric = check.string("search.metric", table["metric"])
+    mode = check.string("search.mode", table["mode"], MODES)
+    scheduler = None
+    if "scheduler" in table:
+        scheduler = _scheduler(check, table["scheduler"], base)
+        valid = metrics["step"]
+        why = "ASHA stops trials on a metric reported every step"
+    else:
+        valid = metrics["step"] + metrics["result"]
+        why = "the search ranks trials by it"
+    if metric not in valid:
+        listed = ", ".join(valid) if valid else "none"
+        raise check.fail("search.metric", f"{workload} does not report '{metric}'"
+                                          f"{nearest(metric, valid)} and {why}; "
+                                          f"choose one of: {listed}")
+    return Search(
+        workload=workload,
+        image=image_name,
+        base_config=tuple(sorted(base.items())),
+        space=space,
+        metric=metric,
+        mode=mode,
+        num_samples=check.integer("search.num_samples",
+                                  table.get("num_samples", DEFAULT_NUM_SAMPLES), 1),
+        sampler=check.string("search.sampler", table.get("sampler", "tpe"), SAMPLERS),
+        seed=check.integer("search.seed", table.get("seed", 0), 0),
+        scheduler=scheduler,
+    ), images
+
+
+def _scheduler(check: _Checker, table: Any, base: dict[str, Any]) -> Scheduler:
+    table = check.keys("search.scheduler", table, SCHEDULER_KEYS)
+    if "type" not in table:
+        raise check.fail("search.scheduler.type", f"missing; one of {', '.join(SCHEDULERS)}")
+    kind = check.string("search.scheduler.type", table["type"], SCHEDULERS)
+    grace = check.integer("search.scheduler.grace_period",
+                          table.get("grace_period", DEFAULT_GRACE_PERIOD), 1)
+    factor = check.integer("search.scheduler.reduction_factor",
+                           table.get("reduction_factor", DEFAULT_REDUCTION_FACTOR), 2)
+    # A trial reports one step per epoch; it cannot run more than its epochs.
+    epochs = base.get("max_epochs") or base.get("epochs")
+    if "max_t" in table:
+        max_t = check.integer("search.scheduler.max_t", table["max_t"], 1)
+        if epochs is not None and max_t > epochs:
+            raise check.fail("search.scheduler.max_t", f"is {max_t} but each trial runs "
+                                                       f"{epochs} epochs; use at most {epochs}")
+    elif epochs is not None:
+        max_t = epochs
+    else:
+        raise check.fail("search.scheduler.max_t", "missing; the most steps a trial runs")
+    if grace > max_t:
+        raise check.fail("search.scheduler.grace_period", f"is {grace} but max_t is {max_t}; "
+                                                          "a trial cannot be stopped after it ends")
+    return Scheduler(kind=kind, grace_period=grace, reduction_factor=factor, max_t=max_t)
+
+
+# ---------------------------------------------------------------- the whole grid
+
+
+def load_sweep(name_or_path: str, overrides: Sequence[str] = (), *,
+               matrix_path: Path = MATRIX_PATH) -> Sweep:
+    """Load a grid by name (a file of sweeps/grids) or path, apply ``--set`` overrides, validate.
+
+    Returns the frozen Sweep: every trial's worker config resolved by the worker's
+    own schema (all defaults filled in), so trial keys are stable and the records
+    show everything. Raises GridError, one line naming the file and key path.
+    """
+    path = grid_path(name_or_path)
+    shown = display_path(path)
+    text, document = read_toml(path)
+    apply_overrides(document, list(overrides), shown)
+    if overrides:
+        # The parent run logs this text: keep what was really run next to the file.
+        text = text.rstrip("\n") + "\n\n# versweep --set overrides applied to this grid:\n" + \
+            "".join(f"#   {item}\n" for item in overrides)
+
+    check = _Checker(shown)
+    check.keys("", document, TOP_KEYS)
+    settings = _sweep_settings(check, document, path.stem, Path(matrix_path))
+    has_groups, has_search = "group" in document, "search" in document
+    if has_groups and has_search:
+        raise check.fail("search", "a grid is either [[group]] tables or one [search]; put the "
+                                   "search in its own grid file")
+    if not has_groups and not has_search:
+        raise check.fail("group", "the grid has no [[group]] tables and no [search]; add one")
+
+    trials: tuple[TrialSpec, ...] = ()
+    search = None
+    if has_search:
+        search, images = _search_sweep(check, settings, document["search"])
+    else:
+        trials, images = _group_sweep(check, settings, document["group"])
+    return Sweep(
+        name=settings["name"],
+        path=path.resolve(),
+        text=text,
+        description=settings["description"],
+        backend=settings["backend"],
+        device=settings["device"],
+        trial_timeout_s=settings["trial_timeout_s"],
+        retries=settings["retries"],
+        max_concurrent=settings["max_concurrent"],
+        trials=trials,
+        search=search,
+        data_dir=settings["data_dir"],
+        images=tuple(images),
+    )
+
+
+def shipped_grids() -> list[str]:
+    """The names of the grids in sweeps/grids."""
+    return sorted(p.stem for p in GRIDS_DIR.glob("*.toml"))
