@@ -1,0 +1,166 @@
+"""images/matrix.toml checked against itself, and what a broken matrix tells its editor."""
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from sweeps.errors import GridError
+from sweeps.grid import MATRIX_PATH
+from sweeps.matrix import load_matrix, release_line
+
+# Every PyTorch release line the project promises to cover (DESIGN.md, images section).
+RELEASE_LINES = ["0.4"] + [f"1.{minor}" for minor in range(14)] + \
+    [f"2.{minor}" for minor in range(16)]
+
+FIELDS = ("name", "base", "torch", "python", "cuda", "cudnn", "archs")
+
+
+def _version(text):
+    return tuple(int(part) for part in text.split("."))
+
+
+@pytest.fixture(scope="module")
+def raw_entries():
+    """The [[image]] tables as TOML gives them, without the loader's help."""
+    return tomllib.loads(MATRIX_PATH.read_text())["image"]
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    return load_matrix(MATRIX_PATH)
+
+
+def test_the_matrix_loads_with_one_entry_per_table(matrix, raw_entries):
+    assert list(matrix) == [entry["name"] for entry in raw_entries]
+
+
+def test_image_names_are_unique(raw_entries):
+    names = [entry["name"] for entry in raw_entries]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_every_release_line_from_0_4_to_2_15_has_an_image(matrix):
+    covered = {release_line(image) for image in matrix.values()}
+    missing = [line for line in RELEASE_LINES if line not in covered]
+    assert not missing, f"release lines without an image: {missing}"
+
+
+def test_every_entry_has_every_field_well_formed(raw_entries):
+    for entry in raw_entries:
+        for field in FIELDS:
+            assert field in entry, f"{entry.get('name')}: no {field}"
+        assert re.fullmatch(r"\d+\.\d+\.\d+", entry["torch"]), entry
+        assert re.fullmatch(r"3\.\d+", entry["python"]), entry
+        assert entry["notes"].strip(), f"{entry['name']}: notes must say where the facts come from"
+        if entry["cuda"]:
+            assert re.fullmatch(r"\d+\.\d+", entry["cuda"]), entry
+            assert re.fullmatch(r"\d+(\.\d+){1,3}", entry["cudnn"]), entry
+            assert entry["archs"], f"{entry['name']}: a CUDA image needs its archs"
+            assert all(re.fullmatch(r"sm_\d{2,3}", a) for a in entry["archs"]), entry
+            assert all(re.fullmatch(r"compute_\d{2,3}", a) for a in entry.get("ptx", [])), entry
+        else:
+            assert entry["cudnn"] == "" and entry["archs"] == [], entry
+
+
+def test_names_say_torch_and_cuda(matrix):
+    for image in matrix.values():
+        variant = "cpu" if image.cuda is None else "cu" + image.cuda.replace(".", "")
+        assert image.name == f"torch-{image.torch}-{variant}"
+
+
+def test_pytorch_tags_match_the_torch_and_cuda_of_the_entry(matrix):
+    for image in matrix.values():
+        if not image.base.startswith("pytorch/pytorch:"):
+            continue
+        tag = image.base.split(":", 1)[1]
+        # Old tags shorten the version ("1.2-cuda10.0", "0.4-cuda9"), so the line is enough.
+        assert tag.startswith(release_line(image)), image
+        major, minor = image.cuda.split(".")
+        spelled = {f"cuda{image.cuda}"} | ({f"cuda{major}"} if minor == "0" else set())
+        assert any(f"{s}-" in tag for s in spelled), image
+        assert tag.endswith(("-runtime", "-devel")), image
+
+
+def test_archs_are_ones_the_cuda_toolkit_can_compile_for(matrix):
+    # sm_80 needs CUDA 11.0, sm_86 11.1, sm_90 11.8, sm_100/sm_120 12.8: a newer arch in an
+    # older toolkit's image is a typo in the matrix.
+    first_cuda = {"sm_80": "11.0", "sm_86": "11.1", "sm_90": "11.8", "sm_100": "12.8",
+                  "sm_120": "12.8"}
+    for image in matrix.values():
+        for arch in image.archs:
+            if arch in first_cuda:
+                assert _version(image.cuda) >= _version(first_cuda[arch]), (image.name, arch)
+
+
+def test_cudnn_major_fits_cuda(matrix):
+    # cuDNN 8 came with CUDA 11 support, cuDNN 7 never supported CUDA 11.
+    for image in matrix.values():
+        if image.cuda is None:
+            continue
+        cudnn_major = int(image.cudnn.split(".")[0])
+        if _version(image.cuda) >= (11, 0):
+            assert cudnn_major >= 8, image.name
+        else:
+            assert cudnn_major == 7, image.name
+
+
+def test_the_gpu_generations_the_reference_names_are_covered(matrix):
+    # A100 (sm_80) from 1.7 cu110, H100 (sm_90) from 2.0 cu118 (reference §2), and a CPU
+    # image for testing the docker backend without a GPU.
+    assert "sm_80" in matrix["torch-1.7.1-cu110"].archs
+    assert "sm_90" in matrix["torch-2.0.1-cu118"].archs
+    assert "sm_90" not in matrix["torch-2.0.1-cu117"].archs
+    assert any(image.cuda is None for image in matrix.values())
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "matrix.toml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+[[image]]
+name = "torch-2.1.0-cu121"
+base = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime"
+torch = "2.1.0"
+python = "3.10"
+cuda = "12.1"
+cudnn = "8.9.2.26"
+archs = ["sm_80", "sm_90"]
+notes = "test"
+"""
+
+
+def test_a_small_matrix_loads_into_images(tmp_path):
+    images = load_matrix(_write(tmp_path, GOOD))
+    image = images["torch-2.1.0-cu121"]
+    assert (image.torch, image.cuda, image.cudnn, image.archs) == \
+        ("2.1.0", "12.1", "8.9.2.26", ("sm_80", "sm_90"))
+
+
+@pytest.mark.parametrize("text, where, says", [
+    (GOOD + GOOD, "image[1].name", "appears twice"),
+    (GOOD.replace("archs =", "arch ="), "image[0].arch", "did you mean 'archs'"),
+    (GOOD.replace('cudnn = "8.9.2.26"\n', ""), "image[0].cudnn", "missing"),
+    (GOOD.replace('"sm_90"', '"sm90"'), ".archs", "'sm90' is not an architecture"),
+    (GOOD.replace('torch = "2.1.0"', 'torch = "2.1"'), ".torch", "not a release"),
+    (GOOD.replace('name = "torch-2.1.0-cu121"', 'name = "torch-2.1.0-cu118"'), ".name",
+     "does not match"),
+    (GOOD.replace('cuda = "12.1"', 'cuda = ""'), "image[0]", "both"),
+    (GOOD.replace("archs = [", "archs = [1, "), ".archs", "list of strings"),
+    (GOOD + "\n[[image]\n", "", "line"),
+    ("schema = 2\n" + GOOD, "schema", "schema 1"),
+])
+def test_a_broken_matrix_names_file_and_key(tmp_path, text, where, says):
+    with pytest.raises(GridError) as caught:
+        load_matrix(_write(tmp_path, text))
+    message = str(caught.value)
+    assert "matrix.toml: " in message and where in message and says in message, message
+    assert "\n" not in message
+
+
+def test_a_missing_matrix_is_one_clear_error(tmp_path):
+    with pytest.raises(GridError, match="no such file"):
+        load_matrix(Path(tmp_path / "nowhere.toml"))
