@@ -82,7 +82,8 @@ DEFAULT_GRACE_PERIOD = 1
 # Keys the sweep sets in every trial config; a group may not set them itself.
 SWEEP_OWNED_KEYS = {"device": "sweep.device"}
 
-_KEY_IN_MESSAGE = re.compile(r"key '([^']+)'")
+# Quoted words in a worker's BadConfig message; those that are config keys locate it.
+_KEY_IN_MESSAGE = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
 _SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
 
 
@@ -192,8 +193,38 @@ def apply_overrides(document: dict[str, Any], overrides: Sequence[str], shown: s
         parts = path_text.split(".")
         if any(not part for part in parts):
             raise GridError(f"{shown}: --set {path_text}: empty part in the key path")
-        _set_path(document, parts, parse_override_value(value_text.strip()), shown, path_text,
-                  [])
+        value = parse_override_value(value_text.strip())
+        if parts[:2] == ["group", "*"] and len(parts) >= 4 and parts[2] in ("config", "axes"):
+            _set_worker_key_in_groups(document, parts, value, shown, path_text)
+        else:
+            _set_path(document, parts, value, shown, path_text, [])
+
+
+def _set_worker_key_in_groups(document: dict[str, Any], parts: list[str], value: Any,
+                              shown: str, full: str) -> None:
+    """group.*.config.KEY=V sets KEY in every group whose workload has such a key.
+
+    So ``group.*.config.batches=20`` shortens every benchmark group of a grid that
+    also holds a ptb_lm group. A key no group's workload knows is an error.
+    """
+    groups = document.get("group")
+    if not isinstance(groups, list) or not groups:
+        raise GridError(f"{shown}: --set {full}: the grid has no [[group]] tables")
+    key = parts[3]
+    known: set[str] = set()
+    chosen = []
+    for index, group in enumerate(groups):
+        workload = group.get("workload") if isinstance(group, dict) else None
+        if workload in WORKLOADS:
+            schema = schema_for(workload)
+            known.update(schema)
+            if key in schema:
+                chosen.append(index)
+    if not chosen:
+        raise GridError(f"{shown}: --set {full}: no group's workload has a config key "
+                        f"'{key}'{nearest(key, sorted(known))}")
+    for index in chosen:
+        _set_path(groups[index], parts[2:], value, shown, full, ["group", str(index)])
 
 
 def _set_path(node: Any, parts: list[str], value: Any, shown: str, full: str,
@@ -235,6 +266,19 @@ def _set_path(node: Any, parts: list[str], value: Any, shown: str, full: str,
 # ---------------------------------------------------------------- images
 
 
+def _one_image(check: _Checker, path: str, name: Any, matrix: dict[str, Image],
+               device: str) -> Image:
+    """One image of the matrix, by name."""
+    check.string(path, name)
+    if name not in matrix:
+        raise check.fail(path, f"image '{name}' is not in images/matrix.toml"
+                               f"{nearest(name, matrix)}")
+    image = matrix[name]
+    if device == "cuda" and image.cuda is None:
+        raise check.fail(path, f"image '{name}' has no CUDA but sweep.device is 'cuda'")
+    return image
+
+
 def _select_images(check: _Checker, path: str, value: Any, matrix: dict[str, Image],
                    device: str) -> tuple[Image, ...]:
     """Images named by a selector word ("all", "cuda", "cpu") or a list of matrix names."""
@@ -252,15 +296,10 @@ def _select_images(check: _Checker, path: str, value: Any, matrix: dict[str, Ima
                                    f"or one of {', '.join(repr(s) for s in IMAGE_SELECTORS)}")
         chosen = []
         for index, name in enumerate(value):
-            if not isinstance(name, str):
-                raise check.fail(f"{path}[{index}]", f"must be an image name, not "
-                                                     f"{_describe(name)}")
-            if name not in matrix:
-                raise check.fail(f"{path}[{index}]", f"image '{name}' is not in "
-                                 f"images/matrix.toml{nearest(name, matrix)}")
-            if matrix[name] in chosen:
+            image = _one_image(check, f"{path}[{index}]", name, matrix, "any")
+            if image in chosen:
                 raise check.fail(f"{path}[{index}]", f"image '{name}' is listed twice")
-            chosen.append(matrix[name])
+            chosen.append(image)
     else:
         raise check.fail(path, f"must be a list of image names or one of "
                                f"{', '.join(IMAGE_SELECTORS)}, not {_describe(value)}")
@@ -285,9 +324,14 @@ def _paths(prefix: str, table: dict[str, Any]) -> dict[str, str]:
 
 
 def _bad_config_path(message: str, sources: list[dict[str, str]], fallback: str) -> str:
-    """The key path a worker BadConfig message is about: the first source holding its key."""
-    for key in _KEY_IN_MESSAGE.findall(message):
-        for paths in sources:
+    """The key path a worker BadConfig message is about.
+
+    Sources are searched in order (axes before fixed config), so when a cross-key
+    check names two keys, the path points at the axis that made the combination.
+    """
+    mentioned = _KEY_IN_MESSAGE.findall(message)
+    for paths in sources:
+        for key in mentioned:
             if key in paths:
                 return paths[key]
     return fallback
@@ -571,19 +615,16 @@ def _search_sweep(check: _Checker, settings: dict[str, Any],
         config["data_dir"] = _absolute_data_dir(check, "search.config.data_dir",
                                                 config["data_dir"])
 
+    if "image" in table:  # checked on every backend, so a typo fails the same way
+        image = _one_image(check, "search.image", table["image"], _matrix(settings),
+                           settings["device"])
+    elif settings["backend"] != "local":
+        raise check.fail("search.image", "the docker backend runs the search in one image; "
+                                         "name one from images/matrix.toml")
     if settings["backend"] == "local":
-        if "image" in table:
-            _select_images(check, "search.image", [check.string("search.image", table["image"])],
-                           _matrix(settings), settings["device"])
         image_name, images = LOCAL_IMAGE, ()
     else:
-        if "image" not in table:
-            raise check.fail("search.image", "the docker backend runs the search in one image; "
-                                             "name one from images/matrix.toml")
-        images = _select_images(check, "search.image",
-                                [check.string("search.image", table["image"])],
-                                _matrix(settings), settings["device"])
-        image_name = images[0].name
+        image_name, images = image.name, (image,)
 
     space_table = check.table("search.space", table.get("space", {}))
     if not space_table:
