@@ -32,6 +32,7 @@ The torch API rule, kept simple on purpose:
   Chains through a call (``torch.cuda.Event().record``) stop at the call.
 """
 import ast
+import functools
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,12 @@ def parse_with_parents(source, filename):
         for child in ast.iter_child_nodes(node):
             child.parent = node
     return tree
+
+
+@functools.cache
+def parsed_file(path):
+    """``parse_with_parents`` of a file, once per test run (the host check revisits files)."""
+    return parse_with_parents(path.read_text(), str(path))
 
 
 def ancestors(node):
@@ -429,7 +436,7 @@ def module_of(path):
 def project_imports(path, at_import_time_only):
     """(line, module, project file) for each project module ``path`` imports, packages too."""
     name, is_package = module_of(path)
-    tree = parse_with_parents(path.read_text(), str(path))
+    tree = parsed_file(path)
     found = []
     for entry in imported_modules(tree, at_import_time_only):
         line, module = entry[0], entry[1]
@@ -453,7 +460,7 @@ def project_imports(path, at_import_time_only):
 
 def torch_import_lines(path, at_import_time_only):
     """Lines of ``path`` that import torch directly."""
-    tree = parse_with_parents(path.read_text(), str(path))
+    tree = parsed_file(path)
     return [entry[0] for entry in imported_modules(tree, at_import_time_only)
             if entry[1].split(".")[0] == "torch" and (len(entry) < 4 or entry[2] == 0)]
 

@@ -42,7 +42,8 @@ TENSOR_TYPE_MODULES = ["torch", "torch.cuda", "torch.sparse", "torch.cuda.sparse
 def git_show(git_dir, commit, path):
     """The text of ``path`` at ``commit``."""
     return subprocess.run(["git", "--git-dir", git_dir, "show", f"{commit}:{path}"],
-                          check=True, stdout=subprocess.PIPE, text=True).stdout
+                          check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True).stdout
 
 
 def git_python_files(git_dir, commit):
@@ -393,9 +394,15 @@ def main():
     parser.add_argument("--tag-commit", required=True, help="the commit the v0.4.1 tag names")
     parser.add_argument("--source", default="", help="where that git directory came from")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "--git-dir", args.git_dir, "rev-parse", args.commit],
-                            check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
-    api = build(args.git_dir, commit)
+    try:
+        commit = subprocess.run(["git", "--git-dir", args.git_dir, "rev-parse", "--verify",
+                                 "--quiet", args.commit + "^{commit}"],
+                                check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True).stdout.strip()
+        api = build(args.git_dir, commit)
+    except subprocess.CalledProcessError as error:
+        sys.exit(f"error: git could not read {args.commit!r} from {args.git_dir!r} "
+                 f"(exit {error.returncode}); is it a git directory holding the v0.4.1 tree?")
     sys.stdout.write(HEADER.format(
         tag_commit=args.tag_commit, source=args.source, git_dir=args.git_dir, commit=commit,
         n_python=len(git_python_files(args.git_dir, commit)),
