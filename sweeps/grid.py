@@ -606,9 +606,12 @@ def _search_sweep(check: _Checker, settings: dict[str, Any],
             what = ("each sampled config runs once; raise search.num_samples instead"
                     if key == "repeats" else "a search runs on one image; set search.image")
             raise check.fail(f"sweep.{key}", f"not used by a [search] grid: {what}")
-    for key in ("workload", "metric", "mode"):
+    needs = {"workload": f"one of {', '.join(sorted(METRICS))}",
+             "metric": "the metric to optimise, e.g. valid_perplexity",
+             "mode": "min or max"}
+    for key, what in needs.items():
         if key not in table:
-            raise check.fail(f"search.{key}", "missing")
+            raise check.fail(f"search.{key}", f"missing; {what}")
     workload = _workload(check, "search.workload", table["workload"])
     config = _config_table(check, "search.config", table.get("config"))
     if "data_dir" in config:
@@ -663,9 +666,11 @@ def _search_sweep(check: _Checker, settings: dict[str, Any],
         why = "the search ranks trials by it"
     if metric not in valid:
         listed = ", ".join(valid) if valid else "none"
-        raise check.fail("search.metric", f"{workload} does not report '{metric}'"
-                                          f"{nearest(metric, valid)} and {why}; "
-                                          f"choose one of: {listed}")
+        if metric in metrics["result"]:
+            said = f"{workload} reports '{metric}' only at the end, but {why}"
+        else:
+            said = f"{workload} does not report '{metric}'{nearest(metric, valid)}, and {why}"
+        raise check.fail("search.metric", f"{said}; choose one of: {listed}")
     return Search(
         workload=workload,
         image=image_name,

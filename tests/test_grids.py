@@ -308,7 +308,8 @@ BAD_GRIDS = [
      "search.metric", "did you mean 'valid_perplexity'"),
     ("search: ASHA on a result-only metric",
      SEARCH.replace('metric = "valid_perplexity"', 'metric = "test_perplexity"')
-     + '[search.scheduler]\ntype = "asha"\n', "search.metric", "ASHA stops trials"),
+     + '[search.scheduler]\ntype = "asha"\n', "search.metric",
+     "only at the end, but ASHA stops trials"),
     ("search: unknown scheduler", SEARCH + '[search.scheduler]\ntype = "hyperband"\n',
      "search.scheduler.type", "not one of asha"),
     ("search: max_t beyond the epochs", SEARCH + '[search.scheduler]\ntype = "asha"\nmax_t = 9\n',
