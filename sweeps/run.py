@@ -39,19 +39,23 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
 
     Raises UserError for everything a user can fix (the CLI prints it as one line).
     """
-    from .backends import get_backend
+    from .backends import BACKENDS, get_backend
     from .grid import load_sweep
 
     out = out if out is not None else sys.stdout
     cwd = Path(cwd) if cwd is not None else Path.cwd()
     sweep = load_sweep(grid, overrides)
     backend_name = backend or sweep.backend
-    runner = get_backend(backend_name)
     max_concurrent = max_concurrent or sweep.max_concurrent
     experiment = experiment or sweep.name
     if dry_run:
+        # The table is shown even for a backend that is known but not available yet
+        # (docker), so a grid can be checked before its images exist.
+        if backend_name not in BACKENDS:
+            get_backend(backend_name)  # the one-line error that lists the valid names
         out.write(format_trial_table(sweep, backend_name, max_concurrent) + "\n")
         return EXIT_OK
+    runner = get_backend(backend_name)
     runner.preflight(sweep)
 
     from . import tune as sweep_tune
@@ -130,11 +134,23 @@ def _study_storage(tracking_uri: str, cwd: Path) -> str:
     return prefix + str(cwd / "optuna.db")
 
 
-def _varying_keys(configs: list[dict], limit: int = 8) -> list[str]:
-    """Config keys whose value differs between trials: the columns worth showing."""
-    keys = sorted({k for c in configs for k in c})
-    varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-    return varying[:limit]
+# Config keys a person looks for first in a trial table, per workload.
+_KEY_COLUMNS = {
+    "ptb_lm": ("preset", "hidden_size", "num_layers", "max_epochs", "learning_rate", "keep_prob"),
+    "rnn_bench": ("bench", "impl", "cell", "batch_size", "seq_len", "hidden_size"),
+}
+
+
+def _key_config(trials) -> dict[str, list[str]]:
+    """Per workload: its key columns plus every other config key that differs between its trials."""
+    columns: dict[str, list[str]] = {}
+    for workload in sorted({t.workload for t in trials}):
+        configs = [t.config_dict for t in trials if t.workload == workload]
+        keys = sorted({k for c in configs for k in c})
+        varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+        first = [k for k in _KEY_COLUMNS.get(workload, ()) if k in keys]
+        columns[workload] = first + [k for k in varying if k not in first]
+    return columns
 
 
 def format_trial_table(sweep, backend: str, max_concurrent: int | None) -> str:
@@ -159,20 +175,25 @@ def format_trial_table(sweep, backend: str, max_concurrent: int | None) -> str:
             s = search.scheduler
             lines.append(f"  early stopping: {s.kind} on {search.metric}, grace {s.grace_period},"
                          f" reduction factor {s.reduction_factor}, max_t {s.max_t}")
-        lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in search.base_config))
+        searched = {p.name for p in search.space}
+        lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in search.base_config
+                                             if k not in searched))
         return "\n".join(lines)
 
-    configs = [t.config_dict for t in sweep.trials]
-    columns = _varying_keys(configs)
-    header = ["#", "trial", "workload", "image", *columns, "repeat", "resources"]
-    rows = [[str(i), t.name, t.workload, t.image,
-             *[_cell(t.config_dict.get(c)) for c in columns], str(t.repeat), resources]
-            for i, t in enumerate(sweep.trials, 1)]
+    lines.append(f"each trial asks Ray for {resources}")
+    columns = _key_config(sweep.trials)
+    short = {"1 CPU": "CPU 1", "1 GPU + 1 CPU": "GPU 1, CPU 1"}.get(resources, "GPU 1 or CPU 1")
+    header = ["#", "trial", "image", "config", "repeat", "resources"]
+    rows = []
+    for number, trial in enumerate(sweep.trials, 1):
+        config = trial.config_dict
+        shown = " ".join(f"{k}={_cell(config.get(k))}" for k in columns[trial.workload])
+        rows.append([str(number), trial.name, trial.image, shown, str(trial.repeat), short])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     lines.append(f"{len(sweep.trials)} trials; nothing started (dry run)")
     return "\n".join(lines)
 
