@@ -330,7 +330,9 @@ def build(git_dir, commit):
             elif kind == "attribute":
                 for source in modules[name].star_sources:
                     kind = imported_kind(modules, source, member) or kind
-            if f"{name}.{member}" in modules:
+            if f"{name}.{member}" in modules and member not in modules[name].kinds:
+                # A submodule nobody rebinds; `from .spectral_norm import spectral_norm` in
+                # the package rebinds the name to the function, which is what users get.
                 kind = "module"
             api[f"{name}.{member}"] = kind
     for member, kind in c_module_names(git_dir, commit).items():
@@ -338,15 +340,17 @@ def build(git_dir, commit):
     for member in torch_docs_functions(git_dir, commit) | aten_torch_functions(git_dir, commit):
         # torch/__init__.py copies these over same-named submodule attributes (torch.tensor
         # the function replaces torch.tensor the module), so the function is what users get.
-        if api.get(f"torch.{member}") == "module":
-            api = {n: k for n, k in api.items() if not n.startswith(f"torch.{member}.")}
         api[f"torch.{member}"] = "function"
     for dotted in tensor_type_classes(git_dir, commit):
         api[dotted] = "class"
     api["torch.version"] = "module"
     for member in version_module_names(git_dir, commit):
         api[f"torch.version.{member}"] = "attribute"
-    return api
+    # Where a package attribute shadows its submodule, the submodule's names are unreachable
+    # through that dotted path (torch.nn.utils.spectral_norm.SpectralNorm is no attribute).
+    shadowed = [n for n in modules if api.get(n) != "module"]
+    return {n: k for n, k in api.items()
+            if not any(n.startswith(prefix + ".") for prefix in shadowed)}
 
 
 HEADER = """\
