@@ -168,16 +168,16 @@ def probe_polarity(test, flag_names):
     ``hasattr(torch, "x")`` -> body; ``not hasattr(...)`` or ``getattr(m, "x", None) is None``
     -> orelse; a test without any probe -> None.
     """
+    def flip(polarity):
+        return {"body": "orelse", "orelse": "body"}.get(polarity, polarity)
+
     if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
-        return {"body": "orelse", "orelse": "body"}.get(
-            probe_polarity(test.operand, flag_names), probe_polarity(test.operand, flag_names))
+        return flip(probe_polarity(test.operand, flag_names))
     if (isinstance(test, ast.Compare) and len(test.ops) == 1
             and isinstance(test.comparators[0], ast.Constant)
             and test.comparators[0].value is None):
         inner = probe_polarity(test.left, flag_names)
-        if isinstance(test.ops[0], (ast.Is, ast.Eq)):
-            return {"body": "orelse", "orelse": "body"}.get(inner, inner)
-        return inner
+        return flip(inner) if isinstance(test.ops[0], (ast.Is, ast.Eq)) else inner
     if isinstance(test, ast.BoolOp):
         found = {probe_polarity(v, flag_names) for v in test.values} - {None}
         return found.pop() if len(found) == 1 else ("both" if found else None)
@@ -283,9 +283,11 @@ def is_guarded(node, flag_names):
             branch = "body" if (child is parent.body or child in listed(parent.body)) else "orelse"
             if probe_polarity(parent.test, flag_names) in (branch, "both"):
                 return True
-        if isinstance(parent, ast.BoolOp) and isinstance(parent.op, ast.And):
-            before = parent.values[:parent.values.index(child)] if child in parent.values else []
-            if any(contains_feature_probe(v, flag_names) for v in before):
+        if isinstance(parent, ast.BoolOp) and child in parent.values:
+            # `hasattr(torch, "x") and torch.x()`, `not hasattr(torch, "x") or torch.x()`
+            runs_when = "body" if isinstance(parent.op, ast.And) else "orelse"
+            before = parent.values[:parent.values.index(child)]
+            if any(probe_polarity(v, flag_names) in (runs_when, "both") for v in before):
                 return True
         for field in ("body", "orelse", "finalbody"):
             # `if not hasattr(torch, "compile"): raise Unsupported(...)` guards what follows
@@ -317,7 +319,6 @@ def torch_uses(source, filename="<source>"):
 
     uses = []
     for node in ast.walk(tree):
-        chain = None
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
                 node.module.split(".")[0] == "torch":
             for alias in node.names:
@@ -643,6 +644,8 @@ def violations_in(source):
      "    return torch.jit.trace_module(g)\n", "torch.jit.trace_module"),
     ("import torch\ng = torch.jit.trace_module(f) if not hasattr(torch, 'compile') else f\n",
      "torch.jit.trace_module"),
+    ("import torch\ng = not hasattr(torch, 'compile') and torch.jit.trace_module(f)\n",
+     "torch.jit.trace_module"),
     ("import torch.nn as nn\n"
      "def backend():\n    return 'native' if hasattr(nn, 'CTCLoss') else None\n"
      "def make(name):\n    if name == 'native':\n        return nn.CTCLoss()\n",
@@ -657,6 +660,7 @@ def test_checker_flags_unguarded_newer_apis(source, chain):
     "import torch\nif hasattr(torch, 'compile'):\n    f = torch.compile(f)\n",
     "import torch\nf = torch.compile(f) if hasattr(torch, 'compile') else f\n",
     "import torch\nok = hasattr(torch, 'compile') and torch.compile(f)\n",
+    "import torch\ng = not hasattr(torch, 'compile') or torch.compile(f)\n",
     "import torch\ntry:\n    torch.use_deterministic_algorithms(True)\nexcept AttributeError:\n"
     "    pass\n",
     "try:\n    from torch.nn import CTCLoss\nexcept ImportError:\n    CTCLoss = None\n",
