@@ -63,6 +63,7 @@ def python_files(folder):
 
 
 def relative(path):
+    """``path`` as the report shows it: relative to the repository root."""
     return path.relative_to(ROOT).as_posix() if path.is_absolute() else str(path)
 
 
@@ -82,6 +83,7 @@ def parsed_file(path):
 
 
 def ancestors(node):
+    """The enclosing nodes of ``node``, innermost first."""
     while hasattr(node, "parent"):
         node = node.parent
         yield node
@@ -185,6 +187,7 @@ def probe_polarity(test, flag_names):
 
 
 def always_exits(block):
+    """Whether a statement block ends by leaving it (raise, return, continue, break)."""
     return bool(block) and isinstance(block[-1], (ast.Raise, ast.Return, ast.Continue,
                                                   ast.Break))
 
@@ -268,6 +271,7 @@ def resolve_chain(node, aliases):
 
 
 def listed(value):
+    """A statement block as a list; an IfExp's branch is one expression, not a block."""
     return value if isinstance(value, list) else []
 
 
@@ -428,6 +432,7 @@ def project_module_path(module):
 
 
 def module_of(path):
+    """(dotted module name, whether it is a package) of a project file."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
@@ -543,6 +548,7 @@ def run_vermin(target):
 
 @pytest.fixture(scope="module")
 def vermin_available():
+    """Fail (not skip) without vermin: a skipped portability check would pass silently."""
     try:
         import vermin  # noqa: F401
     except ImportError:
@@ -619,6 +625,7 @@ def test_api_list_is_torch_0_4_1():
 # ---------------------------------------------------------------------------------------------
 
 def violations_in(source):
+    """The torch API check on a small source, as if it were a worker file."""
     return torch_api_violations(source, "sample.py", load_torch_api())
 
 
