@@ -170,11 +170,18 @@ def grid_path(name_or_path: str) -> Path:
 
 
 def parse_override_value(text: str) -> Any:
-    """A --set value: a TOML value (1, 2.5, true, "x", ["a", "b"]) or else the text itself."""
+    """A --set value: a TOML value (1, 2.5, true, "x", ["a", "b"]) or else the text itself.
+
+    A shell often eats the quotes inside brackets (--set group.0.axes.impl=[cudnn,fused]
+    arrives without them), so a bracketed list of bare words is read as a list too.
+    """
     try:
         return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
-        return text
+        pass
+    if text.startswith("[") and text.endswith("]") and text[1:-1].strip():
+        return [parse_override_value(item.strip()) for item in text[1:-1].split(",")]
+    return text
 
 
 def apply_overrides(document: dict[str, Any], overrides: Sequence[str], shown: str) -> None:

@@ -77,10 +77,6 @@ def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
         raise GridError(f"{shown}: not valid TOML: {exc}") from None
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
-
-
 def _check_name(shown: str, where: str, entry: dict[str, Any]) -> None:
     """An image name says what it holds: torch-<torch>-cu<cuda digits> or torch-<torch>-cpu."""
     cuda = entry["cuda"] or None
@@ -203,7 +199,3 @@ def release_line(image: Image) -> str:
     """The PyTorch release line of an image: '1.13' for torch 1.13.1."""
     return ".".join(image.torch.split(".")[:2])
 
-
-def newest_first(images: dict[str, Image]) -> list[Image]:
-    """The images sorted by torch version, newest first (ties keep file order)."""
-    return sorted(images.values(), key=lambda image: _version_key(image.torch), reverse=True)

@@ -160,11 +160,28 @@ def test_set_overrides_change_the_trial_table():
     cudnn_only = load_sweep("versions", ['group.0.axes.impl=["cudnn"]'])
     group0 = {t.config_dict["impl"] for t in cudnn_only.trials if t.group == 0}
     assert group0 == {"cudnn"}
+    # The same with the quotes a shell took away.
+    bare = load_sweep("versions", ["group.0.axes.impl=[cudnn, fused]"])
+    assert {t.config_dict["impl"] for t in bare.trials if t.group == 0} == {"cudnn", "fused"}
     assert "sweep.repeats=1" in once.text
 
     assert load_sweep("hparams", ["search.num_samples=4"]).search.num_samples == 4
     two = load_sweep("nightly", ['sweep.images=["torch-2.13.0-cu130"]', "sweep.backend=docker"])
     assert {t.image for t in two.trials} == {"torch-2.13.0-cu130"}
+
+
+def test_the_sweep_data_dir_reaches_every_ptb_lm_trial_as_an_absolute_path(tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "ptb").mkdir()
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep("smoke", ["sweep.data_dir=ptb"])
+    assert sweep.data_dir == str(tmp_path / "ptb")
+    for trial in sweep.trials:
+        if trial.workload == "ptb_lm":
+            assert trial.config_dict["data_dir"] == str(tmp_path / "ptb")
+        else:
+            assert "data_dir" not in trial.config_dict
+    assert load_sweep("smoke").trials[0].config_dict["data_dir"] is None
 
 
 def test_the_local_backend_runs_a_docker_grid_on_the_host_torch():
