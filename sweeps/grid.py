@@ -18,6 +18,7 @@ import itertools
 import re
 import tomllib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,7 @@ def _set_worker_key_in_groups(document: dict[str, Any], parts: list[str], value:
 
 def _set_path(node: Any, parts: list[str], value: Any, shown: str, full: str,
               walked: list[str]) -> None:
+    """Set ``value`` at ``parts`` below ``node``; ``walked`` is the path so far, for messages."""
     here = ".".join(walked) or "the grid"
     part, rest = parts[0], parts[1:]
     if isinstance(node, list):
@@ -387,59 +389,79 @@ def _absolute_data_dir(check: _Checker, path: str, value: Any) -> Any:
 # ---------------------------------------------------------------- the [sweep] table
 
 
+@dataclass
+class _SweepSettings:
+    """The checked [sweep] table, plus the image matrix, read only when a grid names images."""
+
+    name: str
+    description: str
+    backend: str
+    device: str
+    repeats: int
+    seed: int | None  # base seed of the repeats; None: the workload's default seed
+    trial_timeout_s: float
+    retries: int
+    max_concurrent: int | None
+    data_dir: str | None  # absolute
+    images: Any  # the raw `images` value (a selector word or a list of names), or None
+    written: frozenset[str]  # the keys the grid wrote, to refuse those a search ignores
+    matrix_path: Path
+    _matrix: dict[str, Image] | None = None
+
+    def matrix(self) -> dict[str, Image]:
+        if self._matrix is None:
+            self._matrix = load_matrix(self.matrix_path)
+        return self._matrix
+
+    def matrix_if_read(self) -> dict[str, Image]:
+        return self._matrix or {}
+
+
 def _sweep_settings(check: _Checker, document: dict[str, Any], default_name: str,
-                    matrix_path: Path) -> dict[str, Any]:
+                    matrix_path: Path) -> _SweepSettings:
     table = check.keys("sweep", document.get("sweep", {}), SWEEP_KEYS)
     name = check.string("sweep.name", table.get("name", default_name))
     if not _SWEEP_NAME.match(name):
         raise check.fail("sweep.name", f"'{name}' must start with a letter or digit and hold "
                                        "only letters, digits, spaces, dots, dashes, underscores")
-    settings = {
-        "name": name,
-        "description": check.string("sweep.description", table.get("description", "")),
-        "backend": check.string("sweep.backend", table.get("backend", "local"), KNOWN_BACKENDS),
-        "device": check.string("sweep.device", table.get("device", "auto"), DEVICES),
-        "repeats": check.integer("sweep.repeats", table.get("repeats", 1), 1),
-        "seed": (check.integer("sweep.seed", table["seed"], 0) if "seed" in table else None),
-        "trial_timeout_s": check.positive("sweep.trial_timeout_s",
-                                          table.get("trial_timeout_s", DEFAULT_TIMEOUT_S)),
-        "retries": check.integer("sweep.retries", table.get("retries", DEFAULT_RETRIES), 0),
-        "max_concurrent": (check.integer("sweep.max_concurrent", table["max_concurrent"], 1)
-                           if "max_concurrent" in table else None),
-        "data_dir": None,
-        "images_value": table.get("images"),
-        "has": set(table),
-    }
+    data_dir = None
     if "data_dir" in table:
         check.string("sweep.data_dir", table["data_dir"])
-        settings["data_dir"] = _absolute_data_dir(check, "sweep.data_dir", table["data_dir"])
-    # The matrix is read only when the grid names images: a local grid never needs it.
-    settings["matrix"] = None
-    settings["matrix_path"] = matrix_path
-    return settings
-
-
-def _matrix(settings: dict[str, Any]) -> dict[str, Image]:
-    if settings["matrix"] is None:
-        settings["matrix"] = load_matrix(settings["matrix_path"])
-    return settings["matrix"]
+        data_dir = _absolute_data_dir(check, "sweep.data_dir", table["data_dir"])
+    return _SweepSettings(
+        name=name,
+        description=check.string("sweep.description", table.get("description", "")),
+        backend=check.string("sweep.backend", table.get("backend", "local"), KNOWN_BACKENDS),
+        device=check.string("sweep.device", table.get("device", "auto"), DEVICES),
+        repeats=check.integer("sweep.repeats", table.get("repeats", 1), 1),
+        seed=check.integer("sweep.seed", table["seed"], 0) if "seed" in table else None,
+        trial_timeout_s=check.positive("sweep.trial_timeout_s",
+                                       table.get("trial_timeout_s", DEFAULT_TIMEOUT_S)),
+        retries=check.integer("sweep.retries", table.get("retries", DEFAULT_RETRIES), 0),
+        max_concurrent=(check.integer("sweep.max_concurrent", table["max_concurrent"], 1)
+                        if "max_concurrent" in table else None),
+        data_dir=data_dir,
+        images=table.get("images"),
+        written=frozenset(table),
+        matrix_path=matrix_path,
+    )
 
 
 # ---------------------------------------------------------------- [[group]] tables
 
 
-def _injected(settings: dict[str, Any], workload: str, config: dict[str, Any],
+def _injected(settings: _SweepSettings, workload: str, config: dict[str, Any],
               axes: dict[str, list[Any]]) -> dict[str, Any]:
     """What the sweep adds to a group's config: the device, and the data directory."""
     schema = schema_for(workload)
-    extra = {"device": settings["device"]}
-    if settings["data_dir"] is not None and "data_dir" in schema and "data_dir" not in config \
+    extra = {"device": settings.device}
+    if settings.data_dir is not None and "data_dir" in schema and "data_dir" not in config \
             and "data_dir" not in axes:
-        extra["data_dir"] = settings["data_dir"]
+        extra["data_dir"] = settings.data_dir
     return extra
 
 
-def _group_trials(check: _Checker, settings: dict[str, Any], index: int,
+def _group_trials(check: _Checker, settings: _SweepSettings, index: int,
                   table: Any) -> tuple[list[str], list[tuple[int, str, dict[str, Any]]]]:
     """Validate one [[group]]: its image names and its (repeat, workload, resolved config)s."""
     path = f"group[{index}]"
@@ -448,7 +470,7 @@ def _group_trials(check: _Checker, settings: dict[str, Any], index: int,
         raise check.fail(f"{path}.workload", f"missing; name one of "
                                              f"{', '.join(sorted(WORKLOADS))}")
     workload = _workload(check, f"{path}.workload", table["workload"])
-    repeats = check.integer(f"{path}.repeats", table.get("repeats", settings["repeats"]), 1)
+    repeats = check.integer(f"{path}.repeats", table.get("repeats", settings.repeats), 1)
     config = _config_table(check, f"{path}.config", table.get("config"))
     axes: dict[str, list[Any]] = {}
     for key, values in check.table(f"{path}.axes", table.get("axes", {})).items():
@@ -473,28 +495,28 @@ def _group_trials(check: _Checker, settings: dict[str, Any], index: int,
         axes["data_dir"] = [_absolute_data_dir(check, f"{path}.axes.data_dir", value)
                             for value in axes["data_dir"]]
 
-    if settings["backend"] == "local":
+    if settings.backend == "local":
         if "images" in table:  # checked, so a typo fails the same way on every backend
-            _select_images(check, f"{path}.images", table["images"], _matrix(settings),
-                           settings["device"])
+            _select_images(check, f"{path}.images", table["images"], settings.matrix(),
+                           settings.device)
         images = [LOCAL_IMAGE]
     else:
-        value = table.get("images", settings["images_value"])
+        value = table.get("images", settings.images)
         if value is None:
             raise check.fail(f"{path}.images", "the docker backend runs each trial in an image; "
                                                "set sweep.images or this group's images "
                                                f"({', '.join(IMAGE_SELECTORS)} or a list of "
                                                "names from images/matrix.toml)")
         where = f"{path}.images" if "images" in table else "sweep.images"
-        images = [image.name for image in _select_images(check, where, value, _matrix(settings),
-                                                        settings["device"])]
+        images = [image.name for image in _select_images(check, where, value, settings.matrix(),
+                                                        settings.device)]
 
     injected = _injected(settings, workload, config, axes)
     sources = [_paths(f"{path}.axes", axes), _paths(f"{path}.config", config), SWEEP_SOURCES]
     # A seed the group sets itself is used by every repeat (identical inputs, so the
     # repeats measure timing noise only); otherwise repeat r runs with base seed + r.
     seed_fixed = "seed" in config or "seed" in axes
-    base_seed = settings["seed"]
+    base_seed = settings.seed
     if base_seed is None:
         base_seed = schema_for(workload)["seed"].default
 
@@ -513,15 +535,15 @@ def _group_trials(check: _Checker, settings: dict[str, Any], index: int,
     return images, templates
 
 
-def _group_sweep(check: _Checker, settings: dict[str, Any],
+def _group_sweep(check: _Checker, settings: _SweepSettings,
                  groups: Any) -> tuple[tuple[TrialSpec, ...], tuple[Image, ...]]:
     if not isinstance(groups, list):
         raise check.fail("group", "must be an array of tables: write [[group]], not [group]")
     if not groups:
         raise check.fail("group", "the grid has no [[group]] tables; add one, or a [search]")
-    if settings["images_value"] is not None:  # checked even where every group names its own
-        _select_images(check, "sweep.images", settings["images_value"], _matrix(settings),
-                       settings["device"])
+    if settings.images is not None:  # checked even where every group names its own
+        _select_images(check, "sweep.images", settings.images, settings.matrix(),
+                       settings.device)
     per_group = [_group_trials(check, settings, i, t) for i, t in enumerate(groups)]
 
     # Repeat-major order: every variant's repeat 0 is queued before any repeat 1, so slow
@@ -546,7 +568,7 @@ def _group_sweep(check: _Checker, settings: dict[str, Any],
                     seen[spec.key] = group_index
                     trials.append(spec)
     used = {trial.image for trial in trials}
-    images = tuple(i for i in (settings["matrix"] or {}).values() if i.name in used)
+    images = tuple(i for i in settings.matrix_if_read().values() if i.name in used)
     return tuple(trials), images
 
 
@@ -605,11 +627,11 @@ def _probe_values(param: Param) -> list[tuple[str, Any]]:
     return [("low", float(param.low)), ("high", float(param.high))]
 
 
-def _search_sweep(check: _Checker, settings: dict[str, Any],
+def _search_sweep(check: _Checker, settings: _SweepSettings,
                   table: Any) -> tuple[Search, tuple[Image, ...]]:
     table = check.keys("search", table, SEARCH_KEYS)
     for key in ("repeats", "images"):
-        if key in settings["has"]:
+        if key in settings.written:
             what = ("each sampled config runs once; raise search.num_samples instead"
                     if key == "repeats" else "a search runs on one image; set search.image")
             raise check.fail(f"sweep.{key}", f"not used by a [search] grid: {what}")
@@ -626,12 +648,12 @@ def _search_sweep(check: _Checker, settings: dict[str, Any],
                                                 config["data_dir"])
 
     if "image" in table:  # checked on every backend, so a typo fails the same way
-        image = _one_image(check, "search.image", table["image"], _matrix(settings),
-                           settings["device"])
-    elif settings["backend"] != "local":
+        image = _one_image(check, "search.image", table["image"], settings.matrix(),
+                           settings.device)
+    elif settings.backend != "local":
         raise check.fail("search.image", "the docker backend runs the search in one image; "
                                          "name one from images/matrix.toml")
-    if settings["backend"] == "local":
+    if settings.backend == "local":
         image_name, images = LOCAL_IMAGE, ()
     else:
         image_name, images = image.name, (image,)
@@ -647,8 +669,8 @@ def _search_sweep(check: _Checker, settings: dict[str, Any],
 
     raw = dict(config)
     raw.update(_injected(settings, workload, config, {}))
-    if settings["seed"] is not None and "seed" not in raw:
-        raw["seed"] = settings["seed"]
+    if settings.seed is not None and "seed" not in raw:
+        raw["seed"] = settings.seed
     sources = [_paths("search.config", config), SWEEP_SOURCES]
     base = _resolve(check, workload, raw, sources, "search.config")
     # Every bound of every dimension must be a config the worker accepts.
@@ -756,18 +778,18 @@ def load_sweep(name_or_path: str, overrides: Sequence[str] = (), *,
     else:
         trials, images = _group_sweep(check, settings, document["group"])
     return Sweep(
-        name=settings["name"],
+        name=settings.name,
         path=path.resolve(),
         text=text,
-        description=settings["description"],
-        backend=settings["backend"],
-        device=settings["device"],
-        trial_timeout_s=settings["trial_timeout_s"],
-        retries=settings["retries"],
-        max_concurrent=settings["max_concurrent"],
+        description=settings.description,
+        backend=settings.backend,
+        device=settings.device,
+        trial_timeout_s=settings.trial_timeout_s,
+        retries=settings.retries,
+        max_concurrent=settings.max_concurrent,
         trials=trials,
         search=search,
-        data_dir=settings["data_dir"],
+        data_dir=settings.data_dir,
         images=tuple(images),
     )
 

@@ -184,6 +184,19 @@ def test_the_sweep_data_dir_reaches_every_ptb_lm_trial_as_an_absolute_path(tmp_p
     assert load_sweep("smoke").trials[0].config_dict["data_dir"] is None
 
 
+def test_a_grid_reads_images_from_the_matrix_it_is_given(tmp_path):
+    matrix = tmp_path / "matrix.toml"
+    renamed = MATRIX_PATH.read_text().replace('"torch-2.13.0-cu130"',
+                                              '"torch-2.13.0-cu130-mirror"')
+    matrix.write_text(renamed)
+    grid = _write(tmp_path, DOCKER + 'images = ["torch-2.13.0-cu130-mirror"]\n' + BENCH)
+    sweep = load_sweep(str(grid), matrix_path=matrix)
+    assert [i.name for i in sweep.images] == ["torch-2.13.0-cu130-mirror"]
+    assert {t.image for t in sweep.trials} == {"torch-2.13.0-cu130-mirror"}
+    # A local grid that names no image never reads the matrix.
+    assert load_sweep("smoke", matrix_path=tmp_path / "absent.toml").trials
+
+
 def test_the_local_backend_runs_a_docker_grid_on_the_host_torch():
     sweep = load_sweep("nightly", ["sweep.backend=local", "sweep.device=auto"])
     assert {t.image for t in sweep.trials} == {LOCAL_IMAGE}
