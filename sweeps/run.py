@@ -115,6 +115,8 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
     out.write(format_summary(trial_records, where=records_location(tracking_uri),
                              ui_command=mlflow_ui_command(tracking_uri), experiment=experiment,
                              parent_run_id=parent_run_id, search_best=search_best,
+                             searched=tuple(p.name for p in sweep.search.space)
+                             if sweep.is_search else (),
                              interrupted=tune_run.interrupted) + "\n")
     out.write(f"timings: ray start {tune_run.ray_start_seconds:.2f} s, trials "
               f"{tune_run.tune_seconds:.2f} s (after Ray started), total {total:.2f} s\n")

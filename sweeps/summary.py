@@ -100,8 +100,11 @@ def best_by_metric(records: Iterable[TrialRecord], metric: str, mode: str) -> Be
 
 def format_summary(records: list[TrialRecord], *, where: str, ui_command: str, experiment: str,
                    parent_run_id: str | None = None, search_best: Best | None = None,
-                   interrupted: bool = False) -> str:
-    """The end-of-sweep text: counts, the best per workload (or of the search), the records."""
+                   searched: tuple[str, ...] = (), interrupted: bool = False) -> str:
+    """The end-of-sweep text: counts, the best per workload (or of the search), the records.
+
+    ``searched``: the config keys a search varied, shown for its best trial.
+    """
     counts = count_statuses(records)
     earlier = sum(1 for r in records if r.from_earlier_run)
     lines = ["", "=" * 72,
@@ -115,8 +118,8 @@ def format_summary(records: list[TrialRecord], *, where: str, ui_command: str, e
     if search_best is not None:
         lines.append(f"best trial by {search_best.metric}: {search_best.value:.4g}  "
                      f"{search_best.trial.name}  (run {search_best.trial.run_id})")
-        for key in sorted(search_best.trial.config):
-            lines.append(f"  {key} = {search_best.trial.config[key]}")
+        for key in searched or sorted(search_best.trial.config):
+            lines.append(f"  {key} = {search_best.trial.config.get(key)}")
     bests = best_per_workload(records)
     if bests:
         lines.append("best per workload:")

@@ -274,9 +274,9 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
 
             searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
         if search.scheduler is not None:
+            # metric and mode come from TuneConfig (Tune refuses them in two places).
             scheduler = _StopWatchingASHA(
-                time_attr="step", metric=search.metric, mode=search.mode,
-                grace_period=search.scheduler.grace_period,
+                time_attr="step", grace_period=search.scheduler.grace_period,
                 reduction_factor=search.scheduler.reduction_factor,
                 max_t=search.scheduler.max_t)
         tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -361,7 +361,6 @@ def _optuna_searcher(sweep: Sweep, experiment: str, parent_run_id: str,
     search = sweep.search
     storage = optuna.storages.RDBStorage(study_storage) if study_storage else None
     return OptunaSearch(
-        metric=search.metric, mode=search.mode,
         sampler=optuna.samplers.TPESampler(seed=search.seed),
         study_name=study_name(experiment, sweep.name, parent_run_id), storage=storage)
 
