@@ -1,0 +1,377 @@
+"""`python sweeps/run.py` as a user runs it: real Ray, real workers, real MLflow.
+
+Every sweep here runs the real command in a child process, in a fresh working
+directory, with its own Ray temp dir (so parallel test runs never share a Ray
+cluster), and then reads what it recorded the way a user would: through MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "sweeps" / "run.py"
+
+
+def own_processes_mentioning(text: str) -> list[int]:
+    """Pids of this user's processes whose command line contains ``text``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short, private Ray temp dir (Unix socket paths must stay under 108 bytes).
+
+    Afterwards, any process still running from it (a Ray cluster whose driver was
+    killed) is ended by pid: only processes this test started mention this path.
+    """
+    path = tempfile.mkdtemp(prefix="vsray-", dir="/tmp")
+    yield path
+    for pid in own_processes_mentioning(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_env(ray_tmp: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_TMPDIR"] = ray_tmp
+    env.update(extra)
+    return env
+
+
+def versweep(args: list[str], *, cwd: Path, ray_tmp: str, timeout: float = 600,
+             **extra_env: str) -> subprocess.CompletedProcess:
+    """Run ``python sweeps/run.py ARGS`` in ``cwd`` and wait for it."""
+    return subprocess.run([sys.executable, str(RUN), *args, "--num-cpus", "2"], cwd=cwd,
+                          env=sweep_env(ray_tmp, **extra_env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def sweep_runs(tracking_uri: str, experiment: str):
+    """(parent runs, child runs) of an experiment, read with MLflow's own client."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r} at {tracking_uri}"
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("versweep.kind") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def artifact_names(client, run_id: str) -> set[str]:
+    return {a.path for a in client.list_artifacts(run_id)}
+
+
+ENV_GRID = textwrap.dedent("""
+    [sweep]
+    name = "{name}"
+    backend = "local"
+    device = "cpu"
+    trial_timeout_s = 120
+    max_concurrent = 1
+
+    [[group]]
+    workload = "env"
+    axes.seed = {seeds}
+    config.num_threads = 1
+""")
+
+SEARCH_GRID = textwrap.dedent("""
+    [sweep]
+    name = "tiny_search"
+    backend = "local"
+    device = "cpu"
+    trial_timeout_s = 120
+    max_concurrent = 1
+
+    [search]
+    workload = "ptb_lm"
+    config.hidden_size = 16
+    config.num_layers = 1
+    config.num_steps = 5
+    config.batch_size = 4
+    config.max_epochs = 3
+    config.max_steps_per_epoch = 5
+    config.max_eval_steps = 3
+    config.synthetic_words = 3000
+    config.synthetic_vocab = 50
+    config.num_threads = 1
+    metric = "valid_perplexity"
+    mode = "min"
+    num_samples = 2
+    sampler = "tpe"
+    seed = 0
+
+    [search.space.learning_rate]
+    type = "loguniform"
+    low = 0.01
+    high = 100.0
+
+    [search.scheduler]
+    type = "asha"
+    grace_period = 1
+    reduction_factor = 2
+""")
+
+
+def test_the_smoke_grid_runs_end_to_end_into_a_local_store(tmp_path, ray_tmp):
+    done = versweep(["--grid", "smoke"], cwd=tmp_path, ray_tmp=ray_tmp)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert "trials: 6 ok, 0 unsupported, 0 failed, 0 diverged, 0 stopped" in done.stdout
+    assert f"see them: mlflow ui --backend-store-uri {uri}" in done.stdout
+    assert re.search(r"ptb_lm\s+test_perplexity [\d.]+", done.stdout)
+    assert "Number of trials: 6/6" in done.stdout  # Ray Tune's progress table
+
+    client, parents, children = sweep_runs(uri, "smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.tags["versweep.summary.ok"] == "6"
+    assert "smoke.toml" in artifact_names(client, parent.info.run_id)
+    assert len(children) == 6
+    assert len({c.data.tags["versweep.trial_key"] for c in children}) == 6
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["versweep.status"] == "ok"
+        assert child.data.tags["versweep.env.device"] == "cpu"
+        assert float(child.data.tags["versweep.startup_seconds"]) > 0
+        assert "worker.log" in artifact_names(client, child.info.run_id)
+    lm = [c for c in children if c.data.tags["versweep.workload"] == "ptb_lm"]
+    assert len(lm) == 1 and lm[0].data.metrics["test_perplexity"] > 1
+    history = client.get_metric_history(lm[0].info.run_id, "valid_perplexity")
+    assert [m.step for m in history] == [1, 2]
+    bench = [c for c in children if c.data.tags["versweep.workload"] == "rnn_bench"]
+    assert all(c.data.metrics["ms_per_batch_median"] > 0 for c in bench)
+    assert all("samples.json" in artifact_names(client, c.info.run_id) for c in bench)
+
+
+def test_a_dry_run_of_the_versions_grid_prints_every_trial_and_starts_nothing(tmp_path,
+                                                                              ray_tmp):
+    from sweeps.grid import load_sweep
+
+    expected = load_sweep("versions").trials
+    done = versweep(["--grid", "versions", "--dry-run"], cwd=tmp_path, ray_tmp=ray_tmp)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if re.match(r"^\d+\s.* @ ", line)]
+    assert len(rows) == len(expected) > 1000
+    assert f"{len(expected)} trials; nothing started (dry run)" in done.stdout
+    assert "each trial asks Ray for 1 GPU + 1 CPU" in done.stdout
+    assert expected[0].name in rows[0] and expected[-1].name in rows[-1]
+    assert os.listdir(tmp_path) == []  # no MLflow store, no Ray results
+    assert os.listdir(ray_tmp) == []  # no Ray session
+
+
+def test_the_console_entry_point_takes_the_same_arguments(capsys):
+    from sweeps.cli import main
+
+    assert main(["--grid", "smoke", "--dry-run"]) == 0
+    assert "6 trials; nothing started (dry run)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "{bad}"], r"bad\.toml: sweep\.bakend: unknown key \(did you mean 'backend'\?\)"),
+    (["--grid", "smoke", "--backend", "lokal"], r"backend 'lokal' is unknown; did you mean "
+                                                r"'local'\?"),
+    (["--grid", "smoke", "--backend", "docker"], r"docker backend arrives with the images "
+                                                 r"issue"),
+    (["--grid", "smoke", "--resume"], r"--resume: no earlier run of sweep 'smoke'"),
+    (["--grid", "smoke", "--set", "sweep.max_concurent=1"], r"sweep\.max_concurent: unknown "
+                                                            r"key"),
+    (["--grid", "smoke", "--max-concurrent", "0"], r"argument --max-concurrent: 0 must be at "
+                                                    r"least 1"),
+])
+def test_a_user_error_is_one_line_and_exit_2(tmp_path, ray_tmp, args, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sweep]\nname = "bad"\nbakend = "local"\n\n[[group]]\nworkload = "env"\n')
+    args = [a.replace("{bad}", str(bad)) for a in args]
+    done = subprocess.run([sys.executable, str(RUN), *args], cwd=tmp_path,
+                          env=sweep_env(ray_tmp), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("versweep: error:")]
+    assert len(errors) == 1 and re.search(message, errors[0]), done.stderr
+    assert "Traceback" not in done.stderr
+    assert os.listdir(ray_tmp) == []  # a bad grid never starts a trial
+
+
+def test_a_search_records_its_best_trial_and_resume_continues_the_same_study(tmp_path,
+                                                                            ray_tmp):
+    import optuna
+
+    grid = tmp_path / "tiny_search.toml"
+    grid.write_text(SEARCH_GRID)
+    first = versweep(["--grid", str(grid)], cwd=tmp_path, ray_tmp=ray_tmp)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert re.search(r"best trial by valid_perplexity: [\d.e+]+ ", first.stdout)
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client, parents, children = sweep_runs(uri, "tiny_search")
+    assert len(parents) == 1 and len(children) == 2
+    tags = parents[0].data.tags
+    assert tags["versweep.best.metric"] == "valid_perplexity"
+    best = [c for c in children if c.info.run_id == tags["versweep.best.run_id"]]
+    assert len(best) == 1
+    assert {c.data.tags["versweep.status"] for c in children} <= {"ok", "stopped"}
+    stopped = [c for c in children if c.data.tags["versweep.status"] == "stopped"]
+    assert all(c.data.tags["versweep.message"].startswith("stopped early by ASHA at step")
+               for c in stopped)
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    studies = optuna.get_all_study_summaries(storage)
+    assert len(studies) == 1 and studies[0].n_trials == 2
+
+    more = versweep(["--grid", str(grid), "--resume", "--set", "search.num_samples=4"],
+                    cwd=tmp_path, ray_tmp=ray_tmp)
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    assert "2 trial(s) already decided" in more.stdout
+    studies = optuna.get_all_study_summaries(storage)
+    assert len(studies) == 1 and studies[0].n_trials == 4  # the same study, grown
+    client, parents, children = sweep_runs(uri, "tiny_search")
+    assert len(parents) == 1 and len(children) == 4
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert len({c.data.tags["versweep.trial_key"] for c in children}) == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on loopback, with its own store; its URL."""
+    port = _free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+         "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
+        cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        assert server.poll() is None, "mlflow server exited"
+        assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
+        time.sleep(0.5)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def test_a_sweep_records_into_a_real_mlflow_server(tmp_path, ray_tmp, mlflow_server):
+    grid = tmp_path / "two.toml"
+    grid.write_text(ENV_GRID.format(name="two", seeds="[1, 2]"))
+    done = versweep(["--grid", str(grid), "--tracking-uri", mlflow_server,
+                     "--experiment", "on-a-server"], cwd=tmp_path, ray_tmp=ray_tmp)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"see them: open {mlflow_server}" in done.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+    client, parents, children = sweep_runs(mlflow_server, "on-a-server")
+    assert len(parents) == 1 and len(children) == 2
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["versweep.status"] == "ok"
+        assert "worker.log" in artifact_names(client, child.info.run_id)
+
+
+def test_ctrl_c_stops_the_workers_records_the_trial_as_stopped_and_exits_130(tmp_path,
+                                                                            ray_tmp):
+    grid = tmp_path / "long.toml"
+    # synthetic_words=3001 marks this test's workers in the process table.
+    grid.write_text(textwrap.dedent("""
+        [sweep]
+        name = "long"
+        backend = "local"
+        device = "cpu"
+        max_concurrent = 1
+
+        [[group]]
+        workload = "ptb_lm"
+        axes.seed = [1, 2]
+        config.hidden_size = 16
+        config.num_layers = 1
+        config.num_steps = 5
+        config.batch_size = 4
+        config.epochs = 100000
+        config.synthetic_words = 3001
+        config.synthetic_vocab = 50
+        config.num_threads = 1
+    """))
+    driver = subprocess.Popen([sys.executable, str(RUN), "--grid", str(grid), "--num-cpus", "2"],
+                              cwd=tmp_path, env=sweep_env(ray_tmp), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    try:
+        deadline = time.monotonic() + 240
+        while True:  # until the first trial has logged an epoch
+            assert driver.poll() is None, driver.communicate()
+            assert time.monotonic() < deadline, "no epoch logged in 240 s"
+            if (tmp_path / "mlflow.db").exists():
+                try:
+                    _, _, children = sweep_runs(uri, "long")
+                except AssertionError:
+                    children = []
+                if any("valid_perplexity" in c.data.metrics for c in children):
+                    break
+            time.sleep(1)
+        assert own_processes_mentioning('"synthetic_words":3001')
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, out[-3000:] + err[-3000:]
+    assert "sweep interrupted" in out
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 20
+    while own_processes_mentioning('"synthetic_words":3001') and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert own_processes_mentioning('"synthetic_words":3001') == []
+    _, parents, children = sweep_runs(uri, "long")
+    started = [c for c in children if "valid_perplexity" in c.data.metrics]
+    assert started and all(c.info.status == "FINISHED" for c in started)
+    assert all(c.data.tags["versweep.status"] == "stopped" for c in started)
