@@ -149,8 +149,8 @@ def _check_finite(value, what, config):
         raise Diverged("%s loss became %s; %s" % (what, value, _advice(config)))
 
 
-def train_epoch(model, data, config, rate, device):
-    """One training pass; returns (perplexity, words per second)."""
+def train_epoch(model, data, config, rate, device, epoch=1):
+    """One training pass (``epoch`` is 1-based, for messages); returns (perplexity, words/s)."""
     model.train()
     num_steps = config["num_steps"]
     batch_size = data.size(1)
@@ -168,7 +168,7 @@ def train_epoch(model, data, config, rate, device):
         loss = mean_loss * num_steps if config["loss"] == "sum_steps" else mean_loss
         loss.backward()
         value = mean_loss.item()  # reads the device, like the seed's loss.data[0]
-        _check_finite(value, "training", config)
+        _check_finite(value, "epoch %d step %d: training" % (epoch, steps + 1), config)
         _clip_grad_norm(model.parameters(), config["clip_norm"])
         for parameter in model.parameters():
             # p -= lr * grad: a form every torch version accepts.
@@ -178,7 +178,8 @@ def train_epoch(model, data, config, rate, device):
     synchronize(device)
     seconds = clock() - start
     words_per_second = steps * num_steps * batch_size / seconds
-    return _perplexity(total_loss, steps, "training", config), words_per_second
+    return (_perplexity(total_loss, steps, "epoch %d: training" % epoch, config),
+            words_per_second)
 
 
 def evaluate(model, data, num_steps, config, device, what):
@@ -255,9 +256,9 @@ def run(config, device, emitter):
         rate = learning_rate(config, epoch)
         start = clock()
         train_perplexity, words_per_second = train_epoch(model, train_data, config, rate,
-                                                         device)
+                                                         device, epoch + 1)
         valid_perplexity = evaluate(model, valid_data, config["num_steps"], config, device,
-                                    "validation")
+                                    "epoch %d: validation" % (epoch + 1))
         synchronize(device)
         best_valid = min(best_valid, valid_perplexity)
         speeds.append(words_per_second)
