@@ -78,10 +78,14 @@ def versweep(args: list[str], *, cwd: Path, ray_tmp: str, timeout: float = 600,
 
 
 def sweep_runs(tracking_uri: str, experiment: str):
-    """(parent runs, child runs) of an experiment, read with MLflow's own client."""
-    from mlflow import MlflowClient
+    """(parent runs, child runs) of an experiment, read with MLflow's own client.
 
-    client = MlflowClient(tracking_uri)
+    The client is opened as the sweep opens it (under RECORDS' lock for SQLite), so
+    reading while a driver creates a fresh database cannot corrupt it.
+    """
+    from sweeps.records import open_client
+
+    client = open_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no experiment {experiment!r} at {tracking_uri}"
     runs = client.search_runs([found.experiment_id], max_results=1000)
