@@ -27,6 +27,8 @@ from .stats import percentile, summarize_ms
 GATE_MAX_STEPS = 64
 GATE_MAX_SEQUENCES = 4
 
+NO_CTC_LOSS = "nn.CTCLoss needs torch>=1.0 and warpctc_pytorch is not installed"
+
 # The implementations the gate compares; the first is the reference.
 GATE_IMPLEMENTATIONS = ("cudnn", "fused", "basic")
 
@@ -48,7 +50,7 @@ def choose_ctc_loss(has_native_ctc, has_warpctc):
         return "nn.CTCLoss"
     if has_warpctc:
         return "warpctc_pytorch"
-    raise Unsupported("nn.CTCLoss needs torch>=1.0 and warpctc_pytorch is not installed")
+    raise Unsupported(NO_CTC_LOSS)
 
 
 def warpctc_installed():
@@ -103,34 +105,43 @@ def make_toy_batch(shape):
 
 
 class Criterion(object):
-    """The benchmark's loss; knows where and in which type it wants the targets."""
+    """The benchmark's loss; knows where and in which type it wants the targets.
 
-    def __init__(self, loss, ctc_backend, batch, device):
+    CTC takes nn.CTCLoss where torch has it, else warp-ctc (what choose_ctc_loss
+    decides; each use sits behind its own feature check so old torch never reaches it).
+    """
+
+    def __init__(self, loss, batch, device):
         self.target_device = device
         self.target_dtype = torch.long
         if loss == "ce":
-            cross_entropy = nn.CrossEntropyLoss()
-            self.compute = cross_entropy
+            self.compute = nn.CrossEntropyLoss()
             return
         input_lengths = torch.tensor(batch["lengths"], dtype=torch.long)
         target_lengths = torch.tensor(batch["target_lengths"], dtype=torch.long)
-        if ctc_backend == "nn.CTCLoss":
+        if hasattr(nn, "CTCLoss"):  # torch >= 1.0
             # Summed over the batch like warp-ctc's default, which the seed used.
             ctc = nn.CTCLoss(blank=0, reduction="sum")
 
             def compute(output, targets):
                 # (T', N, classes) logits -> log-probabilities over classes
                 return ctc(F.log_softmax(output, 2), targets, input_lengths, target_lengths)
-        else:
-            from warpctc_pytorch import CTCLoss
-            warp_ctc = CTCLoss()
-            # warp-ctc takes int32 labels and lengths on the CPU and applies the softmax itself.
-            self.target_device = torch.device("cpu")
-            self.target_dtype = torch.int32
-            input_lengths, target_lengths = input_lengths.int(), target_lengths.int()
 
-            def compute(output, targets):
-                return warp_ctc(output, targets, input_lengths, target_lengths)
+            self.compute = compute
+            return
+        try:
+            from warpctc_pytorch import CTCLoss as WarpCTCLoss
+        except ImportError:
+            raise Unsupported(NO_CTC_LOSS) from None
+        warp_ctc = WarpCTCLoss()
+        # warp-ctc takes int32 labels and lengths on the CPU and applies the softmax itself.
+        self.target_device = torch.device("cpu")
+        self.target_dtype = torch.int32
+        input_lengths, target_lengths = input_lengths.int(), target_lengths.int()
+
+        def compute(output, targets):
+            return warp_ctc(output, targets, input_lengths, target_lengths)
+
         self.compute = compute
 
     def __call__(self, output, targets):
@@ -299,7 +310,8 @@ def loaded_copy(impl, shape, reference, device):
 def run(config, device, emitter):
     shape = benchmark_shape(config)
     shape["cell"] = config["cell"]
-    ctc_backend = ctc_loss_here() if shape["loss"] == "ctc" else None
+    if shape["loss"] == "ctc":
+        ctc_loss_here()  # Unsupported before any work when this torch has no CTC loss
 
     # Drawn in this order from the seeded generator: the batch, then the weights.
     batch = make_toy_batch(shape)
@@ -323,7 +335,7 @@ def run(config, device, emitter):
         del gate_models
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
-    criterion = Criterion(shape["loss"], ctc_backend, batch, device)
+    criterion = Criterion(shape["loss"], batch, device)
     batch["targets"] = batch["targets"].to(criterion.target_dtype)
     seconds, losses = timed_loop(model, optimizer, criterion, batch, device, config, emitter)
 

@@ -53,8 +53,9 @@ SCHEMA = {
     "classes": Field("int", None, positive=True, nullable=True),
     # CTC only: labels per sequence; null = the seed's 100.
     "labels_per_sample": Field("int", None, positive=True, nullable=True),
-    # Adam's learning rate (the seed: 1e-3).
-    "learning_rate": Field("float", 1e-3, positive=True),
+    # Adam's learning rate (the seed: 1e-3). Adam's first step is 10 x the rate, which
+    # must fit in float32 (3.4e38) or torch stops with an overflow instead of a loss.
+    "learning_rate": Field("float", 1e-3, positive=True, maximum=3e37),
     # A metric event (that chunk's median ms and the loss) every this many timed batches.
     "chunk_batches": Field("int", 50, positive=True),
     # Run the correctness gate (basic, fused and cudnn agree on shared weights) before timing.
