@@ -10,9 +10,10 @@ import math
 import subprocess
 
 import pytest
+import torch
 
 from tests.conftest import run_worker
-from workers import ptb_data
+from workers import ptb_data, ptb_lm
 from workers.protocol import BadConfig
 from workers.ptb_lm_config import learning_rate
 from workers.workloads import resolve_workload_config
@@ -339,3 +340,31 @@ def test_every_bad_value_is_refused_with_one_line(override, fragment):
         resolve_workload_config("ptb_lm", tiny(**override))
     assert fragment in caught.value.message
     assert "\n" not in caught.value.message
+
+
+# --- the pieces, in-process -----------------------------------------------------------------
+
+
+def test_batches_are_contiguous_rows_like_the_tf_reader():
+    ids = list(range(26))  # 26 // 4 = 6 tokens per row; the 2 tail tokens are dropped
+    data = ptb_lm.batchify(ids, 4, torch.device("cpu"))
+    assert data.t().tolist() == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11],
+                                 [12, 13, 14, 15, 16, 17], [18, 19, 20, 21, 22, 23]]
+    windows = list(ptb_lm.windows(data, 2, None))
+    assert len(windows) == ptb_data.epoch_size(len(ids), 4, 2) == 2
+    inputs, targets = windows[1]
+    # TF's ptb_iterator: x = data[:, 2:4], y = data[:, 3:5], here time-major (T, B)
+    assert inputs.t().tolist() == [[2, 3], [8, 9], [14, 15], [20, 21]]
+    assert targets.t().tolist() == [[3, 4], [9, 10], [15, 16], [21, 22]]
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+    config = resolve_workload_config("ptb_lm", tiny())
+    torch.manual_seed(0)
+    model = ptb_lm.build_model(config, 37)
+    # zero softmax layer: every word gets probability 1/37, cross-entropy log(37)
+    model.decoder.weight.data.zero_()
+    model.decoder.bias.data.zero_()
+    data = ptb_lm.batchify([i % 37 for i in range(500)], 4, torch.device("cpu"))
+    perplexity = ptb_lm.evaluate(model, data, 5, config, torch.device("cpu"), "test")
+    assert perplexity == pytest.approx(37.0, rel=1e-5)
