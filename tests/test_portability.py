@@ -363,6 +363,47 @@ def torch_api_violations(source, filename, api):
     return found
 
 
+def feature_probes(source, filename="<source>"):
+    """(line, chain) for every hasattr/getattr that asks a torch object for a named feature."""
+    tree = parse_with_parents(source, filename)
+    aliases, _ = torch_aliases(tree, feature_flag_names(tree))
+    found = []
+    for node in ast.walk(tree):
+        if (is_feature_probe(node) and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+            base = resolve_chain(node.args[0], aliases)
+            if base is not None:
+                found.append((node.lineno, f"{base}.{node.args[1].value}"))
+    return found
+
+
+def exists_in_installed_torch(chain):
+    """Whether ``chain`` resolves in the torch installed here (submodules imported on demand)."""
+    import importlib
+
+    obj = importlib.import_module("torch")
+    parts = chain.split(".")
+    for index, part in enumerate(parts[1:], start=1):
+        if hasattr(obj, part):
+            obj = getattr(obj, part)
+            continue
+        try:
+            obj = importlib.import_module(".".join(parts[:index + 1]))
+        except ImportError:
+            return False
+    return True
+
+
+def names_that_exist_nowhere(source, filename, api):
+    """Torch names a worker mentions (guarded or not, probes too) that neither torch 0.4.1 nor
+    the installed torch has: a typo, or a feature check that can never be true."""
+    mentioned = [(line, chain) for line, chain, _ in torch_uses(source, filename)]
+    mentioned += feature_probes(source, filename)
+    return [f"{filename}:{line}: {chain} exists neither in torch 0.4.1 nor in the installed "
+            f"torch; a typo?" for line, chain in sorted(set(mentioned))
+            if missing_from_api(chain, api) and not exists_in_installed_torch(chain)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Imports and version parsing
 # ---------------------------------------------------------------------------------------------
@@ -596,6 +637,15 @@ def test_workers_use_only_torch_0_4_1_apis_unless_feature_checked():
     assert not found, "\n".join(found)
 
 
+def test_every_torch_name_in_the_workers_exists_in_some_torch():
+    """A feature check on a misspelt name is silently never true; this catches it."""
+    api = load_torch_api()
+    found = []
+    for path in python_files(WORKERS):
+        found += names_that_exist_nowhere(path.read_text(), relative(path), api)
+    assert not found, "\n".join(found)
+
+
 def test_workers_never_parse_the_torch_version():
     found = []
     for path in python_files(WORKERS):
@@ -692,6 +742,16 @@ def test_checker_flags_unguarded_newer_apis(source, chain):
 ])
 def test_checker_accepts_0_4_1_apis_and_feature_checked_uses(source):
     assert violations_in(source) == []
+
+
+@pytest.mark.parametrize("source, flagged", [
+    ("import torch\nif hasattr(torch, 'compiel'):\n    f = torch.compiel(f)\n", True),
+    ("import torch.nn as nn\nok = hasattr(nn, 'CTCLos')\n", True),
+    ("import torch\nif hasattr(torch, 'compile'):\n    f = torch.compile(f)\n", False),
+    ("import torch\nf = torch.nn.utils.clip_grad_norm\n", False),  # 0.4.1, gone later
+])
+def test_nowhere_checker(source, flagged):
+    assert bool(names_that_exist_nowhere(source, "sample.py", load_torch_api())) == flagged
 
 
 @pytest.mark.parametrize("source, flagged", [
