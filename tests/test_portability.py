@@ -8,6 +8,8 @@ What the "Workers" issue asks, each checked on the real files:
   workers module they import;
 * every ``torch.*`` API a worker uses exists in torch 0.4.1 (tests/data/torch_0_4_1_api.txt,
   derived from the v0.4.1 sources) unless the use sits behind a feature check;
+* every torch name a worker mentions, feature probes included, exists in 0.4.1 or in the
+  installed torch (a misspelt ``hasattr(torch, "compiel")`` would never be true);
 * no worker decides anything by comparing or splitting ``torch.__version__``.
 
 The torch API rule, kept simple on purpose:
