@@ -324,14 +324,16 @@ def open_client(tracking_uri: str) -> MlflowClient:
     missing server or an outdated database shows up as one clear UserError at
     the start of a sweep instead of a traceback in the middle of a trial.
     """
-    client = MlflowClient(tracking_uri=tracking_uri)
     db = sqlite_path(tracking_uri)
     try:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
+            # MlflowClient opens the store (and creates a new database's tables) right here.
             with _sqlite_open_lock(db):
+                client = MlflowClient(tracking_uri=tracking_uri)
                 client.search_experiments(max_results=1)
         else:
+            client = MlflowClient(tracking_uri=tracking_uri)
             _retrying(lambda: client.search_experiments(max_results=1), "opening the store")
     except MlflowException as error:
         raise UserError(f"MLflow store {_without_password(tracking_uri)}: "

@@ -1,0 +1,508 @@
+"""A sweep's MLflow records, written by sweeps/records.py and read back as the MLflow UI reads them.
+
+Every test runs against a real store: the embedded SQLite file a user gets by
+default, and a real ``mlflow server`` on loopback started once per session.
+Environment events come from the real worker (``python -m workers env``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import run_worker
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from sweeps.errors import UserError
+from sweeps.records import (
+    SweepRecords,
+    default_tracking_uri,
+    mlflow_ui_command,
+    records_location,
+    resolve_tracking_uri,
+)
+from sweeps.spec import Sweep, TrialSpec
+from workers.workloads import resolve_workload_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GRID_TEXT = textwrap.dedent("""\
+    # a tiny grid, as a user writes it
+    name = "recordtest"
+    backend = "local"
+    """)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A running ``mlflow server``: its URL and the SQLite file behind it."""
+
+    def __init__(self, url: str, db: Path):
+        self.url = url
+        self.db = db
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """A new MLflow SQLite database, created once: copies of it spare each test the
+    seconds mlflow spends creating tables and running its migrations."""
+    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments(max_results=1)
+    return db
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, empty_store):
+    """A real ``mlflow server`` on 127.0.0.1 with a free port, for the whole session."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    db = home / "server.db"
+    shutil.copyfile(empty_store, db)
+    port = _free_port()
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", f"sqlite:///{db}",
+         "--artifacts-destination", str(home / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # Tracking only: no background job runner process competing for the CPU.
+        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not start:\n"
+                                   + (home / "server.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield Server(url, db)
+    finally:
+        # The server runs uvicorn workers and a job runner as children: end the whole group.
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def tracking_uri(request, tmp_path, empty_store):
+    """The embedded SQLite default in a fresh directory, or the session's mlflow server."""
+    if request.param == "sqlite":
+        shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+        return default_tracking_uri(tmp_path)
+    return request.getfixturevalue("mlflow_server").url
+
+
+@pytest.fixture(scope="module")
+def env_event():
+    """The env event of the real worker on this machine (it imports torch: run it once)."""
+    run = run_worker("env", env_trial(0).config_dict)
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+@pytest.fixture
+def experiment():
+    """An experiment name of its own, so tests sharing the server never see each other."""
+    return f"recordtest-{uuid.uuid4().hex[:8]}"
+
+
+def make_sweep(tmp_path: Path, trials: tuple[TrialSpec, ...], name: str = "recordtest") -> Sweep:
+    grid = tmp_path / f"{name}.toml"
+    grid.write_text(GRID_TEXT)
+    return Sweep(name=name, path=grid, text=GRID_TEXT, description="records test grid",
+                 backend="local", device="cpu", trial_timeout_s=60.0, retries=1,
+                 max_concurrent=None, trials=trials)
+
+
+def env_trial(repeat: int) -> TrialSpec:
+    config = resolve_workload_config("env", {"seed": 1234 + repeat, "device": "cpu"})
+    return TrialSpec("env", "local", tuple(sorted(config.items())), repeat, 0)
+
+
+def bench_trial(impl: str) -> TrialSpec:
+    config = resolve_workload_config("rnn_bench", {
+        "bench": "1x320-ce-short", "impl": impl, "batches": 4, "warmup_batches": 1,
+        "batch_size": 2, "seq_len": 3, "input_size": 5, "hidden_size": 4, "device": "cpu"})
+    return TrialSpec("rnn_bench", "local", tuple(sorted(config.items())), 0, 1)
+
+
+def runs_of(client: MlflowClient, experiment_name: str) -> list:
+    experiment = client.get_experiment_by_name(experiment_name)
+    return client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL,
+                              max_results=1000)
+
+
+def artifact_text(client: MlflowClient, run_id: str, path: str, tmp_path: Path) -> str:
+    local = client.download_artifacts(run_id, path, str(tmp_path))
+    return Path(local).read_text()
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_a_sweep_reads_back_as_the_design_lays_it_out(tracking_uri, experiment, tmp_path,
+                                                      env_event):
+    ok, unsupported, diverged, failed = env_trial(0), bench_trial("cudnn"), env_trial(1), \
+        bench_trial("fused")
+    sweep = make_sweep(tmp_path, (ok, unsupported, diverged, failed))
+    records = SweepRecords(tracking_uri, experiment)
+    parent = records.open_sweep(sweep, resume=False)
+
+    # ok: the real worker's env event, ten epochs of step metrics, a result with samples.
+    run = env_event
+    env_event = run.one("env")
+    ok_run = records.start_trial(parent, ok)
+    records.log_event(ok_run, env_event)
+    for step in range(10):
+        records.log_event(ok_run, {"v": 1, "event": "metric", "step": step,
+                                   "metrics": {"valid_perplexity": 100.0 - step,
+                                               "words_per_second": 1000.0 + step,
+                                               "broken": None}})
+    records.log_event(ok_run, {"v": 1, "event": "result",
+                               "metrics": {"test_perplexity": 91.5, "not_a_number": None},
+                               "samples": [0.5, 0.25, 0.125]})
+    records.finish_trial(ok_run, "ok", log_text=run.stdout + run.stderr)
+
+    unsupported_run = records.start_trial(parent, unsupported)
+    reason = "nn.CTCLoss needs torch>=1.0 and warpctc_pytorch is not installed"
+    records.log_event(unsupported_run, {"v": 1, "event": "unsupported", "reason": reason})
+    records.finish_trial(unsupported_run, "unsupported", message=reason)
+
+    diverged_run = records.start_trial(parent, diverged)
+    records.log_event(diverged_run, {"v": 1, "event": "metric", "step": 0,
+                                     "metrics": {"train_perplexity": 5000.0}})
+    records.log_event(diverged_run, {"v": 1, "event": "error", "kind": "diverged",
+                                     "message": "loss is nan at epoch 1"})
+    records.finish_trial(diverged_run, "diverged", message="loss is nan at epoch 1")
+
+    # failed: a crash whose stderr tail is longer than an MLflow tag may be.
+    stderr_tail = "Traceback (most recent call last):\n" + "  frame\n" * 2000 + \
+        "RuntimeError: CUDA error: an illegal memory access was encountered\n"
+    failed_run = records.start_trial(parent, failed)
+    records.finish_trial(failed_run, "failed", message=stderr_tail, log_text=stderr_tail,
+                         extra_tags={"versweep.attempts": "2"})
+
+    records.close_sweep(parent, {"ok": 1, "unsupported": 1, "diverged": 1, "failed": 1},
+                        {"trial_key": ok.key, "run_id": ok_run, "name": ok.name,
+                         "metric": "test_perplexity", "mode": "min", "value": 91.5,
+                         "config": ok.config_dict})
+
+    # Read it back with a fresh client, as the MLflow UI does.
+    client = MlflowClient(tracking_uri)
+    runs = {r.info.run_id: r for r in runs_of(client, experiment)}
+    assert len(runs) == 5
+
+    sweep_run = runs[parent]
+    assert sweep_run.info.run_name.startswith("recordtest ")
+    assert sweep_run.info.status == "FINISHED"
+    assert sweep_run.data.tags["versweep.kind"] == "sweep"
+    assert sweep_run.data.tags["versweep.sweep"] == "recordtest"
+    assert sweep_run.data.tags["versweep.backend"] == "local"
+    assert sweep_run.data.tags["versweep.grid_sha256"] == \
+        hashlib.sha256(GRID_TEXT.encode()).hexdigest()
+    assert artifact_text(client, parent, "recordtest.toml", tmp_path / "grid") == GRID_TEXT
+    assert {f"versweep.summary.{s}": "1" for s in ("ok", "unsupported", "diverged", "failed")}\
+        .items() <= sweep_run.data.tags.items()
+    assert sweep_run.data.tags["versweep.best.trial_key"] == ok.key
+    assert sweep_run.data.tags["versweep.best.run_id"] == ok_run
+    assert json.loads(sweep_run.data.tags["versweep.best.config"]) == ok.config_dict
+    assert sweep_run.data.metrics["best_test_perplexity"] == 91.5
+    planned = json.loads(artifact_text(client, parent, "trials.json", tmp_path / "plan"))
+    assert [t["key"] for t in planned] == [t.key for t in sweep.trials]
+
+    children = {r.data.tags["versweep.trial_key"]: r for r in runs.values()
+                if r.data.tags.get("mlflow.parentRunId") == parent}
+    assert set(children) == {t.key for t in sweep.trials}
+    for spec in sweep.trials:
+        child = children[spec.key]
+        assert child.info.run_name == spec.name
+        assert child.info.status == "FINISHED"  # every decided trial, whatever its result
+        assert child.data.tags["versweep.workload"] == spec.workload
+        assert child.data.tags["versweep.image"] == "local"
+        assert child.data.tags["versweep.repeat"] == str(spec.repeat)
+        assert child.data.params == {k: v if isinstance(v, str) else json.dumps(v)
+                                     for k, v in spec.config_dict.items()}
+    assert children[unsupported.key].info.run_name == \
+        "rnn_bench 1x320-ce-short cudnn @ local #0"
+
+    good = children[ok.key]
+    assert good.data.tags["versweep.status"] == "ok"
+    assert good.data.tags["versweep.torch"] == env_event["torch"]
+    assert good.data.tags["versweep.host"] == env_event["host"]
+    assert good.data.tags["versweep.env.python"] == env_event["python"]
+    assert good.data.tags["versweep.env.flags.num_threads"] == \
+        str(env_event["flags"]["num_threads"])
+    assert good.data.tags["versweep.env.flags.tf32_matmul"] == "false"
+    history = client.get_metric_history(ok_run, "valid_perplexity")
+    assert sorted((m.step, m.value) for m in history) == [(s, 100.0 - s) for s in range(10)]
+    assert good.data.metrics["test_perplexity"] == 91.5
+    assert "broken" not in good.data.metrics and "not_a_number" not in good.data.metrics
+    assert {a.path for a in client.list_artifacts(ok_run)} == {"worker.log", "samples.json"}
+    log = artifact_text(client, ok_run, "worker.log", tmp_path / "ok")
+    assert '"event": "env"' in log
+    samples = json.loads(artifact_text(client, ok_run, "samples.json", tmp_path / "ok"))
+    assert samples == [0.5, 0.25, 0.125]
+
+    skipped = children[unsupported.key]
+    assert skipped.data.tags["versweep.status"] == "unsupported"
+    assert skipped.data.tags["versweep.reason"] == reason
+
+    nan = children[diverged.key]
+    assert nan.data.tags["versweep.status"] == "diverged"
+    assert nan.data.tags["versweep.error_kind"] == "diverged"
+    assert nan.data.metrics["train_perplexity"] == 5000.0
+
+    crash = children[failed.key]
+    assert crash.data.tags["versweep.status"] == "failed"
+    assert crash.data.tags["versweep.attempts"] == "2"
+    message = crash.data.tags["versweep.message"]
+    assert len(message) <= 8000 and message.startswith("...[truncated]")
+    assert message.endswith("an illegal memory access was encountered\n")
+    assert artifact_text(client, failed_run, "worker.log", tmp_path / "crash") == stderr_tail
+
+
+def test_embedded_store_keeps_artifacts_next_to_the_database(tmp_path, experiment,
+                                                             empty_store):
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    uri = default_tracking_uri(tmp_path)
+    records = SweepRecords(uri, experiment)
+    parent = records.open_sweep(make_sweep(tmp_path, (env_trial(0),)), resume=False)
+    run_id = records.start_trial(parent, env_trial(0))
+    records.finish_trial(run_id, "ok", log_text="hello from the worker\n", samples=[1.0])
+
+    location = MlflowClient(uri).get_experiment_by_name(experiment).artifact_location
+    assert location.startswith((tmp_path / "mlartifacts").as_uri())
+    logs = list((tmp_path / "mlartifacts").rglob("worker.log"))
+    assert [p.read_text() for p in logs] == ["hello from the worker\n"]
+    assert str(tmp_path / "mlflow.db") in records_location(uri)
+    assert mlflow_ui_command(uri) == f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_mlflow_ui_on_the_embedded_database_serves_its_artifacts(mlflow_server, experiment,
+                                                                 tmp_path):
+    # `mlflow ui --backend-store-uri sqlite:///...` is an mlflow server on that file: write
+    # into the server's own database file as the embedded default does, then ask the
+    # server for the artifact the way the UI's artifact view does.
+    records = SweepRecords(f"sqlite:///{mlflow_server.db}", experiment)
+    parent = records.open_sweep(make_sweep(tmp_path, (env_trial(0),)), resume=False)
+    run_id = records.start_trial(parent, env_trial(0))
+    records.finish_trial(run_id, "ok", log_text="visible in the UI\n")
+
+    listing_url = (f"{mlflow_server.url}/ajax-api/2.0/mlflow/artifacts/list?"
+                   + urllib.parse.urlencode({"run_id": run_id}))
+    with urllib.request.urlopen(listing_url, timeout=10) as answer:
+        listed = [f["path"] for f in json.load(answer)["files"]]
+    assert listed == ["worker.log"]
+    artifact_url = (f"{mlflow_server.url}/get-artifact?"
+                    + urllib.parse.urlencode({"path": "worker.log", "run_uuid": run_id}))
+    with urllib.request.urlopen(artifact_url, timeout=10) as answer:
+        assert answer.read().decode() == "visible in the UI\n"
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_finds_the_sweep_and_kills_stale_trial_runs(tracking_uri, experiment, tmp_path):
+    done, interrupted, untouched = env_trial(0), env_trial(1), env_trial(2)
+    sweep = make_sweep(tmp_path, (done, interrupted, untouched))
+
+    # First driver: one trial decided, one in flight when the driver is killed.
+    first = SweepRecords(tracking_uri, experiment)
+    parent = first.open_sweep(sweep, resume=False)
+    done_run = first.start_trial(parent, done)
+    first.finish_trial(done_run, "ok")
+    stale_run = first.start_trial(parent, interrupted)
+    first.log_event(stale_run, {"v": 1, "event": "metric", "step": 0, "metrics": {"x": 1.0}})
+    del first  # the driver dies here: no finish_trial, no close_sweep
+
+    second = SweepRecords(tracking_uri, experiment)
+    assert second.open_sweep(sweep, resume=True) == parent
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(parent).info.status == "RUNNING"
+    assert second.finished_trial_keys(parent) == {done.key: "ok"}
+
+    for spec in (interrupted, untouched):
+        run_id = second.start_trial(parent, spec)
+        second.finish_trial(run_id, "unsupported" if spec is untouched else "ok")
+    assert second.finished_trial_keys(parent) == {done.key: "ok", interrupted.key: "ok",
+                                                  untouched.key: "unsupported"}
+    second.close_sweep(parent, {"ok": 2, "unsupported": 1}, None)
+
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert client.get_run(stale_run).info.status == "KILLED"
+    trials = second.list_trials(parent)
+    finished = [t["key"] for t in trials if t["run_status"] == "FINISHED"]
+    assert sorted(finished) == sorted(t.key for t in sweep.trials)  # one each, none twice
+    assert [t["run_status"] for t in trials if t["key"] == interrupted.key] == \
+        ["KILLED", "FINISHED"]
+
+
+def test_resume_prefers_the_newest_unfinished_sweep(tracking_uri, experiment, tmp_path):
+    sweep = make_sweep(tmp_path, (env_trial(0),))
+    records = SweepRecords(tracking_uri, experiment)
+    interrupted = records.open_sweep(sweep, resume=False)
+    time.sleep(0.01)  # distinct start times
+    completed = records.open_sweep(sweep, resume=False)
+    records.close_sweep(completed, {}, None)
+    assert records.open_sweep(sweep, resume=True) == interrupted
+
+    records.close_sweep(interrupted, {}, None)
+    time.sleep(0.01)
+    newest = records.open_sweep(sweep, resume=False)
+    records.close_sweep(newest, {}, None)
+    assert records.open_sweep(sweep, resume=True) == newest  # all finished: the newest
+
+
+@pytest.mark.parametrize("situation", ["no experiment", "no sweep of that name"])
+def test_resume_with_nothing_to_resume_is_one_clear_line(tracking_uri, experiment, tmp_path,
+                                                         situation):
+    if situation == "no sweep of that name":
+        SweepRecords(tracking_uri, experiment).open_sweep(
+            make_sweep(tmp_path, (), name="other"), resume=False)
+    records = SweepRecords(tracking_uri, experiment)
+    with pytest.raises(UserError) as raised:
+        records.open_sweep(make_sweep(tmp_path, ()), resume=True)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "'recordtest'" in message and experiment in message and "without --resume" in message
+
+
+# --------------------------------------------------------------------------- concurrency
+
+WRITER = textwrap.dedent("""\
+    import json, sys
+    from sweeps.records import SweepRecords
+    from sweeps.spec import TrialSpec
+
+    uri, experiment, parent, writer = sys.argv[1:5]
+    trials, steps = int(sys.argv[5]), int(sys.argv[6])
+    records = SweepRecords(uri, experiment)
+    for t in range(trials):
+        spec = TrialSpec("env", "local", (("seed", 100 * int(writer) + t),), t, int(writer))
+        run_id = records.start_trial(parent, spec)
+        for step in range(steps):
+            records.log_event(run_id, {"v": 1, "event": "metric", "step": step,
+                                       "metrics": {"loss": 1.0 / (step + 1), "step_seconds": 0.1,
+                                                   "words_per_second": float(step)}})
+            records.flush(run_id)  # one write per step, as when epochs end minutes apart
+        records.log_event(run_id, {"v": 1, "event": "result", "metrics": {"final": 1.0},
+                                   "samples": [0.1] * steps})
+        records.finish_trial(run_id, "ok", log_text="writer %s trial %d\\n" % (writer, t))
+    print(json.dumps({"writer": writer, "done": True}))
+    """)
+
+
+def start_writers(args_per_writer: list[list[str]], script: str) -> list[subprocess.Popen]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for args in args_per_writer]
+
+
+def test_processes_write_trials_to_one_store_at_once(tracking_uri, experiment, tmp_path):
+    writers, trials, steps = 4, 2, 20
+    records = SweepRecords(tracking_uri, experiment)
+    parent = records.open_sweep(make_sweep(tmp_path, ()), resume=False)
+
+    procs = start_writers([[tracking_uri, experiment, parent, str(w), str(trials), str(steps)]
+                           for w in range(writers)], WRITER)
+    outcomes = [(p.communicate(timeout=180), p.returncode) for p in procs]
+    for (out, err), code in outcomes:
+        assert code == 0 and '"done": true' in out, err[-3000:]
+
+    client = MlflowClient(tracking_uri)
+    written = records.list_trials(parent)
+    assert len(written) == writers * trials
+    assert all(t["run_status"] == "FINISHED" and t["status"] == "ok" for t in written)
+    for trial in written:
+        history = client.get_metric_history(trial["run_id"], "loss")
+        assert sorted(m.step for m in history) == list(range(steps))
+        assert trial["metrics"]["final"] == 1.0
+    assert len(records.finished_trial_keys(parent)) == writers * trials
+
+
+OPENER = textwrap.dedent("""\
+    import sys
+    from sweeps.records import SweepRecords
+    records = SweepRecords(sys.argv[1], sys.argv[2])
+    print(records.experiment_id(create=True))
+    """)
+
+
+def test_processes_opening_a_fresh_sqlite_store_at_once_all_get_it(tmp_path, experiment):
+    # mlflow 3.17 creates a new database's tables without a lock; several processes
+    # doing that at once fail and can leave the file broken. Each must succeed here.
+    uri = default_tracking_uri(tmp_path)
+    procs = start_writers([[uri, experiment]] * 4, OPENER)
+    outcomes = [(p.communicate(timeout=120), p.returncode) for p in procs]
+    for (_, err), code in outcomes:
+        assert code == 0, err[-3000:]
+    assert len({out.strip() for (out, _), _ in outcomes}) == 1  # one experiment, not four
+    assert MlflowClient(uri).get_experiment_by_name(experiment) is not None
+
+
+# --------------------------------------------------------------------------- tracking URIs
+
+
+def test_tracking_uri_comes_from_the_flag_then_the_environment_then_the_default(
+        tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri(None, tmp_path) == "http://127.0.0.1:5000"
+    # A relative SQLite path means the directory the user ran in, not a Ray trial's.
+    assert resolve_tracking_uri("sqlite:///runs/x.db", tmp_path) == \
+        f"sqlite:///{tmp_path}/runs/x.db"
+    assert resolve_tracking_uri("records.db", tmp_path) == f"sqlite:///{tmp_path}/records.db"
+    assert mlflow_ui_command("http://127.0.0.1:5000") == "open http://127.0.0.1:5000"
+    assert "tracking server http://127.0.0.1:5000" in records_location("http://127.0.0.1:5000")
+
+
+@pytest.mark.parametrize("value", ["ftp://somewhere/store", "sqlite://", "sqlite:///:memory:"])
+def test_an_unusable_tracking_uri_is_one_clear_line(tmp_path, value):
+    with pytest.raises(UserError) as raised:
+        resolve_tracking_uri(value, tmp_path)
+    assert "\n" not in str(raised.value) and "--tracking-uri" in str(raised.value)
+
+
+def test_an_unreachable_server_is_one_clear_line(monkeypatch):
+    # mlflow retries HTTP requests for minutes by default; one quick try is enough here.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(UserError) as raised:
+        SweepRecords(f"http://127.0.0.1:{_free_port()}", "nowhere")
+    assert "\n" not in str(raised.value) and "127.0.0.1" in str(raised.value)
