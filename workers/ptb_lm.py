@@ -109,8 +109,8 @@ def windows(data, num_steps, limit):
         inputs  a g m s     targets  b h n t
                 b h n t              c i o u
 
-    and the last row of a column is never an input (it has no target): hence
-    ((len // B) - 1) // T windows per pass.
+    The last token of a column has no successor, so it can only be a target:
+    hence ((len // B) - 1) // T windows per pass.
     """
     steps = (data.size(0) - 1) // num_steps
     if limit is not None:
