@@ -359,10 +359,20 @@ def _optuna_searcher(sweep: Sweep, experiment: str, parent_run_id: str,
     from ray.tune.search.optuna import OptunaSearch
 
     search = sweep.search
+    name = study_name(experiment, sweep.name, parent_run_id)
     storage = optuna.storages.RDBStorage(study_storage) if study_storage else None
-    return OptunaSearch(
-        sampler=optuna.samplers.TPESampler(seed=search.seed),
-        study_name=study_name(experiment, sweep.name, parent_run_id), storage=storage)
+    # A resumed study must not replay its first proposals: TPE's start-up samples come
+    # from the seeded generator, so the same seed would propose the same configs (the
+    # same trial keys) again. Offsetting the seed by the trials already asked keeps a
+    # resumed search reproducible and new.
+    asked = 0
+    if storage is not None:
+        try:
+            asked = len(optuna.load_study(study_name=name, storage=storage).trials)
+        except KeyError:  # no such study yet: a new sweep
+            asked = 0
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed + asked),
+                        study_name=name, storage=storage)
 
 
 def study_name(experiment: str, sweep_name: str, parent_run_id: str) -> str:
