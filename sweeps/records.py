@@ -83,8 +83,10 @@ _BAD_METRIC_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-. /]")
 # passed since the last write, whichever comes first: a benchmark that reports a
 # chunk every few milliseconds costs a handful of round trips, while a language
 # model's epoch (minutes apart) still appears in the UI as soon as it ends.
+# A process killed without finish_trial loses at most the last second of steps;
+# call flush() before acting on a step (e.g. before tune.report under ASHA) to lose none.
 METRIC_FLUSH_COUNT = 500
-METRIC_FLUSH_SECONDS = 2.0
+METRIC_FLUSH_SECONDS = 1.0
 
 # Retries when the store says "temporarily unavailable" (SQLite: database is locked
 # beyond mlflow's 20 s busy timeout; a server: 503). Each waits longer than the last.
@@ -364,6 +366,11 @@ class SweepRecords:
         self._last_flush: dict[str, float] = {}
         self._last_step: dict[str, int] = {}
         self._result_samples: dict[str, list[float]] = {}
+
+    def __reduce__(self):
+        # Sent to another process (a Ray trial actor), it opens the store again there,
+        # under the SQLite lock, instead of carrying this process's connections.
+        return (SweepRecords, (self.tracking_uri, self.experiment))
 
     # ----------------------------------------------------------------- experiment
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -59,9 +60,14 @@ def _free_port() -> int:
 class Server:
     """A running ``mlflow server``: its URL and the SQLite file behind it."""
 
-    def __init__(self, url: str, db: Path):
+    def __init__(self, url: str, db: Path, log: Path):
         self.url = url
         self.db = db
+        self.log = log
+
+    def requests(self, endpoint: str) -> int:
+        """How many requests to ``endpoint`` the server has logged so far."""
+        return self.log.read_text(errors="replace").count(endpoint)
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +109,7 @@ def mlflow_server(tmp_path_factory, empty_store):
                 raise RuntimeError("mlflow server did not start:\n"
                                    + (home / "server.log").read_text()[-3000:])
             time.sleep(0.3)
-        yield Server(url, db)
+        yield Server(url, db, home / "server.log")
     finally:
         # The server runs uvicorn workers and a job runner as children: end the whole group.
         try:
@@ -331,6 +337,36 @@ def test_mlflow_ui_on_the_embedded_database_serves_its_artifacts(mlflow_server, 
                     + urllib.parse.urlencode({"path": "worker.log", "run_uuid": run_id}))
     with urllib.request.urlopen(artifact_url, timeout=10) as answer:
         assert answer.read().decode() == "visible in the UI\n"
+
+
+def test_hundreds_of_steps_cost_a_few_round_trips(mlflow_server, experiment, tmp_path):
+    records = SweepRecords(mlflow_server.url, experiment)
+    parent = records.open_sweep(make_sweep(tmp_path, ()), resume=False)
+    run_id = records.start_trial(parent, env_trial(0))
+    before = mlflow_server.requests("/runs/log-batch")
+    steps = 300
+    for step in range(steps):  # a benchmark's chunks, milliseconds apart
+        records.log_event(run_id, {"v": 1, "event": "metric", "step": step,
+                                   "metrics": {"ms_per_batch": 2.0 + step % 7}})
+    records.log_event(run_id, {"v": 1, "event": "result", "metrics": {"ms_per_batch_mean": 5.0}})
+    records.finish_trial(run_id, "ok")
+    time.sleep(0.5)  # let the server write its access log
+    round_trips = mlflow_server.requests("/runs/log-batch") - before
+    assert round_trips <= 10, f"{round_trips} log-batch requests for {steps} steps"
+    history = MlflowClient(mlflow_server.url).get_metric_history(run_id, "ms_per_batch")
+    assert sorted(m.step for m in history) == list(range(steps))
+
+
+def test_records_sent_to_another_process_open_the_store_there(tmp_path, experiment,
+                                                              empty_store):
+    # Ray pickles what a trainable closes over; the copy must work on its own.
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    records = SweepRecords(default_tracking_uri(tmp_path), experiment)
+    parent = records.open_sweep(make_sweep(tmp_path, ()), resume=False)
+    copy = pickle.loads(pickle.dumps(records))
+    run_id = copy.start_trial(parent, env_trial(3))
+    copy.finish_trial(run_id, "ok")
+    assert records.finished_trial_keys(parent) == {env_trial(3).key: "ok"}
 
 
 # --------------------------------------------------------------------------- resume
