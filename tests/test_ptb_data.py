@@ -71,6 +71,12 @@ def test_a_missing_directory_is_a_data_error_naming_it(tmp_path):
         ptb_data.load_directory(str(missing))
 
 
+def test_a_data_dir_that_is_a_file_is_a_data_error_naming_it(tmp_path):
+    a_file = make_ptb_dir(tmp_path) / "ptb.train.txt"
+    with pytest.raises(DataError, match=r"ptb\.train\.txt is not a directory"):
+        ptb_data.load_directory(str(a_file))
+
+
 def test_a_missing_file_is_a_data_error_naming_it(tmp_path):
     make_ptb_dir(tmp_path)
     (tmp_path / "ptb.test.txt").unlink()
