@@ -64,7 +64,9 @@ def warpctc_installed():
 
 def ctc_loss_here():
     """The CTC loss this process would use (Unsupported when none)."""
-    return choose_ctc_loss(hasattr(nn, "CTCLoss"), warpctc_installed())
+    has_native_ctc = hasattr(nn, "CTCLoss")  # torch >= 1.0
+    # warp-ctc is imported only when it would be used: it loads its own CUDA library.
+    return choose_ctc_loss(has_native_ctc, not has_native_ctc and warpctc_installed())
 
 
 def env_extras(config):
@@ -340,6 +342,6 @@ def run(config, device, emitter):
     seconds, losses = timed_loop(model, optimizer, criterion, batch, device, config, emitter)
 
     metrics.update(summarize_ms(seconds, shape["batch_size"]))
-    metrics["loss_first"] = losses[0]
+    metrics["loss_first"] = losses[0]  # batch 0, a warm-up batch: the untrained loss
     metrics["loss_last"] = losses[-1]
     emitter.result(metrics, seconds if config["samples"] else None)

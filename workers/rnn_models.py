@@ -82,8 +82,11 @@ def compiled_step(cell):
     if not hasattr(torch, "compile"):
         raise Unsupported("torch.compile needs torch>=2.0")
     # Only the step is compiled: the loop over time stays Python, as in `basic`,
-    # so the two differ by the compiler alone.
-    return torch.compile(STEPS[cell])
+    # so the two differ by the compiler alone. dynamic=True: one graph for every batch
+    # size and layer width (the gate's slice, the timed batch, layer 0 and the rest);
+    # otherwise each shape recompiles, and past Dynamo's recompile limit (8) the step
+    # would silently run uncompiled.
+    return torch.compile(STEPS[cell], dynamic=True)
 
 
 class BasicCell(nn.Module):
@@ -163,7 +166,7 @@ class LoopRNN(nn.Module):
         state = (h, h) if self.cell == "lstm" else h
         outputs = []
         for step in range(x.size(0)):
-            state = cell(x[step], state)
+            state = cell(x[step], state)  # x[step]: (N, C)
             outputs.append(state[0] if self.cell == "lstm" else state)
         # T x (N, H) -> (T, N, H)
         return torch.stack(outputs)
