@@ -15,6 +15,7 @@ report: the driver records it as "stopped" itself.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import math
@@ -125,25 +126,17 @@ def _trainable(config: dict, context: TrialContext) -> None:
     """Run one trial in a Ray trial process; report to Tune, record to MLflow."""
     spec = _spec_for(context, config)
     records = _records_for(context.tracking_uri, context.experiment)
-    run_id = records.start_trial(context.parent_run_id, spec)
+    # The child run is created while the worker starts (importing torch takes about a
+    # second): the first event waits for it, so no event is lost and no time either.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        opening = pool.submit(records.start_trial, context.parent_run_id, spec)
+        outcome, run_id = _run_and_stream(context, spec, records, opening)
     tags = {RUN_ID: run_id, TRIAL_KEY: spec.key}
-
-    def on_event(event: dict) -> None:
-        records.log_event(run_id, event)
-        if event.get("event") == "metric":
-            metrics = {k: v for k, v in (event.get("metrics") or {}).items()
-                       if isinstance(v, (int, float))}
-            tune.report({**metrics, "step": event.get("step"), **tags})
-
-    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    outcome = run_trial(get_backend(context.backend), spec, gpu_ids=gpu_ids,
-                        timeout_s=context.sweep.trial_timeout_s,
-                        retries=context.sweep.retries, on_event=on_event,
-                        log_dir=Path(context.log_dir))
     extra_tags = {"versweep.attempts": str(outcome.attempts),
                   "versweep.wall_seconds": f"{outcome.wall_seconds:.3f}"}
     if outcome.startup_seconds is not None:
         extra_tags["versweep.startup_seconds"] = f"{outcome.startup_seconds:.3f}"
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if gpu_ids:
         extra_tags["versweep.gpu_ids"] = ",".join(gpu_ids)
     records.finish_trial(run_id, outcome.status, message=outcome.message,
@@ -156,6 +149,26 @@ def _trainable(config: dict, context: TrialContext) -> None:
     tune.report({**final, "step": outcome.last_step or 0, **tags, STATUS: outcome.status,
                  MESSAGE: outcome.message[:_REPORTED_MESSAGE_CHARS],
                  "startup_seconds": outcome.startup_seconds or 0.0})
+
+
+def _run_and_stream(context: TrialContext, spec: TrialSpec, records, opening):
+    """Run the worker; log each event to the child run and report metric events to Tune."""
+
+    def on_event(event: dict) -> None:
+        run_id = opening.result()
+        records.log_event(run_id, event)
+        if event.get("event") == "metric":
+            metrics = {k: v for k, v in (event.get("metrics") or {}).items()
+                       if isinstance(v, (int, float))}
+            tune.report({**metrics, "step": event.get("step"), RUN_ID: run_id,
+                         TRIAL_KEY: spec.key})
+
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    outcome = run_trial(get_backend(context.backend), spec, gpu_ids=gpu_ids,
+                        timeout_s=context.sweep.trial_timeout_s,
+                        retries=context.sweep.retries, on_event=on_event,
+                        log_dir=Path(context.log_dir))
+    return outcome, opening.result()
 
 
 class _StopWatchingASHA(AsyncHyperBandScheduler):
