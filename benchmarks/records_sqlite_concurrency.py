@@ -11,6 +11,8 @@ Two measurements, each with separate processes as Ray trial actors are:
    case: epochs that end far apart, so nothing is batched). Reports the wall
    time, writes per second, and the latency of each write against mlflow's
    20 s SQLite busy timeout, plus any error or retry.
+3. A lock held longer than that timeout (another connection in BEGIN
+   EXCLUSIVE): what a plain MlflowClient write does, and what SweepRecords does.
 
 Run from the repository root (it uses a temporary directory and removes it):
 
@@ -158,6 +160,59 @@ def steady_state(directory: Path, writer_counts: list[int], trials: int, steps: 
     print()
 
 
+def lock_held_too_long(directory: Path, hold_s: float) -> None:
+    """Another connection holds the database's write lock for longer than the busy timeout."""
+    import sqlite3
+    import threading
+
+    from mlflow.entities import Metric
+
+    from sweeps.records import SweepRecords, default_tracking_uri
+    from sweeps.spec import Sweep, TrialSpec
+
+    print(f"## Another process holds the write lock for {hold_s:.0f} s (busy timeout is 20 s)")
+    home = directory / "held"
+    home.mkdir()
+    uri = default_tracking_uri(home)
+    records = SweepRecords(uri, "held")
+    sweep = Sweep(name="held", path=home / "held.toml", text="", description="",
+                  backend="local", device="cpu", trial_timeout_s=60.0, retries=0,
+                  max_concurrent=None)
+    parent = records.open_sweep(sweep, resume=False)
+    run_id = records.start_trial(parent, TrialSpec("env", "local", (), 0, 0))
+
+    def hold() -> threading.Thread:
+        holder = sqlite3.connect(home / "mlflow.db", isolation_level=None,
+                                 check_same_thread=False)
+        holder.execute("BEGIN EXCLUSIVE")
+
+        def release():
+            time.sleep(hold_s)
+            holder.execute("ROLLBACK")
+            holder.close()
+
+        thread = threading.Thread(target=release)
+        thread.start()
+        return thread
+
+    for how in ("plain MlflowClient.log_batch", "SweepRecords.flush (retries)"):
+        thread = hold()
+        start = time.perf_counter()
+        try:
+            if how.startswith("plain"):
+                records.client.log_batch(run_id, metrics=[Metric("loss", 1.0, 0, 0)])
+            else:
+                records.log_event(run_id, {"v": 1, "event": "metric", "step": 1,
+                                           "metrics": {"loss": 0.5}})
+                records.flush(run_id)
+            outcome = "written"
+        except Exception as error:
+            outcome = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"
+        print(f"{how:32s} after {time.perf_counter() - start:5.1f} s: {outcome}")
+        thread.join()
+    print()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -165,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=50, help="metric steps per trial")
     parser.add_argument("--fresh-processes", type=int, default=4)
     parser.add_argument("--fresh-rounds", type=int, default=3)
+    parser.add_argument("--hold-seconds", type=float, default=25.0,
+                        help="how long another connection holds the lock (0: skip)")
     args = parser.parse_args(argv)
 
     import mlflow
@@ -177,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="versweep-sqlite-") as directory:
         fresh_open(Path(directory), args.fresh_processes, args.fresh_rounds)
         steady_state(Path(directory), args.writers, args.trials, args.steps)
+        if args.hold_seconds:
+            lock_held_too_long(Path(directory), args.hold_seconds)
     print("latency: one SweepRecords.flush (one log_batch round trip) per metric step;")
     print("mlflow's SQLite sessions wait up to 20000 ms (PRAGMA busy_timeout) for the lock.")
 
