@@ -141,7 +141,7 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
     terminal = attempt.terminal or {}
     kind = terminal.get("event")
 
-    if stop.is_set():
+    if stop.is_set() and handle.killed:  # a worker that finished first keeps its result
         outcome.status, outcome.message = "stopped", "stopped before it finished"
         return False, outcome
     if timed_out.is_set():

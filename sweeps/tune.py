@@ -83,12 +83,8 @@ def search_spec(sweep: Sweep, sampled: dict) -> TrialSpec:
 
 
 def _plain(value):
-    """Optuna/numpy scalars -> Python int/float (the worker config is JSON, the key stable)."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return value  # keep floats floats: the schema decides, and 1.0 != 1 in a key
-    return value
+    """Optuna/numpy scalars -> Python int/float: the config is JSON and the key must be stable."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def search_space(sweep: Sweep) -> dict:
@@ -328,14 +324,25 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
         interrupted, trials = True, []
     tune_seconds = time.monotonic() - fit_started
 
+    def error_of(config: dict) -> str | None:
+        """The first line of the error of a trial process that raised (a bug or a lost node)."""
+        for result in trials:
+            if result.error is not None and (result.config or {}) == config:
+                return (str(result.error).strip().splitlines() or ["error"])[0][:300]
+        return None
+
     records = []
     for trial_id, last in callback.last.items():
         key = last.get(TRIAL_KEY)
+        error = error_of(callback.started.get(trial_id, {}))
         if STATUS in last:
             status, message = last[STATUS], last.get(MESSAGE, "")
         elif scheduler is not None and trial_id in scheduler.stopped:
             status = "stopped"
             message = f"stopped early by ASHA at step {scheduler.stopped[trial_id]}"
+        elif error is not None:
+            status, message = "failed", f"the trial process failed: {error}"
+            callback.finish_unreported(trial_id, status, message)
         else:
             interrupted = True
             status, message = "stopped", "interrupted before it finished"
@@ -352,13 +359,13 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
         # Started but never reported: died (or was interrupted) before its first event
         # reached Tune; its child run, if any, is left RUNNING and marked KILLED on --resume.
         spec = _spec_for(context, config)
-        errors = [str(r.error) for r in trials if r.error is not None
-                  and (r.config or {}) == config]
-        interrupted = interrupted or not errors
-        message = errors[0].splitlines()[0][:300] if errors else "interrupted before it started"
+        error = error_of(config)
+        interrupted = interrupted or error is None
+        message = (f"the trial process failed: {error}" if error is not None
+                   else "interrupted before it started")
         records.append(TrialRecord(key=spec.key, name=spec.name, workload=spec.workload,
-                                   status="failed" if errors else "stopped", message=message,
-                                   config=spec.config_dict))
+                                   status="failed" if error is not None else "stopped",
+                                   message=message, config=spec.config_dict))
     if not sweep.is_search and len(callback.started) < len(context.specs_by_key):
         interrupted = True  # some trials never started
     return TuneRun(records=records, interrupted=interrupted,

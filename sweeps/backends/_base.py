@@ -124,8 +124,8 @@ class WorkerHandle:
 
     def kill(self, grace_s: float = 3.0) -> None:
         """Kill the worker's whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
-        self.killed = True
         if self.process.poll() is None:
+            self.killed = True  # only a worker that was still running counts as killed
             _signal_group(self.pgid, signal.SIGTERM)
             try:
                 self.process.wait(grace_s)
