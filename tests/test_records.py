@@ -470,7 +470,7 @@ def start_writers(args_per_writer: list[list[str]], script: str) -> list[subproc
 
 
 def test_processes_write_trials_to_one_store_at_once(tracking_uri, experiment, tmp_path):
-    writers, trials, steps = 4, 2, 20
+    writers, trials, steps = 4, 2, 15
     records = SweepRecords(tracking_uri, experiment)
     parent = records.open_sweep(make_sweep(tmp_path, ()), resume=False)
 
@@ -535,10 +535,9 @@ def test_an_unusable_tracking_uri_is_one_clear_line(tmp_path, value):
     assert "\n" not in str(raised.value) and "--tracking-uri" in str(raised.value)
 
 
-def test_an_unreachable_server_is_one_clear_line(monkeypatch):
-    # mlflow retries HTTP requests for minutes by default; one quick try is enough here.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+def test_an_unreachable_server_is_one_clear_line():
+    # Checked before MLflow's client would spend minutes retrying a refused connection.
     with pytest.raises(UserError) as raised:
         SweepRecords(f"http://127.0.0.1:{_free_port()}", "nowhere")
-    assert "\n" not in str(raised.value) and "127.0.0.1" in str(raised.value)
+    message = str(raised.value)
+    assert "\n" not in message and "cannot reach the MLflow tracking server" in message
