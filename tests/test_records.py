@@ -440,13 +440,16 @@ def test_resume_with_nothing_to_resume_is_one_clear_line(tracking_uri, experimen
 # --------------------------------------------------------------------------- concurrency
 
 WRITER = textwrap.dedent("""\
+    # One trial process: open the store, say so, wait for the sweep's parent run, write.
     import json, sys
     from sweeps.records import SweepRecords
     from sweeps.spec import TrialSpec
 
-    uri, experiment, parent, writer = sys.argv[1:5]
-    trials, steps = int(sys.argv[5]), int(sys.argv[6])
+    uri, experiment, writer = sys.argv[1:4]
+    trials, steps = int(sys.argv[4]), int(sys.argv[5])
     records = SweepRecords(uri, experiment)
+    print("ready", records.experiment_id(create=True), flush=True)
+    parent = sys.stdin.readline().strip()
     for t in range(trials):
         spec = TrialSpec("env", "local", (("seed", 100 * int(writer) + t),), t, int(writer))
         run_id = records.start_trial(parent, spec)
@@ -462,25 +465,39 @@ WRITER = textwrap.dedent("""\
     """)
 
 
-def start_writers(args_per_writer: list[list[str]], script: str) -> list[subprocess.Popen]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for args in args_per_writer]
+@pytest.fixture(params=["sqlite", "server"])
+def new_store_uri(request, tmp_path):
+    """A SQLite file nobody has opened yet, or the session's mlflow server."""
+    if request.param == "sqlite":
+        return default_tracking_uri(tmp_path)
+    return request.getfixturevalue("mlflow_server").url
 
 
-def test_processes_write_trials_to_one_store_at_once(tracking_uri, experiment, tmp_path):
+def test_processes_write_trials_to_one_store_at_once(new_store_uri, experiment, tmp_path):
+    # The writers first open the store together: for SQLite a database that does not
+    # exist yet, which mlflow 3.17 alone creates without a lock (several processes doing
+    # that at once fail, and can leave the file broken); and they create the experiment
+    # together. Then each writes its trials while the others do.
     writers, trials, steps = 4, 2, 15
-    records = SweepRecords(tracking_uri, experiment)
-    parent = records.open_sweep(make_sweep(tmp_path, ()), resume=False)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, new_store_uri, experiment, str(w),
+                               str(trials), str(steps)],
+                              cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for w in range(writers)]
+    ready = [p.stdout.readline().split() for p in procs]
+    failed_to_open = [p.communicate()[1][-3000:] for p, line in zip(procs, ready, strict=True)
+                      if not line]
+    assert not failed_to_open, failed_to_open[0]
+    assert len({experiment_id for _, experiment_id in ready}) == 1  # one experiment, not four
 
-    procs = start_writers([[tracking_uri, experiment, parent, str(w), str(trials), str(steps)]
-                           for w in range(writers)], WRITER)
-    outcomes = [(p.communicate(timeout=180), p.returncode) for p in procs]
+    records = SweepRecords(new_store_uri, experiment)
+    parent = records.open_sweep(make_sweep(tmp_path, ()), resume=False)
+    outcomes = [(p.communicate(parent + "\n", timeout=180), p.returncode) for p in procs]
     for (out, err), code in outcomes:
         assert code == 0 and '"done": true' in out, err[-3000:]
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(new_store_uri)
     written = records.list_trials(parent)
     assert len(written) == writers * trials
     assert all(t["run_status"] == "FINISHED" and t["status"] == "ok" for t in written)
@@ -489,26 +506,6 @@ def test_processes_write_trials_to_one_store_at_once(tracking_uri, experiment, t
         assert sorted(m.step for m in history) == list(range(steps))
         assert trial["metrics"]["final"] == 1.0
     assert len(records.finished_trial_keys(parent)) == writers * trials
-
-
-OPENER = textwrap.dedent("""\
-    import sys
-    from sweeps.records import SweepRecords
-    records = SweepRecords(sys.argv[1], sys.argv[2])
-    print(records.experiment_id(create=True))
-    """)
-
-
-def test_processes_opening_a_fresh_sqlite_store_at_once_all_get_it(tmp_path, experiment):
-    # mlflow 3.17 creates a new database's tables without a lock; several processes
-    # doing that at once fail and can leave the file broken. Each must succeed here.
-    uri = default_tracking_uri(tmp_path)
-    procs = start_writers([[uri, experiment]] * 4, OPENER)
-    outcomes = [(p.communicate(timeout=120), p.returncode) for p in procs]
-    for (_, err), code in outcomes:
-        assert code == 0, err[-3000:]
-    assert len({out.strip() for (out, _), _ in outcomes}) == 1  # one experiment, not four
-    assert MlflowClient(uri).get_experiment_by_name(experiment) is not None
 
 
 # --------------------------------------------------------------------------- tracking URIs
