@@ -1,9 +1,12 @@
 """rnn_bench as a user runs it: ``python -m workers rnn_bench --config '{...}'`` at toy sizes.
 
-The worker runs as a child process (the ``worker`` fixture). Checks that need the pieces
-themselves (the correctness gate's failure path, the CTC decision on an old torch, the
-parameter counts at full size) call the worker's functions in-process; none of them times
-anything.
+One child process per benchmark (the ``worker`` fixture), plus bad input, divergence and
+the compiled cell, covers the process boundary. The full bench x impl x cell matrix (36
+runs) goes through the worker's own CLI (``workers.cli.main``: parsing, events, exit code)
+in this process, because a child process each costs a torch import, seconds apiece on a
+busy 2-core machine. Checks that need the pieces themselves (the gate's failure path, the
+CTC decision on an old torch, the parameter counts at full size) call the worker's
+functions; no test asserts a timing.
 """
 import io
 import itertools
