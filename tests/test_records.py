@@ -357,6 +357,26 @@ def test_hundreds_of_steps_cost_a_few_round_trips(mlflow_server, experiment, tmp
     assert sorted(m.step for m in history) == list(range(steps))
 
 
+def test_nested_and_overlong_config_values_become_params_mlflow_accepts(tmp_path, experiment,
+                                                                       empty_store):
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    config = {"lr_schedule": {"milestones": [5, 10], "gamma": 0.5}, "data_dir": "/d" * 4000,
+              "labels_per_sample": None, "check": True}
+    spec = TrialSpec("ptb_lm", "local", tuple(sorted(config.items())), 0, 0)
+    records = SweepRecords(default_tracking_uri(tmp_path), experiment)
+    parent = records.open_sweep(make_sweep(tmp_path, (spec,)), resume=False)
+    run_id = records.start_trial(parent, spec)
+    records.finish_trial(run_id, "ok")
+
+    params = MlflowClient(default_tracking_uri(tmp_path)).get_run(run_id).data.params
+    assert params["lr_schedule.milestones.0"] == "5"
+    assert params["lr_schedule.milestones.1"] == "10"
+    assert params["lr_schedule.gamma"] == "0.5"
+    assert params["labels_per_sample"] == "null" and params["check"] == "true"
+    assert len(params["data_dir"]) == 6000 and params["data_dir"].endswith("...[truncated]")
+    assert params["data_dir"].startswith("/d/d/d")
+
+
 def test_records_sent_to_another_process_open_the_store_there(tmp_path, experiment,
                                                               empty_store):
     # Ray pickles what a trainable closes over; the copy must work on its own.
