@@ -232,8 +232,8 @@ class CudnnRNN(nn.Module):
 
     On a GPU cuDNN takes the packed batch as it is. On the CPU (torch 2.13 measured)
     torch's packed backward zero-fills a full-size gradient per time step, so its cost
-    grows with T^2: 4x320-ctc-long at full size takes minutes per batch there, against
-    ~6x the unpacked time at 8 x 250. That is torch's CPU path, not this harness.
+    grows with T^2: its backward took 6.5x the unpacked one at 8 x 250, and
+    4x320-ctc-long at full size takes minutes per batch. That is torch's CPU path.
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers, bidirectional):
