@@ -20,6 +20,7 @@ import functools
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from .backends import get_backend
+from .errors import UserError
 from .spec import Sweep, TrialSpec
 from .summary import TrialRecord
 from .trial import run_trial, trial_resources
@@ -222,7 +224,7 @@ class _RecordStops(tune.Callback):
 
 
 def start_ray(address: str | None, num_cpus: int | None) -> float:
-    """Start a local Ray (or join ``address``); return the seconds it took."""
+    """Start a private local Ray (or join ``address`` / $RAY_ADDRESS); return the seconds."""
     # Set before Ray starts: its processes inherit them.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record
@@ -236,13 +238,40 @@ def start_ray(address: str | None, num_cpus: int | None) -> float:
     started = time.monotonic()
     if ray.is_initialized():
         return 0.0
+    # A Ray Job's driver is told its cluster through RAY_ADDRESS. Without either, start
+    # a private local cluster ("local"), never joining whatever `ray start` left running.
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING",
-                 runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING",
+                     runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+        except (ConnectionError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"cannot join the Ray cluster at {address}: {first} "
+                            "(is it running, and does this machine have its auth token?)"
+                            ) from None
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                 include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     return time.monotonic() - started
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a host:port address.
+
+    ray.init keeps retrying an unreachable GCS for minutes; a plain TCP connect tells a
+    user at once that the address is wrong or the cluster is down.
+    """
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not host or not port.isdigit():
+        return  # "auto", ray:// client addresses: Ray resolves those itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: nothing answers there "
+                        f"({exc.strerror or exc}); start it with `ray start --head` or fix "
+                        "--address") from None
 
 
 def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,

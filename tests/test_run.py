@@ -379,3 +379,38 @@ def test_ctrl_c_stops_the_workers_records_the_trial_as_stopped_and_exits_130(tmp
     started = [c for c in children if "valid_perplexity" in c.data.metrics]
     assert started and all(c.info.status == "FINISHED" for c in started)
     assert all(c.data.tags["versweep.status"] == "stopped" for c in started)
+
+
+def test_address_joins_an_existing_ray_cluster_and_leaves_it_running(tmp_path, ray_tmp):
+    port = _free_port()
+    # The cluster and the sweep agree on no token authentication (Ray's default is a
+    # token only the starting user's processes know about).
+    env = sweep_env(ray_tmp, RAY_AUTH_MODE="disabled")
+    started = subprocess.run(["ray", "start", "--head", "--port", str(port), "--num-cpus", "2",
+                              "--include-dashboard", "false", "--disable-usage-stats"],
+                             env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    # The ray_tmp fixture ends this cluster's processes by pid afterwards (never `ray stop`,
+    # which would end every Ray on the machine).
+    grid = tmp_path / "two.toml"
+    grid.write_text(ENV_GRID.format(name="joined", seeds="[1, 2]"))
+    address = f"127.0.0.1:{port}"
+    done = subprocess.run([sys.executable, str(RUN), "--grid", str(grid), "--address", address],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "trials: 2 ok" in done.stdout
+    status = subprocess.run(["ray", "status", "--address", address], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "CPU" in status.stdout  # still there for the next sweep
+
+
+def test_an_address_with_no_cluster_is_one_line_and_exit_2(tmp_path, ray_tmp):
+    grid = tmp_path / "two.toml"
+    grid.write_text(ENV_GRID.format(name="nowhere", seeds="[1, 2]"))
+    done = subprocess.run([sys.executable, str(RUN), "--grid", str(grid), "--address",
+                           f"127.0.0.1:{_free_port()}"], cwd=tmp_path, env=sweep_env(ray_tmp),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert re.search(r"^versweep: error: cannot join the Ray cluster at 127\.0\.0\.1:\d+: ",
+                     done.stderr, re.MULTILINE)
