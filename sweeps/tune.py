@@ -123,12 +123,12 @@ def _spec_for(context: TrialContext, config: dict) -> TrialSpec:
 def _trainable(config: dict, context: TrialContext) -> None:
     """Run one trial in a Ray trial process; report to Tune, record to MLflow."""
     spec = _spec_for(context, config)
-    records = _records_for(context.tracking_uri, context.experiment)
-    # The child run is created while the worker starts (importing torch takes about a
-    # second): the first event waits for it, so no event is lost and no time either.
+    # The child run is created (and, in a fresh trial process, mlflow imported) while
+    # the worker starts and imports torch: the first event waits for it, so no event is
+    # lost and little time either.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(records.start_trial, context.parent_run_id, spec)
-        outcome, run_id = _run_and_stream(context, spec, records, opening)
+        opening = pool.submit(_open_trial_run, context, spec)
+        outcome, (records, run_id) = _run_and_stream(context, spec, opening)
     tags = {RUN_ID: run_id, TRIAL_KEY: spec.key}
     extra_tags = {"versweep.attempts": str(outcome.attempts),
                   "versweep.wall_seconds": f"{outcome.wall_seconds:.3f}"}
@@ -149,11 +149,17 @@ def _trainable(config: dict, context: TrialContext) -> None:
                  "startup_seconds": outcome.startup_seconds or 0.0})
 
 
-def _run_and_stream(context: TrialContext, spec: TrialSpec, records, opening):
+def _open_trial_run(context: TrialContext, spec: TrialSpec):
+    """(SweepRecords, child run id) of a trial: its run in MLflow, created now."""
+    records = _records_for(context.tracking_uri, context.experiment)
+    return records, records.start_trial(context.parent_run_id, spec)
+
+
+def _run_and_stream(context: TrialContext, spec: TrialSpec, opening):
     """Run the worker; log each event to the child run and report metric events to Tune."""
 
     def on_event(event: dict) -> None:
-        run_id = opening.result()
+        records, run_id = opening.result()
         records.log_event(run_id, event)
         if event.get("event") == "metric":
             metrics = {k: v for k, v in (event.get("metrics") or {}).items()
