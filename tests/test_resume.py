@@ -16,7 +16,7 @@ import textwrap
 import time
 
 import test_run
-from test_run import RUN, sweep_env, sweep_runs, versweep
+from test_run import RUN, own_processes_mentioning, sweep_env, sweep_runs, versweep
 
 # The private Ray temp dir fixture of test_run (cleans up a killed driver's Ray by pid).
 ray_tmp = test_run.ray_tmp
@@ -63,6 +63,19 @@ def test_a_sweep_killed_with_sigkill_resumes_without_running_a_trial_twice(tmp_p
         if driver.poll() is None:
             driver.kill()
             driver.wait()
+
+    # The killed driver's local Ray cluster (and the trial it was running) may outlive it
+    # for a moment; end it the way a dead machine would, so that nothing finishes after
+    # the snapshot below. Only this test's processes mention its private Ray temp dir.
+    deadline = time.monotonic() + 30
+    while own_processes_mentioning(ray_tmp) and time.monotonic() < deadline:
+        for pid in own_processes_mentioning(ray_tmp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    assert own_processes_mentioning(ray_tmp) == []
 
     before = {c.data.tags["versweep.trial_key"]: c.info.run_id for c in finished_children(uri)}
     assert 2 <= len(before) < 8, "the kill must land mid-sweep"
