@@ -82,7 +82,9 @@ def test_a_sweep_killed_with_sigkill_resumes_without_running_a_trial_twice(tmp_p
 
     resumed = versweep(["--grid", str(grid), "--resume"], cwd=tmp_path, ray_tmp=ray_tmp)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"{len(before)} trial(s) already decided" in resumed.stdout
+    decided_line = [line for line in resumed.stdout.splitlines() if "already decided" in line]
+    assert decided_line == [f"{len(before)} trial(s) already decided; they will not run again"], (
+        decided_line, sorted(before))
     assert "trials: 8 ok" in resumed.stdout
 
     _, parents, children = sweep_runs(uri, "resumable")

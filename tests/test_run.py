@@ -27,7 +27,11 @@ RUN = ROOT / "sweeps" / "run.py"
 
 
 def own_processes_mentioning(text: str) -> list[int]:
-    """Pids of this user's processes whose command line contains ``text``."""
+    """Pids of this user's processes whose command line or environment contains ``text``.
+
+    The environment counts because Ray renames its worker processes ("ray::_trainable"),
+    but they keep the RAY_TMPDIR their cluster was started with.
+    """
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -35,10 +39,11 @@ def own_processes_mentioning(text: str) -> list[int]:
         try:
             if entry.stat().st_uid != os.getuid():
                 continue
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            environ = (entry / "environ").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if text in cmdline:
+        if text in cmdline.replace("\0", " ") or text in environ:
             pids.append(int(entry.name))
     return pids
 
