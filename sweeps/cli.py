@@ -3,7 +3,7 @@
     versweep --grid smoke
     versweep --grid versions --dry-run
     versweep --grid hparams --resume --max-concurrent 2
-    versweep --grid my_grid.toml --set trial_timeout_s=60 --tracking-uri http://127.0.0.1:5000
+    versweep --grid my_grid.toml --set sweep.trial_timeout_s=60 --tracking-uri http://127.0.0.1:5000
 
 Every expected user error (UserError) becomes one line, ``versweep: error: ...``, and
 exit code 2; Ctrl-C exits 130.

@@ -634,8 +634,12 @@ class SweepRecords:
 
     def finish_trial(self, run_id: str, status: str, *, message: str = "", log_text: str = "",
                      samples: list[float] | None = None,
-                     extra_tags: dict[str, str] | None = None) -> None:
+                     extra_tags: dict[str, str] | None = None, decided: bool = True) -> None:
         """Record how the trial ended and end its run FINISHED ("finished" means "decided").
+
+        ``decided=False`` (a trial interrupted by Ctrl-C or a lost driver, not by a
+        decision such as ASHA's) ends the run KILLED instead, so ``--resume`` runs
+        that trial again; its status tag still says how it ended.
 
         ``message`` (e.g. the stderr tail of a crash) keeps its end if it is too
         long for a tag; ``log_text`` becomes the artifact worker.log and
@@ -656,7 +660,8 @@ class SweepRecords:
             samples = self._result_samples.get(run_id)
         if samples is not None:
             self._log_text(run_id, json.dumps([float(s) for s in samples]), "samples.json")
-        _retrying(lambda: self.client.set_terminated(run_id, "FINISHED"), "finishing a trial")
+        end_state = "FINISHED" if decided else "KILLED"
+        _retrying(lambda: self.client.set_terminated(run_id, end_state), "finishing a trial")
         for state in (self._pending, self._last_flush, self._last_step, self._result_samples):
             state.pop(run_id, None)
 

@@ -44,8 +44,12 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
 
     out = out if out is not None else sys.stdout
     cwd = Path(cwd) if cwd is not None else Path.cwd()
+    if backend is not None:
+        # Through the grid, so the trials' images follow the backend (local: the host's
+        # torch) and the recorded grid text says which backend ran.
+        overrides = [*overrides, f"sweep.backend={backend}"]
     sweep = load_sweep(grid, overrides)
-    backend_name = backend or sweep.backend
+    backend_name = sweep.backend
     max_concurrent = max_concurrent or sweep.max_concurrent
     experiment = experiment or sweep.name
     if dry_run:

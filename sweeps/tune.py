@@ -137,9 +137,11 @@ def _trainable(config: dict, context: TrialContext) -> None:
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if gpu_ids:
         extra_tags["versweep.gpu_ids"] = ",".join(gpu_ids)
+    # A trial process only sees "stopped" when Tune shuts it down (Ctrl-C): not a
+    # decision, so --resume runs it again. ASHA's stops are recorded by the driver.
     records.finish_trial(run_id, outcome.status, message=outcome.message,
                          log_text=outcome.log_text(), samples=outcome.samples,
-                         extra_tags=extra_tags)
+                         extra_tags=extra_tags, decided=outcome.status != "stopped")
     # The final report: the last step's metrics (so the search metric is present),
     # the result metrics, and the decision.
     final = {**outcome.last_metrics, **outcome.result_metrics}
@@ -216,8 +218,12 @@ class _RecordStops(tune.Callback):
             self.finish_unreported(trial.trial_id, "stopped",
                                    f"stopped early by ASHA at step {step}")
 
-    def finish_unreported(self, trial_id: str, status: str, message: str) -> None:
-        """Finish the child run of a trial that could not finish it itself."""
+    def finish_unreported(self, trial_id: str, status: str, message: str, *,
+                          decided: bool = True) -> None:
+        """Finish the child run of a trial that could not finish it itself.
+
+        ``decided=False`` for an interruption: the run ends KILLED and --resume reruns it.
+        """
         last = self.last.get(trial_id) or {}
         run_id = last.get(RUN_ID)
         if not run_id or STATUS in last or trial_id in self.recorded_stops:
@@ -226,7 +232,8 @@ class _RecordStops(tune.Callback):
         log_path = Path(self.context.log_dir) / f"{last.get(TRIAL_KEY)}.log"
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
         records = _records_for(self.context.tracking_uri, self.context.experiment)
-        records.finish_trial(run_id, status, message=message, log_text=log_text)
+        records.finish_trial(run_id, status, message=message, log_text=log_text,
+                             decided=decided)
 
 
 def start_ray(address: str | None, num_cpus: int | None) -> float:
@@ -381,7 +388,7 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
         else:
             interrupted = True
             status, message = "stopped", "interrupted before it finished"
-            callback.finish_unreported(trial_id, status, message)
+            callback.finish_unreported(trial_id, status, message, decided=False)
         spec = _spec_for(context, last.get("config") or {})
         metrics = {k: v for k, v in last.items() if isinstance(v, (int, float))
                    and not isinstance(v, bool) and k not in _TUNE_BOOKKEEPING}

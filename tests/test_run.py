@@ -203,6 +203,16 @@ def test_a_dry_run_of_the_versions_grid_prints_every_trial_and_starts_nothing(tm
     assert os.listdir(ray_tmp) == []  # no Ray session
 
 
+def test_backend_local_runs_a_docker_grid_on_the_hosts_own_torch(capsys):
+    from sweeps.run import run_sweep
+
+    assert run_sweep("nightly", backend="local", dry_run=True) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"^\d+\s.* @ ", line)]
+    assert rows and all(" @ local #" in row for row in rows)
+    assert "backend local" in out
+
+
 def test_the_console_entry_point_takes_the_same_arguments(capsys):
     from sweeps.cli import main
 
@@ -212,10 +222,10 @@ def test_the_console_entry_point_takes_the_same_arguments(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--grid", "{bad}"], r"bad\.toml: sweep\.bakend: unknown key \(did you mean 'backend'\?\)"),
-    (["--grid", "smoke", "--backend", "lokal"], r"backend 'lokal' is unknown; did you mean "
-                                                r"'local'\?"),
-    (["--grid", "smoke", "--backend", "docker"], r"docker backend arrives with the images "
-                                                 r"issue"),
+    (["--grid", "smoke", "--backend", "lokal"], r"smoke\.toml: sweep\.backend: 'lokal' is not "
+                                                r"one of local, docker \(did you mean 'local'"),
+    (["--grid", "versions", "--backend", "docker"], r"docker backend arrives with the images "
+                                                    r"issue"),
     (["--grid", "smoke", "--resume"], r"--resume: no earlier run of sweep 'smoke'"),
     (["--grid", "smoke", "--set", "sweep.max_concurent=1"], r"sweep\.max_concurent: unknown "
                                                             r"key"),
@@ -382,8 +392,11 @@ def test_ctrl_c_stops_the_workers_records_the_trial_as_stopped_and_exits_130(tmp
     assert own_processes_mentioning('"synthetic_words":3001') == []
     _, parents, children = sweep_runs(uri, "long")
     started = [c for c in children if "valid_perplexity" in c.data.metrics]
-    assert started and all(c.info.status == "FINISHED" for c in started)
-    assert all(c.data.tags["versweep.status"] == "stopped" for c in started)
+    assert started and all(c.data.tags["versweep.status"] == "stopped" for c in started)
+    # An interruption is not a decision: the runs end KILLED, so --resume runs them again.
+    assert all(c.info.status == "KILLED" for c in started)
+    from sweeps.records import SweepRecords
+    assert SweepRecords(uri, "long").finished_trial_keys(parents[0].info.run_id) == {}
 
 
 def test_address_joins_an_existing_ray_cluster_and_leaves_it_running(tmp_path, ray_tmp):
