@@ -593,25 +593,14 @@ class SweepRecords:
         elif kind == "metric":
             step = int(event.get("step", 0))
             self._last_step[run_id] = max(step, self._last_step.get(run_id, step))
-            stamp = _now_ms()
-            pending = self._pending.setdefault(run_id, [])
-            for name, value in (event.get("metrics") or {}).items():
-                number = _finite(value)
-                if number is not None:
-                    pending.append(Metric(_metric_name(name), number, stamp, step))
+            pending = self._queue_metrics(run_id, event.get("metrics"), step)
             waited = time.monotonic() - self._last_flush.get(run_id, 0.0)
             if len(pending) >= METRIC_FLUSH_COUNT or waited >= METRIC_FLUSH_SECONDS:
                 self.flush(run_id)
         elif kind == "result":
             # Final figures sit at the last step, so a name that is also a step
             # metric (words_per_second) does not draw a line back to step 0.
-            step = self._last_step.get(run_id, 0)
-            stamp = _now_ms()
-            pending = self._pending.setdefault(run_id, [])
-            for name, value in (event.get("metrics") or {}).items():
-                number = _finite(value)
-                if number is not None:
-                    pending.append(Metric(_metric_name(name), number, stamp, step))
+            self._queue_metrics(run_id, event.get("metrics"), self._last_step.get(run_id, 0))
             if event.get("samples") is not None:
                 self._result_samples[run_id] = list(event["samples"])
             self.flush(run_id)
@@ -623,6 +612,16 @@ class SweepRecords:
                 "versweep.error": text_value(event.get("message", "")),
             })
         # Any other event is not part of protocol v1: the worker log keeps it.
+
+    def _queue_metrics(self, run_id: str, metrics: dict | None, step: int) -> list[Metric]:
+        """Queue the finite values of ``metrics`` at ``step`` for the next flush."""
+        stamp = _now_ms()
+        pending = self._pending.setdefault(run_id, [])
+        for name, value in (metrics or {}).items():
+            number = _finite(value)
+            if number is not None:
+                pending.append(Metric(_metric_name(name), number, stamp, step))
+        return pending
 
     def flush(self, run_id: str) -> None:
         """Write the step metrics this object still holds for ``run_id`` (one batch call)."""
@@ -649,6 +648,17 @@ class SweepRecords:
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
         self.flush(run_id)
+        current = _retrying(lambda: self.client.get_run(run_id), "reading a trial run")
+        if current.info.status == "KILLED":
+            # A resumed sweep started this trial again and marked this run KILLED (its
+            # driver had died, this trial process had not): the newer run is the record.
+            # Finishing this one too would leave two FINISHED runs for one trial key.
+            self._set_tags(run_id, {"versweep.superseded": "true",
+                                    "versweep.superseded_status": status})
+            for state in (self._pending, self._last_flush, self._last_step,
+                          self._result_samples):
+                state.pop(run_id, None)
+            return
         tags = {"versweep.status": status}
         if message:
             tags["versweep.message"] = truncate(message, MAX_TAG_VALUE_LENGTH, keep="tail")

@@ -146,6 +146,10 @@ def _trainable(config: dict, context: TrialContext) -> None:
     # the result metrics, and the decision.
     final = {**outcome.last_metrics, **outcome.result_metrics}
     final = {k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    if outcome.status != "ok":
+        # A diverged, failed or unsupported trial has no objective: without the metric
+        # Optuna records it as pruned instead of learning from an epoch before the end.
+        final = {}
     tune.report({**final, "step": outcome.last_step or 0, **tags, STATUS: outcome.status,
                  MESSAGE: outcome.message[:_REPORTED_MESSAGE_CHARS],
                  "startup_seconds": outcome.startup_seconds or 0.0})
@@ -159,6 +163,8 @@ def _open_trial_run(context: TrialContext, spec: TrialSpec):
 
 def _run_and_stream(context: TrialContext, spec: TrialSpec, opening):
     """Run the worker; log each event to the child run and report metric events to Tune."""
+    search = context.sweep.search
+    early_stopping = search is not None and search.scheduler is not None
 
     def on_event(event: dict) -> None:
         records, run_id = opening.result()
@@ -166,6 +172,9 @@ def _run_and_stream(context: TrialContext, spec: TrialSpec, opening):
         if event.get("event") == "metric":
             metrics = {k: v for k, v in (event.get("metrics") or {}).items()
                        if isinstance(v, (int, float))}
+            if early_stopping:
+                # ASHA may end this trial inside tune.report: write the step first.
+                records.flush(run_id)
             tune.report({**metrics, "step": event.get("step"), RUN_ID: run_id,
                          TRIAL_KEY: spec.key})
 

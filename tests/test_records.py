@@ -403,7 +403,9 @@ def test_resume_finds_the_sweep_and_kills_stale_trial_runs(tracking_uri, experim
     first.finish_trial(done_run, "ok")
     stale_run = first.start_trial(parent, interrupted)
     first.log_event(stale_run, {"v": 1, "event": "metric", "step": 0, "metrics": {"x": 1.0}})
-    del first  # the driver dies here: no finish_trial, no close_sweep
+    # The driver dies here: no finish_trial, no close_sweep. Its trial process lives on
+    # (a Ray worker of the dead driver) and will try to finish its run late.
+    leftover_trial_process = first
 
     second = SweepRecords(tracking_uri, experiment)
     assert second.open_sweep(sweep, resume=True) == parent
@@ -414,6 +416,10 @@ def test_resume_finds_the_sweep_and_kills_stale_trial_runs(tracking_uri, experim
     for spec in (interrupted, untouched):
         run_id = second.start_trial(parent, spec)
         second.finish_trial(run_id, "unsupported" if spec is untouched else "ok")
+    # The leftover finishes after the resumed sweep ran the trial again: its run was
+    # superseded and stays KILLED, so the key still has exactly one FINISHED run.
+    leftover_trial_process.finish_trial(stale_run, "ok")
+    assert client.get_run(stale_run).data.tags["versweep.superseded"] == "true"
     assert second.finished_trial_keys(parent) == {done.key: "ok", interrupted.key: "ok",
                                                   untouched.key: "unsupported"}
     second.close_sweep(parent, {"ok": 2, "unsupported": 1}, None)

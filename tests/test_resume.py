@@ -15,11 +15,7 @@ import sys
 import textwrap
 import time
 
-import test_run
-from test_run import RUN, own_processes_mentioning, sweep_env, sweep_runs, versweep
-
-# The private Ray temp dir fixture of test_run (cleans up a killed driver's Ray by pid).
-ray_tmp = test_run.ray_tmp
+from sweeping import RUN, own_processes_mentioning, sweep_env, sweep_runs, versweep
 
 GRID = textwrap.dedent("""
     [sweep]

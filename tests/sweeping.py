@@ -1,0 +1,91 @@
+"""Helpers for tests that run sweeps as a user does: the command, a private Ray, MLflow reads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "sweeps" / "run.py"
+
+
+def own_processes_mentioning(text: str) -> list[int]:
+    """Pids of this user's processes whose command line or environment contains ``text``.
+
+    The environment counts because Ray renames its worker processes ("ray::_trainable"),
+    but they keep the RAY_TMPDIR their cluster was started with.
+    """
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            environ = (entry / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline.replace("\0", " ") or text in environ:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short, private Ray temp dir (Unix socket paths must stay under 108 bytes).
+
+    Afterwards, any process still running from it (a Ray cluster whose driver was
+    killed) is ended by pid: only processes this test started mention this path.
+    """
+    path = tempfile.mkdtemp(prefix="vsray-", dir="/tmp")
+    yield path
+    for pid in own_processes_mentioning(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_env(ray_tmp: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_TMPDIR"] = ray_tmp
+    env.update(extra)
+    return env
+
+
+def versweep(args: list[str], *, cwd: Path, ray_tmp: str, timeout: float = 600,
+             **extra_env: str) -> subprocess.CompletedProcess:
+    """Run ``python sweeps/run.py ARGS`` in ``cwd`` and wait for it."""
+    return subprocess.run([sys.executable, str(RUN), *args, "--num-cpus", "2"], cwd=cwd,
+                          env=sweep_env(ray_tmp, **extra_env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def sweep_runs(tracking_uri: str, experiment: str):
+    """(parent runs, child runs) of an experiment, read with MLflow's own client.
+
+    The client is opened as the sweep opens it (under RECORDS' lock for SQLite), so
+    reading while a driver creates a fresh database cannot corrupt it.
+    """
+    from sweeps.records import open_client
+
+    client = open_client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r} at {tracking_uri}"
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("versweep.kind") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
