@@ -516,8 +516,11 @@ class SweepRecords:
         return parent_run_id
 
     def close_sweep(self, parent_run_id: str, summary: dict[str, int],
-                    best: dict | None) -> None:
+                    best: dict | None, *, interrupted: bool = False) -> None:
         """Record the counts per status and the best trial on the parent run, and finish it.
+
+        An ``interrupted`` sweep (Ctrl-C) ends KILLED: it is not done, and
+        ``--resume`` picks it up first.
 
         ``best`` holds e.g. trial_key, run_id, name, metric, mode, value, config;
         each becomes a tag versweep.best.<field>, and the value also a metric
@@ -534,7 +537,8 @@ class SweepRecords:
                 metrics.append(Metric(_metric_name(f"best_{best['metric']}"), value,
                                       _now_ms(), 0))
         self._set_tags(parent_run_id, tags, metrics=metrics)
-        _retrying(lambda: self.client.set_terminated(parent_run_id, "FINISHED"),
+        end_state = "KILLED" if interrupted else "FINISHED"
+        _retrying(lambda: self.client.set_terminated(parent_run_id, end_state),
                   "finishing the sweep's parent run")
 
     # ----------------------------------------------------------------- trials

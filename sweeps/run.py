@@ -114,7 +114,8 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
     counts = {status: 0 for status in ("ok", "unsupported", "diverged", "failed", "stopped")}
     for record in trial_records:
         counts[record.status] = counts.get(record.status, 0) + 1
-    records.close_sweep(parent_run_id, counts, best.as_tags() if best else None)
+    records.close_sweep(parent_run_id, counts, best.as_tags() if best else None,
+                        interrupted=tune_run.interrupted)
 
     out.write(format_summary(trial_records, where=records_location(tracking_uri),
                              ui_command=mlflow_ui_command(tracking_uri), experiment=experiment,

@@ -26,12 +26,9 @@ from pathlib import Path
 from .backends import Backend
 from .spec import Sweep, TrialSpec
 
-EXIT_OK, EXIT_BAD_CONFIG, EXIT_UNSUPPORTED, EXIT_DIVERGED = 0, 2, 3, 4
+EXIT_OK, EXIT_BAD_CONFIG, EXIT_UNSUPPORTED, EXIT_DIVERGED, EXIT_MISMATCH = 0, 2, 3, 4, 5
 # How many stderr lines a failed trial's message keeps.
 STDERR_TAIL_IN_MESSAGE = 15
-# Handled worker errors that a retry cannot change (the correctness gate of rnn_bench
-# found implementations that disagree): recorded as failed at once, with the message.
-DETERMINISTIC_ERRORS = frozenset({"mismatch"})
 
 
 @dataclass
@@ -162,8 +159,7 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
     if kind == "error" and terminal.get("kind") == "diverged" and exit_code == EXIT_DIVERGED:
         outcome.status, outcome.message = "diverged", str(terminal.get("message", ""))
         return False, outcome
-    if kind == "error" and (exit_code == EXIT_BAD_CONFIG
-                            or terminal.get("kind") in DETERMINISTIC_ERRORS):
+    if kind == "error" and exit_code in (EXIT_BAD_CONFIG, EXIT_MISMATCH):
         # bad_config / data, or implementations that disagree (the correctness gate):
         # the same config fails the same way again, so no retry.
         outcome.status = "failed"

@@ -237,6 +237,17 @@ def test_divergence_is_a_result_not_a_failure(backend, tmp_path):
     assert "perplexity overflows" in outcome.message
 
 
+def test_a_correctness_gate_mismatch_fails_once_without_retry(backend, tmp_path):
+    # A 1e-12 tolerance makes the float32 implementations disagree for real.
+    spec = spec_of("rnn_bench", {"bench": "1x320-ce-short", "impl": "fused", "batch_size": 2,
+                                 "seq_len": 4, "hidden_size": 8, "batches": 3,
+                                 "warmup_batches": 1, "check_tolerance": 1e-12,
+                                 "num_threads": 1})
+    outcome = run_trial(backend, spec, retries=2, log_dir=tmp_path)
+    assert outcome.status == "failed" and outcome.exit_code == 5 and outcome.attempts == 1
+    assert outcome.message.startswith("mismatch: implementations disagree")
+
+
 class _RecordingBackend(LocalBackend):
     """The local backend, keeping its handles so a test can kill a worker like the OOM killer."""
 

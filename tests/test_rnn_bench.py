@@ -263,6 +263,18 @@ def test_a_huge_learning_rate_diverges_with_exit_4(worker):
     assert calm.returncode == 0, calm.stderr
 
 
+def test_implementations_that_disagree_report_an_error_not_a_time(worker):
+    # The gate compares basic, fused and cudnn on shared weights. Their float32 sums
+    # differ by ~1e-7 in a different order of operations, so a 1e-12 tolerance makes
+    # them disagree for real: the benchmark must then time nothing.
+    run = worker("rnn_bench", tiny("1x320-ce-short", impl="basic", check_tolerance=1e-12))
+    assert run.returncode == 5, run.stderr
+    assert run.kinds == ["env", "error"]
+    assert run.events[-1]["kind"] == "mismatch"
+    assert "implementations disagree" in run.events[-1]["message"]
+    assert "Traceback" not in run.stderr
+
+
 def _tiny_models(bench, cell, impls):
     config = resolve_workload_config("rnn_bench", tiny(bench, cell=cell))
     shape = rnn_bench.benchmark_shape(config)

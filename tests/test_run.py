@@ -317,6 +317,7 @@ def test_ctrl_c_stops_the_workers_records_the_trial_as_stopped_and_exits_130(tmp
     assert started and all(c.data.tags["versweep.status"] == "stopped" for c in started)
     # An interruption is not a decision: the runs end KILLED, so --resume runs them again.
     assert all(c.info.status == "KILLED" for c in started)
+    assert [p.info.status for p in parents] == ["KILLED"]  # the sweep is not done either
     from sweeps.records import SweepRecords
     assert SweepRecords(uri, "long").finished_trial_keys(parents[0].info.run_id) == {}
 

@@ -7,7 +7,8 @@ lines; anything else a library prints to stdout is kept in the log and ignored.
     metric       per epoch (LM) / per measured chunk (bench)
     result       once, at the end               -> exit 0
     unsupported  this combination cannot run     -> exit 3
-    error        a handled failure               -> exit 2 (bad_config, data) or 4 (diverged)
+    error        a handled failure               -> exit 2 (bad_config, data), 4 (diverged)
+                                                    or 5 (mismatch: the correctness gate)
 
 Anything else (a crash, a kill) exits with another code and the host keeps the
 stderr tail. This module is stdlib-only and Python 3.6-compatible.
@@ -22,6 +23,7 @@ EXIT_OK = 0
 EXIT_BAD_CONFIG = 2
 EXIT_UNSUPPORTED = 3
 EXIT_DIVERGED = 4
+EXIT_MISMATCH = 5
 
 
 class WorkerError(Exception):
@@ -60,7 +62,7 @@ class Mismatch(WorkerError):
     """Implementations that claim to compute the same function disagree."""
 
     kind = "mismatch"
-    exit_code = 1
+    exit_code = EXIT_MISMATCH
 
 
 class Unsupported(Exception):
