@@ -241,6 +241,7 @@ def _set_path(node: Any, parts: list[str], value: Any, shown: str, full: str,
     here = ".".join(walked) or "the grid"
     part, rest = parts[0], parts[1:]
     if isinstance(node, list):
+        indices: range | list[int]
         if part == "*":
             if not node:
                 raise GridError(f"{shown}: --set {full}: {here} is empty")
@@ -568,8 +569,8 @@ def _group_sweep(check: _Checker, settings: _SweepSettings,
                     seen[spec.key] = group_index
                     trials.append(spec)
     used = {trial.image for trial in trials}
-    images = tuple(i for i in settings.matrix_if_read().values() if i.name in used)
-    return tuple(trials), images
+    used_images = tuple(i for i in settings.matrix_if_read().values() if i.name in used)
+    return tuple(trials), used_images
 
 
 # ---------------------------------------------------------------- [search]
@@ -602,6 +603,8 @@ def _param(check: _Checker, workload: str, name: str, table: Any) -> Param:
     for bound in ("low", "high"):
         if bound not in table:
             raise check.fail(f"{path}.{bound}", f"missing; a {kind} range needs low and high")
+    low: float
+    high: float
     if kind == "int":
         low = check.integer(f"{path}.low", table["low"], -(2 ** 62))
         high = check.integer(f"{path}.high", table["high"], -(2 ** 62))
@@ -622,9 +625,11 @@ def _probe_values(param: Param) -> list[tuple[str, Any]]:
     """The values of a parameter that bound what the sampler can produce."""
     if param.kind == "choice":
         return [(f"values[{i}]", v) for i, v in enumerate(param.values)]
+    low, high = param.low, param.high
+    assert low is not None and high is not None, f"range parameter {param.name} without bounds"
     if param.kind == "int":
-        return [("low", int(param.low)), ("high", int(param.high))]
-    return [("low", float(param.low)), ("high", float(param.high))]
+        return [("low", int(low)), ("high", int(high))]
+    return [("low", float(low)), ("high", float(high))]
 
 
 def _search_sweep(check: _Checker, settings: _SweepSettings,
@@ -653,6 +658,7 @@ def _search_sweep(check: _Checker, settings: _SweepSettings,
     elif settings.backend != "local":
         raise check.fail("search.image", "the docker backend runs the search in one image; "
                                          "name one from images/matrix.toml")
+    images: tuple[Image, ...]
     if settings.backend == "local":
         image_name, images = LOCAL_IMAGE, ()
     else:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -447,6 +448,7 @@ class SweepRecords:
         if resume:
             return self._reopen_sweep(sweep)
         experiment_id = self.experiment_id(create=True)
+        assert experiment_id is not None, "experiment_id(create=True) returns an id"
         started = datetime.datetime.now(datetime.UTC)
         tags = {
             "versweep.kind": "sweep",
@@ -455,7 +457,7 @@ class SweepRecords:
             "versweep.grid_path": str(sweep.path),
             "versweep.backend": sweep.backend,
             "versweep.device": sweep.device,
-            "versweep.trials_planned": str(len(sweep.trials)) if not sweep.is_search
+            "versweep.trials_planned": str(len(sweep.trials)) if sweep.search is None
             else str(sweep.search.num_samples),
         }
         if sweep.description:
@@ -568,7 +570,7 @@ class SweepRecords:
             self._set_tags(stale_id, {"versweep.status": "stopped",
                                       "versweep.message": "left running by a driver that "
                                                           "stopped; the trial was started again"})
-            _retrying(lambda stale_id=stale_id: self.client.set_terminated(stale_id, "KILLED"),
+            _retrying(functools.partial(self.client.set_terminated, stale_id, "KILLED"),
                       "marking a stale trial run KILLED")
         tags = {
             "mlflow.parentRunId": parent_run_id,
@@ -731,7 +733,8 @@ class SweepRecords:
         token = None
         while True:
             page = _retrying(
-                lambda token=token: self.client.search_runs(
+                functools.partial(
+                    self.client.search_runs,
                     [experiment_id], filter_string=query, run_view_type=ViewType.ACTIVE_ONLY,
                     max_results=1000, page_token=token),
                 "searching runs")

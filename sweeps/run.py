@@ -105,7 +105,7 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
                 run_id=trial["run_id"], from_earlier_run=True))
 
     search_best = None
-    if sweep.is_search:
+    if sweep.search is not None:
         search_best = best_by_metric(trial_records, sweep.search.metric, sweep.search.mode)
         best = search_best
     else:
@@ -121,7 +121,7 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
                              ui_command=mlflow_ui_command(tracking_uri), experiment=experiment,
                              parent_run_id=parent_run_id, search_best=search_best,
                              searched=tuple(p.name for p in sweep.search.space)
-                             if sweep.is_search else (),
+                             if sweep.search is not None else (),
                              interrupted=tune_run.interrupted) + "\n")
     out.write(f"timings: ray start {tune_run.ray_start_seconds:.2f} s, trials "
               f"{tune_run.tune_seconds:.2f} s (after Ray started), total {total:.2f} s\n")

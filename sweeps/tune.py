@@ -77,6 +77,7 @@ def search_spec(sweep: Sweep, sampled: dict) -> TrialSpec:
     from workers.workloads import resolve_workload_config  # torch-free
 
     search = sweep.search
+    assert search is not None, "search_spec is for search sweeps"
     raw = dict(search.base_config)
     raw.update({name: _plain(value) for name, value in sampled.items()})
     config = resolve_workload_config(search.workload, raw)
@@ -91,18 +92,24 @@ def _plain(value):
 
 def search_space(sweep: Sweep) -> dict:
     """The Tune search space of a search sweep (OptunaSearch converts it)."""
+    search = sweep.search
+    assert search is not None, "search_space is for search sweeps"
     space = {}
-    for param in sweep.search.space:
-        if param.kind == "uniform":
-            space[param.name] = tune.uniform(param.low, param.high)
-        elif param.kind == "loguniform":
-            space[param.name] = tune.loguniform(param.low, param.high)
-        elif param.kind == "int":
-            space[param.name] = tune.randint(int(param.low), int(param.high) + 1)  # inclusive
-        elif param.kind == "choice":
+    for param in search.space:
+        if param.kind == "choice":
             space[param.name] = tune.choice(list(param.values))
-        else:  # grid.py validates kinds; reaching this is a programming error
+            continue
+        if param.kind not in ("uniform", "loguniform", "int"):
+            # grid.py validates kinds; reaching this is a programming error
             raise ValueError(f"unknown search parameter kind {param.kind!r}")
+        low, high = param.low, param.high
+        assert low is not None and high is not None, f"{param.name}: a range needs bounds"
+        if param.kind == "uniform":
+            space[param.name] = tune.uniform(low, high)
+        elif param.kind == "loguniform":
+            space[param.name] = tune.loguniform(low, high)
+        else:
+            space[param.name] = tune.randint(int(low), int(high) + 1)  # inclusive
     return space
 
 
@@ -266,7 +273,9 @@ def start_ray(address: str | None, num_cpus: int | None) -> float:
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING",
+            # Ray annotates logging_level as int, but its own default is a level name.
+            ray.init(address=address, log_to_driver=False,
+                     logging_level="WARNING",  # type: ignore[arg-type]
                      runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
         except (ConnectionError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -275,7 +284,8 @@ def start_ray(address: str | None, num_cpus: int | None) -> float:
                             ) from None
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
-                 include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+                 include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")  # type: ignore[arg-type]  # as above
     return time.monotonic() - started
 
 
@@ -301,7 +311,7 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
              max_concurrent: int | None, address: str | None = None,
              num_cpus: int | None = None, study_storage: str | None = None,
              samples_done: int = 0, verbose: int = 1,
-             on_ray_started: Callable[[float], None] | None = None) -> TuneRun:
+             on_ray_started: Callable[[float], object] | None = None) -> TuneRun:
     """Run the sweep's trials that are not in ``skip_keys`` under Ray Tune.
 
     For a search sweep, ``samples_done`` trials were decided by an earlier run and
@@ -322,8 +332,8 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
         {k.lower(): v for k, v in resources.items()})
 
     scheduler = None
-    if sweep.is_search:
-        search = sweep.search
+    search = sweep.search
+    if search is not None:
         num_samples = max(search.num_samples - samples_done, 0)
         if num_samples == 0:
             return TuneRun(records=[], ray_start_seconds=ray_seconds)
@@ -355,8 +365,8 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
 
     callback = _RecordStops(context, scheduler)
     reporter = tune.CLIReporter(metric_columns=columns, max_report_frequency=10,
-                                parameter_columns=(["trial_key"] if not sweep.is_search
-                                                   else [p.name for p in sweep.search.space]),
+                                parameter_columns=(["trial_key"] if search is None
+                                                   else [p.name for p in search.space]),
                                 max_column_length=24)
     run_config = tune.RunConfig(
         name=f"{sweep.name}-{parent_run_id[:8]}-{int(time.time())}",
@@ -370,7 +380,8 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
     interrupted = False
     try:
         grid = tuner.fit()
-        trials = [result for result in grid]
+        # ResultGrid has __len__ and __getitem__ but no __iter__.
+        trials = [grid[i] for i in range(len(grid))]
     except KeyboardInterrupt:  # a second Ctrl-C: Tune gave up waiting for its trials
         interrupted, trials = True, []
     tune_seconds = time.monotonic() - fit_started
@@ -384,7 +395,6 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
 
     records = []
     for trial_id, last in callback.last.items():
-        key = last.get(TRIAL_KEY)
         error = error_of(callback.started.get(trial_id, {}))
         if STATUS in last:
             status, message = last[STATUS], last.get(MESSAGE, "")
@@ -401,6 +411,8 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
         spec = _spec_for(context, last.get("config") or {})
         metrics = {k: v for k, v in last.items() if isinstance(v, (int, float))
                    and not isinstance(v, bool) and k not in _TUNE_BOOKKEEPING}
+        # Every report carries the trial's key: spec.key, read back from the report.
+        key: str = last.get(TRIAL_KEY) or spec.key
         records.append(TrialRecord(
             key=key, name=spec.name, workload=spec.workload, status=status, message=message,
             config=spec.config_dict, metrics=metrics, run_id=last.get(RUN_ID)))
@@ -430,6 +442,7 @@ def _optuna_searcher(sweep: Sweep, experiment: str, parent_run_id: str,
     from ray.tune.search.optuna import OptunaSearch
 
     search = sweep.search
+    assert search is not None, "an Optuna searcher is for search sweeps"
     name = study_name(experiment, sweep.name, parent_run_id)
     storage = optuna.storages.RDBStorage(study_storage) if study_storage else None
     # A resumed study must not replay its first proposals: TPE's start-up samples come

@@ -83,7 +83,9 @@ class WorkerHandle:
             self._log.flush()
 
     def _pump_stderr(self) -> None:
-        for line in self.process.stderr:
+        stderr = self.process.stderr
+        assert stderr is not None, "the worker is started with stderr=PIPE"
+        for line in stderr:
             self.stderr_tail.append(line.rstrip("\n"))
             self._write_log(line)
 
@@ -93,7 +95,9 @@ class WorkerHandle:
         A line is an event when it is a JSON object with ``"v"`` and ``"event"``; every
         other stdout line goes to the log, as the protocol says.
         """
-        for line in self.process.stdout:
+        stdout = self.process.stdout
+        assert stdout is not None, "the worker is started with stdout=PIPE"
+        for line in stdout:
             event = _parse_event(line)
             if event is None:
                 self._write_log(line)
