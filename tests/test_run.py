@@ -205,6 +205,34 @@ def test_a_search_records_its_best_trial_and_resume_continues_the_same_study(tmp
     assert len({c.data.tags["versweep.trial_key"] for c in children}) == 4
 
 
+def test_asha_stops_a_poor_trial_early_and_the_search_records_it(tmp_path, ray_tmp):
+    # TPE's first samples are random draws from its seed and CPU training is deterministic,
+    # so with one trial at a time the same learning rates meet the same ASHA rungs.
+    grid = tmp_path / "asha.toml"
+    grid.write_text(SEARCH_GRID.replace('name = "tiny_search"', 'name = "asha"')
+                    .replace("num_samples = 2", "num_samples = 4")
+                    .replace("config.max_epochs = 3", "config.max_epochs = 4"))
+    done = versweep(["--grid", str(grid)], cwd=tmp_path, ray_tmp=ray_tmp)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"trials: \d+ ok, .* [1-9]\d* stopped", done.stdout), done.stdout[-2000:]
+
+    client, _, children = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db", "asha")
+    stopped = [c for c in children if c.data.tags["versweep.status"] == "stopped"]
+    finished = [c for c in children if c.data.tags["versweep.status"] == "ok"]
+    assert stopped and finished
+    for run in stopped:
+        assert run.data.tags["versweep.message"].startswith("stopped early by ASHA at step")
+        assert run.info.status == "FINISHED"  # ASHA's stop is a decision: resume skips it
+        epochs = {m.step for m in client.get_metric_history(run.info.run_id,
+                                                            "valid_perplexity")}
+        assert 1 <= len(epochs) < 4  # its worker was stopped before the last epoch
+        assert "test_perplexity" not in run.data.metrics
+    for run in finished:
+        history = client.get_metric_history(run.info.run_id, "valid_perplexity")
+        assert {m.step for m in history} == {1, 2, 3, 4}
+        assert "test_perplexity" in run.data.metrics
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
