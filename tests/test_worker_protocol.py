@@ -64,3 +64,20 @@ def test_config_from_file(worker, tmp_path):
     run = worker("env", raw_config=f"@{path}")
     assert run.returncode == 0
     assert run.events[0]["config"]["seed"] == 3
+
+
+def test_help_of_a_workload_lists_its_config_keys(worker):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "workers", "rnn_bench", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()
+             if line.startswith("  ")}
+    assert "one of: 1x320-ce-long, 1x320-ce-short, 4x320-ce-long, 4x320-ctc-long" in \
+        lines["bench"]
+    assert "default 500" in lines["batches"] and "default 100" in lines["warmup_batches"]
+    assert {"device", "seed", "tf32"} <= set(lines)  # the common keys too

@@ -11,8 +11,9 @@ import json
 import sys
 
 from . import protocol
+from .config import describe
 from .protocol import BadConfig, Emitter, Unsupported, WorkerError
-from .workloads import WORKLOADS, check_workload, resolve_workload_config
+from .workloads import WORKLOADS, check_workload, resolve_workload_config, schema_for
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -63,6 +64,11 @@ def main(argv=None, stdout=None, stderr=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         _parser().print_help(stdout)
+        return protocol.EXIT_OK
+    if len(argv) >= 2 and argv[0] in WORKLOADS and ("-h" in argv or "--help" in argv):
+        stdout.write("usage: python -m workers %s --config '<json>' | --config @file.json\n\n"
+                     "config keys of %s (the common ones included):\n%s\n"
+                     % (argv[0], argv[0], describe(schema_for(argv[0]))))
         return protocol.EXIT_OK
 
     # torch is imported here, not at module level, so that `--help` and the

@@ -140,3 +140,36 @@ def resolve(schema, raw, where="config"):
         else:
             resolved[key] = field.default
     return resolved
+
+
+def describe(schema):
+    """One line per key of ``schema``: name, type, default and allowed values (for --help)."""
+    lines = []
+    width = max([len(key) for key in schema] + [3])
+    for key in sorted(schema):
+        field = schema[key]
+        if field.default is REQUIRED:
+            default = "required"
+        elif field.default is None:
+            default = "null"
+        else:
+            default = "default %s" % (str(field.default).lower()
+                                       if isinstance(field.default, bool) else field.default)
+        notes = []
+        if field.choices:
+            notes.append("one of: %s" % ", ".join(field.choices))
+        if field.positive:
+            notes.append("> 0")
+        if field.minimum is not None:
+            notes.append(">= %s" % field.minimum)
+        if field.maximum is not None:
+            notes.append("<= %s" % field.maximum)
+        if field.nullable and field.default is not None:
+            notes.append("or null")
+        text = "  %-*s  %-8s %s" % (width, key, field.kind, default)
+        if notes:
+            text += "; " + "; ".join(notes)
+        if field.help:
+            text += "  (%s)" % field.help
+        lines.append(text)
+    return "\n".join(lines)
