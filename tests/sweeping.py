@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -89,3 +93,53 @@ def sweep_runs(tracking_uri: str, experiment: str):
     return client, parents, children
 
 
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_mlflow_server(home: Path, db: Path, *, workers: int = 1):
+    """A real ``mlflow server`` on 127.0.0.1 over the SQLite file ``db``; yields its URL.
+
+    Its log is ``home/server.log``. It is stopped afterwards as a whole process group
+    (uvicorn runs its workers as children).
+    """
+    port = free_port()
+    with open(home / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server",
+             "--backend-store-uri", f"sqlite:///{db}",
+             "--artifacts-destination", str(home / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # Tracking only: no background job runner process competing for the CPU.
+            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        try:
+            while True:
+                try:
+                    with urllib.request.urlopen(url + "/health", timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server did not start:\n"
+                                       + (home / "server.log").read_text()[-3000:])
+                time.sleep(0.3)
+            yield url
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=5)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -12,8 +12,6 @@ import json
 import os
 import pickle
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +25,7 @@ import pytest
 from conftest import run_worker
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from sweeping import free_port, running_mlflow_server
 
 from sweeps.errors import UserError
 from sweeps.records import (
@@ -49,12 +48,6 @@ GRID_TEXT = textwrap.dedent("""\
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -85,42 +78,8 @@ def mlflow_server(tmp_path_factory, empty_store):
     home = tmp_path_factory.mktemp("mlflow-server")
     db = home / "server.db"
     shutil.copyfile(empty_store, db)
-    port = _free_port()
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"sqlite:///{db}",
-         "--artifacts-destination", str(home / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        # Tracking only: no background job runner process competing for the CPU.
-        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start:\n"
-                                   + (home / "server.log").read_text()[-3000:])
-            time.sleep(0.3)
+    with running_mlflow_server(home, db, workers=2) as url:
         yield Server(url, db, home / "server.log")
-    finally:
-        # The server runs uvicorn workers and a job runner as children: end the whole group.
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(params=["sqlite", "server"])
@@ -561,6 +520,6 @@ def test_an_unusable_tracking_uri_is_one_clear_line(tmp_path, value):
 def test_an_unreachable_server_is_one_clear_line():
     # Checked before MLflow's client would spend minutes retrying a refused connection.
     with pytest.raises(UserError) as raised:
-        SweepRecords(f"http://127.0.0.1:{_free_port()}", "nowhere")
+        SweepRecords(f"http://127.0.0.1:{free_port()}", "nowhere")
     message = str(raised.value)
     assert "\n" not in message and "cannot reach the MLflow tracking server" in message

@@ -10,15 +10,21 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 
 import pytest
-from sweeping import RUN, own_processes_mentioning, sweep_env, sweep_runs, versweep
+from sweeping import (
+    RUN,
+    free_port,
+    own_processes_mentioning,
+    running_mlflow_server,
+    sweep_env,
+    sweep_runs,
+    versweep,
+)
 
 
 def artifact_names(client, run_id: str) -> set[str]:
@@ -233,43 +239,13 @@ def test_asha_stops_a_poor_trial_early_and_the_search_records_it(tmp_path, ray_t
         assert "test_perplexity" in run.data.metrics
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on loopback, with its own store; its URL."""
-    port = _free_port()
     store = tmp_path / "server"
     store.mkdir()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-         "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
-        cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert server.poll() is None, "mlflow server exited"
-        assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
-        time.sleep(0.5)
-    yield url
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+    with running_mlflow_server(store, store / "mlflow.db") as url:
+        yield url
 
 
 def test_a_sweep_records_into_a_real_mlflow_server(tmp_path, ray_tmp, mlflow_server):
@@ -351,7 +327,7 @@ def test_ctrl_c_stops_the_workers_records_the_trial_as_stopped_and_exits_130(tmp
 
 
 def test_address_joins_an_existing_ray_cluster_and_leaves_it_running(tmp_path, ray_tmp):
-    port = _free_port()
+    port = free_port()
     # The cluster and the sweep agree on no token authentication (Ray's default is a
     # token only the starting user's processes know about).
     env = sweep_env(ray_tmp, RAY_AUTH_MODE="disabled")
@@ -377,7 +353,7 @@ def test_an_address_with_no_cluster_is_one_line_and_exit_2(tmp_path, ray_tmp):
     grid = tmp_path / "two.toml"
     grid.write_text(ENV_GRID.format(name="nowhere", seeds="[1, 2]"))
     done = subprocess.run([sys.executable, str(RUN), "--grid", str(grid), "--address",
-                           f"127.0.0.1:{_free_port()}"], cwd=tmp_path, env=sweep_env(ray_tmp),
+                           f"127.0.0.1:{free_port()}"], cwd=tmp_path, env=sweep_env(ray_tmp),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
