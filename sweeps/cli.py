@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent", type=_positive_int,
                         help="at most this many trials at once (default: the grid's, else "
                              "as many as Ray's resources allow)")
+    parser.add_argument("--matrix", help="the image matrix the grid's images come from "
+                                         "(default: images/matrix.toml)")
     parser.add_argument("--num-cpus", type=_positive_int,
                         help="CPUs of the local Ray cluster (default: all of this machine's)")
     return parser
@@ -75,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_sweep(args.grid, backend=args.backend, experiment=args.experiment,
                          tracking_uri=args.tracking_uri, address=args.address,
                          resume=args.resume, dry_run=args.dry_run, overrides=args.overrides,
-                         max_concurrent=args.max_concurrent, num_cpus=args.num_cpus)
+                         max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
+                         matrix=args.matrix)
     except UserError as exc:
         sys.stderr.write(f"versweep: error: {exc}\n")
         return exc.exit_code

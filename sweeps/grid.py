@@ -65,7 +65,7 @@ METRICS = {
 # The keys of each table, with a note on what each is for (shown when a key is unknown).
 TOP_KEYS = ("sweep", "group", "search")
 SWEEP_KEYS = ("name", "description", "backend", "device", "repeats", "seed", "trial_timeout_s",
-              "retries", "max_concurrent", "images", "data_dir")
+              "retries", "max_concurrent", "images", "data_dir", "container_memory")
 GROUP_KEYS = ("workload", "images", "repeats", "config", "axes")
 SEARCH_KEYS = ("workload", "image", "config", "metric", "mode", "num_samples", "sampler", "seed",
                "space", "scheduler")
@@ -404,6 +404,7 @@ class _SweepSettings:
     retries: int
     max_concurrent: int | None
     data_dir: str | None  # absolute
+    container_memory: str | None  # the docker backend's memory limit per container
     images: Any  # the raw `images` value (a selector word or a list of names), or None
     written: frozenset[str]  # the keys the grid wrote, to refuse those a search ignores
     matrix_path: Path
@@ -442,10 +443,21 @@ def _sweep_settings(check: _Checker, document: dict[str, Any], default_name: str
         max_concurrent=(check.integer("sweep.max_concurrent", table["max_concurrent"], 1)
                         if "max_concurrent" in table else None),
         data_dir=data_dir,
+        container_memory=_memory(check, table),
         images=table.get("images"),
         written=frozenset(table),
         matrix_path=matrix_path,
     )
+
+
+def _memory(check: _Checker, table: dict[str, Any]) -> str | None:
+    if "container_memory" not in table:
+        return None
+    value = check.string("sweep.container_memory", table["container_memory"])
+    if not re.match(r"^[1-9]\d*[bkmg]$", value):
+        raise check.fail("sweep.container_memory", f"'{value}' is not a memory size like "
+                                                   "'16g' or '512m'")
+    return value
 
 
 # ---------------------------------------------------------------- [[group]] tables
@@ -797,6 +809,7 @@ def load_sweep(name_or_path: str, overrides: Sequence[str] = (), *,
         search=search,
         data_dir=settings.data_dir,
         images=tuple(images),
+        container_memory=settings.container_memory,
     )
 
 

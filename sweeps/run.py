@@ -34,7 +34,8 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
               tracking_uri: str | None = None, address: str | None = None,
               resume: bool = False, dry_run: bool = False, overrides: Sequence[str] = (),
               max_concurrent: int | None = None, cwd: Path | None = None,
-              num_cpus: int | None = None, out: TextIO | None = None) -> int:
+              num_cpus: int | None = None, matrix: str | Path | None = None,
+              out: TextIO | None = None) -> int:
     """Run (or with ``dry_run`` only show) the sweep of grid ``grid``; return the exit code.
 
     Raises UserError for everything a user can fix (the CLI prints it as one line).
@@ -48,18 +49,18 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
         # Through the grid, so the trials' images follow the backend (local: the host's
         # torch) and the recorded grid text says which backend ran.
         overrides = [*overrides, f"sweep.backend={backend}"]
-    sweep = load_sweep(grid, overrides)
+    sweep = load_sweep(grid, overrides, **({"matrix_path": Path(matrix)} if matrix else {}))
     backend_name = sweep.backend
     max_concurrent = max_concurrent or sweep.max_concurrent
     experiment = experiment or sweep.name
     if dry_run:
-        # The table is shown even for a backend that is known but not available yet
-        # (docker), so a grid can be checked before its images exist.
+        # The table is shown without touching the backend, so a grid can be checked
+        # before its images exist or where no Docker engine runs.
         if backend_name not in BACKENDS:
             get_backend(backend_name)  # the one-line error that lists the valid names
         out.write(format_trial_table(sweep, backend_name, max_concurrent) + "\n")
         return EXIT_OK
-    runner = get_backend(backend_name)
+    runner = get_backend(backend_name, sweep)
     runner.preflight(sweep)
 
     from . import tune as sweep_tune

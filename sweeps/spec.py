@@ -127,7 +127,7 @@ class Sweep:
     path: Path
     text: str  # the grid file as written, logged on the parent run
     description: str
-    backend: str  # "local", later "docker"
+    backend: str  # "local" or "docker"
     device: str  # "auto", "cpu" or "cuda": what trials ask Ray for
     trial_timeout_s: float
     retries: int  # how often a crashed trial is retried before it is recorded as failed
@@ -136,6 +136,7 @@ class Sweep:
     search: Search | None = None
     data_dir: str | None = None  # PTB data on the host; None: the synthetic corpus
     images: tuple[Image, ...] = field(default=())  # the matrix entries the grid names
+    container_memory: str | None = None  # docker: memory limit per container ("16g")
 
     @property
     def is_search(self) -> bool:

@@ -13,6 +13,8 @@ How a worker ends (protocol v1, DESIGN.md) becomes a status:
     anything else (a crash)       -> retried `retries` times, then failed with the stderr tail
     timeout                       -> process group killed, failed "timed out after N s"
     stop requested (ASHA, Ctrl-C) -> process group killed, stopped
+    backend.check gives a reason  -> unsupported, and no worker starts (an image without
+                                     kernels for this GPU, a torch too old for the benchmark)
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class Outcome:
     startup_seconds: float | None = None  # worker start to its first event (last attempt)
     wall_seconds: float = 0.0
     log_path: Path | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # where it ran (image digest ...)
+    decided_before_start: bool = False  # unsupported by backend.check: no worker ran
 
     def log_text(self) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -82,6 +86,15 @@ def run_trial(backend: Backend, spec: TrialSpec, *, gpu_ids: Sequence[str] = (),
     stop = stop if stop is not None else threading.Event()
     started = time.monotonic()
     outcome = Outcome(status="failed", log_path=log_path)
+    reason = backend.check(spec, gpu_ids=list(gpu_ids))
+    if reason is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"not started: unsupported on this node: {reason}\n")
+        outcome.status, outcome.message = "unsupported", reason
+        outcome.decided_before_start = True
+        outcome.wall_seconds = time.monotonic() - started
+        return outcome
     for attempt_number in range(1, retries + 2):
         outcome.attempts = attempt_number
         retry, outcome = _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop,
@@ -135,6 +148,7 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
 
     outcome.exit_code = exit_code
     outcome.env = attempt.env or outcome.env
+    outcome.tags.update(handle.tags)
     outcome.startup_seconds = handle.startup_seconds
     if attempt.metrics:
         outcome.last_metrics, outcome.last_step = attempt.metrics, attempt.step

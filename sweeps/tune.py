@@ -141,6 +141,9 @@ def _trainable(config: dict, context: TrialContext) -> None:
                   "versweep.wall_seconds": f"{outcome.wall_seconds:.3f}"}
     if outcome.startup_seconds is not None:
         extra_tags["versweep.startup_seconds"] = f"{outcome.startup_seconds:.3f}"
+    if outcome.decided_before_start:
+        extra_tags["versweep.decided_by"] = "backend.check"  # no worker ran
+    extra_tags.update(outcome.tags)
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if gpu_ids:
         extra_tags["versweep.gpu_ids"] = ",".join(gpu_ids)
@@ -186,7 +189,7 @@ def _run_and_stream(context: TrialContext, spec: TrialSpec, opening):
                          TRIAL_KEY: spec.key})
 
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    outcome = run_trial(get_backend(context.backend), spec, gpu_ids=gpu_ids,
+    outcome = run_trial(get_backend(context.backend, context.sweep), spec, gpu_ids=gpu_ids,
                         timeout_s=context.sweep.trial_timeout_s,
                         retries=context.sweep.retries, on_event=on_event,
                         log_dir=Path(context.log_dir))

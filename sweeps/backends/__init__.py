@@ -1,6 +1,8 @@
-"""Backends by name: where a trial's worker runs (`local` now, `docker` with the images issue).
+"""Backends by name: where a trial's worker runs.
 
-    get_backend("local") -> LocalBackend()
+    get_backend("local")           -> LocalBackend(): the host's own interpreter
+    get_backend("docker", sweep)   -> DockerBackend: one container per trial, of the
+                                      sweep's matrix images
 
 One explicit dict, so a typo gets a message that lists the valid names.
 """
@@ -10,28 +12,29 @@ from __future__ import annotations
 import difflib
 
 from ..errors import UserError
-from ._base import Backend, WorkerHandle
+from ..spec import Sweep
+from ._base import Backend, ProcessHandle, WorkerHandle
+from .docker import DockerBackend
 from .local import LocalBackend
 
-# name -> backend class; None: known, but not available in this version.
-BACKENDS: dict[str, type[Backend] | None] = {
+# name -> backend class
+BACKENDS: dict[str, type[Backend]] = {
     "local": LocalBackend,
-    "docker": None,
+    "docker": DockerBackend,
 }
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called ``name``, or a UserError that lists the valid names."""
+def get_backend(name: str, sweep: Sweep | None = None) -> Backend:
+    """The backend called ``name`` (set up for ``sweep``), or a UserError listing the names."""
     if name not in BACKENDS:
         near = difflib.get_close_matches(name, list(BACKENDS), n=1)
         hint = f"did you mean '{near[0]}'? " if near else ""
         raise UserError(f"backend '{name}' is unknown; {hint}"
                         f"valid backends: {', '.join(sorted(BACKENDS))}")
-    backend_class = BACKENDS[name]
-    if backend_class is None:
-        raise UserError(f"the {name} backend arrives with the images issue and is not "
-                        "available yet; use --backend local")
-    return backend_class()
+    if name == "docker":
+        return DockerBackend.for_sweep(sweep) if sweep is not None else DockerBackend()
+    return LocalBackend()
 
 
-__all__ = ["BACKENDS", "Backend", "LocalBackend", "WorkerHandle", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "DockerBackend", "LocalBackend", "ProcessHandle",
+           "WorkerHandle", "get_backend"]

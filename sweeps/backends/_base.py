@@ -51,12 +51,19 @@ def _die_with_parent_hook():
 class WorkerHandle:
     """A running worker: its protocol events as they arrive, its log, its exit code.
 
-    The worker runs in its own session (``start_new_session=True``), so its process id
-    is also its process group id, and ``kill`` reaches every process it started.
+    The part every backend shares: protocol lines from the worker's stdout become
+    events, every other line (stdout and stderr) goes to the trial's log, the last
+    stderr lines are kept for a failure message. Subclasses say how lines arrive and
+    how the worker is waited for and killed (a child process, a container).
+
+    ``pid`` is the worker's process id as this host sees it (a container's main
+    process has one too), so "is it gone?" has one answer for every backend. ``tags``
+    are facts about where it ran (an image digest) for the trial's MLflow run.
     """
 
-    def __init__(self, args: Sequence[str], *, env: dict[str, str], cwd: Path | None,
-                 log_path: Path):
+    pid: int | None = None
+
+    def __init__(self, args: Sequence[str], *, log_path: Path):
         self.args = list(args)
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,28 +73,23 @@ class WorkerHandle:
         self.started_at = time.monotonic()
         self.first_event_at: float | None = None
         self.killed = False
+        self.tags: dict[str, str] = {}
         self._write_log(f"$ {' '.join(self.args)}\n")
-        self.process = subprocess.Popen(
-            self.args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", bufsize=1,
-            start_new_session=True, preexec_fn=_die_with_parent_hook())
-        self.pid = self.process.pid
-        self.pgid = self.pid  # a new session makes the worker its own group leader
-        self._stderr_thread = threading.Thread(target=self._pump_stderr, daemon=True)
-        self._stderr_thread.start()
 
     def _write_log(self, text: str) -> None:
         with self._log_lock:
-            self._log.write(text)
-            self._log.flush()
+            if not self._log.closed:
+                self._log.write(text)
+                self._log.flush()
 
-    def _pump_stderr(self) -> None:
-        stderr = self.process.stderr
-        assert stderr is not None, "the worker is started with stderr=PIPE"
-        for line in stderr:
-            self.stderr_tail.append(line.rstrip("\n"))
-            self._write_log(line)
+    def _stderr_line(self, line: str) -> None:
+        """Keep one stderr line: in the log, and in the tail for a failure message."""
+        self.stderr_tail.append(line.rstrip("\n"))
+        self._write_log(line if line.endswith("\n") else line + "\n")
+
+    def _stdout_lines(self) -> Iterator[str]:
+        """The worker's stdout, line by line, until it closes."""
+        raise NotImplementedError
 
     def events(self) -> Iterator[dict]:
         """Yield the worker's protocol events in order until its stdout closes.
@@ -95,12 +97,10 @@ class WorkerHandle:
         A line is an event when it is a JSON object with ``"v"`` and ``"event"``; every
         other stdout line goes to the log, as the protocol says.
         """
-        stdout = self.process.stdout
-        assert stdout is not None, "the worker is started with stdout=PIPE"
-        for line in stdout:
+        for line in self._stdout_lines():
             event = _parse_event(line)
             if event is None:
-                self._write_log(line)
+                self._write_log(line if line.endswith("\n") else line + "\n")
                 continue
             if self.first_event_at is None:
                 self.first_event_at = time.monotonic()
@@ -114,10 +114,65 @@ class WorkerHandle:
         return self.first_event_at - self.started_at
 
     def poll(self) -> int | None:
-        return self.process.poll()
+        """The exit code, or None while the worker runs."""
+        raise NotImplementedError
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the worker to exit and for its stderr to be logged; return the exit code."""
+        raise NotImplementedError
+
+    @property
+    def returncode(self) -> int | None:
+        raise NotImplementedError
+
+    def kill(self, grace_s: float = 3.0) -> None:
+        """End the worker and everything it started: SIGTERM, then SIGKILL after ``grace_s``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Kill the worker if it still runs, release what it held, close the log."""
+        raise NotImplementedError
+
+    def _close_log(self) -> None:
+        with self._log_lock:
+            self._log.close()
+
+
+class ProcessHandle(WorkerHandle):
+    """A worker in a child process of this host.
+
+    The worker runs in its own session (``start_new_session=True``), so its process id
+    is also its process group id, and ``kill`` reaches every process it started.
+    """
+
+    def __init__(self, args: Sequence[str], *, env: dict[str, str], cwd: Path | None,
+                 log_path: Path):
+        super().__init__(args, log_path=log_path)
+        self.process = subprocess.Popen(
+            self.args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, encoding="utf-8", errors="replace", bufsize=1,
+            start_new_session=True, preexec_fn=_die_with_parent_hook())
+        self.pid = self.process.pid
+        self.pgid = self.pid  # a new session makes the worker its own group leader
+        self._stderr_thread = threading.Thread(target=self._pump_stderr, daemon=True)
+        self._stderr_thread.start()
+
+    def _pump_stderr(self) -> None:
+        stderr = self.process.stderr
+        assert stderr is not None, "the worker is started with stderr=PIPE"
+        for line in stderr:
+            self._stderr_line(line)
+
+    def _stdout_lines(self) -> Iterator[str]:
+        stdout = self.process.stdout
+        assert stdout is not None, "the worker is started with stdout=PIPE"
+        yield from stdout
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
         code = self.process.wait(timeout)
         self._stderr_thread.join(5)
         return code
@@ -149,8 +204,7 @@ class WorkerHandle:
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
-        with self._log_lock:
-            self._log.close()
+        self._close_log()
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -199,6 +253,14 @@ class Backend:
     def preflight(self, sweep: Sweep) -> None:
         """Raise UserError (one line, what to do) if this backend cannot run ``sweep``."""
         raise NotImplementedError
+
+    def check(self, spec: TrialSpec, *, gpu_ids: Sequence[str]) -> str | None:
+        """Why ``spec`` cannot run on the GPUs ``gpu_ids`` of this node, or None if it can.
+
+        Decided before any worker starts; a reason makes the trial an ``unsupported``
+        result. The base backend knows nothing in advance: the worker decides.
+        """
+        return None
 
     def start(self, spec: TrialSpec, *, gpu_ids: Sequence[str], log_path: Path) -> WorkerHandle:
         """Start the worker for ``spec`` and return its handle."""

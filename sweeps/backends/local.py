@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..spec import LOCAL_IMAGE, Sweep, TrialSpec
-from ._base import Backend, WorkerHandle, worker_args, worker_env
+from ._base import Backend, ProcessHandle, WorkerHandle, worker_args, worker_env
 
 # The checkout whose `workers` package the child runs (python -m workers needs it on the path).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,5 +52,5 @@ class LocalBackend(Backend):
         # The repo root on the path makes `-m workers` import this checkout's workers.
         env["PYTHONPATH"] = str(REPO_ROOT) + (
             ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return WorkerHandle(worker_args(self.python, spec), env=env, cwd=REPO_ROOT,
+        return ProcessHandle(worker_args(self.python, spec), env=env, cwd=REPO_ROOT,
                             log_path=log_path)

@@ -1,0 +1,381 @@
+"""The `docker` backend: each trial's worker runs in a fresh container of its matrix image.
+
+    backend = DockerBackend(images={"torch-1.13.1-cu117": Image(...)})
+    backend.preflight(sweep)       # the engine answers, every image is on this node
+    backend.check(spec, gpu_ids=["2"])   # "unsupported" reasons, before any container
+    handle = backend.start(spec, gpu_ids=["2"], log_path=Path("trial.log"))
+
+The container (docker SDK, never a shell) gets the GPUs Ray gave the trial as its device
+request and nothing else: workers/ and the data directory mounted read-only, no network,
+no new privileges, every capability dropped, a non-root user, a read-only root with a
+private /tmp, a memory and a process limit. It is removed when the trial ends, killed on
+early stop or timeout, and removed by a small reaper process if the trial process itself
+dies (kill -9 leaves it no time to clean up). The image's digest goes into the trial's
+tags. See DESIGN.md, "Images".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import compat
+from ..errors import UserError
+from ..images import docker_client, image_digest, local_tag
+from ..spec import Image, Sweep, TrialSpec
+from ._base import Backend, WorkerHandle
+
+# Where things are inside the container.
+WORKERS_MOUNT = "/opt/versweep/workers"
+DATA_MOUNT = "/opt/versweep/data"
+# The user every worker runs as (images/Dockerfile creates it; numeric so that it also
+# works on a base image that has no such user).
+CONTAINER_USER = "10001:10001"
+DEFAULT_MEMORY = "16g"
+_MEMORY = re.compile(r"^\d+[bkmg]?$")
+PIDS_LIMIT = 4096
+TMPFS = {"/tmp": "rw,nosuid,nodev,size=2g"}
+# Labels that say a container is a versweep worker, and whose.
+LABEL_TRIAL = "io.versweep.trial_key"
+LABEL_OWNER = "io.versweep.owner"
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def check_memory(value: str) -> str:
+    """A Docker memory limit like "16g", or a UserError."""
+    if not _MEMORY.match(str(value)):
+        raise UserError(f"container memory '{value}' is not a size like '16g' or '512m'")
+    return str(value)
+
+
+class DockerBackend(Backend):
+    """Run ``python -m workers`` in a container of the trial's matrix image."""
+
+    name = "docker"
+
+    def __init__(self, images: Mapping[str, Image] | Sequence[Image] = (), *,
+                 memory: str = DEFAULT_MEMORY, workers_dir: Path | None = None):
+        if isinstance(images, Mapping):
+            self.images = dict(images)
+        else:
+            self.images = {image.name: image for image in images}
+        self.memory = check_memory(memory)
+        self.workers_dir = Path(workers_dir or REPO_ROOT / "workers")
+        self._client: Any = None
+        self._gpus: dict[str, compat.Gpu] | None = None
+
+    @classmethod
+    def for_sweep(cls, sweep: Sweep) -> DockerBackend:
+        return cls(sweep.images, memory=sweep.container_memory or DEFAULT_MEMORY)
+
+    # ----------------------------------------------------------------- engine
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    def image_for(self, spec: TrialSpec) -> Image:
+        try:
+            return self.images[spec.image]
+        except KeyError:
+            raise UserError(f"image '{spec.image}' of trial '{spec.name}' is not in the image "
+                            "matrix of this sweep; name an image of images/matrix.toml"
+                            ) from None
+
+    def preflight(self, sweep: Sweep) -> None:
+        """Before Ray starts any trial: the engine answers and every image is on this node."""
+        import docker.errors
+
+        names = sorted({t.image for t in sweep.trials}
+                       | ({sweep.search.image} if sweep.search else set()))
+        unknown = [name for name in names if name not in self.images]
+        if unknown:
+            raise UserError(f"the docker backend runs images of images/matrix.toml, but sweep "
+                            f"'{sweep.name}' names {', '.join(unknown)}; name matrix images "
+                            "(or use --backend local for the host's own torch)")
+        client = self.client  # a UserError when the daemon does not answer
+        missing = []
+        for name in names:
+            try:
+                client.images.get(local_tag(name))
+            except docker.errors.ImageNotFound:
+                missing.append(name)
+            except docker.errors.APIError as exc:
+                raise UserError(f"the Docker daemon failed to look up {local_tag(name)}: "
+                                f"{exc.explanation or exc}") from None
+        if missing:
+            tags = ", ".join(local_tag(name) for name in missing)
+            raise UserError(f"image(s) {tags} not on this node; get them with: python "
+                            f"images/build.py pull {' '.join(missing)} (or build, or "
+                            "pull --registry R from your mirror)")
+        if not self.workers_dir.is_dir():
+            raise UserError(f"the docker backend mounts {self.workers_dir}, which is not a "
+                            "directory; run versweep from its checkout")
+
+    # ----------------------------------------------------------------- compatibility
+
+    def node_gpus(self) -> dict[str, compat.Gpu]:
+        """This node's GPUs by index (empty without nvidia-smi), asked once per backend."""
+        if self._gpus is None:
+            self._gpus = {gpu.index: gpu for gpu in compat.node_gpus()}
+        return self._gpus
+
+    def check(self, spec: TrialSpec, *, gpu_ids: Sequence[str]) -> str | None:
+        """Why the trial's image cannot run it on these GPUs, decided before any container."""
+        image = self.image_for(spec)
+        gpus = self.node_gpus()
+        given = [gpus[str(i)] for i in gpu_ids if str(i) in gpus]
+        return compat.unsupported_reason(image, spec.workload, spec.config_dict, given)
+
+    # ----------------------------------------------------------------- containers
+
+    def container_config(self, spec: TrialSpec) -> dict[str, Any]:
+        """The worker config as the container sees it: the data directory at DATA_MOUNT."""
+        config = dict(spec.config_dict)
+        if config.get("data_dir"):
+            config["data_dir"] = DATA_MOUNT
+        return config
+
+    def command(self, spec: TrialSpec) -> list[str]:
+        """The worker's command line inside the container (an argument list, no shell)."""
+        config = json.dumps(self.container_config(spec), sort_keys=True,
+                            separators=(",", ":"))
+        return ["python", "-m", "workers", spec.workload, "--config", config]
+
+    def container_options(self, spec: TrialSpec, gpu_ids: Sequence[str]) -> dict[str, Any]:
+        """Everything ``containers.create`` gets, besides the image and the command."""
+        from docker.types import DeviceRequest, Mount
+
+        mounts = [Mount(target=WORKERS_MOUNT, source=str(self.workers_dir), type="bind",
+                        read_only=True)]
+        data_dir = spec.config_dict.get("data_dir")
+        if data_dir:
+            mounts.append(Mount(target=DATA_MOUNT, source=str(data_dir), type="bind",
+                                read_only=True))
+        options: dict[str, Any] = dict(
+            name=f"versweep-{spec.key}-{uuid.uuid4().hex[:8]}",
+            user=CONTAINER_USER,
+            environment={"PYTHONPATH": "/opt/versweep", "PYTHONUNBUFFERED": "1",
+                         "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp",
+                         "USER": "versweep"},
+            working_dir="/tmp",
+            mounts=mounts,
+            network_mode="none",
+            security_opt=["no-new-privileges"],
+            cap_drop=["ALL"],
+            read_only=True,
+            tmpfs=dict(TMPFS),
+            mem_limit=self.memory,
+            memswap_limit=self.memory,  # no swap beyond the limit
+            pids_limit=PIDS_LIMIT,
+            init=True,  # signals reach the worker; its children are reaped
+            labels={LABEL_TRIAL: spec.key,
+                    LABEL_OWNER: f"{socket.gethostname()}:{os.getpid()}"},
+            stdin_open=False,
+            detach=True,
+        )
+        if gpu_ids:
+            options["device_requests"] = [
+                DeviceRequest(device_ids=[str(g) for g in gpu_ids], capabilities=[["gpu"]])]
+        return options
+
+    def create(self, spec: TrialSpec, gpu_ids: Sequence[str]) -> Any:
+        """A created (not started) container for the trial."""
+        import docker.errors
+
+        image = self.image_for(spec)
+        try:
+            return self.client.containers.create(local_tag(image.name), self.command(spec),
+                                                 **self.container_options(spec, gpu_ids))
+        except docker.errors.ImageNotFound:
+            raise UserError(f"image {local_tag(image.name)} is not on this node; run: "
+                            f"python images/build.py pull {image.name}") from None
+
+    def start(self, spec: TrialSpec, *, gpu_ids: Sequence[str], log_path: Path) -> WorkerHandle:
+        return ContainerHandle(self, spec, gpu_ids, log_path=log_path)
+
+
+class ContainerHandle(WorkerHandle):
+    """A worker in a container: its stdout and stderr from the engine's attach stream."""
+
+    def __init__(self, backend: DockerBackend, spec: TrialSpec, gpu_ids: Sequence[str], *,
+                 log_path: Path):
+        import docker.errors
+
+        image = backend.image_for(spec)
+        args = ["docker", "run", local_tag(image.name), *backend.command(spec)]
+        super().__init__(args, log_path=log_path)
+        self._errors = docker.errors
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._exit_code: int | None = None
+        self._removed = False
+        self.container = backend.create(spec, gpu_ids)
+        self.container_id = self.container.id
+        self._reaper = _start_reaper(self.container_id)
+        image_attrs = backend.client.images.get(local_tag(image.name)).attrs
+        self.tags = {
+            "versweep.image_digest": image_digest(image_attrs),
+            "versweep.image_id": str(image_attrs.get("Id", "")),
+            "versweep.image_ref": local_tag(image.name),
+            "versweep.container_id": self.container_id[:12],
+            "versweep.backend": "docker",
+        }
+        # The stream is attached before the start, so not one line is lost.
+        stream_client = docker_client(timeout=None)
+        stream = stream_client.api.attach(self.container_id, stdout=True, stderr=True,
+                                          stream=True, logs=True, demux=True)
+        self._pump = threading.Thread(target=self._pump_output, args=(stream,), daemon=True)
+        self._pump.start()
+        try:
+            self.container.start()
+        except docker.errors.APIError as exc:
+            self._stderr_line(f"docker: the container did not start: "
+                              f"{exc.explanation or exc}")
+            self._lines.put(None)
+            self._exit_code = 125  # docker run's own code for "the container did not start"
+            return
+        self.container.reload()
+        self.pid = int(self.container.attrs.get("State", {}).get("Pid") or 0) or None
+
+    def _pump_output(self, stream: Iterator[tuple[bytes | None, bytes | None]]) -> None:
+        """Split the engine's chunks into lines: stdout lines to events(), stderr to the log."""
+        pending = {1: b"", 2: b""}
+        try:
+            for out, err in stream:
+                for fd, chunk in ((1, out), (2, err)):
+                    if not chunk:
+                        continue
+                    pending[fd] += chunk
+                    *lines, pending[fd] = pending[fd].split(b"\n")
+                    for line in lines:
+                        self._deliver(fd, line + b"\n")
+        except Exception as exc:  # the engine closed the stream under us (container removed)
+            self._stderr_line(f"docker: the output stream ended: {type(exc).__name__}")
+        finally:
+            for fd, rest in pending.items():
+                if rest:
+                    self._deliver(fd, rest)
+            self._lines.put(None)
+
+    def _deliver(self, fd: int, raw: bytes) -> None:
+        text = raw.decode("utf-8", errors="replace")
+        if fd == 1:
+            self._lines.put(text)
+        else:
+            self._stderr_line(text)
+
+    def _stdout_lines(self) -> Iterator[str]:
+        while True:
+            line = self._lines.get()
+            if line is None:
+                self._lines.put(None)  # a second events() call ends at once too
+                return
+            yield line
+
+    def poll(self) -> int | None:
+        if self._exit_code is None:
+            try:
+                self.container.reload()
+            except self._errors.NotFound:
+                return self._exit_code
+            state = self.container.attrs.get("State", {})
+            if state.get("Status") in ("exited", "dead"):
+                self._exit_code = int(state.get("ExitCode", 0))
+        return self._exit_code
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self._exit_code is None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self.poll() is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(self.args, timeout or 0)
+                try:
+                    result = self.container.wait(timeout=1)
+                    self._exit_code = int(result.get("StatusCode", 0))
+                except Exception:  # the wait's own timeout: ask again
+                    continue
+        self._pump.join(5)
+        assert self._exit_code is not None
+        return self._exit_code
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exit_code
+
+    def kill(self, grace_s: float = 3.0) -> None:
+        """SIGTERM to the worker, SIGKILL to the whole container after ``grace_s``."""
+        if self._removed:
+            return
+        if self.poll() is None:
+            self.killed = True
+            try:
+                self.container.stop(timeout=max(int(round(grace_s)), 1))
+            except self._errors.NotFound:
+                pass
+            except self._errors.APIError:
+                try:
+                    self.container.kill()
+                except self._errors.APIError:
+                    pass
+        try:
+            result = self.container.wait(timeout=30)
+            self._exit_code = int(result.get("StatusCode", -9))
+        except Exception:
+            self._exit_code = self._exit_code if self._exit_code is not None else -9
+
+    def close(self) -> None:
+        """Kill the container if it runs, remove it, stop the reaper, close the log."""
+        if not self._removed:
+            if self.poll() is None:
+                self.kill()
+            self._pump.join(5)
+            try:
+                self.container.remove(force=True)
+            except self._errors.NotFound:
+                pass
+            except self._errors.APIError as exc:
+                self._stderr_line(f"docker: could not remove {self.container_id[:12]}: "
+                                  f"{exc.explanation or exc}")
+            self._removed = True
+        _stop_reaper(self._reaper)
+        self._close_log()
+
+
+def _start_reaper(container_id: str) -> subprocess.Popen:
+    """A process that removes the container once this process is gone, however it went.
+
+    It waits for its stdin to close: this process holds the other end, so the kernel
+    closes it when this process exits, even by SIGKILL. Its own session keeps a Ctrl-C
+    that reaches the trial's process group from killing it before it cleans up.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"]
+                                          if env.get("PYTHONPATH") else "")
+    return subprocess.Popen([sys.executable, "-m", "sweeps.backends.reaper", container_id],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+                            close_fds=True)
+
+
+def _stop_reaper(reaper: subprocess.Popen) -> None:
+    if reaper.stdin is not None and not reaper.stdin.closed:
+        reaper.stdin.close()  # the container is gone; the reaper finds nothing to do
+    try:
+        reaper.wait(10)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+        reaper.wait()

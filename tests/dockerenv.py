@@ -1,0 +1,135 @@
+"""A real Docker engine for the tests, and a small local image of the matrix to run in it.
+
+No registry can be reached here, so nothing is pulled: the tests make their own image.
+
+1. A base, ``versweep-testbase:<recipe hash>``: a minimal Debian root filesystem made with
+   debootstrap (python3 from Debian's packages), the host's CPU torch wheel installed into
+   it with pip, imported with ``docker import``. Made once per recipe and kept by the
+   engine (so a second test run on the same machine takes seconds).
+2. The matrix image ``versweep:torch-2.13.0-cpu``, built from images/Dockerfile on that
+   base with images/build.py, as a user builds any image of the matrix (the Dockerfile
+   keeps a base's own torch). Its python and torch are the ones images/matrix.toml says.
+
+The engine itself is started by .ci/run (apt-get install docker.io; dockerd). Where no
+engine answers, the docker tests are skipped, unless VERSWEEP_REQUIRE_DOCKER=1 (set by
+.ci/run) makes that a failure: CI must never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MATRIX = ROOT / "images" / "matrix.toml"
+# The matrix image the tests run: CPU-only torch 2.13.0 on Python 3.11, as on the host.
+TEST_IMAGE = "torch-2.13.0-cpu"
+DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, the ABI of the host's torch wheel
+DEBIAN_MIRROR = os.environ.get("VERSWEEP_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+BASE_REPOSITORY = "versweep-testbase"
+# What goes into the base; a change to it makes a new base.
+BASE_RECIPE = {"suite": DEBIAN_SUITE, "include": "python3,ca-certificates",
+               "pip": ("torch==2.13.0", "numpy")}
+
+
+def engine_problem() -> str | None:
+    """Why no Docker engine can be used here, or None when one answers."""
+    try:
+        import docker
+
+        docker.from_env(timeout=10).ping()
+    except Exception as exc:  # any failure to reach the engine means: not here
+        return f"no Docker engine answers ({type(exc).__name__}: {exc})"
+    return None
+
+
+def require_engine() -> None:
+    """Skip (or, under VERSWEEP_REQUIRE_DOCKER=1, fail) where no engine answers."""
+    problem = engine_problem()
+    if problem is None:
+        return
+    if os.environ.get("VERSWEEP_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"{problem}; .ci/run starts dockerd before the tests")
+    pytest.skip(problem)
+
+
+def base_tag() -> str:
+    digest = hashlib.sha256(repr(sorted(BASE_RECIPE.items())).encode()).hexdigest()[:12]
+    return f"{BASE_REPOSITORY}:{digest}"
+
+
+def _image_exists(tag: str) -> bool:
+    import docker
+    import docker.errors
+
+    try:
+        docker.from_env(timeout=60).images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _run(args: list[str], **kwargs) -> None:
+    done = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} ... failed ({done.returncode}):\n"
+                           f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+def make_base() -> str:
+    """The base image (debootstrap + the host's torch wheel), made if missing."""
+    tag = base_tag()
+    if _image_exists(tag):
+        return tag
+    if shutil.which("debootstrap") is None:
+        pytest.fail("debootstrap is not installed; .ci/run installs it (apt-get install "
+                    "debootstrap)")
+    work = Path(tempfile.mkdtemp(prefix="vs-rootfs-", dir=os.environ.get("TMPDIR", "/tmp")))
+    rootfs = work / "rootfs"
+    try:
+        _run(["debootstrap", "--variant=minbase", f"--include={BASE_RECIPE['include']}",
+              DEBIAN_SUITE, str(rootfs), DEBIAN_MIRROR], timeout=900)
+        site = rootfs / "usr" / "local" / "lib" / "python3.11" / "dist-packages"
+        _run([sys.executable, "-m", "pip", "install", "-q", "--no-compile",
+              "--disable-pip-version-check", "--target", str(site),
+              *BASE_RECIPE["pip"]], timeout=900)
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(rootfs / junk, ignore_errors=True)
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout,
+                                  capture_output=True, text=True, timeout=900)
+        assert tar.stdout is not None
+        tar.stdout.close()
+        tar.wait()
+        if imported.returncode != 0:
+            raise RuntimeError(f"docker import failed: {imported.stderr[-2000:]}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tag
+
+
+def build_test_image() -> str:
+    """``versweep:torch-2.13.0-cpu``, built from images/Dockerfile on the test base."""
+    base = make_base()
+    done = subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "build",
+                           TEST_IMAGE, "--base", base], capture_output=True, text=True,
+                          timeout=1800, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"images/build.py build {TEST_IMAGE} failed:\n"
+                           f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return f"versweep:{TEST_IMAGE}"
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    """The matrix image name whose local image ``versweep:<name>`` exists now."""
+    require_engine()
+    build_test_image()
+    return TEST_IMAGE
