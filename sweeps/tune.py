@@ -143,6 +143,7 @@ def _trainable(config: dict, context: TrialContext) -> None:
         extra_tags["versweep.startup_seconds"] = f"{outcome.startup_seconds:.3f}"
     if outcome.decided_before_start:
         extra_tags["versweep.decided_by"] = "backend.check"  # no worker ran
+        extra_tags["versweep.reason"] = outcome.message
     extra_tags.update(outcome.tags)
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if gpu_ids:
