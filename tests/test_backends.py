@@ -3,8 +3,11 @@
 Each test starts real workers (``python -m workers ...``) through a backend, as a sweep
 does, and checks what a user of the sweep relies on: events in order, exit codes, a kill
 that leaves no process behind, the GPUs Ray gave the trial reaching the worker, and the
-status each way of ending maps to. The ``backend`` fixture is parametrised over backend
-names so that ``docker`` joins the same suite when it arrives.
+status each way of ending maps to. The ``backend`` fixture is parametrised over the
+backends: ``local`` (a child process) and ``docker`` (a container of the tests' own
+image, on the real engine; see tests/dockerenv.py), so both pass one contract suite.
+What only a container promises (a read-only mount, no network, no privileges) is
+checked from inside a running container at the end.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ import time
 from pathlib import Path
 
 import pytest
+from dockerenv import TEST_IMAGE, require_engine
 
 from sweeps.backends import BACKENDS, get_backend
+from sweeps.backends.docker import DockerBackend
 from sweeps.backends.local import LocalBackend
 from sweeps.errors import UserError
+from sweeps.grid import MATRIX_PATH
+from sweeps.matrix import load_matrix
 from sweeps.spec import LOCAL_IMAGE, Sweep, TrialSpec
 from sweeps.trial import run_trial
 from workers.workloads import resolve_workload_config
@@ -39,25 +46,62 @@ TINY_LM = {"device": "cpu", "hidden_size": 16, "num_layers": 1, "num_steps": 5,
 ENDLESS_LM = dict(TINY_LM, epochs=100000, max_steps_per_epoch=None)
 
 
-def spec_of(workload: str, raw: dict, repeat: int = 0) -> TrialSpec:
+def spec_of(workload: str, raw: dict, repeat: int = 0, image: str = LOCAL_IMAGE) -> TrialSpec:
     """A TrialSpec as a grid makes it: the config resolved with the worker's own rules."""
     config = resolve_workload_config(workload, raw) if workload in ("env", "ptb_lm") else raw
-    return TrialSpec(workload=workload, image=LOCAL_IMAGE, config=tuple(sorted(config.items())),
+    return TrialSpec(workload=workload, image=image, config=tuple(sorted(config.items())),
                      repeat=repeat, group=0)
 
 
-def runnable_backends() -> list[str]:
-    """Backends this machine can run a trial on (docker: once it exists and a daemon runs)."""
-    names = []
-    for name, backend_class in BACKENDS.items():
-        if backend_class is not None:
-            names.append(name)
-    return names
+def docker_backend(**options) -> DockerBackend:
+    """The docker backend with the matrix entry of the tests' image (2 GiB per container)."""
+    image = load_matrix(MATRIX_PATH)[TEST_IMAGE]
+    return DockerBackend({image.name: image}, memory=options.pop("memory", "2g"), **options)
 
 
-@pytest.fixture(params=runnable_backends())
+class Recording:
+    """A backend that keeps its handles, so a test can kill a worker like the OOM killer."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.image = inner.image
+        self.handles = []
+
+    def check(self, spec, *, gpu_ids):
+        return self.inner.check(spec, gpu_ids=gpu_ids)
+
+    def start(self, spec, *, gpu_ids, log_path):
+        self.handles.append(self.inner.start(spec, gpu_ids=gpu_ids, log_path=log_path))
+        return self.handles[-1]
+
+
+@pytest.fixture(params=sorted(BACKENDS))
 def backend(request):
-    return get_backend(request.param)
+    """Each backend, with ``image``: the image its trials name."""
+    if request.param == "docker":
+        require_engine()
+        request.getfixturevalue("docker_image")
+        chosen = docker_backend()
+        chosen.image = TEST_IMAGE
+    else:
+        chosen = LocalBackend()
+        chosen.image = LOCAL_IMAGE
+    return chosen
+
+
+def spec_for(backend, workload: str, raw: dict, repeat: int = 0) -> TrialSpec:
+    return spec_of(workload, raw, repeat, image=backend.image)
+
+
+def is_gone(handle) -> bool:
+    """Nothing of the worker runs any more: its process group, or its container."""
+    if not wait_for_exit(handle.pid, timeout=10.0):
+        return False
+    if hasattr(handle, "pgid"):
+        return group_is_gone(handle.pgid)
+    handle.container.reload()
+    return handle.container.status in ("exited", "dead")
 
 
 def wait_for_exit(pid: int, timeout: float = 10.0) -> bool:
@@ -86,7 +130,8 @@ def group_is_gone(pgid: int) -> bool:
 
 
 def test_events_arrive_in_order_and_a_result_exits_zero(backend, tmp_path):
-    handle = backend.start(spec_of("ptb_lm", TINY_LM), gpu_ids=[], log_path=tmp_path / "w.log")
+    handle = backend.start(spec_for(backend, "ptb_lm", TINY_LM), gpu_ids=[],
+                           log_path=tmp_path / "w.log")
     events = list(handle.events())
     assert handle.wait() == 0
     handle.close()
@@ -100,7 +145,7 @@ def test_events_arrive_in_order_and_a_result_exits_zero(backend, tmp_path):
 
 def test_bad_config_exits_two_with_an_error_event_and_the_stderr_line_in_the_log(backend,
                                                                                  tmp_path):
-    spec = TrialSpec("ptb_lm", LOCAL_IMAGE, (("hiden_size", 16),), 0, 0)
+    spec = TrialSpec("ptb_lm", backend.image, (("hiden_size", 16),), 0, 0)
     handle = backend.start(spec, gpu_ids=[], log_path=tmp_path / "bad.log")
     events = list(handle.events())
     assert handle.wait() == 2
@@ -114,22 +159,33 @@ def test_bad_config_exits_two_with_an_error_event_and_the_stderr_line_in_the_log
 
 
 def test_kill_ends_the_whole_process_group(backend, tmp_path):
-    handle = backend.start(spec_of("ptb_lm", ENDLESS_LM), gpu_ids=[],
+    handle = backend.start(spec_for(backend, "ptb_lm", ENDLESS_LM), gpu_ids=[],
                            log_path=tmp_path / "w.log")
     events = handle.events()
     assert next(events)["event"] == "env"
     assert next(events)["event"] == "metric"  # it is training now
-    assert not group_is_gone(handle.pgid)
+    assert not wait_for_exit(handle.pid, timeout=0.5)
     handle.kill(grace_s=2)
-    assert group_is_gone(handle.pgid)
+    assert is_gone(handle)
     assert handle.returncode != 0
     handle.close()
 
 
 @pytest.mark.parametrize("gpu_ids, expected", [(["3"], "3"), (["0", "2"], "0,2"), ([], "")])
 def test_the_gpus_ray_gave_the_trial_reach_the_worker(backend, tmp_path, gpu_ids, expected):
-    handle = backend.start(spec_of("ptb_lm", ENDLESS_LM), gpu_ids=gpu_ids,
-                           log_path=tmp_path / "w.log")
+    spec = spec_for(backend, "ptb_lm", ENDLESS_LM)
+    if isinstance(backend, DockerBackend):
+        # A container gets exactly those GPUs as its device request (inside, they are
+        # numbered from 0). Created, not started: this machine has no GPU to start it on.
+        container = backend.create(spec, gpu_ids)
+        try:
+            requests = container.attrs["HostConfig"].get("DeviceRequests") or []
+        finally:
+            container.remove(force=True)
+        given = [",".join(r["DeviceIDs"]) for r in requests if ["gpu"] in r["Capabilities"]]
+        assert given == ([expected] if gpu_ids else [])
+        return
+    handle = backend.start(spec, gpu_ids=gpu_ids, log_path=tmp_path / "w.log")
     try:
         assert next(handle.events())["event"] == "env"
         with open(f"/proc/{handle.pid}/environ", "rb") as environ:
@@ -148,11 +204,18 @@ def test_a_worker_dies_with_the_trial_process_that_started_it(backend, tmp_path)
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from sweeps.backends import get_backend
+        from sweeps.backends.docker import DockerBackend
+        from sweeps.backends.local import LocalBackend
+        from sweeps.grid import MATRIX_PATH
+        from sweeps.matrix import load_matrix
         from sweeps.spec import TrialSpec
-        spec = TrialSpec("ptb_lm", "local", tuple(sorted({ENDLESS_LM!r}.items())), 0, 0)
-        handle = get_backend({backend.name!r}).start(spec, gpu_ids=[],
-                                                     log_path=Path({str(tmp_path)!r}) / "w.log")
+        image = {backend.image!r}
+        if image == "local":
+            chosen = LocalBackend()
+        else:
+            chosen = DockerBackend({{image: load_matrix(MATRIX_PATH)[image]}}, memory="2g")
+        spec = TrialSpec("ptb_lm", image, tuple(sorted({ENDLESS_LM!r}.items())), 0, 0)
+        handle = chosen.start(spec, gpu_ids=[], log_path=Path({str(tmp_path)!r}) / "w.log")
         print(handle.pid, flush=True)
         for event in handle.events():
             pass
@@ -163,7 +226,13 @@ def test_a_worker_dies_with_the_trial_process_that_started_it(backend, tmp_path)
     assert not wait_for_exit(worker_pid, timeout=1.0)  # the worker runs
     trial_process.kill()
     trial_process.wait()
-    assert wait_for_exit(worker_pid, timeout=10.0)
+    assert wait_for_exit(worker_pid, timeout=20.0)
+    if backend.name == "docker":  # and the reaper removed its container
+        import docker
+
+        left = docker.from_env().containers.list(all=True, filters={"label": "io.versweep.owner"})
+        assert not [c for c in left if c.labels.get("io.versweep.owner", "").endswith(
+            f":{trial_process.pid}")]
 
 
 # ----------------------------------------------------------------- choosing a backend
@@ -174,12 +243,6 @@ def test_backends_are_chosen_by_name_and_a_typo_lists_the_valid_names():
     with pytest.raises(UserError, match=r"backend 'lokal' is unknown; did you mean 'local'\? "
                                         r"valid backends: docker, local"):
         get_backend("lokal")
-
-
-def test_the_docker_backend_is_known_but_says_it_is_not_here_yet():
-    with pytest.raises(UserError, match="docker backend arrives with the images issue.*"
-                                        "use --backend local"):
-        get_backend("docker")
 
 
 def _sweep(trials, **changes) -> Sweep:
@@ -214,7 +277,7 @@ def test_local_preflight_refuses_docker_images():
 
 def test_a_result_is_ok_with_its_metrics_and_start_up_latency(backend, tmp_path):
     seen = []
-    outcome = run_trial(backend, spec_of("ptb_lm", TINY_LM), log_dir=tmp_path,
+    outcome = run_trial(backend, spec_for(backend, "ptb_lm", TINY_LM), log_dir=tmp_path,
                         on_event=lambda e: seen.append(e["event"]))
     assert outcome.status == "ok" and outcome.exit_code == 0 and outcome.attempts == 1
     assert seen == ["env", "metric", "metric", "metric", "result"]
@@ -224,14 +287,14 @@ def test_a_result_is_ok_with_its_metrics_and_start_up_latency(backend, tmp_path)
 
 
 def test_a_bad_config_fails_once_without_retry(backend, tmp_path):
-    spec = TrialSpec("env", LOCAL_IMAGE, (("devise", "cpu"),), 0, 0)
+    spec = TrialSpec("env", backend.image, (("devise", "cpu"),), 0, 0)
     outcome = run_trial(backend, spec, retries=3, log_dir=tmp_path)
     assert outcome.status == "failed" and outcome.attempts == 1 and outcome.exit_code == 2
     assert outcome.message.startswith("bad_config: config key 'devise' is unknown")
 
 
 def test_divergence_is_a_result_not_a_failure(backend, tmp_path):
-    spec = spec_of("ptb_lm", dict(TINY_LM, learning_rate=1e30, clip_norm=1e30))
+    spec = spec_for(backend, "ptb_lm", dict(TINY_LM, learning_rate=1e30, clip_norm=1e30))
     outcome = run_trial(backend, spec, retries=2, log_dir=tmp_path)
     assert outcome.status == "diverged" and outcome.exit_code == 4 and outcome.attempts == 1
     assert "perplexity overflows" in outcome.message
@@ -239,7 +302,8 @@ def test_divergence_is_a_result_not_a_failure(backend, tmp_path):
 
 def test_a_correctness_gate_mismatch_fails_once_without_retry(backend, tmp_path):
     # A 1e-12 tolerance makes the float32 implementations disagree for real.
-    spec = spec_of("rnn_bench", {"bench": "1x320-ce-short", "impl": "fused", "batch_size": 2,
+    spec = spec_for(backend, "rnn_bench", {"bench": "1x320-ce-short", "impl": "fused",
+                                           "batch_size": 2,
                                  "seq_len": 4, "hidden_size": 8, "batches": 3,
                                  "warmup_batches": 1, "check_tolerance": 1e-12,
                                  "num_threads": 1})
@@ -248,67 +312,59 @@ def test_a_correctness_gate_mismatch_fails_once_without_retry(backend, tmp_path)
     assert outcome.message.startswith("mismatch: implementations disagree")
 
 
-class _RecordingBackend(LocalBackend):
-    """The local backend, keeping its handles so a test can kill a worker like the OOM killer."""
-
-    def __init__(self):
-        super().__init__()
-        self.handles = []
-
-    def start(self, spec, *, gpu_ids, log_path):
-        self.handles.append(super().start(spec, gpu_ids=gpu_ids, log_path=log_path))
-        return self.handles[-1]
-
-
-def test_a_crashed_worker_is_retried_and_the_retry_can_succeed(tmp_path):
-    backend = _RecordingBackend()
+def test_a_crashed_worker_is_retried_and_the_retry_can_succeed(backend, tmp_path):
+    recording = Recording(backend)
 
     # Killed at its env event, a second before its first epoch ends.
     def crash_the_first_attempt(event):
-        if event["event"] == "env" and len(backend.handles) == 1:
-            os.kill(backend.handles[0].pid, signal.SIGKILL)
+        if event["event"] == "env" and len(recording.handles) == 1:
+            os.kill(recording.handles[0].pid, signal.SIGKILL)
 
-    outcome = run_trial(backend, spec_of("ptb_lm", TINY_LM), retries=1,
+    outcome = run_trial(recording, spec_for(backend, "ptb_lm", TINY_LM), retries=1,
                         on_event=crash_the_first_attempt, log_dir=tmp_path)
     assert outcome.status == "ok" and outcome.attempts == 2
     assert "--- attempt 2 ---" in outcome.log_text()
 
 
-def test_a_crash_without_retries_left_fails_with_the_exit_code_and_stderr_tail(tmp_path):
-    backend = _RecordingBackend()
+def test_a_crash_without_retries_left_fails_with_the_exit_code_and_stderr_tail(backend,
+                                                                              tmp_path):
+    recording = Recording(backend)
 
     def crash(event):
         if event["event"] == "env":
-            os.kill(backend.handles[-1].pid, signal.SIGKILL)
+            os.kill(recording.handles[-1].pid, signal.SIGKILL)
 
-    outcome = run_trial(backend, spec_of("ptb_lm", TINY_LM), retries=1,
+    outcome = run_trial(recording, spec_for(backend, "ptb_lm", TINY_LM), retries=1,
                         on_event=crash, log_dir=tmp_path)
     assert outcome.status == "failed" and outcome.attempts == 2
-    assert outcome.message.startswith("the worker exited with code -9 without a final event")
+    # A killed child process exits -9; a container whose init was killed, 137 (128 + 9).
+    code = -9 if backend.name == "local" else 137
+    assert outcome.message.startswith(f"the worker exited with code {code} without a final "
+                                      "event")
 
 
-def test_a_timeout_kills_the_worker_and_fails_the_trial(tmp_path):
-    backend = _RecordingBackend()
-    outcome = run_trial(backend, spec_of("ptb_lm", ENDLESS_LM), timeout_s=4, retries=1,
-                        log_dir=tmp_path)
+def test_a_timeout_kills_the_worker_and_fails_the_trial(backend, tmp_path):
+    recording = Recording(backend)
+    outcome = run_trial(recording, spec_for(backend, "ptb_lm", ENDLESS_LM), timeout_s=6,
+                        retries=1, log_dir=tmp_path)
     assert outcome.status == "failed" and outcome.attempts == 1  # a timeout is not retried
-    assert outcome.message == "timed out after 4 s"
-    assert group_is_gone(backend.handles[0].pgid)
+    assert outcome.message == "timed out after 6 s"
+    assert is_gone(recording.handles[0])
 
 
-def test_a_stop_request_kills_the_worker_and_the_trial_is_stopped(tmp_path):
-    backend = _RecordingBackend()
+def test_a_stop_request_kills_the_worker_and_the_trial_is_stopped(backend, tmp_path):
+    recording = Recording(backend)
     stop = threading.Event()
 
     def stop_after_two_epochs(event):
         if event["event"] == "metric" and event["step"] == 2:
             stop.set()  # what ASHA or Ctrl-C does, from another thread
 
-    outcome = run_trial(backend, spec_of("ptb_lm", ENDLESS_LM), stop=stop,
+    outcome = run_trial(recording, spec_for(backend, "ptb_lm", ENDLESS_LM), stop=stop,
                         on_event=stop_after_two_epochs, log_dir=tmp_path)
     assert outcome.status == "stopped" and outcome.attempts == 1
     assert outcome.last_step in (2, 3)
-    assert group_is_gone(backend.handles[0].pgid)
+    assert is_gone(recording.handles[0])
 
 
 # A worker of an old torch, played by a script that speaks protocol v1: the host's torch
@@ -337,10 +393,10 @@ class _ScriptBackend(LocalBackend):
         self.script, self.mode = script, mode
 
     def start(self, spec, *, gpu_ids, log_path):
-        from sweeps.backends._base import WorkerHandle, worker_env
+        from sweeps.backends._base import ProcessHandle, worker_env
 
-        return WorkerHandle([self.python, str(self.script), self.mode],
-                            env=worker_env(spec, gpu_ids), cwd=None, log_path=log_path)
+        return ProcessHandle([self.python, str(self.script), self.mode],
+                             env=worker_env(spec, gpu_ids), cwd=None, log_path=log_path)
 
 
 def test_unsupported_is_a_result_and_other_stdout_goes_to_the_log(tmp_path):
@@ -364,7 +420,7 @@ def test_a_protocol_violation_is_a_crash(tmp_path):
 
 
 def test_the_worker_command_is_an_argument_list_with_the_resolved_config(backend, tmp_path):
-    spec = spec_of("env", {"device": "cpu", "seed": 7})
+    spec = spec_for(backend, "env", {"device": "cpu", "seed": 7})
     handle = backend.start(spec, gpu_ids=[], log_path=tmp_path / "w.log")
     env = next(handle.events())
     handle.wait()
@@ -372,3 +428,122 @@ def test_the_worker_command_is_an_argument_list_with_the_resolved_config(backend
     assert handle.args[-2] == "--config"
     assert json.loads(handle.args[-1]) == spec.config_dict
     assert env["config"]["seed"] == 7
+
+
+# ----------------------------------------------------------------- what only a container promises
+
+
+_INSIDE = textwrap.dedent("""
+    import json, os, socket
+    facts = {"uid": os.getuid(), "gid": os.getgid()}
+    try:
+        open("/opt/versweep/workers/written-by-a-trial", "w")
+        facts["workers_writable"] = True
+    except OSError as exc:
+        facts["workers_writable"] = exc.strerror
+    try:
+        open("/usr/written-by-a-trial", "w")
+        facts["root_writable"] = True
+    except OSError as exc:
+        facts["root_writable"] = exc.strerror
+    open("/tmp/scratch", "w").write("tmp is private and writable")
+    facts["interfaces"] = sorted(line.split(":")[0].strip()
+                                 for line in open("/proc/net/dev").readlines()[2:])
+    try:
+        socket.create_connection(("1.1.1.1", 53), timeout=3)
+        facts["network"] = "reached 1.1.1.1"
+    except OSError as exc:
+        facts["network"] = str(exc)
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    facts["cap_eff"] = status["CapEff"].strip()
+    facts["no_new_privs"] = status["NoNewPrivs"].strip()
+    print(json.dumps(facts))
+""")
+
+
+def test_a_container_is_locked_down(docker_image, tmp_path):
+    backend = docker_backend()
+    handle = backend.start(spec_of("ptb_lm", ENDLESS_LM, image=docker_image), gpu_ids=[],
+                           log_path=tmp_path / "w.log")
+    try:
+        assert next(handle.events())["event"] == "env"
+        done = handle.container.exec_run(["python", "-c", _INSIDE])
+        facts = json.loads(done.output.decode().strip().splitlines()[-1])
+        config = handle.container.attrs["HostConfig"]
+    finally:
+        handle.close()
+    assert (facts["uid"], facts["gid"]) == (10001, 10001)  # not root
+    assert facts["workers_writable"] == "Read-only file system"
+    assert facts["root_writable"] == "Read-only file system"
+    assert facts["interfaces"] == ["lo"]  # no network at all
+    assert facts["network"] != "reached 1.1.1.1"
+    assert int(facts["cap_eff"], 16) == 0  # every capability dropped
+    assert facts["no_new_privs"] == "1"
+    assert config["Memory"] == 2 * 1024 ** 3
+    assert config["NetworkMode"] == "none"
+
+
+def test_the_data_directory_is_mounted_read_only_and_the_trial_reads_it(docker_image, tmp_path):
+    data = tmp_path / "ptb"
+    data.mkdir()
+    words = "the cat sat on the mat and the dog ate the cat food <unk> a b c d e".split()
+    for split, repeat in (("train", 40), ("valid", 8), ("test", 8)):
+        lines = [" ".join(words[(i % 5):] + words[:(i % 5)]) for i in range(repeat)]
+        (data / f"ptb.{split}.txt").write_text("\n".join(lines) + "\n")
+    raw = {k: v for k, v in TINY_LM.items() if not k.startswith("synthetic")}
+    spec = spec_of("ptb_lm", dict(raw, data_dir=str(data)), image=docker_image)
+    outcome = run_trial(docker_backend(), spec, log_dir=tmp_path)
+    assert outcome.status == "ok", outcome.message
+    assert outcome.env["config"]["data_dir"] == "/opt/versweep/data"
+    assert outcome.env["data"]["synthetic"] is False
+    assert outcome.env["data"]["source"] == "/opt/versweep/data"
+    assert outcome.result_metrics["test_perplexity"] > 1
+
+
+def test_the_image_digest_and_container_are_in_the_outcome_and_the_container_is_removed(
+        docker_image, tmp_path):
+    import docker
+
+    client = docker.from_env()
+    outcome = run_trial(docker_backend(), spec_of("env", {"device": "cpu"}, image=docker_image),
+                        log_dir=tmp_path)
+    assert outcome.status == "ok"
+    image = client.images.get(f"versweep:{docker_image}")
+    assert outcome.tags["versweep.image_id"] == image.id
+    assert outcome.tags["versweep.image_digest"] in (image.attrs.get("RepoDigests") or [image.id])
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(outcome.tags["versweep.container_id"])
+
+
+def _docker_sweep(images, **changes) -> Sweep:
+    matrix = load_matrix(MATRIX_PATH)
+    trials = [spec_of("env", {"device": "cpu"}, image=name) for name in images]
+    return _sweep(trials, backend="docker", images=tuple(matrix[n] for n in images
+                                                         if n in matrix), **changes)
+
+
+def test_docker_preflight_names_each_missing_image_and_the_command_that_gets_it(docker_image):
+    sweep = _docker_sweep([docker_image, "torch-1.13.1-cu117", "torch-0.4.1-cu92"])
+    backend = DockerBackend(sweep.images)
+    with pytest.raises(UserError) as caught:
+        backend.preflight(sweep)
+    message = str(caught.value)
+    assert "versweep:torch-0.4.1-cu92, versweep:torch-1.13.1-cu117 not on this node" in message
+    assert "python images/build.py pull torch-0.4.1-cu92 torch-1.13.1-cu117" in message
+    assert "\n" not in message
+    backend.preflight(_docker_sweep([docker_image]))  # present: no error
+
+
+def test_docker_preflight_says_when_the_daemon_does_not_answer(monkeypatch):
+    require_engine()
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    sweep = _docker_sweep([TEST_IMAGE])
+    with pytest.raises(UserError, match=r"^the Docker daemon does not answer at "
+                                        r"unix:///nonexistent/docker\.sock .*start it"):
+        DockerBackend(sweep.images).preflight(sweep)
+
+
+def test_docker_preflight_refuses_the_hosts_own_torch():
+    sweep = _sweep([spec_of("env", {})], backend="docker")
+    with pytest.raises(UserError, match="names local; name matrix images .*--backend local"):
+        DockerBackend().preflight(sweep)

@@ -152,8 +152,9 @@ def test_the_console_entry_point_takes_the_same_arguments(capsys):
     (["--grid", "{bad}"], r"bad\.toml: sweep\.bakend: unknown key \(did you mean 'backend'\?\)"),
     (["--grid", "smoke", "--backend", "lokal"], r"smoke\.toml: sweep\.backend: 'lokal' is not "
                                                 r"one of local, docker \(did you mean 'local'"),
-    (["--grid", "versions", "--backend", "docker"], r"docker backend arrives with the images "
-                                                    r"issue"),
+    (["--grid", "versions"], r"image\(s\) versweep:torch-0\.4\.0-cu90, .* not on this node; "
+                             r"get them with: python images/build\.py pull torch-0\.4\.0-cu90 "),
+    (["--grid", "versions", "--matrix", "nope.toml"], r"nope\.toml: no such file"),
     (["--grid", "smoke", "--resume"], r"--resume: no earlier run of sweep 'smoke'"),
     (["--grid", "smoke", "--set", "sweep.max_concurent=1"], r"sweep\.max_concurent: unknown "
                                                             r"key"),
