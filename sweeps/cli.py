@@ -4,6 +4,7 @@
     versweep --grid versions --dry-run
     versweep --grid hparams --resume --max-concurrent 2
     versweep --grid my_grid.toml --set sweep.trial_timeout_s=60 --tracking-uri http://127.0.0.1:5000
+    versweep report --experiment versions        (analysis/report.py: the comparison report)
 
 Every expected user error (UserError) becomes one line, ``versweep: error: ...``, and
 exit code 2; Ctrl-C exits 130.
@@ -69,11 +70,16 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the sweep; return the process exit code."""
+    """Parse ``argv`` and run the sweep (or ``report ...``); return the process exit code."""
     from .run import EXIT_INTERRUPTED, run_sweep
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        from analysis.report import main as report_main
+
+        return report_main(argv[1:])
     try:
-        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = build_parser().parse_args(argv)
         return run_sweep(args.grid, backend=args.backend, experiment=args.experiment,
                          tracking_uri=args.tracking_uri, address=args.address,
                          resume=args.resume, dry_run=args.dry_run, overrides=args.overrides,
