@@ -356,6 +356,16 @@ BAD_GRIDS = [
     ("search: CPU image on cuda",
      DOCKER + SEARCH.replace("[search]\n", '[search]\nimage = "torch-2.13.0-cpu"\n'),
      "search.image", "has no CUDA"),
+    ("docker: a memory limit that is not a size", DOCKER.replace(
+        "[sweep]\n", '[sweep]\ncontainer_memory = "16g; rm -rf /"\n') + BENCH,
+     "sweep.container_memory", "is not a memory size like '16g'"),
+    ("docker: a memory limit that is a number", DOCKER.replace(
+        "[sweep]\n", "[sweep]\ncontainer_memory = 16\n") + BENCH,
+     "sweep.container_memory", "must be a string"),
+    ("docker: an image name that is a shell command",
+     DOCKER.replace("[sweep]\n", '[sweep]\nimages = ["torch-2.13.0-cu130; rm -rf /"]\n')
+     + BENCH,
+     "sweep.images[0]", "is not in images/matrix.toml"),
     ("search: space key also fixed", SEARCH.replace("config.max_epochs = 3",
                                                     "config.learning_rate = 1.0"),
      "search.space.learning_rate", "also fixed in search.config"),
