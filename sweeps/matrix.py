@@ -27,6 +27,7 @@ IMAGE_KEYS = {
     "cudnn": True,
     "archs": True,
     "ptx": False,
+    "torch_index_url": False,
     "notes": False,
 }
 
@@ -37,6 +38,8 @@ SCHEMA_VERSION = 1
 # "0.4.1", "1.13.1", "2.15.0" (a local suffix like "+cu117" belongs in the name, not here).
 TORCH_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 PYTHON_VERSION = re.compile(r"^3\.\d+(\.\d+)?$")
+# The oldest Python the workers run on (workers/ stays Python 3.6-compatible).
+OLDEST_PYTHON = (3, 6)
 CUDA_VERSION = re.compile(r"^\d+\.\d+$")
 CUDNN_VERSION = re.compile(r"^\d+(\.\d+){1,3}$")
 # SASS for a real architecture ("sm_90", "sm_90a", "sm_120") and PTX for a virtual one.
@@ -44,6 +47,9 @@ SASS_ARCH = re.compile(r"^sm_\d{2,3}a?$")
 PTX_ARCH = re.compile(r"^compute_\d{2,3}a?$")
 # A Docker reference with an explicit tag: "pytorch/pytorch:1.13.1-cuda11.6-cudnn8-runtime".
 DOCKER_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*:[A-Za-z0-9._-]+$")
+# A pip index ("https://download.pytorch.org/whl/cpu"): images/Dockerfile installs
+# torch==<torch> from it when the base image has no torch.
+INDEX_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d+)?(/[A-Za-z0-9._~%/-]*)?$")
 
 
 def display_path(path: Path) -> str:
@@ -100,7 +106,7 @@ def _image_from_table(shown: str, index: int, table: Any) -> Image:
         if required and key not in table:
             raise GridError(f"{shown}: {where}.{key}: missing; every image needs "
                             f"{', '.join(k for k, r in IMAGE_KEYS.items() if r)}")
-    for key in ("name", "base", "torch", "python", "cuda", "cudnn", "notes"):
+    for key in ("name", "base", "torch", "python", "cuda", "cudnn", "torch_index_url", "notes"):
         if key in table and not isinstance(table[key], str):
             raise GridError(f"{shown}: {where}.{key}: must be a string, not {table[key]!r}")
     for key in ("archs", "ptx"):
@@ -125,6 +131,13 @@ def _image_from_table(shown: str, index: int, table: Any) -> Image:
     for key, pattern, what in checks:
         if not pattern.match(table[key]):
             raise GridError(f"{shown}: {where}.{key}: '{table[key]}' is not {what}")
+    if tuple(int(p) for p in table["python"].split(".")[:2]) < OLDEST_PYTHON:
+        raise GridError(f"{shown}: {where}.python: '{table['python']}' is older than the "
+                        "workers support (Python 3.6 and newer)")
+    index_url = table.get("torch_index_url", "")
+    if index_url and not INDEX_URL.match(index_url):
+        raise GridError(f"{shown}: {where}.torch_index_url: '{index_url}' is not a pip index "
+                        "URL like 'https://download.pytorch.org/whl/cpu'")
     cuda, cudnn = table["cuda"], table["cudnn"]
     if cuda and not CUDA_VERSION.match(cuda):
         raise GridError(f"{shown}: {where}.cuda: '{cuda}' is not a CUDA version like '11.8' "
@@ -161,6 +174,7 @@ def _image_from_table(shown: str, index: int, table: Any) -> Image:
         # Sorted by architecture number so equal sets compare equal.
         archs=tuple(sorted(archs, key=lambda a: int(re.sub(r"\D", "", a)))),
         ptx=tuple(sorted(ptx, key=lambda a: int(re.sub(r"\D", "", a)))),
+        torch_index_url=index_url,
         notes=table.get("notes", ""),
     )
 
@@ -199,3 +213,75 @@ def release_line(image: Image) -> str:
     """The PyTorch release line of an image: '1.13' for torch 1.13.1."""
     return ".".join(image.torch.split(".")[:2])
 
+
+
+# ---------------------------------------------------------------- an image against its entry
+
+# The release at the front of a torch version: "2.13.0+cpu", "1.0.1.post2", "1.0.0a0+db5d313".
+_RELEASE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def cudnn_release(code: int) -> str:
+    """cuDNN's integer version as major.minor.patch: 7102 -> '7.1.2', 90100 -> '9.1.0'.
+
+    torch.backends.cudnn.version() returns cuDNN's CUDNN_VERSION, whose encoding changed
+    with cuDNN 9: MAJOR*1000 + MINOR*100 + PATCH up to cuDNN 8 (8500 is 8.5.0), then
+    MAJOR*10000 + MINOR*100 + PATCH (91900 is 9.19.0), so minors can pass 9.
+    """
+    major, rest = divmod(int(code), 10000 if code >= 90000 else 1000)
+    minor, patch = divmod(rest, 100)
+    return f"{major}.{minor}.{patch}"
+
+
+def _release_parts(version: str, count: int) -> str:
+    """The first ``count`` numeric parts of a version, 0 where missing: ('9.0.176', 2) -> '9.0'."""
+    found = _RELEASE.match(version)
+    if found is None:
+        return version
+    parts = [int(p) if p is not None else 0 for p in found.groups()] + [0] * count
+    return ".".join(str(p) for p in parts[:count])
+
+
+def env_differences(image: Image, env: dict[str, Any]) -> list[str]:
+    """What the worker's env event, run inside ``image``, says differs from its matrix entry.
+
+    One phrase per field, like "torch is 1.13.0 in the image, the matrix says 1.13.1";
+    an empty list when the image is what the matrix says. Local suffixes ("+cpu",
+    ".post2") and CUDA's build number ("9.0.176") are ignored; cuDNN is compared as
+    major.minor.patch (the integer torch reports has no build number). GPU architectures
+    are compared only when the event has them (``arch_list`` comes from a GPU).
+    """
+    differences = []
+
+    def differ(field: str, found: str, says: str, verb: str = "is") -> None:
+        differences.append(f"{field} {verb} {found} in the image, the matrix says {says}")
+
+    torch_found = str(env.get("torch") or "none")
+    if _release_parts(torch_found, 3) != image.torch:
+        differ("torch", torch_found, image.torch)
+    python_found = str(env.get("python") or "none")
+    wanted = len(image.python.split("."))
+    if _release_parts(python_found, wanted) != image.python:
+        differ("python", python_found, image.python)
+    cuda_found = env.get("cuda")
+    if (cuda_found is None) != (image.cuda is None) or (
+            cuda_found is not None and image.cuda is not None
+            and _release_parts(str(cuda_found), 2) != image.cuda):
+        differ("cuda", str(cuda_found) if cuda_found else "none (a CPU build)",
+               image.cuda or "none (a CPU image)")
+    cudnn_found = env.get("cudnn")
+    found_text = f"{cudnn_release(cudnn_found)} ({cudnn_found})" \
+        if isinstance(cudnn_found, int) else "none"
+    if (cudnn_found is None) != (image.cudnn is None) or (
+            isinstance(cudnn_found, int) and image.cudnn is not None
+            and cudnn_release(cudnn_found) != _release_parts(image.cudnn, 3)):
+        differ("cudnn", found_text, image.cudnn or "none (a CPU image)")
+    arch_list = env.get("arch_list")
+    if arch_list is not None:
+        sass = sorted(a for a in arch_list if a.startswith("sm_"))
+        ptx = sorted(a for a in arch_list if a.startswith("compute_"))
+        if set(sass) != set(image.archs):
+            differ("archs", " ".join(sass) or "none", " ".join(image.archs) or "none", "are")
+        if set(ptx) != set(image.ptx):
+            differ("ptx", " ".join(ptx) or "none", " ".join(image.ptx) or "none")
+    return differences

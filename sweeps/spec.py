@@ -46,6 +46,9 @@ class Image:
     cudnn: str | None
     archs: tuple[str, ...]  # GPU architectures with code compiled in, e.g. ("sm_80", "sm_90")
     ptx: tuple[str, ...] = ()  # virtual architectures embedded as PTX (JIT on newer GPUs)
+    # Where images/Dockerfile pip-installs torch==<torch> from when the base has none
+    # ("https://download.pytorch.org/whl/cpu"); "" means PyPI.
+    torch_index_url: str = ""
     notes: str = ""
 
 
