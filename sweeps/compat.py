@@ -98,13 +98,21 @@ def capability_from_name(name: str) -> tuple[int, int]:
     return UNKNOWN_CAPABILITY
 
 
+class _NoAnswer(Exception):
+    """nvidia-smi is absent, hangs, or printed what we did not ask for."""
+
+
 def _query(fields: str) -> list[list[str]] | None:
-    """nvidia-smi's CSV rows for these fields; None when it is absent, fails or hangs."""
+    """nvidia-smi's CSV rows for these fields; None when it ran and refused (exit code not 0).
+
+    Raises _NoAnswer where it is absent, hangs or answers in another shape: asking again
+    with other fields would not help.
+    """
     try:
         done = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
                               capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError):
-        return None
+        raise _NoAnswer from None
     if done.returncode != 0:
         return None
     want = fields.count(",") + 1
@@ -112,10 +120,10 @@ def _query(fields: str) -> list[list[str]] | None:
     for line in done.stdout.splitlines():
         if not line.strip():
             continue
-        # The name never holds a comma, so a plain split is safe.
+        # No field we ask for holds a comma (GPU names do not), so a plain split is safe.
         cells = [cell.strip() for cell in line.split(",")]
         if len(cells) != want:
-            return None  # not the output we asked for: trust none of it
+            raise _NoAnswer
         rows.append(cells)
     return rows
 
@@ -133,11 +141,16 @@ def node_gpus() -> list[Gpu]:
     compute_cap field is asked again without it; the capability then comes from the GPU's
     name (CAPABILITY_BY_NAME), or is UNKNOWN_CAPABILITY.
     """
-    rows = _query(QUERY_FIELDS)
-    if rows is not None:
-        return [Gpu(index=index, name=name, capability=_parse_capability(cap), driver=driver)
-                for index, name, cap, driver in rows]
-    rows = _query(OLD_QUERY_FIELDS)
+    try:
+        rows = _query(QUERY_FIELDS)
+        if rows is not None:
+            return [Gpu(index=index, name=name, capability=_parse_capability(cap),
+                        driver=driver) for index, name, cap, driver in rows]
+        # It refused: an nvidia-smi without compute_cap says 'Field "compute_cap" is not a
+        # valid field to query.' and exits 2 [U]; one without a driver fails again below.
+        rows = _query(OLD_QUERY_FIELDS)
+    except _NoAnswer:
+        return []
     if rows is None:
         return []
     return [Gpu(index=index, name=name, capability=capability_from_name(name), driver=driver)
@@ -428,8 +441,9 @@ def gpu_reason(image: Image, workload: str, config: Mapping[str, Any],
         # torch.compile's GPU backend is Triton: torch/_inductor raises "Found <GPU> which is
         # too old to be supported by the triton GPU compiler ... Triton only supports devices
         # of CUDA Capability >= 7.0" [V: torch/_inductor/scheduler.py].
-        return (f"{gpu.describe()} is {gpu.sm}, too old for the triton GPU compiler that "
-                f"torch.compile uses (Triton only supports devices of CUDA Capability >= 7.0)")
+        return (f"{image.name} runs torch.compile through the triton GPU compiler, which "
+                f"only supports devices of CUDA Capability >= 7.0; {gpu.describe()} is "
+                f"{gpu.sm}: time impl 'basic' on it, or 'compiled' on a newer GPU")
     return None
 
 
