@@ -11,11 +11,12 @@ worker. The rules, in the order they are applied:
 
 1. torch version: what the workload and config need from the image's torch
    (nn.CTCLoss, torch.compile). No GPU is needed to decide these.
-2. GPUs (only when the trial has GPUs and its device is not "cpu"):
-   a. a CPU-only image cannot use them;
-   b. kernels: the image must hold SASS or PTX that this GPU can run;
-   c. cuDNN: for trials that call cuDNN, the image's cuDNN must know the GPU's generation;
-   d. driver: the node's driver must be new enough for the image's CUDA runtime.
+2. GPUs (only when the trial has GPUs and its device is not "cpu"), for each GPU:
+   a. a CPU-only image cannot use it;
+   b. driver: the node's driver must be new enough for the image's CUDA runtime;
+   c. kernels: the image must hold SASS or PTX that this GPU can run;
+   d. cuDNN: for trials that call cuDNN, the image's cuDNN must know the GPU's generation;
+   e. torch.compile (impl "compiled") needs a GPU that Triton supports.
 
 Every fact carries its source; "the reference" is reference/pytorch-versions.md, and its
 markers are kept: [V] verified from a primary source, [S] secondary, [U] unverified. A rule
@@ -188,10 +189,11 @@ def sass_runs_on(arch: str, capability: tuple[int, int]) -> bool:
 
     "A cubin generated for a certain compute capability is supported to run on any GPU
     with the same major revision and same or higher minor revision of compute capability"
-    (NVIDIA, Blackwell Compatibility Guide §1.2 [V]). Architecture-specific code
-    ("sm_90a") runs on exactly that capability (CUDA C++ Programming Guide, "Feature
-    Availability" [V: "not forward compatible"]); family code ("sm_100f", CUDA 12.9+)
-    follows the plain rule within its major [U].
+    (NVIDIA, Blackwell Compatibility Guide §1.2 [V]). Architecture-specific code ("sm_90a")
+    runs on exactly that capability: such targets "do not follow the onion layer model"
+    (PTX ISA guide, quoted in LLVM review D155851 [V]). Family code ("sm_100f", CUDA 12.9+)
+    runs within its major, like a plain cubin ("compute_100f ... compatible only with 10.0
+    and 10.3" [S: EESSI support issue 210]).
     """
     major, minor, suffix = arch_capability(arch)
     if suffix == "a":
@@ -202,12 +204,15 @@ def sass_runs_on(arch: str, capability: tuple[int, int]) -> bool:
 def ptx_runs_on(arch: str, capability: tuple[int, int]) -> bool:
     """Whether PTX for virtual ``arch`` can be JIT-compiled by the driver for ``capability``.
 
-    PTX is forward-compatible: compute_AB runs on any GPU of capability >= A.B (Blackwell
-    Compatibility Guide §1.2 [V]). "compute_90a" PTX only on 9.0 itself [V, as above].
+    Plain PTX is forward-compatible: compute_AB runs on any GPU of capability >= A.B
+    (Blackwell Compatibility Guide §1.2 [V]). "compute_90a" PTX "cannot be run on later
+    generation devices" (PTX ISA guide [V], as above); "compute_100f" stays in its family [S].
     """
     major, minor, suffix = arch_capability(arch)
     if suffix == "a":
         return (major, minor) == capability
+    if suffix == "f":
+        return major == capability[0] and minor <= capability[1]
     return (major, minor) <= capability
 
 

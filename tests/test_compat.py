@@ -235,6 +235,11 @@ def test_arch_specific_code_runs_on_exactly_its_own_gpu():
     ptx_only = dataclasses.replace(image, archs=(), ptx=("compute_90a",))
     assert unsupported_reason(ptx_only, workload, config, [GPUS["H100"]]) is None
     assert unsupported_reason(ptx_only, workload, config, [GPUS["B200"]]) is not None
+    # Family code (CUDA 12.9+) runs within its major only: B200 yes, an RTX 5090 (12.0) no.
+    family = dataclasses.replace(image, archs=(), ptx=("compute_100f",))
+    rtx_5090 = Gpu("0", "NVIDIA GeForce RTX 5090", (12, 0), NEW_DRIVER)
+    assert unsupported_reason(family, workload, config, [GPUS["B200"]]) is None
+    assert unsupported_reason(family, workload, config, [rtx_5090]) is not None
 
 
 # ---------------------------------------------------------------------------- driver
@@ -383,6 +388,7 @@ def test_run_trial_records_unsupported_before_any_container_starts(
 
     assert outcome.status == "unsupported"
     assert outcome.decided_before_start
+    assert outcome.attempts == 0 and outcome.exit_code is None and outcome.env is None
     for text in words:
         assert text in outcome.message, outcome.message
     log = (tmp_path / "logs" / f"{spec.key}.log").read_text()
