@@ -234,6 +234,12 @@ class ContainerHandle(WorkerHandle):
             "versweep.container_id": self.container_id[:12],
             "versweep.backend": "docker",
         }
+        gpus = backend.node_gpus()
+        given = [gpus[str(i)] for i in gpu_ids if str(i) in gpus]
+        if compat.ptx_jit_gpus(image, spec.config_dict, given):
+            # No native code for this GPU: the driver JIT-compiles PTX on first use, so the
+            # first batches include compilation (the warm-up batches absorb most of it).
+            self.tags["versweep.kernels"] = "ptx-jit"
         # The stream is attached before the start, so not one line is lost.
         stream_client = docker_client(timeout=None)
         stream = stream_client.api.attach(self.container_id, stdout=True, stderr=True,
