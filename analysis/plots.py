@@ -1,0 +1,171 @@
+"""The report's figures, drawn with matplotlib's Agg backend and returned as PNG bytes.
+
+Each function takes plain numbers (no MLflow, no statistics) so it can be called
+with anything: the sweep's own trials or the GTX 1080 reference rows. The PNG
+bytes go into report.html as data URIs and next to report.md as files.
+
+    grouped_bars        milliseconds per batch, one group per implementation,
+                        one bar per version, error bars = 95% CI (the seed's figures)
+    lines_across_versions  the same figures as lines over the versions, one line per
+                        implementation, error bars = 95% CI
+    learning_curves     a metric per epoch, one line per run, coloured by image
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib
+
+# Agg draws into memory: no display, no window system, the same pixels on every machine.
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+# Dots per inch of the saved PNGs: sharp on a laptop screen, ~40-80 kB per figure.
+DPI = 100
+
+# One colour per version, kept in the same order across every figure of a report,
+# so "torch-1.13.1" is the same colour in the bars, the lines and the curves.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+           "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar: a median with its 95% interval (None where nothing was measured)."""
+
+    estimate: float | None
+    low: float | None = None
+    high: float | None = None
+
+
+def colour(index: int) -> str:
+    """The colour of the index-th version; cycles after ten."""
+    return PALETTE[index % len(PALETTE)]
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _number(value: float | None) -> float | None:
+    """The value as a float when it is a finite number, else None (nothing to draw)."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def grouped_bars(title: str, groups: Sequence[str], series: Mapping[str, Sequence[Bar]], *,
+                 ylabel: str = "milliseconds per batch (median, 95% CI)",
+                 note: str = "") -> bytes:
+    """Bars grouped by ``groups`` (e.g. implementations), one bar per series (e.g. version).
+
+    ``series`` maps a legend label to one Bar per group, in the order of
+    ``groups``. A Bar without an estimate leaves a gap with "n/a" written in
+    it, so a version that did not run is visibly absent, not silently missing.
+    """
+    labels = list(series)
+    count = max(len(labels), 1)
+    width = 0.8 / count
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.2 + 0.35 * count * len(groups)), 4.2))
+    tops = [_number(bar.high) or _number(bar.estimate) or 0.0
+            for bars in series.values() for bar in bars]
+    tallest = max(tops, default=1.0) or 1.0
+    labelled: set[str] = set()
+    for index, label in enumerate(labels):
+        bars = series[label]
+        for position, bar in enumerate(bars):
+            x = position - 0.4 + width * (index + 0.5)
+            estimate, low, high = _number(bar.estimate), _number(bar.low), _number(bar.high)
+            if estimate is None:
+                axes.text(x, tallest * 0.02, "n/a", rotation=90, ha="center", va="bottom",
+                          fontsize=7, color="#666666")
+                continue
+            error = None
+            if low is not None and high is not None:
+                error = [[max(estimate - low, 0.0)], [max(high - estimate, 0.0)]]
+            # One legend entry per series, from its first drawn bar.
+            axes.bar(x, estimate, width * 0.95, color=colour(index),
+                     label=None if label in labelled else label,
+                     yerr=error, capsize=2, error_kw={"elinewidth": 0.8})
+            labelled.add(label)
+    axes.set_xticks(range(len(groups)))
+    axes.set_xticklabels(groups)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.set_ylim(bottom=0)
+    axes.grid(axis="y", alpha=0.3)
+    if labels:
+        axes.legend(fontsize=8, title="version", title_fontsize=8, loc="upper left",
+                    bbox_to_anchor=(1.0, 1.0))
+    if note:
+        figure.text(0.01, -0.02, note, fontsize=7, color="#555555", ha="left", va="top")
+    return _png(figure)
+
+
+def lines_across_versions(title: str, versions: Sequence[str],
+                          lines: Mapping[str, Sequence[Bar]], *,
+                          ylabel: str = "milliseconds per batch (median, 95% CI)",
+                          note: str = "") -> bytes:
+    """One line per key of ``lines`` (e.g. implementation) over ``versions`` (x axis, in order).
+
+    Error bars are the 95% interval; a version without a figure breaks the line.
+    """
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.5 + 0.8 * len(versions)), 4.2))
+    xs = list(range(len(versions)))
+    for index, (label, points) in enumerate(lines.items()):
+        ys, below, above = [], [], []
+        for point in points:
+            y, low, high = _number(point.estimate), _number(point.low), _number(point.high)
+            ys.append(math.nan if y is None else y)  # nan: a gap in the line
+            below.append(max(y - low, 0.0) if y is not None and low is not None else 0.0)
+            above.append(max(high - y, 0.0) if y is not None and high is not None else 0.0)
+        axes.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3,
+                      color=colour(index), label=label)
+    axes.set_xticks(xs)
+    axes.set_xticklabels(versions, rotation=30, ha="right")
+    axes.set_xlabel("image (oldest PyTorch first)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    if lines:
+        axes.legend(fontsize=8, title="implementation", title_fontsize=8)
+    if note:
+        figure.text(0.01, -0.02, note, fontsize=7, color="#555555", ha="left", va="top")
+    return _png(figure)
+
+
+def learning_curves(title: str, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], *,
+                    ylabel: str, xlabel: str = "epoch", log_y: bool = False) -> bytes:
+    """A metric per step: one colour per key of ``curves`` (e.g. image), one line per run (seed).
+
+    Several seeds of one image share its colour, so the spread between seeds
+    reads directly as the noise a version change has to beat.
+    """
+    figure, axes = plt.subplots(figsize=(7.0, 4.2))
+    for index, (label, runs) in enumerate(curves.items()):
+        for number, points in enumerate(runs):
+            finite = [(step, value) for step, value in points if math.isfinite(value)]
+            if not finite:
+                continue
+            steps, values = zip(*finite, strict=True)
+            axes.plot(steps, values, marker="." if len(steps) < 30 else None,
+                      color=colour(index), alpha=0.85,
+                      label=f"{label} ({len(runs)} run{'s' if len(runs) != 1 else ''})"
+                      if number == 0 else None)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    if log_y:
+        axes.set_yscale("log")
+    axes.grid(alpha=0.3)
+    if curves:
+        axes.legend(fontsize=8, title="image", title_fontsize=8)
+    return _png(figure)
