@@ -1,0 +1,454 @@
+"""A sweep's records read back from MLflow, in the layout sweeps/records.py writes (DESIGN.md).
+
+    load_sweep_data(uri, "versions")          the newest sweep of experiment "versions"
+    load_sweep_data(uri, "versions", "3f2a")  the sweep whose parent run id starts with 3f2a
+
+gives a SweepData: the parent run's tags and one Trial per *decided* child run
+(MLflow status FINISHED). Runs that ended KILLED (interrupted, or left by a
+driver that died and started again on --resume) and runs tagged
+versweep.superseded are not decisions and are left out; so is anything still
+RUNNING. Every status a decided trial can have is kept: ok, unsupported,
+failed, diverged, stopped. A report must show what did not run, not drop it.
+
+The store is opened through sweeps.records.open_client, the one place that
+opens MLflow stores (safely for SQLite, with one-line errors). Per-batch
+samples of runs whose artifacts live on this machine (``file:`` URIs, the
+default next to a SQLite store) are read straight from disk, thousands per
+second; other artifact stores are downloaded through MLflow in threads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import difflib
+import functools
+import json
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from sweeps.errors import UserError
+from sweeps.records import open_client, sqlite_path
+
+ROOT = Path(__file__).resolve().parent.parent
+MATRIX_PATH = ROOT / "images" / "matrix.toml"
+
+SAMPLES_ARTIFACT = "samples.json"
+
+# search_runs page size: MLflow's largest for SQL stores.
+PAGE_SIZE = 1000
+
+# Threads that download samples from a remote artifact store at once.
+DOWNLOAD_THREADS = 8
+
+# Where a search sweep's Optuna study lives for a SQLite store (sweeps/run.py _study_storage).
+OPTUNA_DB_NAME = "optuna.db"
+
+_TORCH_IN_NAME = re.compile(r"torch-(\d+(?:\.\d+)*)")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One decided trial: a child run of the sweep, as a report needs it.
+
+    ``params`` are the resolved worker config (flattened, as text); ``metrics``
+    the latest value of each metric (the result figures); ``message`` says why a
+    trial did not end ``ok``: the unsupported reason, the worker's error, or the
+    driver's message, whichever is there first.
+    """
+
+    run_id: str
+    name: str
+    status: str  # ok, unsupported, failed, diverged, stopped
+    workload: str
+    image: str
+    repeat: int
+    trial_key: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    message: str
+    artifact_uri: str = ""
+    tracking_uri: str = field(default="", repr=False)
+    start_time_ms: int = 0
+
+    def samples(self) -> list[float] | None:
+        """The per-batch seconds after warm-up (samples.json), or None when the run has none."""
+        return _read_samples(self.tracking_uri, self.run_id, self.artifact_uri)
+
+
+@dataclass
+class SweepData:
+    """A sweep's parent run and its decided trials."""
+
+    tracking_uri: str
+    experiment_id: str
+    experiment_name: str
+    parent_run_id: str
+    parent_run_name: str
+    parent_tags: dict[str, str]
+    started: datetime.datetime  # the parent run's start, UTC
+    trials: list[Trial]
+    images: list[str]  # every image of the trials: image-matrix order, then by torch version
+    search: bool  # an Optuna search sweep (grid [search]) rather than a grid of trials
+    sweep_name: str = ""  # versweep.sweep: the grid's name
+    grid_text: str = ""  # the grid file as the parent run keeps it ("" if missing)
+    search_metric: str | None = None  # e.g. "valid_perplexity" (search sweeps)
+    search_mode: str | None = None  # "min" or "max"
+    search_space: tuple[str, ...] = ()  # the config keys the search varied
+    parent_status: str = ""  # MLflow status of the parent run: FINISHED, RUNNING, KILLED
+
+    def study(self, storage: str | None = None) -> Any:
+        """The search's Optuna study, or None (not a search, or its database is not found).
+
+        ``storage`` is an Optuna RDB URL; by default the optuna.db next to a
+        SQLite MLflow store, where sweeps/run.py keeps it. For other stores the
+        study lives in the sweep's working directory: pass its URL.
+        """
+        if not self.search:
+            return None
+        if storage is None:
+            db = sqlite_path(self.tracking_uri)
+            if db is None or not (db.parent / OPTUNA_DB_NAME).exists():
+                return None
+            storage = "sqlite:///" + str(db.parent / OPTUNA_DB_NAME)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            return optuna.load_study(study_name=study_name(self.experiment_name,
+                                                           self.sweep_name,
+                                                           self.parent_run_id),
+                                     storage=storage)
+        except KeyError:  # no study of this name in that storage
+            return None
+
+    def trials_of(self, workload: str) -> list[Trial]:
+        """The trials of one workload, in record order."""
+        return [t for t in self.trials if t.workload == workload]
+
+
+def study_name(experiment: str, sweep_name: str, parent_run_id: str) -> str:
+    """The Optuna study name of one sweep run; the same as sweeps.tune.study_name.
+
+    Repeated here because sweeps.tune imports Ray, which a report does not need
+    (tests/test_analysis_load.py checks that the two agree).
+    """
+    return f"versweep/{experiment}/{sweep_name}/{parent_run_id}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_sweep_data(tracking_uri: str, experiment: str, sweep: str | None = None) -> SweepData:
+    """The decided trials of one sweep of ``experiment``: ``sweep`` (a parent run id or a
+    unique prefix of one), or the newest sweep when None.
+
+    Raises UserError (one line, saying what to do) for a store that does not
+    exist, an unknown experiment (the nearest name suggested), an experiment
+    with no sweep runs, an unknown sweep, and a sweep with no decided trial.
+    """
+    client = _open_store(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments())
+        near = difflib.get_close_matches(experiment, names, n=1, cutoff=0.5)
+        hint = (f"did you mean '{near[0]}'?" if near else
+                f"experiments there: {', '.join(names[:10])}" if names else
+                "the store holds no experiment yet; run a sweep first")
+        state = "is deleted" if found is not None else "does not exist"
+        raise UserError(f"MLflow experiment '{experiment}' {state} in {_shown(tracking_uri)}; "
+                        f"{hint}")
+    experiment_id = found.experiment_id
+    parents = _search(client, experiment_id, "tags.`versweep.kind` = 'sweep'")
+    if not parents:
+        raise UserError(f"MLflow experiment '{experiment}' has no sweep runs (no run tagged "
+                        "versweep.kind=sweep); was it written by versweep? "
+                        "run one with: python sweeps/run.py --grid <grid>")
+    parents.sort(key=lambda run: (run.info.start_time or 0, run.info.run_id), reverse=True)
+    parent = _pick_parent(parents, sweep, experiment)
+    parent_id = parent.info.run_id
+    children = _search(client, experiment_id,
+                       f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                       "attributes.status = 'FINISHED'")
+    children = [run for run in children
+                if run.data.tags.get("versweep.superseded", "").lower() != "true"]
+    if not children:
+        others = [p for p in parents if p.info.run_id != parent_id]
+        hint = (f"; an earlier sweep: --sweep {others[0].info.run_id} "
+                f"({_started(others[0]):%Y-%m-%d %H:%M}Z)" if others else "")
+        raise UserError(
+            f"sweep {parent_id} ('{parent.info.run_name}') of experiment '{experiment}' has "
+            f"no finished trial runs (it is {parent.info.status.lower()}: still running, or "
+            f"interrupted before any trial was decided){hint}")
+    children.sort(key=lambda run: (run.info.start_time or 0, run.info.run_id))
+    trials = [_trial(run, tracking_uri) for run in children]
+    grid_text = _grid_text(client, parent)
+    grid = _parse_grid(grid_text)
+    search_table = grid.get("search") if isinstance(grid.get("search"), dict) else None
+    space = search_table.get("space") if search_table else None
+    return SweepData(
+        tracking_uri=tracking_uri,
+        experiment_id=experiment_id,
+        experiment_name=experiment,
+        parent_run_id=parent_id,
+        parent_run_name=parent.info.run_name or "",
+        parent_tags=dict(parent.data.tags),
+        started=_started(parent),
+        trials=trials,
+        images=order_images({t.image for t in trials},
+                            {t.image: t.tags.get("versweep.torch", "") for t in trials}),
+        search=search_table is not None,
+        sweep_name=parent.data.tags.get("versweep.sweep", experiment),
+        grid_text=grid_text,
+        search_metric=str(search_table.get("metric")) if search_table and
+        search_table.get("metric") else None,
+        search_mode=str(search_table.get("mode", "min")) if search_table else None,
+        search_space=tuple(space) if isinstance(space, dict) else (),
+        parent_status=parent.info.status,
+    )
+
+
+def _open_store(tracking_uri: str) -> Any:
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        # open_client would create an empty database there; a report reads, never creates.
+        raise UserError(f"no MLflow store at {db}: run a sweep there first "
+                        "(python sweeps/run.py --grid smoke) or point --tracking-uri / "
+                        "MLFLOW_TRACKING_URI at the store that holds it")
+    return _client(tracking_uri)
+
+
+@functools.lru_cache(maxsize=8)
+def _client(tracking_uri: str) -> Any:
+    """One opened client per store and process (opening checks the store: not free)."""
+    return open_client(tracking_uri)
+
+
+def _shown(tracking_uri: str) -> str:
+    db = sqlite_path(tracking_uri)
+    return str(db) if db is not None else re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@",
+                                                  tracking_uri)
+
+
+def _started(run: Any) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp((run.info.start_time or 0) / 1000.0,
+                                           tz=datetime.UTC)
+
+
+def _pick_parent(parents: list, sweep: str | None, experiment: str) -> Any:
+    """The parent run named by ``sweep`` (an id or unique prefix), or the newest (parents[0])."""
+    if sweep is None:
+        return parents[0]
+    wanted = sweep.strip().lower()
+    exact = [p for p in parents if p.info.run_id == wanted]
+    if exact:
+        return exact[0]
+    prefixed = [p for p in parents if p.info.run_id.startswith(wanted)] if wanted else []
+    if len(prefixed) == 1:
+        return prefixed[0]
+    listed = ", ".join(f"{p.info.run_id} ({_started(p):%Y-%m-%d %H:%M}Z)" for p in parents[:5])
+    if len(prefixed) > 1:
+        raise UserError(f"--sweep '{sweep}' matches {len(prefixed)} sweeps of experiment "
+                        f"'{experiment}'; give more of the run id: {listed}")
+    more = f" and {len(parents) - 5} more" if len(parents) > 5 else ""
+    raise UserError(f"experiment '{experiment}' has no sweep '{sweep}'; its sweeps, newest "
+                    f"first: {listed}{more}")
+
+
+def _search(client: Any, experiment_id: str, query: str) -> list:
+    """Every run matching ``query``, page by page (search_runs returns at most a page)."""
+    runs: list = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=query,
+                                  max_results=PAGE_SIZE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _trial(run: Any, tracking_uri: str) -> Trial:
+    tags = dict(run.data.tags)
+    repeat = tags.get("versweep.repeat", "0")
+    message = next((tags[key] for key in ("versweep.reason", "versweep.error",
+                                          "versweep.message") if tags.get(key)), "")
+    return Trial(
+        run_id=run.info.run_id,
+        name=run.info.run_name or "",
+        status=tags.get("versweep.status", "ok"),
+        workload=tags.get("versweep.workload", ""),
+        image=tags.get("versweep.image", ""),
+        repeat=int(repeat) if repeat.isdigit() else 0,
+        trial_key=tags.get("versweep.trial_key", ""),
+        params=dict(run.data.params),
+        tags=tags,
+        metrics=dict(run.data.metrics),
+        message=message,
+        artifact_uri=run.info.artifact_uri or "",
+        tracking_uri=tracking_uri,
+        start_time_ms=run.info.start_time or 0,
+    )
+
+
+def _grid_text(client: Any, parent: Any) -> str:
+    """The grid file the parent run keeps as an artifact ("" when it is not there)."""
+    grid_path = parent.data.tags.get("versweep.grid_path", "")
+    name = Path(grid_path).name if grid_path else ""
+    local = _local_artifact_dir(parent.info.artifact_uri or "")
+    if local is not None:
+        candidates = [local / name] if name else []
+        candidates += sorted(local.glob("*.toml"))
+        for path in candidates:
+            if path.is_file():
+                return path.read_text(errors="replace")
+        return ""
+    try:
+        names = [name] if name else [f.path for f in client.list_artifacts(parent.info.run_id)
+                                     if f.path.endswith(".toml")][:1]
+        if not names:
+            return ""
+        with tempfile.TemporaryDirectory() as scratch:
+            path = client.download_artifacts(parent.info.run_id, names[0], scratch)
+            return Path(path).read_text(errors="replace")
+    except Exception:  # noqa: BLE001  (a missing grid file only costs the search details)
+        return ""
+
+
+def _parse_grid(text: str) -> dict:
+    try:
+        return tomllib.loads(text) if text else {}
+    except tomllib.TOMLDecodeError:
+        return {}
+
+
+# --------------------------------------------------------------------------- image order
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    numbers = re.match(r"\d+(?:\.\d+)*", version or "")
+    return tuple(int(p) for p in numbers.group(0).split(".")) if numbers else ()
+
+
+def _matrix_order() -> dict[str, tuple[int, tuple[int, ...]]]:
+    """Image name -> (position in images/matrix.toml, torch version); {} if unreadable."""
+    try:
+        from sweeps.matrix import load_matrix
+
+        matrix = load_matrix(MATRIX_PATH)
+    except Exception:  # noqa: BLE001  (no matrix: order by torch version alone)
+        return {}
+    return {name: (i, _version_key(image.torch)) for i, name in enumerate(matrix)
+            for image in [matrix[name]]}
+
+
+def order_images(images: set[str] | Sequence[str], torch_of: dict[str, str]) -> list[str]:
+    """Images oldest torch first: by torch version (the matrix's, else the run's torch tag,
+    else the version in the name), then by position in images/matrix.toml, then by name."""
+    matrix = _matrix_order()
+
+    def key(name: str) -> tuple:
+        position, version = matrix.get(name, (len(matrix), ()))
+        if not version:
+            version = _version_key(torch_of.get(name, ""))
+        if not version:
+            in_name = _TORCH_IN_NAME.search(name)
+            version = _version_key(in_name.group(1)) if in_name else ()
+        return (version == (), version, position, name)
+
+    return sorted(set(images), key=key)
+
+
+# --------------------------------------------------------------------------- samples, history
+
+
+def _local_artifact_dir(artifact_uri: str) -> Path | None:
+    """The directory of a ``file:`` artifact URI (or a bare path); None for remote stores."""
+    if not artifact_uri:
+        return None
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and artifact_uri.startswith("/"):
+        return Path(artifact_uri)
+    return None
+
+
+def _parse_samples(text: str) -> list[float] | None:
+    try:
+        values = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(values, list):
+        return None
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _read_samples(tracking_uri: str, run_id: str, artifact_uri: str) -> list[float] | None:
+    local = _local_artifact_dir(artifact_uri)
+    if local is not None:
+        try:
+            return _parse_samples((local / SAMPLES_ARTIFACT).read_text())
+        except FileNotFoundError:
+            return None
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = _client(tracking_uri).download_artifacts(run_id, SAMPLES_ARTIFACT, scratch)
+            return _parse_samples(Path(path).read_text())
+    except Exception:  # noqa: BLE001  (MLflow raises several types for "no such artifact")
+        return None
+
+
+def load_samples(trials: Sequence[Trial]) -> dict[str, list[float]]:
+    """run_id -> per-batch seconds for every trial that has a samples.json.
+
+    Local (``file:``) artifacts are read straight from disk; the rest are
+    downloaded through MLflow, DOWNLOAD_THREADS at a time. Trials without
+    samples are absent from the result.
+    """
+    found: dict[str, list[float]] = {}
+    remote = []
+    for trial in trials:
+        local = _local_artifact_dir(trial.artifact_uri)
+        if local is None:
+            remote.append(trial)
+            continue
+        try:
+            with open(os.path.join(local, SAMPLES_ARTIFACT)) as handle:
+                values = _parse_samples(handle.read())
+        except FileNotFoundError:
+            continue
+        if values is not None:
+            found[trial.run_id] = values
+    if remote:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+            for trial, values in zip(remote, pool.map(Trial.samples, remote), strict=True):
+                if values is not None:
+                    found[trial.run_id] = values
+    return found
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric of one run, by step; one value per step (the last logged).
+
+    records.py writes a result figure that is also a step metric at the last
+    step again (words_per_second), so a step can appear twice in MLflow.
+    """
+    history = _client(tracking_uri).get_metric_history(run_id, key)
+    by_step: dict[int, float] = {}
+    # Oldest first, so the value logged last for a step is the one kept.
+    for _, metric in sorted(enumerate(history), key=lambda p: (p[1].timestamp or 0, p[0])):
+        by_step[int(metric.step)] = float(metric.value)
+    return sorted(by_step.items())
+
+
+__all__ = ["SweepData", "Trial", "load_samples", "load_sweep_data", "metric_history",
+           "order_images", "study_name"]

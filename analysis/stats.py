@@ -1,0 +1,277 @@
+"""Statistics of a version comparison: medians with bootstrap intervals, noise-aware ratios, parity.
+
+Everything here is deterministic: every bootstrap draws from a generator with a
+fixed seed, so the same records always give the same report.
+
+The unit of evidence is the *repeat* (one trial run), not the batch. Batches of
+one run share its process, clocks, allocator state and GPU temperature, so they
+are not independent; repeats are. That drives the two choices below.
+
+* The statistic of an image is the **median of its repeats' medians**: each run
+  gets one vote, its median ms per batch. With one repeat it is that run's
+  median, the figure rnn_benchmarks prints.
+* Its interval comes from a **hierarchical bootstrap**: resample the repeats with
+  replacement, then the batches within each chosen repeat, take each chosen
+  repeat's median and the median of those. Within a repeat the median of a
+  resample is drawn exactly, without building the resample: the k-th smallest
+  of n draws (with replacement) from the sorted values ``x`` is
+  ``x[floor(n * U)]`` with ``U ~ Beta(k, n + 1 - k)``, the k-th order statistic
+  of n uniforms. That makes the cost grow with repeats x bootstrap draws, not
+  with batches: a report over 5,000 runs of 400 batches each stays in seconds.
+  (The median of the *pooled* resample, the other natural choice, costs
+  n_boot x all batches per image: minutes at that size, for a figure that
+  differs little and weighs a long run more than a short one.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+# Bootstrap draws per interval: 2,000 puts the 2.5% and 97.5% percentiles 50 draws
+# from the ends, enough for two stable digits of an interval.
+N_BOOT = 2000
+
+# A ratio is called faster or slower only beyond this practical threshold (and when
+# significant): 5% is a change a person acts on, and the run-to-run spread of GPU
+# timings on a quiet machine is a few per cent. asv compare's default factor is 10%.
+SPEED_THRESHOLD = 0.05
+
+# Significance level of the speed and parity tests.
+ALPHA = 0.05
+
+# Two language models whose mean test perplexities differ by less than this
+# fraction are the same model for a person, whatever a test says (many seeds make
+# tiny differences significant).
+PARITY_MIN_RELATIVE_DIFFERENCE = 0.01
+
+# Marks of a speed comparison, in the manner of `asv compare`.
+FASTER, SLOWER, SAME_WITHIN_NOISE, NOT_AVAILABLE = "faster", "slower", "~", "n/a"
+
+# Verdicts of a parity check.
+SAME, DIFFERS, TOO_FEW_REPEATS, BASELINE = "same", "differs", "too few repeats", "baseline"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided confidence interval, and what it rests on."""
+
+    estimate: float
+    low: float
+    high: float
+    n_repeats: int  # repeats (runs) with at least one value
+    n_samples: int  # values over all repeats (per-batch times)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Candidate against baseline: ratio (candidate / baseline) with its interval and mark.
+
+    ``mark`` is "faster", "slower", "~" (not significant, or below the practical
+    threshold) or "n/a" (a side has no data; then the numbers are NaN).
+    """
+
+    ratio: float
+    low: float
+    high: float
+    p_value: float
+    mark: str
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """One image's test perplexity over seeds, against the baseline image's."""
+
+    mean: float
+    std: float  # sample standard deviation over seeds (0.0 with one seed)
+    n: int
+    diff: float  # mean - baseline mean
+    p_value: float | None  # Welch's t-test; None when either side has fewer than 2 seeds
+    verdict: str  # "same", "differs", "too few repeats" or "baseline"
+
+
+# --------------------------------------------------------------------------- medians
+
+
+def _clean_repeats(repeats: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """Each repeat's finite values, sorted; repeats left empty are dropped."""
+    cleaned = []
+    for values in repeats:
+        array = np.asarray(list(values), dtype=float)
+        array = np.sort(array[np.isfinite(array)])
+        if array.size:
+            cleaned.append(array)
+    return cleaned
+
+
+def _median_of_medians(repeats: list[np.ndarray]) -> float:
+    return float(np.median([np.median(values) for values in repeats]))
+
+
+def _resampled_medians(values: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``draws`` medians of resamples (with replacement) of sorted ``values``, drawn exactly.
+
+    With n values and k = (n + 1) // 2, the k-th smallest of n draws is
+    values[floor(n * U_(k))] with U_(k) ~ Beta(k, n + 1 - k). For even n the
+    median also needs the (k+1)-th: given U_(k) = u, U_(k+1) = u + (1 - u) * B
+    with B ~ Beta(1, n - k), the smallest of the n - k uniforms above u.
+    """
+    n = values.size
+    if n == 1:
+        return np.full(draws, values[0])
+    k = (n + 1) // 2
+    u_k = rng.beta(k, n + 1 - k, size=draws)
+    lower = values[np.minimum((u_k * n).astype(np.int64), n - 1)]
+    if n % 2:
+        return lower
+    u_next = u_k + (1.0 - u_k) * rng.beta(1, n - k, size=draws)
+    upper = values[np.minimum((u_next * n).astype(np.int64), n - 1)]
+    return (lower + upper) / 2.0
+
+
+def _bootstrap_statistic(repeats: list[np.ndarray], n_boot: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """``n_boot`` hierarchical-bootstrap replicates of the median of repeat medians."""
+    count = len(repeats)
+    if count == 1:
+        return _resampled_medians(repeats[0], n_boot, rng)
+    # Which repeats each replicate holds (with replacement), and for every repeat a
+    # resampled median per (replicate, slot), so a repeat chosen twice gets two
+    # independent resamples of its batches, as in the two-level bootstrap.
+    chosen = rng.integers(0, count, size=(n_boot, count))
+    medians = np.stack([_resampled_medians(values, n_boot * count, rng).reshape(n_boot, count)
+                        for values in repeats])
+    picked = np.take_along_axis(medians, chosen[np.newaxis], axis=0)[0]
+    return np.median(picked, axis=1)
+
+
+def median_ci(repeats: Sequence[Sequence[float]], confidence: float = 0.95,
+              n_boot: int = N_BOOT, seed: int = 0) -> Interval:
+    """The median of ``repeats`` (one sequence of per-batch values per run) with a bootstrap CI.
+
+    The estimate is the median of the repeats' medians; the interval is the
+    percentile interval of a hierarchical bootstrap (repeats, then values within
+    each repeat; see the module docstring). A single repeat gives a bootstrap
+    over its values only. A repeat with no per-batch values can be passed as
+    ``[its ms_per_batch_median]``: one value, so it adds between-run spread only.
+    Non-finite values are ignored. With no values at all, everything is NaN.
+    """
+    cleaned = _clean_repeats(repeats)
+    n_samples = sum(values.size for values in cleaned)
+    if not cleaned:
+        return Interval(math.nan, math.nan, math.nan, 0, 0)
+    estimate = _median_of_medians(cleaned)
+    replicates = _bootstrap_statistic(cleaned, n_boot, np.random.default_rng(seed))
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(replicates, [tail, 100.0 - tail])
+    return Interval(estimate, float(low), float(high), len(cleaned), n_samples)
+
+
+# --------------------------------------------------------------------------- speed comparison
+
+
+def compare(baseline: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]], *,
+            threshold: float = SPEED_THRESHOLD, alpha: float = ALPHA, n_boot: int = N_BOOT,
+            seed: int = 0) -> Comparison:
+    """Is ``candidate`` faster or slower than ``baseline``? Both are repeats of per-batch times.
+
+    ratio = candidate median / baseline median (the statistic of median_ci).
+    Its interval and p-value come from independent hierarchical bootstraps of
+    the two sides: the (1 - alpha) percentile interval of the replicate ratios,
+    and the two-sided bootstrap p-value 2 * min(P(ratio <= 1), P(ratio >= 1)),
+    no smaller than 1 / n_boot. The p-value is below alpha exactly when the
+    interval excludes 1, so the interval shown and the mark never disagree.
+
+    The mark is "slower" when the difference is significant (p < alpha) AND the
+    ratio exceeds 1 + threshold, "faster" when significant AND the ratio is below
+    1 / (1 + threshold), else "~". So a 2% change is "~" however tight the
+    noise, and a large change is "~" when the repeats scatter too much to trust.
+    With fewer than two repeats on a side the bootstrap sees only that run's
+    batch-to-batch noise, the best there is; a report shows n_repeats next to it.
+    """
+    base = _clean_repeats(baseline)
+    cand = _clean_repeats(candidate)
+    if not base or not cand:
+        return Comparison(math.nan, math.nan, math.nan, math.nan, NOT_AVAILABLE)
+    base_estimate = _median_of_medians(base)
+    cand_estimate = _median_of_medians(cand)
+    if base_estimate <= 0:
+        return Comparison(math.nan, math.nan, math.nan, math.nan, NOT_AVAILABLE)
+    ratio = cand_estimate / base_estimate
+    rng = np.random.default_rng(seed)
+    base_reps = _bootstrap_statistic(base, n_boot, rng)
+    cand_reps = _bootstrap_statistic(cand, n_boot, rng)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = cand_reps / base_reps
+    ratios = ratios[np.isfinite(ratios)]
+    tail = alpha / 2.0 * 100.0
+    low, high = np.percentile(ratios, [tail, 100.0 - tail])
+    p_value = 2.0 * min(float(np.mean(ratios <= 1.0)), float(np.mean(ratios >= 1.0)))
+    p_value = min(1.0, max(p_value, 1.0 / n_boot))
+    significant = p_value < alpha
+    if significant and ratio > 1.0 + threshold:
+        mark = SLOWER
+    elif significant and ratio < 1.0 / (1.0 + threshold):
+        mark = FASTER
+    else:
+        mark = SAME_WITHIN_NOISE
+    return Comparison(float(ratio), float(low), float(high), float(p_value), mark)
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def parity(values_by_image: Mapping[str, Sequence[float]], baseline: str, *,
+           alpha: float = ALPHA,
+           min_relative_difference: float = PARITY_MIN_RELATIVE_DIFFERENCE,
+           ) -> dict[str, ParityResult]:
+    """Does each image reach the baseline image's test perplexity on the same config?
+
+    ``values_by_image`` holds one value per seed (repeat). An image "differs"
+    when Welch's t-test says its mean differs from the baseline's beyond the
+    seed-to-seed noise (p < alpha) AND the difference exceeds
+    ``min_relative_difference`` of the baseline's mean; else it is "same". With
+    fewer than two seeds on either side there is no noise to compare against:
+    "too few repeats", never a guess. Identical values on both sides (a
+    deterministic run) are "same" when equal and judged by the relative floor
+    alone otherwise. The baseline's own entry has the verdict "baseline".
+    """
+    if baseline not in values_by_image:
+        raise KeyError(f"baseline image {baseline!r} has no values")
+    clean = {image: np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+             for image, values in values_by_image.items()}
+    base = clean[baseline]
+    base_mean = float(np.mean(base)) if base.size else math.nan
+    results: dict[str, ParityResult] = {}
+    for image, values in clean.items():
+        n = int(values.size)
+        mean = float(np.mean(values)) if n else math.nan
+        std = float(np.std(values, ddof=1)) if n >= 2 else 0.0
+        diff = mean - base_mean
+        if image == baseline:
+            results[image] = ParityResult(mean, std, n, 0.0, None, BASELINE)
+            continue
+        if n < 2 or base.size < 2:
+            results[image] = ParityResult(mean, std, n, diff, None, TOO_FEW_REPEATS)
+            continue
+        large = abs(diff) > min_relative_difference * abs(base_mean)
+        if np.ptp(values) == 0 and np.ptp(base) == 0:
+            # No spread on either side: the t statistic is undefined; any
+            # difference is systematic, so only the practical floor decides.
+            p_value = 1.0 if diff == 0 else 0.0
+        else:
+            p_value = float(scipy_stats.ttest_ind(values, base, equal_var=False).pvalue)
+        verdict = DIFFERS if (p_value < alpha and large) else SAME
+        results[image] = ParityResult(mean, std, n, diff, p_value, verdict)
+    return results
+
+
+__all__ = [
+    "ALPHA", "BASELINE", "DIFFERS", "FASTER", "NOT_AVAILABLE", "SAME", "SAME_WITHIN_NOISE",
+    "SLOWER", "SPEED_THRESHOLD", "TOO_FEW_REPEATS", "Comparison", "Interval", "ParityResult",
+    "compare", "median_ci", "parity",
+]
