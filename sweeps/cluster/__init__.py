@@ -1,0 +1,1 @@
+"""Running sweeps on a Ray cluster: node resources, cluster configurations, schedules."""
