@@ -7,7 +7,7 @@ import pytest
 
 from sweeps.errors import GridError
 from sweeps.grid import MATRIX_PATH
-from sweeps.matrix import load_matrix, release_line
+from sweeps.matrix import cudnn_release, env_differences, load_matrix, release_line
 
 # Every PyTorch release line the project promises to cover (DESIGN.md, images section).
 RELEASE_LINES = ["0.4"] + [f"1.{minor}" for minor in range(14)] + \
@@ -114,6 +114,79 @@ def test_the_gpu_generations_the_reference_names_are_covered(matrix):
     assert any(image.cuda is None for image in matrix.values())
 
 
+def test_ptx_is_for_architectures_the_cuda_toolkit_knows(matrix):
+    first_cuda = {"compute_80": "11.0", "compute_86": "11.1", "compute_90": "11.8",
+                  "compute_100": "12.8", "compute_120": "12.8"}
+    for image in matrix.values():
+        for arch in image.ptx:
+            if arch in first_cuda:
+                assert _version(image.cuda) >= _version(first_cuda[arch]), (image.name, arch)
+
+
+def test_two_images_of_one_release_differ_in_which_gpus_run_them(matrix):
+    # The issue asks for more than one image of a release only where the CUDA variant
+    # changes what runs on which GPU; a second image with the same reach is a duplicate.
+    by_release = {}
+    for image in matrix.values():
+        by_release.setdefault(image.torch, []).append(image)
+    for images in by_release.values():
+        reaches = [(image.cuda is None, image.archs, image.ptx) for image in images]
+        assert len(set(reaches)) == len(reaches), [image.name for image in images]
+    assert any(len(images) > 1 for images in by_release.values())
+
+
+def test_a_base_without_torch_is_the_python_image_of_the_entry(matrix):
+    # Not a pytorch/pytorch tag: images/Dockerfile pip-installs torch==<torch> on it, so it
+    # must be the official Python image of the entry's Python.
+    for image in matrix.values():
+        if image.base.startswith("pytorch/pytorch:"):
+            continue
+        assert image.base.startswith(f"python:{image.python}"), image
+        if image.cuda is None:
+            # PyPI's plain torch is the CUDA build; a CPU image must name the CPU index.
+            assert image.torch_index_url == "https://download.pytorch.org/whl/cpu", image
+
+
+def test_cudnn_integers_read_as_torch_reports_them():
+    # torch.backends.cudnn.version(): MAJOR*1000+MINOR*100+PATCH up to cuDNN 8,
+    # MAJOR*10000+MINOR*100+PATCH from cuDNN 9.
+    assert cudnn_release(7102) == "7.1.2"
+    assert cudnn_release(7605) == "7.6.5"
+    assert cudnn_release(8500) == "8.5.0"
+    assert cudnn_release(8907) == "8.9.7"
+    assert cudnn_release(90100) == "9.1.0"
+    assert cudnn_release(91900) == "9.19.0"
+
+
+def test_an_env_event_that_matches_its_entry_has_no_differences(matrix):
+    cpu = {"torch": "2.13.0+cpu", "python": "3.11.2", "cuda": None, "cudnn": None,
+           "arch_list": None}
+    assert env_differences(matrix["torch-2.13.0-cpu"], cpu) == []
+    old = {"torch": "0.4.0", "python": "3.6.5", "cuda": "9.0.176", "cudnn": 7102,
+           "arch_list": None}
+    assert env_differences(matrix["torch-0.4.0-cu90"], old) == []
+    on_gpu = {"torch": "2.13.0+cu130", "python": "3.11.9", "cuda": "13.0", "cudnn": 92000,
+              "arch_list": ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120",
+                            "compute_120"]}
+    assert env_differences(matrix["torch-2.13.0-cu130"], on_gpu) == []
+
+
+def test_every_field_that_differs_is_named(matrix):
+    image = matrix["torch-1.13.1-cu116"]
+    env = {"torch": "1.13.0+cu116", "python": "3.6.15", "cuda": "11.7", "cudnn": 8500,
+           "arch_list": ["sm_37", "sm_50"]}
+    found = env_differences(image, env)
+    assert found[0] == "torch is 1.13.0+cu116 in the image, the matrix says 1.13.1"
+    assert [phrase.split()[0] for phrase in found] == \
+        ["torch", "python", "cuda", "cudnn", "archs", "ptx"]
+    assert f"cudnn is 8.5.0 (8500) in the image, the matrix says {image.cudnn}" in found
+    cpu_build = {"torch": "1.13.1+cpu", "python": image.python + ".0", "cuda": None,
+                 "cudnn": None, "arch_list": None}
+    assert env_differences(image, cpu_build) == [
+        f"cuda is none (a CPU build) in the image, the matrix says {image.cuda}",
+        f"cudnn is none in the image, the matrix says {image.cudnn}"]
+
+
 def _write(tmp_path, text):
     path = tmp_path / "matrix.toml"
     path.write_text(text)
@@ -152,6 +225,11 @@ def test_a_small_matrix_loads_into_images(tmp_path):
     (GOOD.replace("archs = [", "archs = [1, "), ".archs", "list of strings"),
     (GOOD + "\n[[image]\n", "", "line"),
     ("schema = 2\n" + GOOD, "schema", "schema 1"),
+    (GOOD.replace('python = "3.10"', 'python = "3.5"'), ".python", "older than the workers"),
+    (GOOD + 'torch_index_url = "download.pytorch.org/whl/cpu"\n', ".torch_index_url",
+     "not a pip index URL"),
+    (GOOD + 'torch_index = "https://download.pytorch.org/whl/cpu"\n', ".torch_index",
+     "did you mean 'torch_index_url'"),
 ])
 def test_a_broken_matrix_names_file_and_key(tmp_path, text, where, says):
     with pytest.raises(GridError) as caught:
@@ -159,6 +237,12 @@ def test_a_broken_matrix_names_file_and_key(tmp_path, text, where, says):
     message = str(caught.value)
     assert "matrix.toml: " in message and where in message and says in message, message
     assert "\n" not in message
+
+
+def test_an_index_url_reaches_the_image(tmp_path):
+    text = GOOD + 'torch_index_url = "https://download.pytorch.org/whl/cu121"\n'
+    image = load_matrix(_write(tmp_path, text))["torch-2.1.0-cu121"]
+    assert image.torch_index_url == "https://download.pytorch.org/whl/cu121"
 
 
 def test_a_missing_matrix_is_one_clear_error(tmp_path):
