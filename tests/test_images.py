@@ -118,6 +118,17 @@ def test_hadolint_would_see_an_unpinned_install_or_a_root_user(tmp_path):
     assert "DL3013" in done.stdout and "DL3002" in done.stdout, done.stdout
 
 
+def test_build_py_is_host_side_and_never_imports_torch():
+    import ast
+
+    tree = ast.parse(BUILD.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert "torch" not in imported and "sweeps" in imported
+
+
 # ---------------------------------------------------------------- list
 
 
