@@ -428,11 +428,13 @@ def verify_images(images: Sequence[Image], *, gpu: str | None, out: TextIO) -> i
 
     backend = DockerBackend({image.name: image for image in images})
     _require_local(backend.client, images, "verify")
-    device = "cuda" if gpu is not None else "cpu"
-    gpu_ids = [gpu] if gpu is not None else []
     bad = 0
     with tempfile.TemporaryDirectory(prefix="versweep-verify-") as logs:
         for image in images:
+            # A CPU-only image is verified on the CPU even with --gpu: it has no CUDA to use.
+            on_gpu = gpu is not None and image.cuda is not None
+            device = "cuda" if on_gpu else "cpu"
+            gpu_ids = [str(gpu)] if on_gpu else []
             spec = TrialSpec(workload="env", image=image.name, config=(("device", device),),
                              repeat=0, group=0)
             outcome = run_trial(backend, spec, gpu_ids=gpu_ids, timeout_s=VERIFY_TIMEOUT_S,
