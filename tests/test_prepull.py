@@ -1,0 +1,283 @@
+"""Pre-pulling matrix images on every node of a real Ray cluster, as a user does before a sweep.
+
+The cluster is two real Ray nodes on this machine (``ray start --head``, then a second
+``ray start --address``), 1 CPU each; the registry is Debian's ``docker-registry`` on a
+loopback port; the image is the tests' own ``versweep:torch-2.13.0-cpu`` under a name of
+this test's own (so removing it cannot disturb another test).
+
+Both Ray nodes talk to this machine's one Docker engine, so these tests check the
+per-node fan-out (one pinned task ran on each node, each node reported each image) and
+the reporting, not two separate engines: a tag pulled through one node is seen by both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from dockerenv import require_engine
+from sweeping import own_processes_mentioning
+
+ROOT = Path(__file__).resolve().parent.parent
+MATRIX = ROOT / "images" / "matrix.toml"
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
+# The image resource each node advertises at `ray start` (the head holds the test image).
+HEAD_RESOURCES = {"versweep_image:torch-2.13.0-cpu": 1000}
+# Ray's smallest object store: these tests move no objects, and the machine is shared.
+OBJECT_STORE_BYTES = 80 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ray_env(tmp: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_TMPDIR"] = tmp  # every process of this cluster mentions it: cleanup finds them
+    # Ray >= 2.5x turns on token authentication for `ray start --head`; a loopback test
+    # cluster has no token to share, so all its processes run without it.
+    env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
+def ray_start(args: list[str], env: dict[str, str], log: Path) -> None:
+    with open(log, "w") as out:
+        done = subprocess.run([*RAY_CLI, "start", "--num-cpus", "1", "--disable-usage-stats",
+                               "--object-store-memory", str(OBJECT_STORE_BYTES), *args],
+                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"ray start {' '.join(args[:2])} failed:\n{log.read_text()[-3000:]}")
+
+
+def alive_nodes(address: str, env: dict[str, str]) -> list[dict]:
+    script = (f"import json, ray; ray.init(address={address!r}, logging_level='ERROR'); "
+              "print(json.dumps([{'id': n['NodeID'], 'resources': n['Resources']} "
+              "for n in ray.nodes() if n['Alive']]))")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real two-node Ray cluster on loopback: (GCS address, env for its drivers, node ids).
+
+    Every process started from its private temp dir is ended afterwards by pid.
+    """
+    tmp = tempfile.mkdtemp(prefix="vspp-", dir="/tmp")  # short: Unix socket paths < 108 B
+    env = ray_env(tmp)
+    address = f"127.0.0.1:{free_port()}"
+    try:
+        ray_start(["--head", "--port", address.rsplit(":", 1)[1], "--include-dashboard",
+                   "false", "--resources", json.dumps(HEAD_RESOURCES)], env,
+                  Path(tmp) / "head.log")
+        ray_start(["--address", address], env, Path(tmp) / "second.log")
+        deadline = time.monotonic() + 120
+        while len(nodes := alive_nodes(address, env)) < 2:
+            assert time.monotonic() < deadline, f"the second node never joined: {nodes}"
+            time.sleep(2)
+        yield address, env, nodes
+    finally:
+        for pid in own_processes_mentioning(tmp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A real registry (Debian's docker-registry) on a free loopback port: '127.0.0.1:PORT'."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        reason = "docker-registry is not installed (apt-get install docker-registry)"
+        if os.environ.get("VERSWEEP_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"{reason}; .ci/run installs it")
+        pytest.skip(reason)
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+                      f"    rootdirectory: {tmp_path / 'registry'}\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    with open(tmp_path / "registry.log", "w") as log:
+        server = subprocess.Popen([binary, "serve", str(config)], stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("docker-registry did not start: "
+                                + (tmp_path / "registry.log").read_text()[-2000:])
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+@pytest.fixture
+def own_image(docker_image, tmp_path):
+    """(name, matrix copy): the test image as a matrix entry of its own, versweep:<name>.
+
+    The entry is torch-2.13.0-cpu's under another name; its local tag points at the same
+    image. Every tag the test made is removed afterwards.
+    """
+    import docker
+    import docker.errors
+
+    name = f"{docker_image}-pp{uuid.uuid4().hex[:8]}"
+    text = MATRIX.read_text()
+    start = text.index(f'[[image]]\nname = "{docker_image}"')
+    end = text.index("[[image]]", start + 1)
+    matrix = tmp_path / "matrix.toml"
+    matrix.write_text(text + "\n" + text[start:end].replace(f'name = "{docker_image}"',
+                                                            f'name = "{name}"'))
+    client = docker.from_env(timeout=120)
+    client.images.get(f"versweep:{docker_image}").tag("versweep", name)
+    yield name, matrix
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.endswith(f"/versweep:{name}") or tag == f"versweep:{name}":
+                try:
+                    client.images.remove(tag)
+                except docker.errors.ImageNotFound:
+                    pass
+
+
+def prepull_cli(address: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``python -m sweeps.cluster.prepull --address A ARGS`` from the checkout, as a user."""
+    return subprocess.run([sys.executable, "-m", "sweeps.cluster.prepull", "--address", address,
+                           *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def push(name: str, registry: str, matrix: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "push", name,
+                           "--registry", registry, "--matrix", str(matrix)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_prepull_puts_the_image_back_on_every_node_and_says_which_advertise_it(
+        cluster, registry, own_image):
+    require_engine()
+    import docker
+
+    address, env, nodes = cluster
+    name, matrix = own_image
+    client = docker.from_env(timeout=120)
+    push(name, registry, matrix)
+    # A cluster that lost the image: neither its local tag nor the registry's is left.
+    client.images.remove(f"{registry}/versweep:{name}")
+    client.images.remove(f"versweep:{name}")
+    assert not client.images.list(name=f"versweep:{name}")
+
+    done = prepull_cli(address, env, name, "--registry", registry, "--matrix", str(matrix))
+    assert done.returncode == 0, done.stdout + done.stderr
+    node_lines = {node["id"]: [line for line in done.stdout.splitlines()
+                               if f" {node['id'][:12]} " in line] for node in nodes}
+    for lines in node_lines.values():
+        # Each node reports the image: pulled by the first node whose task reached the
+        # shared engine, already present for the other (or pulled, if both ran at once).
+        reported = [line for line in lines if f": {name} " in line]
+        assert len(reported) == 1, done.stdout
+        assert f": {name} pulled {registry}/versweep@sha256:" in reported[0] or \
+            f": {name} present {registry}/versweep@sha256:" in reported[0], reported[0]
+        # Neither node was started with versweep_image:<name>: Ray cannot route trials of
+        # it there until it restarts, and each node's report says so.
+        assert any("does not advertise" in line and f"versweep_image:{name}" in line
+                   for line in lines), lines
+    assert f"prepull: all 2 node(s) hold {name}" in done.stdout
+
+    back = client.images.get(f"versweep:{name}")
+    assert any(d.startswith(f"{registry}/versweep@sha256:") for d in back.attrs["RepoDigests"])
+
+
+def test_an_image_missing_from_the_registry_fails_on_every_node_with_the_reason(
+        cluster, registry, own_image):
+    require_engine()
+    address, env, nodes = cluster
+    name, matrix = own_image  # never pushed: the registry has no such image
+    # Through the function, to see which node each task really ran on.
+    script = (
+        "import json, dataclasses, sys\n"
+        "from sweeps.cluster.prepull import prepull\n"
+        f"results = prepull({address!r}, [{name!r}, 'torch-2.13.0-cpu'], "
+        f"registry={registry!r}, matrix_path={str(matrix)!r})\n"
+        "print(json.dumps([dataclasses.asdict(r) for r in results], default=sorted))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert sorted(r["node_id"] for r in results) == sorted(n["id"] for n in nodes)
+    for result in results:
+        assert result["ran_on"] == result["node_id"]  # pinned: never ran on another node
+        outcomes = {image["name"]: image for image in result["images"]}
+        assert outcomes[name]["status"] == "failed"
+        assert outcomes[name]["detail"].startswith(
+            f"pulling {registry}/versweep:{name} failed: "), outcomes[name]
+        assert "not found" in outcomes[name]["detail"] or "unknown" in \
+            outcomes[name]["detail"], outcomes[name]
+    # Only the head was started with the test image's resource.
+    head = next(n for n in nodes if "versweep_image:torch-2.13.0-cpu" in n["resources"])
+    advertised = {r["node_id"]: r["advertised"] for r in results}
+    assert advertised[head["id"]] == ["torch-2.13.0-cpu"]
+    assert [a for node_id, a in advertised.items() if node_id != head["id"]] == [[]]
+
+    # The command says the same, per node, and fails.
+    cli = prepull_cli(address, env, name, "--registry", registry, "--matrix", str(matrix))
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    failed = [line for line in cli.stdout.splitlines() if f": {name} failed pulling " in line]
+    assert len(failed) == 2, cli.stdout
+    assert "prepull: 2 of 2 node(s) do not hold every image" in cli.stdout
+
+
+def test_without_a_registry_prepull_only_checks(cluster):
+    require_engine()
+    address, env, _ = cluster
+    done = prepull_cli(address, env, "torch-2.1.0-cu121")  # a CUDA image no test builds
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if ": torch-2.1.0-cu121 " in line]
+    assert len(lines) == 2, done.stdout
+    assert all("failed versweep:torch-2.1.0-cu121 is not on this node; pre-pull it with "
+               "--registry R" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--address", "127.0.0.1:9", "torch-2.1.0-cu121"], ["nothing answers there"]),
+    (["--address", "http://127.0.0.1:8265", "torch-2.1.0-cu121"], ["dashboard", "HEAD:6379"]),
+    (["--address", "127.0.0.1:9", "torch-2.1.0-cu12"], ["did you mean 'torch-2.1.0-cu121'"]),
+    (["--address", "127.0.0.1:9", "--registry", "https://r.example", "torch-2.1.0-cu121"],
+     ["not a registry address"]),
+    (["--address", "127.0.0.1:9"], ["name the images"]),
+    (["--grid", "smoke", "--address", "127.0.0.1:9"], ["names no images"]),
+])
+def test_user_errors_are_one_line(args, words):
+    done = subprocess.run([sys.executable, "-m", "sweeps.cluster.prepull", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prepull: error: "), done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
