@@ -60,8 +60,9 @@ def require_engine() -> None:
     pytest.skip(problem)
 
 
-def base_tag() -> str:
-    digest = hashlib.sha256(repr(sorted(BASE_RECIPE.items())).encode()).hexdigest()[:12]
+def base_tag(recipe: dict = BASE_RECIPE) -> str:
+    """``versweep-testbase:<hash of the recipe>``: a new recipe is a new base."""
+    digest = hashlib.sha256(repr(sorted(recipe.items())).encode()).hexdigest()[:12]
     return f"{BASE_REPOSITORY}:{digest}"
 
 
@@ -83,9 +84,13 @@ def _run(args: list[str], **kwargs) -> None:
                            f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
 
-def make_base() -> str:
-    """The base image (debootstrap + the host's torch wheel), made if missing."""
-    tag = base_tag()
+def make_base(recipe: dict = BASE_RECIPE) -> str:
+    """The base image (debootstrap + the recipe's pip packages), made if missing.
+
+    The default recipe holds the host's torch wheel; benchmarks/two_versions.py makes a
+    second base with another torch release the same way.
+    """
+    tag = base_tag(recipe)
     if _image_exists(tag):
         return tag
     if shutil.which("debootstrap") is None:
@@ -94,12 +99,12 @@ def make_base() -> str:
     work = Path(tempfile.mkdtemp(prefix="vs-rootfs-", dir=os.environ.get("TMPDIR", "/tmp")))
     rootfs = work / "rootfs"
     try:
-        _run(["debootstrap", "--variant=minbase", f"--include={BASE_RECIPE['include']}",
-              DEBIAN_SUITE, str(rootfs), DEBIAN_MIRROR], timeout=900)
+        _run(["debootstrap", "--variant=minbase", f"--include={recipe['include']}",
+              recipe["suite"], str(rootfs), DEBIAN_MIRROR], timeout=900)
         site = rootfs / "usr" / "local" / "lib" / "python3.11" / "dist-packages"
         _run([sys.executable, "-m", "pip", "install", "-q", "--no-compile",
               "--disable-pip-version-check", "--target", str(site),
-              *BASE_RECIPE["pip"]], timeout=900)
+              *recipe["pip"]], timeout=1800)
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             shutil.rmtree(rootfs / junk, ignore_errors=True)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
