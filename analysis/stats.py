@@ -1,7 +1,9 @@
 """Statistics of a version comparison: medians with bootstrap intervals, noise-aware ratios, parity.
 
-Everything here is deterministic: every bootstrap draws from a generator with a
-fixed seed, so the same records always give the same report.
+Everything here is deterministic: every bootstrap draws from a generator seeded
+by the ``seed`` argument and a digest of the data it resamples, so the same
+records always give the same report, an image's interval and its comparisons
+rest on the same replicates, and two different images never share random numbers.
 
 The unit of evidence is the *repeat* (one trial run), not the batch. Batches of
 one run share its process, clocks, allocator state and GPU temperature, so they
@@ -25,6 +27,7 @@ are not independent; repeats are. That drives the two choices below.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -112,41 +115,88 @@ def _median_of_medians(repeats: list[np.ndarray]) -> float:
     return float(np.median([np.median(values) for values in repeats]))
 
 
-def _resampled_medians(values: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """``draws`` medians of resamples (with replacement) of sorted ``values``, drawn exactly.
+def _median_positions(n: int, draws: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (lower, upper) in n sorted values of the medians of ``draws`` resamples.
 
-    With n values and k = (n + 1) // 2, the k-th smallest of n draws is
-    values[floor(n * U_(k))] with U_(k) ~ Beta(k, n + 1 - k). For even n the
-    median also needs the (k+1)-th: given U_(k) = u, U_(k+1) = u + (1 - u) * B
-    with B ~ Beta(1, n - k), the smallest of the n - k uniforms above u.
+    A resample is n draws with replacement; its median is the mean of the values
+    at ``lower`` and ``upper`` (equal for odd n). Drawn exactly without building
+    the resample: with k = (n + 1) // 2, the k-th smallest of n draws is at
+    floor(n * U_(k)) with U_(k) ~ Beta(k, n + 1 - k), the k-th order statistic of
+    n uniforms. For even n the median also needs the (k+1)-th: given U_(k) = u,
+    U_(k+1) = u + (1 - u) * B with B ~ Beta(1, n - k), the smallest of the n - k
+    uniforms above u.
     """
-    n = values.size
     if n == 1:
-        return np.full(draws, values[0])
+        zeros = np.zeros(draws, dtype=np.int64)
+        return zeros, zeros
     k = (n + 1) // 2
     u_k = rng.beta(k, n + 1 - k, size=draws)
-    lower = values[np.minimum((u_k * n).astype(np.int64), n - 1)]
+    lower = np.minimum((u_k * n).astype(np.int64), n - 1)
     if n % 2:
-        return lower
-    u_next = u_k + (1.0 - u_k) * rng.beta(1, n - k, size=draws)
-    upper = values[np.minimum((u_next * n).astype(np.int64), n - 1)]
-    return (lower + upper) / 2.0
+        return lower, lower
+    # Beta(1, m) by inversion, 1 - V ** (1 / m): a uniform costs less than a beta draw.
+    u_next = u_k + (1.0 - u_k) * (1.0 - rng.random(draws) ** (1.0 / (n - k)))
+    return lower, np.minimum((u_next * n).astype(np.int64), n - 1)
 
 
 def _bootstrap_statistic(repeats: list[np.ndarray], n_boot: int,
                          rng: np.random.Generator) -> np.ndarray:
-    """``n_boot`` hierarchical-bootstrap replicates of the median of repeat medians."""
+    """``n_boot`` hierarchical-bootstrap replicates of the median of repeat medians.
+
+    Each replicate picks len(repeats) repeats with replacement ("slots"); each
+    slot gets its own resampled median of its repeat's values, so a repeat
+    picked twice gets two independent resamples of its batches. Slots of
+    repeats with the same number of values share one vectorised draw.
+    """
     count = len(repeats)
+    lengths = np.array([values.size for values in repeats])
+    padded = np.zeros((count, int(lengths.max())))
+    for row, values in enumerate(repeats):
+        padded[row, :values.size] = values
     if count == 1:
-        return _resampled_medians(repeats[0], n_boot, rng)
-    # Which repeats each replicate holds (with replacement), and for every repeat a
-    # resampled median per (replicate, slot), so a repeat chosen twice gets two
-    # independent resamples of its batches, as in the two-level bootstrap.
-    chosen = rng.integers(0, count, size=(n_boot, count))
-    medians = np.stack([_resampled_medians(values, n_boot * count, rng).reshape(n_boot, count)
-                        for values in repeats])
-    picked = np.take_along_axis(medians, chosen[np.newaxis], axis=0)[0]
-    return np.median(picked, axis=1)
+        chosen = np.zeros((n_boot, 1), dtype=np.int64)
+    else:
+        chosen = rng.integers(0, count, size=(n_boot, count))
+    picked = np.empty((n_boot, count))
+    slot_lengths = lengths[chosen]
+    for length in np.unique(lengths):
+        slots = slot_lengths == length
+        rows = chosen[slots]
+        lower, upper = _median_positions(int(length), int(slots.sum()), rng)
+        picked[slots] = (padded[rows, lower] + padded[rows, upper]) / 2.0
+    return picked[:, 0] if count == 1 else np.median(picked, axis=1)
+
+
+# Replicates already drawn, by (data digest, n_boot, seed): a report asks for the
+# baseline's once per candidate, and for each image's both in its interval and in
+# its comparison. Bounded so a long-lived process does not grow without end.
+_REPLICATE_CACHE: dict[tuple[bytes, int, int], np.ndarray] = {}
+_REPLICATE_CACHE_SIZE = 4096
+
+
+def _replicates(repeats: list[np.ndarray], n_boot: int, seed: int) -> np.ndarray:
+    """The bootstrap replicates of ``repeats``, drawn from a generator seeded by the data.
+
+    The generator's seed combines ``seed`` with a digest of the values, so the
+    same data always gives the same replicates (an image's interval and its
+    comparisons agree), while two different data sets draw independently (a
+    ratio's replicates must not share random numbers between its two sides).
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for values in repeats:
+        digest.update(np.int64(values.size).tobytes())
+        digest.update(values.tobytes())
+    key = (digest.digest(), n_boot, seed)
+    found = _REPLICATE_CACHE.get(key)
+    if found is None:
+        entropy = [seed, int.from_bytes(key[0], "little")]
+        found = _bootstrap_statistic(repeats, n_boot, np.random.default_rng(entropy))
+        found.setflags(write=False)
+        if len(_REPLICATE_CACHE) >= _REPLICATE_CACHE_SIZE:
+            _REPLICATE_CACHE.clear()
+        _REPLICATE_CACHE[key] = found
+    return found
 
 
 def median_ci(repeats: Sequence[Sequence[float]], confidence: float = 0.95,
@@ -165,7 +215,7 @@ def median_ci(repeats: Sequence[Sequence[float]], confidence: float = 0.95,
     if not cleaned:
         return Interval(math.nan, math.nan, math.nan, 0, 0)
     estimate = _median_of_medians(cleaned)
-    replicates = _bootstrap_statistic(cleaned, n_boot, np.random.default_rng(seed))
+    replicates = _replicates(cleaned, n_boot, seed)
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(replicates, [tail, 100.0 - tail])
     return Interval(estimate, float(low), float(high), len(cleaned), n_samples)
@@ -202,9 +252,8 @@ def compare(baseline: Sequence[Sequence[float]], candidate: Sequence[Sequence[fl
     if base_estimate <= 0:
         return Comparison(math.nan, math.nan, math.nan, math.nan, NOT_AVAILABLE)
     ratio = cand_estimate / base_estimate
-    rng = np.random.default_rng(seed)
-    base_reps = _bootstrap_statistic(base, n_boot, rng)
-    cand_reps = _bootstrap_statistic(cand, n_boot, rng)
+    base_reps = _replicates(base, n_boot, seed)
+    cand_reps = _replicates(cand, n_boot, seed)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = cand_reps / base_reps
     ratios = ratios[np.isfinite(ratios)]
