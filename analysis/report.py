@@ -175,14 +175,16 @@ def ordered_images(data: SweepData) -> list[str]:
     return list(data.images) or sorted({t.image for t in data.trials})
 
 
-def choose_baseline(images: Sequence[str], requested: str | None) -> str:
-    """``--baseline`` if it names an image of the sweep, else the oldest image."""
+def choose_baseline(data: SweepData, images: Sequence[str], requested: str | None) -> str:
+    """``--baseline`` if it names an image of the sweep, else the oldest image on which
+    something ran (an image whose every trial was unsupported compares with nothing)."""
     if requested is not None:
         if requested not in images:
             raise UserError(f"--baseline '{requested}' is not an image of this sweep; "
                             f"its images: {', '.join(images)}")
         return requested
-    return images[0]
+    ran = {t.image for t in data.trials if t.status == "ok"}
+    return next((image for image in images if image in ran), images[0])
 
 
 # --------------------------------------------------------------------------- speed
@@ -283,7 +285,7 @@ def status_text(trials: Sequence[Trial]) -> str:
     counts = Counter(t.status for t in trials)
     if not counts:
         return "not in the sweep"
-    return ", ".join(f"{n} {status}" if n > 1 else status for status, n in counts.most_common())
+    return ", ".join(f"{n} {status}" for status, n in counts.most_common())
 
 
 # --------------------------------------------------------------------------- the report
@@ -298,6 +300,7 @@ class ReportContext:
     baseline: str
     groups: list[SpeedGroup]
     references: list[ReferenceRow]
+    chosen_by_user: bool = False
     csv: dict[str, render.CsvTable] = field(default_factory=dict)
 
     def csv_table(self, name: str, columns: list[str]) -> render.CsvTable:
@@ -310,12 +313,12 @@ class ReportContext:
 def build_report(data: SweepData, baseline: str | None = None) -> render.Report:
     """The whole report of one sweep, as plain data ready to render."""
     images = ordered_images(data)
-    chosen = choose_baseline(images, baseline)
+    chosen = choose_baseline(data, images, baseline)
     bench_ok = [t for t in data.trials if t.workload == "rnn_bench" and t.status == "ok"]
     samples = load_samples(bench_ok) if bench_ok else {}
     context = ReportContext(data=data, images=images, baseline=chosen,
                             groups=speed_groups(data, images, chosen, samples),
-                            references=reference_rows())
+                            references=reference_rows(), chosen_by_user=baseline is not None)
     sections = [summary_section(context)]
     sections += speed_sections(context)
     sections += reference_sections(context)
@@ -354,13 +357,31 @@ def summary_section(context: ReportContext) -> render.Section:
     rows.append(["all", "", str(len(data.trials))] + [str(totals[s]) for s in statuses])
     backend = data.parent_tags.get("versweep.backend", "?")
     kind = "an Optuna search" if data.search else "a grid"
-    section.blocks.append(render.Paragraph(
-        f"Experiment `{data.experiment_name}`, {kind} run with the `{backend}` backend. "
-        f"Every image is compared with the baseline **{context.baseline}** "
-        "(the oldest PyTorch of the sweep unless `--baseline` names another)."))
+    ran = {t.image for t in data.trials if t.status == "ok"}
+    skipped = [i for i in context.images[:context.images.index(context.baseline)]
+               if i not in ran]
+    why = ("named by `--baseline`" if context.chosen_by_user else
+           "the oldest PyTorch of the sweep on which something ran; `--baseline` picks another")
+    if len(context.images) == 1:
+        section.blocks.append(render.Paragraph(
+            f"Experiment `{data.experiment_name}`, {kind} run with the `{backend}` backend on "
+            f"one image, **{context.baseline}**: nothing to compare across versions; the "
+            "tables give its figures."))
+    else:
+        section.blocks.append(render.Paragraph(
+            f"Experiment `{data.experiment_name}`, {kind} run with the `{backend}` backend. "
+            f"Every image is compared with the baseline **{context.baseline}** ({why})."
+            + (f" Older, but without a single finished trial: {', '.join(skipped)}."
+               if skipped and not context.chosen_by_user else "")))
+    if context.baseline not in ran:
+        section.blocks.append(render.Caveat(
+            f"nothing finished on the baseline {context.baseline}: every comparison is n/a; "
+            "choose another with `--baseline`."))
     section.blocks.append(render.Table(
         ["image", "torch", "trials"] + statuses, rows,
         caption="Trials per image and status", numeric=frozenset(["trials", *statuses])))
+    if not context.groups:
+        return section
     section.blocks.append(render.Paragraph(
         "How to read the speed tables: each figure is the median of the repeats' median "
         "milliseconds per batch (every run one vote), with a 95% hierarchical bootstrap "
@@ -607,8 +628,8 @@ def language_model_sections(context: ReportContext) -> list[render.Section]:
             else:
                 parity_text = format_mark(verdict.verdict)
                 if verdict.verdict != "too few repeats":
-                    parity_text += f" (Δ {verdict.diff:+.3g}" + (
-                        f", p={verdict.p_value:.3g})" if verdict.p_value is not None else ")")
+                    parity_text += f" (Δ {verdict.diff:+.2f}" + (
+                        f", p={verdict.p_value:.2g})" if verdict.p_value is not None else ")")
             rows.append([image, torch_version(context.data, image) or "",
                          f"{len(runs)}/{len(all_runs)}",
                          _mean_std_text(values["test_perplexity"]),
@@ -705,7 +726,7 @@ def search_sections(context: ReportContext) -> list[render.Section]:
             continue
         pick = min if lower else max
         best = pick(candidates, key=lambda t: t.metrics[metric])
-        best_rows.append([image, format_value(best.metrics[metric]), best.name]
+        best_rows.append([image, format_value(best.metrics[metric]), _run_label(best)]
                          + [best.params.get(p, "") for p in searched])
         best_csv.rows.append([image, metric, best.metrics[metric], best.run_id, best.name]
                              + [best.params.get(p, "") for p in searched])
@@ -744,7 +765,8 @@ def search_sections(context: ReportContext) -> list[render.Section]:
             history = _history(context, trial, metric)
             last = history[-1][1] if history else trial.metrics.get(metric)
             epochs = history[-1][0] if history else None
-            rows.append([trial.name, trial.image, str(epochs) if epochs is not None else "?",
+            rows.append([_run_label(trial), trial.image,
+                         str(epochs) if epochs is not None else "?",
                          format_value(last), trial.message or ""])
             stop_csv.rows.append([trial.run_id, trial.name, trial.image, epochs, last,
                                   trial.message])
@@ -769,6 +791,11 @@ def search_sections(context: ReportContext) -> list[render.Section]:
             filename="search_curves.png",
             caption=f"At most {MAX_SEARCH_CURVES} runs per kind; stopped runs end early."))
     return sections
+
+
+def _run_label(trial: Trial) -> str:
+    """A trial's name with the start of its run id: search trials share their names."""
+    return f"{trial.name} (`{trial.run_id[:8]}`)"
 
 
 def _importances(data: SweepData) -> dict[str, float]:
@@ -799,7 +826,8 @@ def _dependence_rows(trials: Sequence[Trial], searched: Sequence[str], metric: s
             continue
         numbers = _as_numbers([p for p, _ in pairs])
         buckets: dict[str, list[float]] = defaultdict(list)
-        if numbers is not None and len(set(numbers)) > 4:
+        # Quartile bins once there are enough trials to fill them; else every value.
+        if numbers is not None and len(set(numbers)) > 4 and len(numbers) >= 8:
             edges = statistics.quantiles(numbers, n=4)
             for number, (_, value) in zip(numbers, pairs, strict=True):
                 slot = sum(number > edge for edge in edges)
@@ -963,8 +991,12 @@ def provenance_warnings(context: ReportContext, by_image: Mapping[str, Sequence[
     for name, what in checks:
         seen: dict[str, list[str]] = defaultdict(list)
         for image in context.images:
-            for value in _distinct(by_image.get(image, []), lambda t, n=name: env_value(t, n)):
-                seen[value].append(image)
+            trials = by_image.get(image, [])
+            counts = _distinct(trials, lambda t, n=name: env_value(t, n))
+            reached = sum(1 for t in trials if any(k.startswith("versweep.env.") for k in t.tags))
+            for value, count in counts.items():
+                seen[value].append(image if count == reached else
+                                   f"{image} ({count} of {reached} trials)")
         if len(seen) > 1:
             where = "; ".join(f"{value} on {', '.join(images)}" for value, images in seen.items())
             warnings.append(f"compared runs differ in {what}: {where}. A difference between "
