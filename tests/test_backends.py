@@ -100,7 +100,12 @@ def is_gone(handle) -> bool:
         return False
     if hasattr(handle, "pgid"):
         return group_is_gone(handle.pgid)
-    handle.container.reload()
+    import docker.errors
+
+    try:
+        handle.container.reload()
+    except docker.errors.NotFound:
+        return True  # removed, after it was killed
     return handle.container.status in ("exited", "dead")
 
 
@@ -230,9 +235,16 @@ def test_a_worker_dies_with_the_trial_process_that_started_it(backend, tmp_path)
     if backend.name == "docker":  # and the reaper removed its container
         import docker
 
-        left = docker.from_env().containers.list(all=True, filters={"label": "io.versweep.owner"})
-        assert not [c for c in left if c.labels.get("io.versweep.owner", "").endswith(
-            f":{trial_process.pid}")]
+        def left():
+            found = docker.from_env().containers.list(
+                all=True, filters={"label": "io.versweep.owner"})
+            return [c for c in found
+                    if c.labels["io.versweep.owner"].endswith(f":{trial_process.pid}")]
+
+        deadline = time.monotonic() + 20  # the reaper kills first, then removes
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert left() == []
 
 
 # ----------------------------------------------------------------- choosing a backend
@@ -523,13 +535,13 @@ def _docker_sweep(images, **changes) -> Sweep:
 
 
 def test_docker_preflight_names_each_missing_image_and_the_command_that_gets_it(docker_image):
-    sweep = _docker_sweep([docker_image, "torch-1.13.1-cu117", "torch-0.4.1-cu92"])
+    sweep = _docker_sweep([docker_image, "torch-1.13.1-cu116", "torch-0.4.1-cu90"])
     backend = DockerBackend(sweep.images)
     with pytest.raises(UserError) as caught:
         backend.preflight(sweep)
     message = str(caught.value)
-    assert "versweep:torch-0.4.1-cu92, versweep:torch-1.13.1-cu117 not on this node" in message
-    assert "python images/build.py pull torch-0.4.1-cu92 torch-1.13.1-cu117" in message
+    assert "versweep:torch-0.4.1-cu90, versweep:torch-1.13.1-cu116 not on this node" in message
+    assert "python images/build.py pull torch-0.4.1-cu90 torch-1.13.1-cu116" in message
     assert "\n" not in message
     backend.preflight(_docker_sweep([docker_image]))  # present: no error
 
