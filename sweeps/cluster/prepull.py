@@ -41,15 +41,13 @@ from collections.abc import Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any, TextIO  # noqa: E402
 
+from sweeps.cluster.resources import image_resource  # noqa: E402
 from sweeps.errors import UserError  # noqa: E402
 from sweeps.grid import MATRIX_PATH  # noqa: E402
 from sweeps.images import REPOSITORY, check_registry, local_tag, registry_tag  # noqa: E402
 from sweeps.matrix import display_path, load_matrix, nearest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The Ray resource a node advertises for each matrix image it holds (the naming scheme
-# shared with sweeps/cluster/resources.py and the configs in this folder).
-IMAGE_RESOURCE = "versweep_image:{name}"
 
 PULLED, PRESENT, FAILED = "pulled", "present", "failed"
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
@@ -213,7 +211,7 @@ def _join(address: str | None) -> bool:
 
 
 def _advertised(resources: dict[str, float], names: Sequence[str]) -> frozenset[str]:
-    return frozenset(n for n in names if resources.get(IMAGE_RESOURCE.format(name=n), 0) > 0)
+    return frozenset(n for n in names if resources.get(image_resource(n), 0) > 0)
 
 
 def prepull(address: str | None, image_names: Sequence[str], *, registry: str | None,
@@ -276,7 +274,7 @@ def format_node(result: NodeResult) -> str:
     missing = result.not_advertised
     if missing:
         lines.append(f"{where}: holds {', '.join(missing)} but does not advertise "
-                     f"{', '.join(IMAGE_RESOURCE.format(name=n) for n in missing)}; trials "
+                     f"{', '.join(image_resource(n) for n in missing)}; trials "
                      "are routed there after Ray restarts on it with --resources "
                      "\"$(python -m sweeps.cluster.resources)\"")
     return "".join(line + "\n" for line in lines)
