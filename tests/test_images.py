@@ -325,3 +325,21 @@ def test_a_missing_local_image_is_one_line(tmp_path):
     for command in (["verify"], ["push", "--registry", "127.0.0.1:9"]):
         one_error_line(build_py(*command, name, "--matrix", matrix), f"versweep:{name}",
                        "not on this node", f"python images/build.py build {name}")
+
+
+# ---------------------------------------------------------------- two versions (optional)
+
+
+@pytest.mark.slow
+def test_two_torch_versions_compare_on_the_cpu(docker_image):
+    """A real two-version comparison: a second image with PyPI's torch 1.13.1 (~2 GB of
+    wheels, made once), both verified, one rnn_bench round each through the docker backend."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "two_versions.py"),
+                           "--rounds", "1", "--batches", "12", "--warmup", "2",
+                           "--impl", "cudnn"], capture_output=True, text=True, timeout=3600,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "torch-1.13.1-cu117: ok (torch 1.13.1" in done.stdout
+    assert "torch-1.13.1-cu117: torch 1.13.1, Python 3.11.2, CUDA 11.7, cuDNN 8500" in \
+        done.stdout
+    assert re.search(r"cudnn: torch 1\.13\.1 / torch 2\.13\.0 = \d+\.\d{3}", done.stdout)
