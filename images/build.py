@@ -470,6 +470,15 @@ def verify_images(images: Sequence[Image], *, gpu: str | None, out: TextIO) -> i
 # ---------------------------------------------------------------- push
 
 
+def _untag(client: Any, tag: str) -> None:
+    import docker.errors
+
+    try:
+        client.images.remove(tag)
+    except docker.errors.APIError:
+        pass
+
+
 def push_images(images: Sequence[Image], registry: str, out: TextIO) -> int:
     """Tag versweep:<name> as <registry>/versweep:<name> and push it, with progress."""
     import docker.errors
@@ -489,11 +498,13 @@ def push_images(images: Sequence[Image], registry: str, out: TextIO) -> int:
                                                            stream=True, decode=True), out)
         except docker.errors.APIError as exc:
             print(f"{image.name}: pushing to {target} failed: {_api_error(exc)}", file=out)
+            _untag(client, target)
             failed += 1
             continue
         if progress.error or not progress.digest:
             print(f"{image.name}: pushing to {target} failed: "
                   f"{progress.error or 'the registry sent no digest'}", file=out)
+            _untag(client, target)  # leave no tag that claims a mirror exists
             failed += 1
             continue
         print(f"{image.name}: pushed {target}@{progress.digest} in "

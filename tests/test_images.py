@@ -296,6 +296,17 @@ def test_push_to_a_registry_and_pull_back_on_a_node(docker_image, tmp_path, regi
     assert any(d.startswith(f"{registry}/versweep@sha256:") for d in back.attrs["RepoDigests"])
 
 
+def test_a_registry_that_is_down_fails_the_push_and_leaves_no_tag(docker_image):
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{probe.getsockname()[1]}"
+    done = build_py("push", docker_image, "--registry", down)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{docker_image}: pushing to {down}/versweep:{docker_image} failed: " in done.stdout
+    assert "connection refused" in done.stdout
+    assert not docker_client().images.list(name=f"{down}/versweep")
+
+
 # ---------------------------------------------------------------- bad input
 
 
