@@ -322,15 +322,27 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             raise UserError(f"grid '{args.grid}' runs on the {sweep.backend} backend and names "
                             "no images of the matrix")
         names += [image.name for image in sweep.images]
-    results = prepull(args.address, names, registry=args.registry,
-                      matrix_path=Path(args.matrix), out=out)
+    return pull_on_cluster(args.address, names, registry=args.registry,
+                           matrix_path=Path(args.matrix), out=out)
+
+
+def pull_on_cluster(address: str | None, image_names: Sequence[str], *, registry: str | None,
+                    matrix_path: Path = MATRIX_PATH, out: TextIO) -> int:
+    """``prepull`` with its report (a line per node and image, then a verdict) on ``out``.
+
+    Returns the exit code: EXIT_OK when every node holds every image, else EXIT_FAILED.
+    This is what ``images/build.py pull --cluster ADDRESS`` runs.
+    """
+    results = prepull(address, image_names, registry=registry, matrix_path=matrix_path,
+                      out=out)
     if not results:
         raise UserError("the cluster has no alive node")
     bad = [r for r in results if r.failed]
     if bad:
         out.write(f"prepull: {len(bad)} of {len(results)} node(s) do not hold every image\n")
         return EXIT_FAILED
-    out.write(f"prepull: all {len(results)} node(s) hold {', '.join(dict.fromkeys(names))}\n")
+    out.write(f"prepull: all {len(results)} node(s) hold "
+              f"{', '.join(dict.fromkeys(image_names))}\n")
     return EXIT_OK
 
 
