@@ -11,6 +11,11 @@ What the trainable reports to Tune, besides the worker's metrics and ``step``:
 with ``versweep_status`` (and the result metrics), so the driver learns every outcome
 without asking MLflow. A trial that Tune stopped (ASHA, Ctrl-C) never sends the final
 report: the driver records it as "stopped" itself.
+
+On a cluster (``--address``): a docker trial asks for its image's node resource when the
+nodes advertise images (sweeps/cluster/resources.py), each trial's child run is tagged
+with the Ray node it ran on, and a trial whose process is lost with its node is started
+again by Tune on another node (its stale run ends KILLED, the new one is the record).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,13 +34,15 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune import PlacementGroupFactory
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from .backends import get_backend
+from .cluster.resources import IMAGE_PREFIX, missing_images_message, unplaceable
 from .errors import UserError
 from .spec import Sweep, TrialSpec
 from .summary import TrialRecord
-from .trial import run_trial, trial_resources
+from .trial import routes_by_image, run_trial, trial_resources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,6 +55,10 @@ _REPORTED_MESSAGE_CHARS = 300
 _TUNE_BOOKKEEPING = frozenset({
     "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid",
     "time_since_restore", "iterations_since_restore", "done", "step", "startup_seconds"})
+# How often Tune starts a trial again whose trial process was lost (its node died, or the
+# process was killed). A worker that fails is retried by the trial itself (sweeps/trial.py)
+# and ends with a status, so only a lost trial process reaches Tune as a failure.
+LOST_TRIAL_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -167,9 +179,20 @@ def _trainable(config: dict, context: TrialContext) -> None:
 
 
 def _open_trial_run(context: TrialContext, spec: TrialSpec):
-    """(SweepRecords, child run id) of a trial: its run in MLflow, created now."""
+    """(SweepRecords, child run id) of a trial: its run in MLflow, created now, tagged with
+    the Ray node it runs on."""
     records = _records_for(context.tracking_uri, context.experiment)
-    return records, records.start_trial(context.parent_run_id, spec)
+    run_id = records.start_trial(context.parent_run_id, spec)
+    # Tagged at the start, so a run left by a node that died still says where it was.
+    # (SweepRecords has no public per-run tag call besides finish_trial's extra_tags.)
+    records._set_tags(run_id, where_this_runs())
+    return records, run_id
+
+
+def where_this_runs() -> dict[str, str]:
+    """The Ray node this trial process runs on, as the tags that MLflow shows for a trial."""
+    return {"versweep.ray_node_id": ray.get_runtime_context().get_node_id(),
+            "versweep.ray_node_ip": ray.util.get_node_ip_address()}
 
 
 def _run_and_stream(context: TrialContext, spec: TrialSpec, opening):
@@ -293,6 +316,49 @@ def start_ray(address: str | None, num_cpus: int | None) -> float:
     return time.monotonic() - started
 
 
+def alive_nodes() -> list[dict[str, float]]:
+    """The total resources of each alive node of the cluster Ray is connected to."""
+    return [dict(node.get("Resources") or {}) for node in ray.nodes() if node.get("Alive")]
+
+
+def _routed_resources(context: TrialContext, cluster_gpus: float,
+                      nodes: list[dict[str, float]]) -> Callable[[dict], PlacementGroupFactory]:
+    """Tune's per-trial resources on a cluster that advertises images; fails if one cannot start.
+
+    Each trial asks for its own image's node resource (sweeps/cluster/resources.py), so
+    Tune gets a function of the trial's config. Checked before Tune starts: a trial that
+    no alive node has room for would stay PENDING for ever.
+    """
+    sweep = context.sweep
+
+    def request(config: dict) -> dict[str, float]:
+        return trial_resources(sweep, cluster_gpus, spec=_spec_for(context, config),
+                               nodes=nodes)
+
+    if sweep.search is not None:
+        requests = {sweep.search.image: request({})}  # sampled keys take their defaults here
+    else:
+        requests = {spec.name: request({"trial_key": key})
+                    for key, spec in context.specs_by_key.items()}
+    stuck = unplaceable(requests, nodes)
+    if stuck:
+        images = sorted({key[len(IMAGE_PREFIX):] for request in stuck.values()
+                         for key in request if key.startswith(IMAGE_PREFIX)
+                         and not any(key in node for node in nodes)})
+        if images:
+            raise UserError(missing_images_message(images, str(sweep.path)))
+        name, wanted = next(iter(stuck.items()))
+        asks = ", ".join(f"{amount:g} {key}" for key, amount in sorted(wanted.items()))
+        raise UserError(f"no alive node of the Ray cluster has room for {len(stuck)} trial(s), "
+                        f"e.g. '{name}', which asks for {asks}; add such a node or change "
+                        "the grid's device")
+
+    def placement(config: dict) -> PlacementGroupFactory:
+        return PlacementGroupFactory([request(config)])
+
+    return placement
+
+
 def _check_reachable(address: str) -> None:
     """Fail in seconds, not minutes, when nothing listens at a host:port address.
 
@@ -326,14 +392,25 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
         on_ray_started(ray_seconds)
     log_dir = storage_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    resources = trial_resources(sweep, ray.cluster_resources().get("GPU", 0.0))
+    cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+    resources = trial_resources(sweep, cluster_gpus)
     context = TrialContext(
         sweep=sweep, backend=backend, tracking_uri=tracking_uri, experiment=experiment,
         parent_run_id=parent_run_id, log_dir=str(log_dir),
         specs_by_key={t.key: t for t in sweep.trials if t.key not in skip_keys})
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, context=context),
-        {k.lower(): v for k, v in resources.items()})
+    with_context = tune.with_parameters(_trainable, context=context)
+    nodes = alive_nodes()
+    if routes_by_image(sweep, nodes):
+        trainable = tune.with_resources(with_context, _routed_resources(context, cluster_gpus,
+                                                                        nodes))
+    else:
+        if backend == "docker" and len(nodes) > 1:
+            print("versweep: warning: no node of this Ray cluster advertises versweep_image "
+                  "resources, so trials may land on nodes without their image; start each "
+                  "node with --resources \"$(python -m sweeps.cluster.resources)\"",
+                  file=sys.stderr, flush=True)
+        trainable = tune.with_resources(with_context,
+                                        {k.lower(): v for k, v in resources.items()})
 
     scheduler = None
     search = sweep.search
@@ -375,7 +452,7 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
     run_config = tune.RunConfig(
         name=f"{sweep.name}-{parent_run_id[:8]}-{int(time.time())}",
         storage_path=str(storage_dir), callbacks=[callback], progress_reporter=reporter,
-        verbose=verbose, failure_config=tune.FailureConfig(max_failures=0))
+        verbose=verbose, failure_config=tune.FailureConfig(max_failures=LOST_TRIAL_RETRIES))
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                        run_config=run_config)
     # Tune's own result files are off (MLflow is the record); it need not say so per trial.

@@ -1,0 +1,290 @@
+"""Sweeps on a real two-node Ray cluster: routing by node resources, Ray Jobs, node loss.
+
+The cluster is real: `ray start --head` and a second `ray start --address`, each a raylet
+with its own custom resources, both on 127.0.0.1 (tests/loopback_cluster.py). Both nodes
+share this machine's CPUs and its one Docker engine, so "node B holds image X" is what
+node B *advertises* (its versweep_image resources), as `python -m sweeps.cluster.resources`
+would make it advertise on a machine of its own; the test checks that Ray honours that.
+
+    head (node A): 1 CPU, versweep_image:torch-2.13.0-cpu, versweep_image:<only on A>
+    node B:        1 CPU, versweep_image:torch-2.13.0-cpu, versweep_image:<only on B>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from loopback_cluster import LoopbackCluster, cluster_env, loopback_cluster
+from sweeping import RUN, sweep_runs
+
+from sweeps.cluster.resources import image_resource, main, trial_routing
+from sweeps.grid import MATRIX_PATH
+from sweeps.matrix import load_matrix
+from sweeps.spec import TrialSpec
+
+SHARED = "torch-2.13.0-cpu"  # the tests' own image (tests/dockerenv.py), on both nodes
+# Names for the same image that only one node advertises (the matrix allows a "-suffix");
+# the pid keeps two test runs on one Docker engine apart.
+ONLY_A = f"{SHARED}-only-a{os.getpid()}"
+ONLY_B = f"{SHARED}-only-b{os.getpid()}"
+NOWHERE = f"{SHARED}-nowhere{os.getpid()}"
+
+
+def matrix_with(path: Path, *names: str) -> Path:
+    """images/matrix.toml plus a copy of the torch-2.13.0-cpu entry under each of ``names``."""
+    text = MATRIX_PATH.read_text()
+    start = text.rindex("[[image]]", 0, text.index(f'name = "{SHARED}"'))
+    end = text.find("[[image]]", start + 1)
+    entry = text[start:end if end != -1 else len(text)].rstrip() + "\n"
+    copies = [entry.replace(f'name = "{SHARED}"', f'name = "{name}"') for name in names]
+    path.write_text(text.rstrip() + "\n\n" + "\n".join(copies))
+    return path
+
+
+def docker_tag(source: str, *names: str):
+    """Tag local image ``versweep:source`` as ``versweep:NAME`` for each name; returns an undo."""
+    import docker
+
+    client = docker.from_env(timeout=120)
+    image = client.images.get(f"versweep:{source}")
+    for name in names:
+        image.tag("versweep", name)
+
+    def undo():
+        for name in names:
+            try:
+                client.images.remove(f"versweep:{name}", noprune=True)
+            except docker.errors.ImageNotFound:
+                pass
+    return undo
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The two-node loopback cluster of this module (node B is lost in the last test)."""
+    with loopback_cluster() as started:
+        started.start_head(num_cpus=1, resources={image_resource(SHARED): 1000,
+                                                  image_resource(ONLY_A): 1000})
+        started.add_node(num_cpus=1, name="b",
+                         resources={image_resource(SHARED): 1000,
+                                    image_resource(ONLY_B): 1000})
+        yield started
+
+
+def node_names(cluster: LoopbackCluster) -> dict[str, str]:
+    """Ray node id -> "head" / "b"."""
+    return {node_id: node.name for node, node_id in cluster.node_ids().items()}
+
+
+ROUTED_GRID = textwrap.dedent("""
+    [sweep]
+    name = "{name}"
+    backend = "docker"
+    device = "cpu"
+    images = {images}
+    container_memory = "2g"
+    trial_timeout_s = 300
+
+    [[group]]
+    workload = "env"
+    axes.seed = [1]
+""")
+
+
+def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_only_where_its_image_is(
+        cluster, docker_image, tmp_path, monkeypatch):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    undo = docker_tag(docker_image, ONLY_A, ONLY_B)
+    try:
+        matrix_with(tmp_path / "matrix.toml", ONLY_A, ONLY_B)
+        (tmp_path / "routed.toml").write_text(ROUTED_GRID.format(
+            name="routed", images=json.dumps([SHARED, ONLY_A, ONLY_B])))
+        names = node_names(cluster)
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        client = JobSubmissionClient(cluster.dashboard_url)
+        # As a user submits it: the job's driver runs on the head and finds the cluster
+        # through RAY_ADDRESS, which Ray sets for it.
+        job_id = client.submit_job(entrypoint=(
+            f"cd {tmp_path} && {sys.executable} {RUN} --grid routed.toml --matrix matrix.toml "
+            f"--tracking-uri sqlite:///{tmp_path}/mlflow.db"))
+        deadline = time.monotonic() + 600
+        while client.get_job_status(job_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                    JobStatus.STOPPED):
+            assert time.monotonic() < deadline, client.get_job_logs(job_id)[-3000:]
+            time.sleep(2)
+        logs = client.get_job_logs(job_id)
+        assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, logs[-4000:]
+    finally:
+        undo()
+    assert "trials: 3 ok" in logs
+
+    _, _, children = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db", "routed")
+    assert len(children) == 3
+    assert all(c.info.status == "FINISHED" and c.data.tags["versweep.status"] == "ok"
+               for c in children)
+    where = {c.data.tags["versweep.image"]: names[c.data.tags["versweep.ray_node_id"]]
+             for c in children}
+    # Routing held: each one-node image ran on the one node that advertises it...
+    assert where[ONLY_A] == "head" and where[ONLY_B] == "b"
+    # ... so the sweep used both nodes; the shared image may run on either.
+    assert where[SHARED] in ("head", "b")
+    assert all(c.data.tags["versweep.ray_node_ip"] for c in children)
+
+
+def test_an_image_no_node_advertises_fails_before_any_trial_with_the_pull_command(
+        cluster, docker_image, tmp_path):
+    # The driver's own engine has the image (so the docker backend's check on this node
+    # passes); no node of the cluster says it holds it.
+    undo = docker_tag(docker_image, NOWHERE)
+    try:
+        matrix_with(tmp_path / "matrix.toml", NOWHERE)
+        (tmp_path / "nowhere.toml").write_text(ROUTED_GRID.format(
+            name="nowhere", images=json.dumps([SHARED, NOWHERE])))
+        done = subprocess.run(
+            [sys.executable, str(RUN), "--grid", "nowhere.toml", "--matrix", "matrix.toml",
+             "--address", cluster.address, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
+            cwd=tmp_path, env=cluster_env(), capture_output=True, text=True, timeout=600)
+    finally:
+        undo()
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("versweep: error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert f"no node of the Ray cluster advertises image(s) {NOWHERE}," in errors[0]
+    assert "python images/build.py pull --grid" in errors[0]
+
+
+def test_this_nodes_resources_are_its_images_its_gpus_can_run_and_its_gpu_arch(
+        docker_image, tmp_path, monkeypatch, capsys):
+    # A stand-in nvidia-smi: an H100 whose driver (550) is too old for CUDA 13 images.
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 9.0, 550.54.15'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    cuda12, cuda13 = "torch-2.1.0-cu121-vsrt", "torch-2.13.0-cu130-vsrt"
+    text = MATRIX_PATH.read_text()
+    for real, name in (("torch-2.1.0-cu121", cuda12), ("torch-2.13.0-cu130", cuda13)):
+        start = text.rindex("[[image]]", 0, text.index(f'name = "{real}"'))
+        end = text.find("[[image]]", start + 1)
+        text += "\n" + text[start:end].replace(f'name = "{real}"', f'name = "{name}"')
+    (tmp_path / "matrix.toml").write_text(text)
+    # Tags only: what a node advertises depends on which images it holds, not what is in them.
+    undo = docker_tag(docker_image, cuda12, cuda13)
+    try:
+        assert main(["--matrix", str(tmp_path / "matrix.toml")]) == 0
+    finally:
+        undo()
+    out, err = capsys.readouterr()
+    advertised = json.loads(out)
+    assert advertised[image_resource(cuda12)] == 1000  # sm_90 kernels, CUDA 12.1, driver 550
+    assert advertised[image_resource(SHARED)] == 1000  # CPU-only: runs CPU trials anywhere
+    assert image_resource(cuda13) not in advertised  # its CUDA needs driver >= 580
+    assert advertised["versweep_arch:sm_90"] == 1000
+    assert re.search(rf"not advertising {cuda13}: .*needs NVIDIA driver >= 580", err)
+
+
+def test_a_trial_only_some_gpu_archs_can_run_asks_for_one_of_them():
+    matrix = load_matrix(MATRIX_PATH)
+    image = matrix["torch-0.4.1-cu90"]  # cuDNN 7.1: no Hopper support; sm_70 kernels
+    volta = {"CPU": 8, "GPU": 8, image_resource(image.name): 1000,
+             "versweep_arch:sm_70": 1000}
+    hopper = {"CPU": 8, "GPU": 4, image_resource(image.name): 1000,
+              "versweep_arch:sm_90": 1000}
+
+    def spec(**config):
+        return TrialSpec(workload="rnn_bench", image=image.name,
+                         config=tuple(sorted(config.items())), repeat=0, group=0)
+
+    cudnn = spec(bench="1x320-ce-short", impl="cudnn")
+    assert trial_routing(cudnn, image, wants_gpu=True, nodes=[volta, hopper]) == {
+        image_resource(image.name): 1, "versweep_arch:sm_70": 1}
+    # Without cuDNN (no gate) both archs run it: only the image is asked for.
+    basic = spec(bench="1x320-ce-short", impl="basic", check=False)
+    assert trial_routing(basic, image, wants_gpu=True, nodes=[volta, hopper]) == {
+        image_resource(image.name): 1}
+    # A CPU trial needs no GPU arch at all.
+    assert trial_routing(cudnn, image, wants_gpu=False, nodes=[volta, hopper]) == {
+        image_resource(image.name): 1}
+
+
+LOSS_GRID = textwrap.dedent("""
+    [sweep]
+    name = "node_loss"
+    backend = "local"
+    device = "cpu"
+    trial_timeout_s = 300
+
+    [[group]]
+    workload = "ptb_lm"
+    axes.seed = [1, 2, 3, 4]
+    config.hidden_size = 16
+    config.num_layers = 1
+    config.num_steps = 5
+    config.batch_size = 4
+    config.max_epochs = 25
+    config.synthetic_words = 3000
+    config.synthetic_vocab = 50
+    config.num_threads = 1
+""")
+
+
+def test_losing_a_node_mid_sweep_reruns_its_trials_on_the_other_node_and_loses_nothing(
+        cluster, tmp_path):
+    """Runs last in this module: node B does not come back."""
+    (tmp_path / "loss.toml").write_text(LOSS_GRID)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    names = node_names(cluster)
+    node_b = next(node for node in cluster.nodes if node.name == "b")
+    b_id = next(node_id for node_id, name in names.items() if name == "b")
+    head_id = next(node_id for node_id, name in names.items() if name == "head")
+    driver = subprocess.Popen(
+        [sys.executable, str(RUN), "--grid", "loss.toml", "--address", cluster.address,
+         "--tracking-uri", uri], cwd=tmp_path, env=cluster_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Wait until a trial on node B is part-way (it has logged an epoch), then lose B.
+        deadline = time.monotonic() + 300
+        while True:
+            assert driver.poll() is None and time.monotonic() < deadline, "no trial on B"
+            try:
+                _, _, children = sweep_runs(uri, "node_loss")
+            except AssertionError:  # the experiment is not there yet
+                children = []
+            if any(c.info.status == "RUNNING" and c.data.metrics.get("valid_perplexity")
+                   and c.data.tags.get("versweep.ray_node_id") == b_id for c in children):
+                break
+            time.sleep(0.5)
+        assert cluster.kill_node(node_b) > 0
+        out, err = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, out[-3000:] + err[-3000:]
+    assert "trials: 4 ok" in out
+
+    _, _, children = sweep_runs(uri, "node_loss")
+    finished: dict[str, list] = {}
+    for child in children:
+        if child.info.status == "FINISHED":
+            finished.setdefault(child.data.tags["versweep.trial_key"], []).append(child)
+    # Nothing lost, nothing twice: every trial has exactly one decided run, and it is ok.
+    assert len(finished) == 4 and all(len(runs) == 1 for runs in finished.values())
+    assert all(runs[0].data.tags["versweep.status"] == "ok" for runs in finished.values())
+    assert all("test_perplexity" in runs[0].data.metrics for runs in finished.values())
+    # The trial that was cut off on B ran again, to the end, on the head.
+    lost = [c for c in children if c.info.status == "KILLED"]
+    assert lost and all(c.data.tags["versweep.ray_node_id"] == b_id for c in lost)
+    for run in lost:
+        rerun = finished[run.data.tags["versweep.trial_key"]][0]
+        assert rerun.data.tags["versweep.ray_node_id"] == head_id
+    assert cluster.kill_node(node_b) == 0  # nothing of node B is left running
