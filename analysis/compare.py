@@ -4,10 +4,10 @@
     after:  torch-2.5.1-cu124  (torch 2.5.1, CUDA 12.4, cuDNN 90100)
 
            before            after    ratio  benchmark
-    -     2.31±0.02ms     1.52±0.01ms    0.66  rnn_bench 1x320-ce-short cudnn
-    +     10.4±0.1ms      11.9±0.2ms     1.14  rnn_bench 1x320-ce-short fused
-           5.12±0.3ms      5.20±0.4ms    1.02  rnn_bench 1x320-ce-long cudnn
-    x     30.1±0.2ms     unsupported        -  rnn_bench 4x320-ctc-long cudnn
+    -  2.31±0.02ms  1.52±0.01ms   0.66  rnn_bench 1x320-ce-short cudnn
+    +   10.4±0.1ms   11.9±0.2ms   1.14  rnn_bench 1x320-ce-short fused
+        5.12±0.3ms   5.20±0.4ms   1.02  rnn_bench 1x320-ce-long cudnn
+    x   30.1±0.2ms  unsupported      -  rnn_bench 4x320-ctc-long cudnn
 
 The first column is the mark: ``+`` slower, ``-`` faster (both only when the
 difference is statistically significant and beyond the practical threshold; see
@@ -47,20 +47,15 @@ class Row:
     unit: str = "ms"
 
 
-def format_number(value: float) -> str:
-    """Three significant figures without exponent notation (0.0123, 1.23, 12.3, 123, 1234)."""
+def format_number(value: float, digits: int = 3) -> str:
+    """``digits`` significant figures without exponent notation (3: 0.0123, 1.23, 12.3, 123,
+    and 1234 whole)."""
     if not math.isfinite(value):
         return str(value)
-    magnitude = abs(value)
-    if magnitude >= 100:
-        return f"{value:.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    if magnitude == 0:
+    if value == 0:
         return "0"
-    return f"{value:.3g}"
+    decimals = max(digits - 1 - math.floor(math.log10(abs(value))), 0)
+    return f"{value:.{decimals}f}"
 
 
 def format_figure(figure: Figure, unit: str) -> str:
@@ -71,7 +66,7 @@ def format_figure(figure: Figure, unit: str) -> str:
     if figure.low is not None and figure.high is not None:
         half = max(figure.estimate - figure.low, figure.high - figure.estimate)
         if half > 0:
-            text += "±" + format_number(half)
+            text += "±" + format_number(half, 2)
     return text + unit
 
 
@@ -89,7 +84,7 @@ def format_table(rows: Sequence[Row], before: str, after: str, *,
              f"after:  {after}" + (f" ({after_about})" if after_about else ""), ""]
     cells = [(mark_symbol(row.mark), format_figure(row.before, row.unit),
               format_figure(row.after, row.unit),
-              format_number(row.ratio) if row.ratio is not None and math.isfinite(row.ratio)
+              f"{row.ratio:.2f}" if row.ratio is not None and math.isfinite(row.ratio)
               else "-", row.benchmark) for row in rows]
     header = ("", "before", "after", "ratio", "benchmark")
     widths = [max([len(header[i])] + [len(c[i]) for c in cells]) for i in range(4)]
@@ -101,7 +96,8 @@ def format_table(rows: Sequence[Row], before: str, after: str, *,
     if not rows:
         lines.append("(nothing that both images ran)")
     lines += ["", "+ slower, - faster (significant and beyond the threshold), blank: no "
-              "significant change, x: only one side has a figure, ! perplexity differs "
-              "beyond seed-to-seed noise, ? too few repeats to say; ratio = after / before; "
-              "± = the wider half of the 95% bootstrap interval."]
+              "significant change, x: only one side has a figure;",
+              "! perplexity differs beyond seed-to-seed noise, ? too few repeats to say; "
+              "ratio = after / before; ± = the wider half of the 95% interval (perplexity: "
+              "the standard deviation over seeds)."]
     return "\n".join(lines) + "\n"

@@ -1046,7 +1046,7 @@ def compare_rows(data: SweepData, before: str, after: str) -> list[terminal.Row]
         for image in (before, after):
             interval = group.intervals.get(image)
             if interval is None:
-                sides.append(terminal.Figure(None, missing=status_text(
+                sides.append(terminal.Figure(None, missing=_why_missing(
                     group.trials.get(image, []))))
             else:
                 sides.append(terminal.Figure(interval.estimate, interval.low, interval.high))
@@ -1066,7 +1066,7 @@ def compare_rows(data: SweepData, before: str, after: str) -> list[terminal.Row]
             sides.append(terminal.Figure(
                 mean, None if std is None or mean is None else mean - std,
                 None if std is None or mean is None else mean + std,
-                missing=status_text([t for t in trials if t.image == image])))
+                missing=_why_missing([t for t in trials if t.image == image])))
         mark, ratio = "n/a", None
         if values[before] and values[after]:
             verdict = parity({before: values[before], after: values[after]}, before)[after]
@@ -1075,6 +1075,12 @@ def compare_rows(data: SweepData, before: str, after: str) -> list[terminal.Row]
         rows.append(terminal.Row(f"{_lm_label(dict(key), [])} test perplexity (mean±std)",
                                  sides[0], sides[1], ratio, mark, unit=""))
     return rows
+
+
+def _why_missing(trials: Sequence[Trial]) -> str:
+    """One word for a terminal column: the commonest status of trials without a figure."""
+    counts = Counter(t.status for t in trials if t.status != "ok")
+    return counts.most_common(1)[0][0] if counts else "not-run"
 
 
 def _about(data: SweepData, image: str) -> str:

@@ -1,0 +1,397 @@
+"""``python analysis/report.py``, run as a user runs it, over a real MLflow store.
+
+The store is filled through sweeps.records.SweepRecords exactly as a sweep fills it
+(tests/analysis_store.py: four images, every trial status, a Ctrl-C'd and a superseded
+run, an Optuna search with its study). The report's figures are checked against
+analysis/stats.py computed from the per-batch times that were written, and against
+what the data were made to show (a 25% faster image, a 20% slower one, a 2% change
+inside the noise, a large change drowned in noise, a perplexity that differs).
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from analysis_store import (
+    BASE,
+    DIVERGED_MESSAGE,
+    FAILED_MESSAGE,
+    FUSED_REASON,
+    GPU,
+    HPARAMS,
+    IMAGE_ENV,
+    IMAGES,
+    MID,
+    NEW,
+    OLD,
+    OLD_REASON,
+    OTHER_GPU,
+    UNFINISHED,
+    VERSIONS,
+    FilledStore,
+    _env_event,
+    _spec,
+    fill_store,
+)
+from mlflow import MlflowClient
+
+from analysis import report
+from analysis.reference import reference_rows
+from analysis.stats import compare, median_ci, parity
+from sweeps.records import SweepRecords
+from sweeps.spec import Sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# One filled store per test session, shared by the report tests (filling takes seconds).
+_FILLED: dict[Path, FilledStore] = {}
+
+
+def filled_store_once(tmp_path_factory) -> FilledStore:
+    """The analysis test store of this session, filled on first use."""
+    base = tmp_path_factory.getbasetemp()
+    if base not in _FILLED:
+        _FILLED[base] = fill_store(tmp_path_factory.mktemp("analysis-store"))
+    return _FILLED[base]
+
+
+def run_report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python analysis/report.py ARGS`` from ``cwd``, as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / "analysis" / "report.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> FilledStore:
+    return filled_store_once(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def versions_report(store, tmp_path_factory) -> Path:
+    """The report of the newest "versions" sweep, written by the real command."""
+    out = tmp_path_factory.mktemp("versions-report") / "report"
+    proc = run_report_cli("--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                          "--out", str(out), cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout and store.versions.parent_run_id in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def search_report(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("search-report") / "report"
+    code = report.main(["--experiment", HPARAMS, "--tracking-uri", store.tracking_uri,
+                        "--out", str(out), "--no-log"])
+    assert code == 0
+    return out
+
+
+# --------------------------------------------------------------------------- files and artifacts
+
+
+def test_report_writes_md_html_csv_and_logs_them_on_the_sweeps_parent_run(store,
+                                                                          versions_report):
+    out = versions_report
+    for name in ("report.md", "report.html", "speed.csv", "reference.csv",
+                 "language_model.csv", "did_not_run.csv", "provenance.csv", "trials.csv"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    plots = sorted(p.name for p in (out / "plots").iterdir())
+    assert "speed_bars_1x320-ce-long.png" in plots and "learning_curves_ptb_lm_small.png" in plots
+    markdown = (out / "report.md").read_text()
+    for png in plots:  # every figure the Markdown links exists, and every file is linked
+        assert f"](plots/{png})" in markdown
+    assert (out / "plots" / plots[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    client = MlflowClient(store.tracking_uri)
+    parent = store.versions.parent_run_id
+    logged = {f.path for f in client.list_artifacts(parent, "report")}
+    assert {"report/report.md", "report/report.html", "report/speed.csv",
+            "report/did_not_run.csv", "report/plots"} <= logged
+    logged_plots = {Path(f.path).name for f in client.list_artifacts(parent, "report/plots")}
+    assert logged_plots == set(plots)
+    # Logged, not only listed: the artifact is the file that was written.
+    copy = client.download_artifacts(parent, "report/report.md", str(out.parent))
+    assert Path(copy).read_text() == markdown
+
+
+def test_the_newest_sweep_by_default_and_an_older_one_with_sweep(store, versions_report,
+                                                                 tmp_path):
+    assert store.versions.parent_run_id in (versions_report / "report.md").read_text()
+    older = store.older_versions.parent_run_id
+    code = report.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                        "--sweep", older[:10], "--out", str(tmp_path), "--no-log",
+                        "--format", "csv"])
+    assert code == 0
+    assert not (tmp_path / "report.md").exists()  # only what --format asked for
+    trials = read_csv(tmp_path / "trials.csv")
+    assert [t["run_id"] for t in trials] == [store.older_versions.trials[0].run_id]
+
+
+# --------------------------------------------------------------------------- speed figures
+
+
+def test_speed_figures_are_the_statistics_of_the_written_samples(store, versions_report):
+    rows = {(r["bench"], r["impl"], r["image"]): r
+            for r in read_csv(versions_report / "speed.csv")}
+    markdown = (versions_report / "report.md").read_text()
+    checked = 0
+    for (bench, impl, image), row in rows.items():
+        assert row["baseline"] == BASE  # the oldest image on which something ran
+        repeats = store.versions.speed_repeats(bench, impl, image)
+        if not repeats:
+            assert row["median_ms"] == "" and row["mark"] == "n/a"
+            continue
+        interval = median_ci(repeats)
+        assert float(row["median_ms"]) == interval.estimate
+        assert (float(row["ci_low_ms"]), float(row["ci_high_ms"])) == (interval.low,
+                                                                        interval.high)
+        assert int(row["n_repeats"]) == len(repeats)
+        assert int(row["n_samples"]) == sum(len(r) for r in repeats)
+        torch = IMAGE_ENV[image]["torch"]
+        if image == BASE:
+            assert row["mark"] == "baseline"
+            line = f"| {image} | {torch} | {report.format_interval(interval)} | 1 (baseline) |"
+        else:
+            comparison = compare(store.versions.speed_repeats(bench, impl, BASE), repeats)
+            assert float(row["ratio"]) == comparison.ratio
+            assert (float(row["ratio_low"]), float(row["ratio_high"])) == (comparison.low,
+                                                                            comparison.high)
+            assert row["mark"] == comparison.mark
+            line = (f"| {image} | {torch} | {report.format_interval(interval)} | "
+                    f"{report.format_ratio(comparison)} | {report.format_mark(comparison.mark)} |")
+        assert line in markdown, line
+        checked += 1
+    assert checked == 10  # 4 on the baseline, 4 on torch-2.0.1, 2 on torch-2.13.0
+
+
+def test_marks_say_what_the_data_were_made_to_show(versions_report):
+    marks = {(r["bench"], r["impl"], r["image"]): (r["mark"], r["ratio"])
+             for r in read_csv(versions_report / "speed.csv")}
+    assert marks[("1x320-ce-long", "cudnn", MID)] == ("faster", "0.75")  # 60 vs 80 ms
+    assert marks[("1x320-ce-long", "fused", MID)][0] == "slower"  # 204 vs 170 ms: +20%
+    assert float(marks[("1x320-ce-long", "fused", MID)][1]) == pytest.approx(1.2)
+    assert marks[("1x320-ce-long", "cudnn", NEW)][0] == "~"  # +1.5%, however tight the noise
+    assert marks[("4x320-ce-long", "cudnn", MID)][0] == "~"  # -2%
+    assert marks[("4x320-ctc-long", "cudnn", MID)][0] == "~"  # +10% but repeats 420..900 ms
+    assert marks[("4x320-ctc-long", "cudnn", NEW)][0] == "~"  # -1.7%
+    for bench, impl in (("1x320-ce-long", "fused"), ("4x320-ce-long", "cudnn")):
+        assert marks[(bench, impl, NEW)] == ("n/a", "")  # unsupported / failed: no figure
+    assert all(marks[(b, i, OLD)] == ("n/a", "") for b, i, _ in marks)
+
+
+def test_speed_tables_carry_the_gtx_1080_reference_rows(versions_report):
+    markdown = (versions_report / "report.md").read_text()
+    rows = [r for r in reference_rows() if (r.bench, r.impl) == ("1x320-ce-long", "cudnn")]
+    assert [r.version for r in rows] == ["0.1.12", "0.2.0", "0.3.1", "0.4.0"]
+    for row in rows:
+        assert (f"| GTX 1080 reference: PyTorch {row.version} | {row.version} | "
+                f"{report.format_interval(row.interval)} |  | reference |") in markdown
+    assert "stefbraun/rnn_benchmarks results/10/pytorch_comparison/results.csv" in markdown
+    reference = read_csv(versions_report / "reference.csv")
+    assert len(reference) == len(reference_rows())
+    assert {float(r["median_ms"]) for r in reference} == {
+        r.interval.estimate for r in reference_rows()}
+
+
+# --------------------------------------------------------------------------- language model
+
+
+def test_language_model_table_and_parity_verdicts(store, versions_report):
+    rows = {r["image"]: r for r in read_csv(versions_report / "language_model.csv")}
+    values = {image: store.versions.test_perplexities(image) for image in (BASE, MID, NEW)}
+    verdicts = parity(values, BASE)
+    for image in (BASE, MID, NEW):
+        row = rows[image]
+        assert float(row["test_perplexity_mean"]) == pytest.approx(verdicts[image].mean)
+        assert row["n_ok"] == "3"
+    assert [rows[i]["parity_verdict"] for i in (BASE, MID, NEW)] == [
+        "baseline", "same", "differs"]
+    assert float(rows[NEW]["parity_p_value"]) == verdicts[NEW].p_value
+    assert rows[OLD]["n_ok"] == "0" and rows[OLD]["parity_verdict"] == "n/a"
+    markdown = (versions_report / "report.md").read_text()
+    assert f"**differs** (Δ {verdicts[NEW].diff:+.2f}, p={verdicts[NEW].p_value:.2g})" \
+        in markdown
+    assert "synthetic corpus" in markdown  # the records say the LM ran on synthetic data
+
+
+# --------------------------------------------------------------------------- did not run
+
+
+def test_every_trial_without_a_result_is_listed_with_its_reason(store, versions_report):
+    listed = {r["run_id"]: r for r in read_csv(versions_report / "did_not_run.csv")}
+    expected = {t.run_id: t for t in store.versions.decided if t.status != "ok"}
+    assert set(listed) == set(expected)
+    for run_id, trial in expected.items():
+        assert listed[run_id]["status"] == trial.status
+        assert listed[run_id]["reason"] == trial.message
+    # The Ctrl-C'd run and the superseded one are not decisions: nowhere in the report.
+    undecided = {t.run_id for t in store.versions.trials if not t.decided}
+    trials = {r["run_id"] for r in read_csv(versions_report / "trials.csv")}
+    assert trials == {t.run_id for t in store.versions.decided} and not undecided & trials
+
+    markdown = (versions_report / "report.md").read_text()
+    section = markdown.split("## Did not run", 1)[1].split("\n## ", 1)[0]
+    for reason in (OLD_REASON, FUSED_REASON, DIVERGED_MESSAGE, " ".join(FAILED_MESSAGE.split())):
+        assert reason in section
+    matrix = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines()
+              if line.startswith("| rnn_bench") or line.startswith("| ptb_lm")}
+    assert "3 unsupported [" in matrix["rnn_bench 1x320-ce-long fused"].split(" | ")[4]
+    assert "3 failed [" in matrix["rnn_bench 4x320-ce-long cudnn"].split(" | ")[4]
+    assert "2 ok, 1 diverged [" in matrix["rnn_bench 4x320-ctc-long cudnn"].split(" | ")[4]
+    assert all("3 unsupported [" in row.split(" | ")[1] for row in matrix.values())
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_provenance_warns_when_a_compared_run_ran_on_another_gpu(versions_report):
+    markdown = (versions_report / "report.md").read_text()
+    section = markdown.split("## Provenance", 1)[1]
+    warning = next(line for line in section.splitlines() if "differ in GPU model" in line)
+    assert GPU in warning and OTHER_GPU in warning
+    assert f"{OTHER_GPU} on {MID} (1 of 15 trials)" in warning
+    table = {r["image"]: r for r in read_csv(versions_report / "provenance.csv")
+             if r["field"] == "cudnn"}
+    assert {image: table[image]["value"] for image in table} == {
+        BASE: "8302", MID: "8700", NEW: "91200"}
+    assert "tf32" not in "".join(line for line in section.splitlines() if "Warning" in line)
+
+
+def test_provenance_warns_when_tf32_differs_between_images(store, tmp_path):
+    # Two images, one of them run with TF32 matmuls on: a different numeric setting, not a
+    # different version, so the report must say so next to the comparison.
+    records = SweepRecords(store.tracking_uri, "tf32")
+    specs = [_spec("rnn_bench", image, {"bench": "1x320-ce-long", "impl": "cudnn"}, 0)
+             for image in (BASE, NEW)]
+    parent = records.open_sweep(Sweep(
+        name="tf32", path=Path("/home/me/tf32.toml"), text='name = "tf32"\n',
+        description="", backend="docker", device="auto", trial_timeout_s=60.0, retries=0,
+        max_concurrent=1, trials=tuple(specs)), resume=False)
+    for spec in specs:
+        run_id = records.start_trial(parent, spec)
+        event = _env_event(spec.image, "rnn_bench", spec.config_dict)
+        event["flags"]["tf32_matmul"] = spec.image == NEW
+        records.log_event(run_id, event)
+        records.log_event(run_id, {"v": 1, "event": "result",
+                                   "metrics": {"ms_per_batch_median": 80.0},
+                                   "samples": [0.08, 0.081, 0.079]})
+        records.finish_trial(run_id, "ok")
+    records.close_sweep(parent, {"ok": 2}, None)
+
+    assert report.main(["--experiment", "tf32", "--tracking-uri", store.tracking_uri,
+                        "--out", str(tmp_path), "--no-log", "--format", "md"]) == 0
+    warnings = [line for line in (tmp_path / "report.md").read_text().splitlines()
+                if line.startswith("> **Warning:**")]
+    assert any("numeric flag tf32_matmul" in w and f"true on {NEW}" in w
+               and f"false on {BASE}" in w for w in warnings), warnings
+    assert not any("GPU model" in w for w in warnings)
+
+
+# --------------------------------------------------------------------------- search
+
+
+def test_search_report_best_config_importances_and_early_stops(store, search_report):
+    markdown = (search_report / "report.md").read_text()
+    assert "## Hyper-parameter search" in markdown
+    ok = [t for t in store.search.decided if t.status == "ok"]
+    best = min(ok, key=lambda t: t.metrics["best_valid_perplexity"])
+    [row] = read_csv(search_report / "search_best.csv")
+    assert row["run_id"] == best.run_id and row["metric"] == "valid_perplexity"
+    assert float(row["value"]) == pytest.approx(best.metrics["best_valid_perplexity"])
+    assert row["learning_rate"] == str(best.config["learning_rate"])
+
+    importances = read_csv(search_report / "search_importance.csv")
+    assert {r["parameter"] for r in importances} == {"learning_rate", "keep_prob",
+                                                     "hidden_size", "clip_norm"}
+    assert sum(float(r["importance"]) for r in importances) == pytest.approx(1.0)
+
+    stopped = read_csv(search_report / "search_stopped.csv")
+    expected = [t for t in store.search.decided if t.status == "stopped"]
+    assert {r["run_id"] for r in stopped} == {t.run_id for t in expected}
+    assert all(r["message"].startswith("stopped early by ASHA") for r in stopped)
+    assert "Trials stopped early (2)" in markdown
+    assert "search_curves.png" in markdown
+
+
+# --------------------------------------------------------------------------- --compare
+
+
+def compare_rows(store, capsys, before: str, after: str) -> dict[str, list[str]]:
+    """benchmark -> [mark, before, after, ratio] as ``--compare before after`` prints them."""
+    code = report.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                        "--compare", before, after])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.startswith(f"before: {before} (torch {IMAGE_ENV[before]['torch']}")
+    rows = {}
+    for line in captured.out.splitlines():
+        if " rnn_bench " in line or " ptb_lm " in line:
+            first, second, ratio, benchmark = line[1:].split(maxsplit=3)
+            rows[benchmark] = [line[0], first, second, ratio]
+    return rows
+
+
+def test_compare_prints_an_asv_style_table(store, capsys):
+    rows = compare_rows(store, capsys, BASE, MID)
+    mark, before, after, ratio = rows["rnn_bench 1x320-ce-long cudnn"]
+    assert mark == "-" and ratio == "0.75"
+    assert before.startswith("80.0±") and before.endswith("ms") and after.startswith("60.0±")
+    assert rows["rnn_bench 1x320-ce-long fused"][0] == "+"
+    assert rows["rnn_bench 1x320-ce-long fused"][3] == "1.20"
+    assert rows["rnn_bench 4x320-ce-long cudnn"][0] == " "  # -2%: not a change
+    assert rows["rnn_bench 4x320-ctc-long cudnn"][0] == " "  # +10% inside the noise
+    assert rows["ptb_lm small test perplexity (mean±std)"][0] == " "
+
+    rows = compare_rows(store, capsys, BASE, NEW)
+    mark, before, after, ratio = rows["rnn_bench 1x320-ce-long fused"]
+    assert (mark, after, ratio) == ("x", "unsupported", "-") and before.startswith("170±")
+    assert rows["rnn_bench 4x320-ce-long cudnn"][0::2] == ["x", "failed"]
+    assert rows["ptb_lm small test perplexity (mean±std)"][0] == "!"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--experiment", "versoins"], "did you mean 'versions'"),
+    (["--experiment", VERSIONS, "--sweep", "0123abcd"], "has no sweep '0123abcd'"),
+    (["--experiment", UNFINISHED], "no finished trial runs"),
+    (["--experiment", "not-a-sweep"], "has no sweep runs"),
+    (["--experiment", VERSIONS, "--baseline", "torch-9.9.9-cu999"],
+     "--baseline 'torch-9.9.9-cu999' is not an image of this sweep"),
+    (["--experiment", VERSIONS, "--format", "md,pdf"], "unknown format 'pdf'"),
+    (["--experiment", VERSIONS, "--compare", BASE, "torch-9.9.9-cu999"],
+     "'torch-9.9.9-cu999' is not an image of this sweep"),
+    (["--experiment", VERSIONS, "--frobnicate"], "unrecognized arguments: --frobnicate"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(store, tmp_path, capsys, args, says):
+    code = report.main([*args, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("report: error: ") and says in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_missing_store_is_one_line_from_the_real_command(tmp_path):
+    proc = run_report_cli("--experiment", VERSIONS, "--tracking-uri",
+                          f"sqlite:///{tmp_path}/nothing-here.db", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("report: error: no MLflow store at ")
+    assert proc.stderr.count("\n") == 1
+    assert not (tmp_path / "nothing-here.db").exists()  # a report never creates a store
+
+
+def test_every_image_of_the_sweep_is_in_the_report(versions_report):
+    summary = (versions_report / "report.md").read_text().split("## Speed", 1)[0]
+    for image in IMAGES:
+        assert f"| {image}" in summary
