@@ -43,6 +43,7 @@ import hashlib
 import random
 import shutil
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -502,16 +503,37 @@ def fill_store(directory: Path, *, empty_db: Path | None = None) -> FilledStore:
     if empty_db is not None and not db.exists():
         shutil.copyfile(empty_db, db)
     uri = f"sqlite:///{db}"
-    versions = SweepRecords(uri, VERSIONS)
-    older = write_older_versions_sweep(versions)
-    newest = write_versions_sweep(versions)
-    search = write_search_sweep(SweepRecords(uri, HPARAMS), directory)
-    unfinished = write_unfinished_sweep(SweepRecords(uri, UNFINISHED))
+    # One SweepRecords for every experiment: opening a store costs seconds, and the
+    # object only uses its experiment name when it creates a sweep's parent run.
+    records = SweepRecords(uri, VERSIONS)
+    older = write_older_versions_sweep(records)
+    newest = write_versions_sweep(records)
+    records.experiment = HPARAMS
+    search = write_search_sweep(records, directory)
+    records.experiment = UNFINISHED
+    unfinished = write_unfinished_sweep(records)
     # A run in an experiment of its own that versweep did not write (no versweep tags).
-    other = SweepRecords(uri, NOT_A_SWEEP)
-    experiment_id = other.experiment_id(create=True)
+    records.experiment = NOT_A_SWEEP
+    experiment_id = records.experiment_id(create=True)
     assert experiment_id is not None
-    other.client.set_terminated(other.client.create_run(experiment_id).info.run_id)
+    records.client.set_terminated(records.client.create_run(experiment_id).info.run_id)
     return FilledStore(directory=directory, tracking_uri=uri, versions=newest,
                        older_versions=older, search=search,
                        unfinished_parent_run_id=unfinished)
+
+
+_SHARED: FilledStore | None = None
+
+
+def shared_store(make_directory: Callable[[], Path]) -> FilledStore:
+    """One filled store per test process, made on first use in ``make_directory()``.
+
+    Filling takes seconds (every record goes through SweepRecords, as in a
+    sweep), so test modules that only read it, or only add report artifacts
+    to a parent run, share it: e.g.
+    ``shared_store(lambda: tmp_path_factory.mktemp("analysis-store"))``.
+    """
+    global _SHARED
+    if _SHARED is None or not (_SHARED.directory / "mlflow.db").exists():
+        _SHARED = fill_store(make_directory())
+    return _SHARED

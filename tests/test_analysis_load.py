@@ -1,0 +1,328 @@
+"""A sweep's records read back for a report, from a real store filled as a sweep fills it.
+
+The store (tests/analysis_store.py) is written through sweeps.records.SweepRecords:
+a "versions" sweep over four images with ok, unsupported (by the worker and by
+backend.check), failed, diverged, interrupted and superseded trials; an older
+sweep of the same experiment; an Optuna search with its study; a sweep with
+nothing decided yet; and an experiment versweep did not write. The tests load
+them as the report does and check what a person reading the report would check.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from analysis_store import (
+    BASE,
+    DIVERGED_MESSAGE,
+    FAILED_MESSAGE,
+    FUSED_REASON,
+    HPARAMS,
+    IMAGES,
+    MID,
+    NEW,
+    NOT_A_SWEEP,
+    OLD,
+    OLD_REASON,
+    PTB_EPOCHS,
+    PTB_TEST_PERPLEXITY,
+    SEARCH_OUTCOMES,
+    UNFINISHED,
+    VERSIONS,
+    FilledStore,
+    shared_store,
+    write_older_versions_sweep,
+)
+from sweeping import running_mlflow_server
+
+from analysis.load import (
+    load_samples,
+    load_sweep_data,
+    metric_histories,
+    metric_history,
+    study_name,
+)
+from analysis.stats import DIFFERS, FASTER, NOT_AVAILABLE, SAME, SLOWER, compare, median_ci, parity
+from sweeps.errors import UserError
+from sweeps.records import SweepRecords
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> FilledStore:
+    return shared_store(lambda: tmp_path_factory.mktemp("analysis-store"))
+
+
+@pytest.fixture(scope="module")
+def versions(store):
+    return load_sweep_data(store.tracking_uri, VERSIONS)
+
+
+def ms_repeats(data, samples, bench, impl, image):
+    """Per-batch ms of each ok repeat of one bench/impl/image, as a report groups them."""
+    return [[s * 1000.0 for s in samples[t.run_id]]
+            for t in sorted(data.trials, key=lambda t: t.repeat)
+            if t.workload == "rnn_bench" and t.params.get("bench") == bench
+            and t.params.get("impl") == impl and t.image == image and t.status == "ok"]
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def test_the_newest_sweep_with_every_decided_trial_and_nothing_else(store, versions):
+    assert versions.parent_run_id == store.versions.parent_run_id
+    assert versions.experiment_name == VERSIONS and versions.sweep_name == VERSIONS
+    assert not versions.search and versions.study() is None
+    decided = {t.run_id for t in store.versions.decided}
+    assert {t.run_id for t in versions.trials} == decided
+    assert len(versions.trials) == 60  # 4 benches x 4 images x 3 + ptb_lm 4 images x 3
+    # The interrupted and the superseded runs ended KILLED: not decisions, not shown.
+    killed = {t.run_id for t in store.versions.trials if not t.decided}
+    assert len(killed) == 2 and not killed & {t.run_id for t in versions.trials}
+    assert versions.parent_tags["versweep.summary.ok"] == "38"
+    assert versions.parent_status == "FINISHED"
+    assert "[sweep]" in versions.grid_text and 'name = "versions"' in versions.grid_text
+
+
+def test_each_trial_says_how_it_ended_and_why(store, versions):
+    written = {t.run_id: t for t in store.versions.decided}
+    for trial in versions.trials:
+        expected = written[trial.run_id]
+        assert (trial.status, trial.workload, trial.image, trial.repeat) == (
+            expected.status, expected.workload, expected.image, expected.repeat)
+        assert trial.name == expected.name and trial.trial_key
+        if trial.status != "ok":
+            assert trial.message == expected.message
+    reasons = {(t.image, t.status): t.message for t in versions.trials if t.status != "ok"}
+    assert reasons[(OLD, "unsupported")] == OLD_REASON
+    assert reasons[(NEW, "unsupported")] == FUSED_REASON
+    assert reasons[(NEW, "failed")] == FAILED_MESSAGE
+    assert reasons[(NEW, "diverged")] == DIVERGED_MESSAGE
+
+
+def test_what_ran_where_is_in_the_tags(versions):
+    old = [t for t in versions.trials if t.image == OLD]
+    assert old and all(t.tags["versweep.decided_by"] == "backend.check" for t in old)
+    assert all(not any(k.startswith("versweep.env.") for k in t.tags) for t in old)
+    ran = [t for t in versions.trials if t.image == MID and t.status == "ok"]
+    assert {t.tags["versweep.torch"] for t in ran} == {"2.0.1+cu118"}
+    assert {t.tags["versweep.env.cudnn"] for t in ran} == {"8700"}
+    assert {t.tags["versweep.env.flags.tf32_matmul"] for t in ran} == {"false"}
+    assert {t.tags["versweep.gpu"] for t in ran} == {"NVIDIA H100 80GB HBM3",
+                                                     "NVIDIA A100-SXM4-80GB"}
+    assert all(t.tags["versweep.image_digest"].startswith("sha256:") for t in ran)
+
+
+def test_images_come_oldest_torch_first(versions):
+    assert versions.images == list(IMAGES)
+
+
+def test_params_and_result_metrics_as_written(store, versions):
+    written = {t.run_id: t for t in store.versions.decided}
+    for trial in versions.trials:
+        expected = written[trial.run_id]
+        if trial.workload == "rnn_bench":
+            assert trial.params["bench"] == expected.bench
+            assert trial.params["impl"] == expected.impl
+            assert trial.params["seed"] == str(1234 + trial.repeat)
+        for name, value in expected.metrics.items():
+            assert trial.metrics[name] == pytest.approx(value)
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def test_samples_are_the_per_batch_seconds_written(store, versions):
+    samples = load_samples(versions.trials)
+    written = {t.run_id: t for t in store.versions.decided}
+    with_samples = {t.run_id for t in store.versions.decided if t.samples_ms is not None}
+    assert set(samples) == with_samples  # failed, unsupported, ptb_lm: none
+    for run_id, values in samples.items():
+        assert values == pytest.approx([ms / 1000.0 for ms in written[run_id].samples_ms])
+    one = next(t for t in versions.trials if t.run_id in with_samples)
+    assert one.samples() == samples[one.run_id]
+    assert next(t for t in versions.trials if t.status == "failed").samples() is None
+
+
+# --------------------------------------------------------------------------- golden figures
+
+
+@pytest.mark.parametrize("bench, impl, image, median, mark", [
+    ("1x320-ce-long", "cudnn", MID, 60.0, FASTER),
+    ("1x320-ce-long", "cudnn", NEW, 81.2, "~"),
+    ("1x320-ce-long", "fused", MID, 204.0, SLOWER),
+    ("1x320-ce-long", "fused", NEW, None, NOT_AVAILABLE),
+    ("4x320-ce-long", "cudnn", MID, 529.2, "~"),
+    ("4x320-ce-long", "cudnn", NEW, None, NOT_AVAILABLE),
+    ("4x320-ctc-long", "cudnn", MID, 660.0, "~"),
+    ("4x320-ctc-long", "cudnn", NEW, 590.0, "~"),
+])
+def test_the_speed_figures_from_the_store(versions, bench, impl, image, median, mark):
+    samples = load_samples(versions.trials)
+    base = ms_repeats(versions, samples, bench, impl, BASE)
+    cand = ms_repeats(versions, samples, bench, impl, image)
+    base_median = {"cudnn": 80.0, "fused": 170.0}[impl] if bench == "1x320-ce-long" else \
+        {"4x320-ce-long": 540.0, "4x320-ctc-long": 600.0}[bench]
+    assert median_ci(base).estimate == pytest.approx(base_median)
+    comparison = compare(base, cand)
+    assert comparison.mark == mark
+    if median is None:
+        assert cand == [] and median_ci(cand).n_repeats == 0
+        return
+    interval = median_ci(cand)
+    assert interval.estimate == pytest.approx(median)
+    assert interval.low < median < interval.high
+    assert comparison.ratio == pytest.approx(median / base_median)
+    assert comparison.low < comparison.ratio < comparison.high
+
+
+def test_the_parity_verdicts_from_the_store(versions):
+    by_image = {image: [t.metrics["test_perplexity"] for t in versions.trials_of("ptb_lm")
+                        if t.image == image and t.status == "ok"]
+                for image in (BASE, MID, NEW)}
+    assert by_image == {image: pytest.approx(values)
+                        for image, values in PTB_TEST_PERPLEXITY.items()}
+    verdicts = parity(by_image, BASE)
+    assert (verdicts[MID].verdict, verdicts[NEW].verdict) == (SAME, DIFFERS)
+
+
+def test_learning_curves_have_one_value_per_epoch(store, versions):
+    ptb = [t for t in versions.trials_of("ptb_lm") if t.status == "ok"]
+    curve = metric_history(store.tracking_uri, ptb[0].run_id, "valid_perplexity")
+    test = ptb[0].metrics["test_perplexity"]
+    assert curve == pytest.approx([(e, test * (1.0 + 0.8 / e) + 4.0)
+                                   for e in range(1, PTB_EPOCHS + 1)])
+    # words_per_second is also a result metric, logged again at the last step.
+    speeds = metric_histories(store.tracking_uri, [t.run_id for t in ptb], "words_per_second")
+    assert set(speeds) == {t.run_id for t in ptb}
+    assert all([step for step, _ in points] == [1, 2, 3, 4] for points in speeds.values())
+    assert metric_history(store.tracking_uri, ptb[0].run_id, "no_such_metric") == []
+
+
+# --------------------------------------------------------------------------- choosing a sweep
+
+
+def test_an_earlier_sweep_by_id_or_prefix(store):
+    older = store.older_versions.parent_run_id
+    for name in (older, older[:8], older.upper()):
+        data = load_sweep_data(store.tracking_uri, VERSIONS, name)
+        assert data.parent_run_id == older
+        assert [t.run_id for t in data.trials] == [store.older_versions.trials[0].run_id]
+        assert data.images == [BASE]
+
+
+def test_both_readers_give_the_same_sweep(store, versions):
+    through_mlflow = load_sweep_data(store.tracking_uri, VERSIONS, direct_sqlite=False)
+    assert through_mlflow == versions
+    search = load_sweep_data(store.tracking_uri, HPARAMS)
+    assert load_sweep_data(store.tracking_uri, HPARAMS, direct_sqlite=False) == search
+
+
+def test_reading_a_sqlite_store_needs_no_mlflow(store):
+    # MLflow takes seconds to import; the direct reader is why a report starts fast.
+    code = (f"import sys; from analysis.load import load_sweep_data, load_samples; "
+            f"d = load_sweep_data({store.tracking_uri!r}, {VERSIONS!r}); load_samples(d.trials); "
+            f"assert len(d.trials) == 60; assert 'mlflow' not in sys.modules, 'mlflow imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(UserError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.exit_code == 2
+    return message
+
+
+def test_an_unknown_experiment_names_the_nearest(store):
+    message = one_line_error(lambda: load_sweep_data(store.tracking_uri, "version"))
+    assert "'version' does not exist" in message and "did you mean 'versions'?" in message
+    message = one_line_error(lambda: load_sweep_data(store.tracking_uri, "zzzz"))
+    assert "experiments there:" in message and "hparams" in message
+
+
+def test_an_unknown_sweep_lists_the_sweeps(store):
+    message = one_line_error(lambda: load_sweep_data(store.tracking_uri, VERSIONS, "f00ba4"))
+    assert "no sweep 'f00ba4'" in message
+    assert store.versions.parent_run_id in message
+    assert store.older_versions.parent_run_id in message
+    # Newest first.
+    assert message.index(store.versions.parent_run_id) < message.index(
+        store.older_versions.parent_run_id)
+
+
+def test_an_experiment_versweep_did_not_write(store):
+    message = one_line_error(lambda: load_sweep_data(store.tracking_uri, NOT_A_SWEEP))
+    assert "has no sweep runs" in message
+
+
+def test_a_sweep_with_nothing_decided_yet(store):
+    message = one_line_error(lambda: load_sweep_data(store.tracking_uri, UNFINISHED))
+    assert "no finished trial runs" in message
+    assert store.unfinished_parent_run_id in message
+
+
+def test_a_store_that_does_not_exist_is_not_created(tmp_path):
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    message = one_line_error(lambda: load_sweep_data(f"sqlite:///{missing}", VERSIONS))
+    assert "no MLflow store at" in message and str(missing) in message
+    assert not missing.exists() and not missing.parent.exists()
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def test_a_search_sweep_and_its_optuna_study(store):
+    data = load_sweep_data(store.tracking_uri, HPARAMS)
+    assert data.search and data.parent_run_id == store.search.parent_run_id
+    assert (data.search_metric, data.search_mode) == ("valid_perplexity", "min")
+    assert data.search_space == ("learning_rate", "keep_prob", "hidden_size", "clip_norm")
+    assert [t.status for t in data.trials] == list(SEARCH_OUTCOMES)
+    assert data.images == ["local"]
+    stopped = [t for t in data.trials if t.status == "stopped"]
+    assert all(t.message.startswith("stopped early by ASHA at step") for t in stopped)
+    study = data.study()
+    assert study is not None and len(study.trials) == len(SEARCH_OUTCOMES)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == SEARCH_OUTCOMES.count("ok")
+    best_valid = min(t.metrics["best_valid_perplexity"] for t in data.trials if t.status == "ok")
+    assert study.best_value == pytest.approx(best_valid)
+
+
+def test_the_study_name_is_the_one_the_sweep_uses():
+    from sweeps.tune import study_name as sweep_study_name
+
+    assert study_name("e", "s", "abc") == sweep_study_name("e", "s", "abc")
+
+
+# --------------------------------------------------------------------------- a tracking server
+
+
+def test_a_sweep_on_a_tracking_server(store, tmp_path):
+    """Through MlflowClient and the server's proxied artifacts (mlflow-artifacts:/)."""
+    db = tmp_path / "server.db"
+    shutil.copyfile(store.directory / "mlflow.db", db)  # tables made: the server starts sooner
+    with running_mlflow_server(tmp_path, db) as url:
+        written = write_older_versions_sweep(SweepRecords(url, "remote"))
+        data = load_sweep_data(url, "remote")
+        assert data.parent_run_id == written.parent_run_id
+        trial = data.trials[0]
+        assert trial.artifact_uri.startswith("mlflow-artifacts:")
+        samples = load_samples(data.trials)
+        assert samples[trial.run_id] == pytest.approx(
+            [ms / 1000.0 for ms in written.trials[0].samples_ms])
+        assert 'name = "versions"' in data.grid_text
+        assert [step for step, _ in metric_history(url, trial.run_id,
+                                                   "chunk_ms_per_batch_median")] == [50, 100]
+        message = one_line_error(lambda: load_sweep_data(url, "remot"))
+        assert "did you mean 'remote'?" in message
