@@ -207,6 +207,8 @@ def test_prepull_puts_the_image_back_on_every_node_and_says_which_advertise_it(
         # it there until it restarts, and each node's report says so.
         assert any("does not advertise" in line and f"versweep_image:{name}" in line
                    for line in lines), lines
+    # The tag was gone, so whichever node reached the engine first really pulled.
+    assert f": {name} pulled {registry}/versweep@sha256:" in done.stdout, done.stdout
     assert f"prepull: all 2 node(s) hold {name}" in done.stdout
 
     back = client.images.get(f"versweep:{name}")
@@ -262,6 +264,20 @@ def test_without_a_registry_prepull_only_checks(cluster):
     assert len(lines) == 2, done.stdout
     assert all("failed versweep:torch-2.1.0-cu121 is not on this node; pre-pull it with "
                "--registry R" in line for line in lines), lines
+
+
+def test_a_node_whose_engine_does_not_answer_fails_every_image_with_that_reason(monkeypatch):
+    # What the task pinned to such a node runs (no Ray needed to see what it reports).
+    from sweeps.cluster.prepull import prepull_here
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    answer = prepull_here(["torch-2.1.0-cu121", "torch-2.13.0-cpu"], "127.0.0.1:9")
+    assert answer["hostname"] == socket.gethostname()
+    assert [(name, status) for name, status, _ in answer["images"]] == [
+        ("torch-2.1.0-cu121", "failed"), ("torch-2.13.0-cpu", "failed")]
+    for _, _, detail in answer["images"]:
+        assert detail.startswith("the Docker daemon does not answer at "
+                                 "unix:///nonexistent.sock"), detail
 
 
 @pytest.mark.parametrize("args, words", [

@@ -138,15 +138,12 @@ def _check_one(client: Any, name: str) -> tuple[str, str]:
 def prepull_here(image_names: Sequence[str], registry: str | None) -> dict[str, Any]:
     """On this node: pull or check each image; the answer is plain data for the driver.
 
-    Runs inside the Ray task pinned to the node, so everything it needs (the docker SDK,
-    this checkout) must be importable there; no failure escapes as an exception.
+    ``{"hostname": ..., "images": [(name, status, detail), ...]}``. No failure escapes
+    as an exception: an engine that does not answer fails every image with its reason.
     """
-    import ray
-
     from sweeps.images import docker_client
 
-    answer: dict[str, Any] = {"hostname": socket.gethostname(), "images": [],
-                              "ran_on": ray.get_runtime_context().get_node_id()}
+    answer: dict[str, Any] = {"hostname": socket.gethostname(), "images": []}
     try:
         client = docker_client(timeout=None)  # a pull may be silent for long
     except UserError as exc:
@@ -161,6 +158,18 @@ def prepull_here(image_names: Sequence[str], registry: str | None) -> dict[str, 
         except Exception as exc:  # the engine failed otherwise: report it for this image
             status, detail = FAILED, f"{type(exc).__name__}: {_first_line(exc)}"
         answer["images"].append((name, status, detail))
+    return answer
+
+
+def _prepull_task(image_names: Sequence[str], registry: str | None) -> dict[str, Any]:
+    """The Ray task pinned to one node: prepull_here, and the node it really ran on.
+
+    Everything it needs (the docker SDK, this checkout) must be importable on the node.
+    """
+    import ray
+
+    answer = prepull_here(image_names, registry)
+    answer["ran_on"] = ray.get_runtime_context().get_node_id()
     return answer
 
 
@@ -233,7 +242,7 @@ def prepull(address: str | None, image_names: Sequence[str], *, registry: str | 
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         # num_cpus=0: the task needs no CPU slot, so it runs on a busy node too; no
         # retries, because a task of a dead node must not run anywhere else.
-        on_node = ray.remote(num_cpus=0, max_retries=0)(prepull_here)
+        on_node = ray.remote(num_cpus=0, max_retries=0)(_prepull_task)
         pending = {
             on_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
                 node_id=node["NodeID"], soft=False)).remote(names, registry): node
