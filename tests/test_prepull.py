@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from dockerenv import require_engine
-from sweeping import own_processes_mentioning
+from sweeping import free_port, own_processes_mentioning
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "images" / "matrix.toml"
@@ -36,12 +36,6 @@ RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
 HEAD_RESOURCES = {"versweep_image:torch-2.13.0-cpu": 1000}
 # Ray's smallest object store: these tests move no objects, and the machine is shared.
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ray_env(tmp: str) -> dict[str, str]:
