@@ -80,6 +80,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+# The recorded status of a job the cluster has forgotten.
+LOST = "LOST"
+
 # How often a running scheduler asks the cluster about the jobs it submitted, and how
 # often --once checks on its job when it cannot stream the output.
 POLL_SECONDS = 10.0
@@ -310,10 +313,16 @@ def refresh(jobs: RayJobs, records: ScheduleRecords, run_id: str, job_id: str,
             sweep_experiment: str, last_status: str | None = None) -> JobState | None:
     """Record the job's state from the cluster if it changed; with its end, the parent run.
 
-    Returns the state (None when the cluster no longer knows the job).
+    Returns the state; None when the cluster no longer knows the job, which is then
+    recorded as LOST.
     """
     state = jobs.state(job_id)
-    if state is None or (state.status == last_status and state.active):
+    if state is None:
+        # A head restarted without its job history: the job is not running any more.
+        records.record_job_state(run_id, status=LOST, message=f"the cluster at {jobs.address} "
+                                 "no longer knows this job (was its head restarted?)")
+        return None
+    if state.status == last_status and state.active:
         return state
     parent = None
     if not state.active:

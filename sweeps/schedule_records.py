@@ -12,8 +12,9 @@ Layout (beside the sweeps' own experiments, in the same tracking store):
                  versweep.sweep_parent_run_id, versweep.skip_reason, versweep.blocking_job_id
 
 A firing that submitted a job stays RUNNING until the job ends, then ends FINISHED
-(SUCCEEDED), FAILED or KILLED (STOPPED). A skipped firing (a sweep of the same grid
-was still going) is a FINISHED run with versweep.job_status=SKIPPED and the reason.
+(SUCCEEDED), FAILED or KILLED (STOPPED, or LOST: the cluster forgot the job). A
+skipped firing (a sweep of the same grid was still going) is a FINISHED run with
+versweep.job_status=SKIPPED and the reason.
 
 One experiment for every grid, so ``schedule.py list`` reads one place; each run
 names its sweep's experiment and parent run, where the trials are.
@@ -36,7 +37,8 @@ SCHEDULE_EXPERIMENT = "versweep-schedule"
 SKIPPED = "SKIPPED"
 
 # How a job's end becomes the MLflow run's end.
-_RUN_END = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED"}
+# LOST: the cluster no longer knows the job (its head restarted without its history).
+_RUN_END = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "STOPPED": "KILLED", "LOST": "KILLED"}
 
 
 def iso_utc(seconds: float) -> str:

@@ -106,8 +106,9 @@ def schedule_runs(tracking_uri: str) -> list:
     return sorted(runs, key=lambda run: run.info.start_time)
 
 
-def test_once_runs_the_sweep_as_a_ray_job_and_records_it(ray_head, tmp_path):
+def test_once_runs_the_sweep_as_a_ray_job_and_records_it(ray_head, tmp_path, capsys):
     from sweeps.jobs import RayJobs
+    from sweeps.schedule import main
 
     grid = tmp_path / "sched_once.toml"
     grid.write_text(ENV_GRID.format(name="sched_once", seeds=[1, 2]))
@@ -144,14 +145,16 @@ def test_once_runs_the_sweep_as_a_ray_job_and_records_it(ray_head, tmp_path):
     assert info.metadata["versweep_grid"] == "sched_once"
     assert info.entrypoint.startswith(f"{sys.executable} sweeps/run.py --grid {grid} ")
 
-    listed = schedule(["list", "--tracking-uri", uri], cwd=tmp_path, timeout=120)
-    assert listed.returncode == 0, listed.stderr
+    assert main(["list", "--tracking-uri", uri]) == 0
+    listed = capsys.readouterr().out
     assert re.search(rf"sched_once\s+SUCCEEDED\s+{job_id}\s+{parents[0].info.run_id}",
-                     listed.stdout), listed.stdout
+                     listed), listed
 
 
-def test_a_schedule_fires_again_but_never_while_its_sweep_is_still_going(ray_head, tmp_path):
+def test_a_schedule_fires_again_but_never_while_its_sweep_is_still_going(ray_head, tmp_path,
+                                                                          capsys):
     from sweeps.jobs import RayJobs
+    from sweeps.schedule import main
     from sweeps.schedule_records import ScheduleRecords
 
     grid = tmp_path / "sched_every.toml"
@@ -212,13 +215,12 @@ def test_a_schedule_fires_again_but_never_while_its_sweep_is_still_going(ray_hea
     for earlier, later in zip(jobs, jobs[1:], strict=False):
         assert earlier.end_time is not None and later.start_time >= earlier.end_time
 
-    listed = schedule(["list", "--tracking-uri", uri, "--grid", "sched_every"], cwd=tmp_path,
-                      timeout=120)
-    assert listed.returncode == 0, listed.stderr
+    assert main(["list", "--tracking-uri", uri, "--grid", "sched_every"]) == 0
+    listed = capsys.readouterr().out
     assert re.search(rf"sched_every\s+SUCCEEDED\s+{first['versweep.job_id']}\s+[0-9a-f]{{32}}",
-                     listed.stdout), listed.stdout
+                     listed), listed
     assert re.search(rf"sched_every\s+SKIPPED\s+-\s+-\s+job {first['versweep.job_id']} of grid",
-                     listed.stdout), listed.stdout
+                     listed), listed
 
 
 def test_an_unreachable_cluster_is_one_line_exit_2_and_submits_nothing(tmp_path):
