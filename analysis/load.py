@@ -583,6 +583,8 @@ def _parse_samples(text: str) -> list[float] | None:
         return None
     if not isinstance(values, list):
         return None
+    if all(type(v) is float for v in values):  # what records.py writes: the fast case
+        return values
     return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
