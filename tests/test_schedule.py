@@ -151,6 +151,24 @@ def test_once_runs_the_sweep_as_a_ray_job_and_records_it(ray_head, tmp_path, cap
                      listed), listed
 
 
+def test_once_exits_with_the_sweeps_own_exit_code_when_the_job_fails(ray_head, tmp_path):
+    # The versions grid passes its dry run here, but its docker images are not on this
+    # node: the sweep in the job stops with a user error (exit 2) before any trial.
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = schedule(["--once", "--grid", "versions", "--address", ray_head,
+                     "--tracking-uri", uri, "--python", sys.executable], cwd=tmp_path)
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "versweep: error: " in done.stdout  # the sweep's own one line, from the job
+    job_id = re.search(r"submitted job (" + JOB_ID.format(grid="versions") + ")",
+                       done.stdout).group(1)
+    assert f"job {job_id} FAILED (exit code 2)" in done.stdout
+    [firing] = schedule_runs(uri)
+    assert firing.info.status == "FAILED"
+    assert firing.data.tags["versweep.job_status"] == "FAILED"
+    assert firing.data.tags["versweep.job_exit_code"] == "2"
+    assert "versweep.sweep_parent_run_id" not in firing.data.tags  # it never opened one
+
+
 def test_a_schedule_fires_again_but_never_while_its_sweep_is_still_going(ray_head, tmp_path,
                                                                           capsys):
     from sweeps.jobs import RayJobs
@@ -221,6 +239,8 @@ def test_a_schedule_fires_again_but_never_while_its_sweep_is_still_going(ray_hea
                      listed), listed
     assert re.search(rf"sched_every\s+SKIPPED\s+-\s+-\s+job {first['versweep.job_id']} of grid",
                      listed), listed
+    # The job still going when the scheduler stopped: list asked the cluster about it.
+    assert re.search(rf"sched_every\s+(RUNNING|SUCCEEDED)\s+{second['versweep.job_id']}", listed)
 
 
 def test_an_unreachable_cluster_is_one_line_exit_2_and_submits_nothing(tmp_path):
