@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -32,8 +33,6 @@ from sweeping import free_port, own_processes_mentioning
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "images" / "matrix.toml"
 RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
-# The image resource each node advertises at `ray start` (the head holds the test image).
-HEAD_RESOURCES = {"versweep_image:torch-2.13.0-cpu": 1000}
 # Ray's smallest object store: these tests move no objects, and the machine is shared.
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
 
@@ -48,13 +47,15 @@ def ray_env(tmp: str) -> dict[str, str]:
     return env
 
 
-def ray_start(args: list[str], env: dict[str, str], log: Path) -> None:
+def ray_start(args: str, env: dict[str, str], log: Path) -> None:
+    """``ray start ARGS`` through a shell, as the cluster configs write it; 1 CPU."""
+    command = (f"{shlex.join(RAY_CLI)} start --num-cpus 1 --disable-usage-stats "
+               f"--object-store-memory {OBJECT_STORE_BYTES} {args}")
     with open(log, "w") as out:
-        done = subprocess.run([*RAY_CLI, "start", "--num-cpus", "1", "--disable-usage-stats",
-                               "--object-store-memory", str(OBJECT_STORE_BYTES), *args],
-                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=300)
+        done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=300)
     if done.returncode != 0:
-        raise RuntimeError(f"ray start {' '.join(args[:2])} failed:\n{log.read_text()[-3000:]}")
+        raise RuntimeError(f"{command} failed:\n{log.read_text()[-3000:]}")
 
 
 def alive_nodes(address: str, env: dict[str, str]) -> list[dict]:
@@ -68,19 +69,23 @@ def alive_nodes(address: str, env: dict[str, str]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A real two-node Ray cluster on loopback: (GCS address, env for its drivers, node ids).
+def cluster(docker_image):
+    """A real two-node Ray cluster on loopback: (GCS address, env for its drivers, nodes).
 
-    Every process started from its private temp dir is ended afterwards by pid.
+    The head advertises no image; the second node joins as the configs in sweeps/cluster
+    start a node, with the resources sweeps.cluster.resources finds on it (the test image
+    is on the engine). Every process started from the cluster's private temp dir is ended
+    afterwards by pid.
     """
     tmp = tempfile.mkdtemp(prefix="vspp-", dir="/tmp")  # short: Unix socket paths < 108 B
     env = ray_env(tmp)
     address = f"127.0.0.1:{free_port()}"
     try:
-        ray_start(["--head", "--port", address.rsplit(":", 1)[1], "--include-dashboard",
-                   "false", "--resources", json.dumps(HEAD_RESOURCES)], env,
-                  Path(tmp) / "head.log")
-        ray_start(["--address", address], env, Path(tmp) / "second.log")
+        ray_start(f"--head --port {address.rsplit(':', 1)[1]} --include-dashboard false",
+                  env, Path(tmp) / "head.log")
+        python = shlex.quote(sys.executable)
+        ray_start(f'--address {address} --resources "$({python} -m sweeps.cluster.resources)"',
+                  env, Path(tmp) / "second.log")
         deadline = time.monotonic() + 120
         while len(nodes := alive_nodes(address, env)) < 2:
             assert time.monotonic() < deadline, f"the second node never joined: {nodes}"
@@ -235,11 +240,12 @@ def test_an_image_missing_from_the_registry_fails_on_every_node_with_the_reason(
             f"pulling {registry}/versweep:{name} failed: "), outcomes[name]
         assert "not found" in outcomes[name]["detail"] or "unknown" in \
             outcomes[name]["detail"], outcomes[name]
-    # Only the head was started with the test image's resource.
-    head = next(n for n in nodes if "versweep_image:torch-2.13.0-cpu" in n["resources"])
+    # The second node advertises the test image it holds (sweeps.cluster.resources found
+    # it when the node started); the head was started without image resources.
+    head = next(n for n in nodes if "node:__internal_head__" in n["resources"])
     advertised = {r["node_id"]: r["advertised"] for r in results}
-    assert advertised[head["id"]] == ["torch-2.13.0-cpu"]
-    assert [a for node_id, a in advertised.items() if node_id != head["id"]] == [[]]
+    assert advertised.pop(head["id"]) == []
+    assert list(advertised.values()) == [["torch-2.13.0-cpu"]]
 
     # The command says the same, per node, and fails.
     cli = prepull_cli(address, env, name, "--registry", registry, "--matrix", str(matrix))
