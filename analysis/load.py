@@ -100,7 +100,7 @@ class SweepData:
     parent_tags: dict[str, str]
     started: datetime.datetime  # the parent run's start, UTC
     trials: list[Trial]
-    images: list[str]  # every image of the trials: image-matrix order, then by torch version
+    images: list[str]  # every image of the trials, oldest torch first (see order_images)
     search: bool  # an Optuna search sweep (grid [search]) rather than a grid of trials
     sweep_name: str = ""  # versweep.sweep: the grid's name
     grid_text: str = ""  # the grid file as the parent run keeps it ("" if missing)
@@ -182,6 +182,10 @@ def load_sweep_data(tracking_uri: str, experiment: str, sweep: str | None = None
     reader = _reader(tracking_uri, direct_sqlite)
     try:
         return _load(reader, tracking_uri, experiment, sweep)
+    except sqlite3.Error:
+        # The file answered the schema check but not a query (locked for longer than
+        # the timeout, damaged): MLflow's own reading retries and says what is wrong.
+        return _load(_ClientReader(tracking_uri), tracking_uri, experiment, sweep)
     finally:
         reader.close()
 
@@ -643,6 +647,8 @@ def metric_histories(tracking_uri: str, run_ids: Sequence[str],
     reader = _reader(tracking_uri)
     try:
         raw = reader.histories(list(run_ids), key)
+    except sqlite3.Error:  # as in load_sweep_data: let MLflow read it
+        raw = _ClientReader(tracking_uri).histories(list(run_ids), key)
     finally:
         reader.close()
     curves = {}
