@@ -233,8 +233,9 @@ def compare(baseline: Sequence[Sequence[float]], candidate: Sequence[Sequence[fl
     Its interval and p-value come from independent hierarchical bootstraps of
     the two sides: the (1 - alpha) percentile interval of the replicate ratios,
     and the two-sided bootstrap p-value 2 * min(P(ratio <= 1), P(ratio >= 1)),
-    no smaller than 1 / n_boot. The p-value is below alpha exactly when the
-    interval excludes 1, so the interval shown and the mark never disagree.
+    no smaller than 1 / n_boot. The p-value is below alpha when the interval
+    excludes 1 (to the bootstrap's resolution), so the interval shown and the
+    mark agree.
 
     The mark is "slower" when the difference is significant (p < alpha) AND the
     ratio exceeds 1 + threshold, "faster" when significant AND the ratio is below

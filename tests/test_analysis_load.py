@@ -44,6 +44,7 @@ from analysis.load import (
     load_sweep_data,
     metric_histories,
     metric_history,
+    order_images,
     study_name,
 )
 from analysis.stats import DIFFERS, FASTER, NOT_AVAILABLE, SAME, SLOWER, compare, median_ci, parity
@@ -120,6 +121,11 @@ def test_what_ran_where_is_in_the_tags(versions):
 
 def test_images_come_oldest_torch_first(versions):
     assert versions.images == list(IMAGES)
+    # Images outside images/matrix.toml: by the torch their runs reported, else the version
+    # in the name; one with neither comes last.
+    assert order_images({"my-build", "torch-2.0.1-cu118", "local", "torch-1.2.3-custom",
+                         "torch-0.4.1-cu90"}, {"local": "2.13.0+cpu"}) == [
+        "torch-0.4.1-cu90", "torch-1.2.3-custom", "torch-2.0.1-cu118", "local", "my-build"]
 
 
 def test_params_and_result_metrics_as_written(store, versions):
