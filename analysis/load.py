@@ -436,7 +436,8 @@ class _SqliteReader(_Reader):
             marks = ",".join("?" * len(chunk))
             for run_id, stamp, step, value, is_nan in self.db.execute(
                     "SELECT run_uuid, timestamp, step, value, is_nan FROM metrics "
-                    f"WHERE key = ? AND run_uuid IN ({marks})", (key, *chunk)):
+                    f"WHERE key = ? AND run_uuid IN ({marks}) ORDER BY timestamp, rowid",
+                    (key, *chunk)):
                 found[run_id].append((stamp or 0, int(step), math.nan if is_nan else value))
         return found
 
