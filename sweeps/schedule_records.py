@@ -5,7 +5,8 @@ Layout (beside the sweeps' own experiments, in the same tracking store):
     experiment  versweep-schedule
     └── run "<job id>" (or "<grid> <time> skipped")
             tags versweep.kind=schedule, versweep.grid, versweep.schedule ("0 3 * * *",
-                 "every 20s" or "once"), versweep.fired_at, versweep.address,
+                 "every 20s" or "once"), versweep.cron (a cron schedule's
+                 expression), versweep.fired_at, versweep.address,
                  versweep.entrypoint, versweep.job_id, versweep.job_status,
                  versweep.job_message, versweep.job_exit_code, versweep.job_started_at,
                  versweep.job_ended_at, versweep.sweep_experiment,
@@ -145,9 +146,12 @@ class ScheduleRecords:
 
     @staticmethod
     def _firing_tags(grid: str, fired_at: float, schedule: str, address: str) -> dict[str, str]:
-        return {"versweep.kind": "schedule", "versweep.grid": grid,
+        tags = {"versweep.kind": "schedule", "versweep.grid": grid,
                 "versweep.schedule": schedule, "versweep.fired_at": iso_utc(fired_at),
                 "versweep.address": address}
+        if schedule != "once" and not schedule.startswith("every "):
+            tags["versweep.cron"] = schedule  # the expression alone, for a cron schedule
+        return tags
 
     def _create(self, name: str, tags: dict[str, str], fired_at: float) -> str:
         experiment_id = self._store.experiment_id(create=True)
