@@ -503,8 +503,12 @@ def list_firings(*, tracking_uri: str | None = None, address: str | None = None,
         if isinstance(cluster, str):
             unreached.add(where)
             continue
-        refresh(cluster, records, firing["run_id"], tags["versweep.job_id"],
-                tags.get("versweep.sweep_experiment", tags.get("versweep.grid", "")))
+        try:
+            refresh(cluster, records, firing["run_id"], tags["versweep.job_id"],
+                    tags.get("versweep.sweep_experiment", tags.get("versweep.grid", "")))
+        except (OSError, RuntimeError) as exc:  # the cluster went away between two calls
+            clusters[where] = f"the Ray cluster at {where} stopped answering: {_one_line(exc)}"
+            unreached.add(where)
     firings = records.firings(grid)[-limit:]  # again: the refreshed records
     if not firings:
         out.write(f"no scheduled runs{f' of grid {grid!r}' if grid else ''} recorded in "

@@ -243,6 +243,28 @@ def test_a_schedule_fires_again_but_never_while_its_sweep_is_still_going(ray_hea
     assert re.search(rf"sched_every\s+(RUNNING|SUCCEEDED)\s+{second['versweep.job_id']}", listed)
 
 
+def test_list_shows_the_last_recorded_status_when_the_cluster_is_gone(tmp_path, capsys):
+    from sweeps.schedule import main
+    from sweeps.schedule_records import ScheduleRecords
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    gone = f"http://127.0.0.1:{free_port()}"  # the cluster that ran it is down now
+    ScheduleRecords(uri).record_submission(
+        grid="nightly", job_id="versweep-nightly-20261122T030000Z",
+        fired_at=datetime.datetime(2026, 11, 22, 3, tzinfo=datetime.UTC).timestamp(),
+        schedule="0 3 * * *", address=gone, entrypoint="python sweeps/run.py --grid nightly",
+        sweep_experiment="nightly")
+    assert main(["list", "--tracking-uri", uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"2026-11-22T03:00:00Z\s+nightly\s+PENDING\s+"
+                        r"versweep-nightly-20261122T030000Z\s+-\s+as last recorded: cluster "
+                        r"not reachable now", lines[1]), lines
+    assert lines[2].startswith(f"note: cannot reach the Ray cluster's job API at {gone} ")
+    [firing] = schedule_runs(uri)
+    assert firing.info.status == "RUNNING"  # nothing is decided without the cluster
+    assert firing.data.tags["versweep.cron"] == "0 3 * * *"
+
+
 def test_an_unreachable_cluster_is_one_line_exit_2_and_submits_nothing(tmp_path):
     port = free_port()  # nothing listens on a port just found free
     done = schedule(["--once", "--grid", "smoke", "--address", f"http://127.0.0.1:{port}"],
