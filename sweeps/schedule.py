@@ -37,10 +37,11 @@ parent run. Across machines use an MLflow server (``--tracking-uri http://...``)
 SQLite path means that file on the scheduler's machine and on the head node alike.
 
 Exit codes: 0 the scheduler was stopped (SIGTERM), or ``--once``'s sweep succeeded or
-was skipped because one of the same grid is still going; 1 ``--once``'s job failed
-(failed trials, or a crash); 2 a user error (bad cron, unknown grid, a grid whose dry
-run fails, an unreachable cluster), nothing submitted; 130 Ctrl-C (submitted jobs keep
-running on the cluster).
+was skipped because one of the same grid is still going; 2 a user error here (bad
+cron, unknown grid, a grid whose dry run fails, an unreachable cluster), nothing
+submitted; 130 Ctrl-C (submitted jobs keep running on the cluster). ``--once`` passes
+on its sweep's own code: 1 failed trials or a crashed job, 2 the sweep's user error on
+the cluster (e.g. its images are not on the node), 130 the job was stopped.
 """
 
 from __future__ import annotations
