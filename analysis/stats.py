@@ -111,8 +111,14 @@ def _clean_repeats(repeats: Sequence[Sequence[float]]) -> list[np.ndarray]:
     return cleaned
 
 
+def _sorted_median(values: np.ndarray) -> float:
+    """The median of already sorted values, without np.median's partition."""
+    n = values.size
+    return float(values[(n - 1) // 2] + values[n // 2]) / 2.0
+
+
 def _median_of_medians(repeats: list[np.ndarray]) -> float:
-    return float(np.median([np.median(values) for values in repeats]))
+    return _sorted_median(np.sort([_sorted_median(values) for values in repeats]))
 
 
 def _median_positions(n: int, draws: int,
