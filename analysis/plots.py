@@ -24,10 +24,18 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # Dots per inch of the saved PNGs: sharp on a laptop screen, ~40-80 kB per figure.
 DPI = 100
+# The widest figure (inches): wider than a report column is unreadable, so a figure with
+# many bars gets thinner bars instead, and many groups go to further rows (PER_PANEL).
+MAX_WIDTH_INCHES = 14.0
+# Bar groups (or lines) per row of a figure; more go to further rows of the same figure.
+PER_PANEL = 6
 
 # One colour per version, kept in the same order across every figure of a report,
 # so "torch-1.13.1" is the same colour in the bars, the lines and the curves.
@@ -65,50 +73,80 @@ def _number(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+def _rows(count: int) -> list[range]:
+    """Indices 0..count-1 in panels of at most PER_PANEL, one panel per row of a figure."""
+    return [range(i, min(i + PER_PANEL, count)) for i in range(0, max(count, 1), PER_PANEL)]
+
+
 def grouped_bars(title: str, groups: Sequence[str], series: Mapping[str, Sequence[Bar]], *,
-                 ylabel: str = "milliseconds per batch (median, 95% CI)",
+                 ylabel: str = "ms per batch (median, 95% CI)",
                  note: str = "") -> bytes:
     """Bars grouped by ``groups`` (e.g. implementations), one bar per series (e.g. version).
 
     ``series`` maps a legend label to one Bar per group, in the order of
     ``groups``. A Bar without an estimate leaves a gap with "n/a" written in
     it, so a version that did not run is visibly absent, not silently missing.
+    More than PER_PANEL groups are drawn in several rows sharing one legend.
     """
     labels = list(series)
     count = max(len(labels), 1)
     palette = colours(len(labels))
     width = 0.8 / count
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.2 + 0.35 * count * len(groups)), 4.2))
+    panels = _rows(len(groups))
+    per_row = len(panels[0])
+    figure, axes_list = plt.subplots(
+        len(panels), 1, squeeze=False,
+        figsize=(min(MAX_WIDTH_INCHES, max(6.0, 1.2 + 0.35 * count * per_row)),
+                 0.9 + 3.3 * len(panels)))
     tops = [_number(bar.high) or _number(bar.estimate) or 0.0
             for bars in series.values() for bar in bars]
     tallest = max(tops, default=1.0) or 1.0
-    for index, label in enumerate(labels):
-        # One bar call per series (not per bar): a figure of 20 versions x 3 groups
-        # then costs a handful of artists, not sixty.
-        xs, heights, below, above = [], [], [], []
-        for position, bar in enumerate(series[label]):
-            x = position - 0.4 + width * (index + 0.5)
-            estimate, low, high = _number(bar.estimate), _number(bar.low), _number(bar.high)
-            if estimate is None:
-                axes.text(x, tallest * 0.02, "n/a", rotation=90, ha="center", va="bottom",
-                          fontsize=7, color="#666666")
-                continue
-            xs.append(x)
-            heights.append(estimate)
-            below.append(max(estimate - low, 0.0) if low is not None else 0.0)
-            above.append(max(high - estimate, 0.0) if high is not None else 0.0)
-        if xs:
-            axes.bar(xs, heights, width * 0.95, color=palette[index], label=label,
-                     yerr=[below, above], capsize=2, error_kw={"elinewidth": 0.8})
-    axes.set_xticks(range(len(groups)))
-    axes.set_xticklabels(groups)
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.set_ylim(bottom=0)
-    axes.grid(axis="y", alpha=0.3)
+    drawn: set[str] = set()
+    for row, panel in enumerate(panels):
+        axes = axes_list[row][0]
+        for index, label in enumerate(labels):
+            # Each series' bars are one PolyCollection and its error bars one errorbar
+            # call: axes.bar makes a Rectangle patch per bar, five times slower to draw,
+            # which a sweep of 20 versions x 20 variants feels.
+            xs, heights, below, above = [], [], [], []
+            for slot, position in enumerate(panel):
+                bar = series[label][position]
+                x = slot - 0.4 + width * (index + 0.5)
+                estimate, low, high = (_number(bar.estimate), _number(bar.low),
+                                       _number(bar.high))
+                if estimate is None:
+                    axes.text(x, tallest * 0.02, "n/a", rotation=90, ha="center", va="bottom",
+                              fontsize=7, color="#666666")
+                    continue
+                xs.append(x)
+                heights.append(estimate)
+                below.append(max(estimate - low, 0.0) if low is not None else 0.0)
+                above.append(max(high - estimate, 0.0) if high is not None else 0.0)
+            if xs:
+                half = width * 0.95 / 2
+                axes.add_collection(PolyCollection(
+                    [[(x - half, 0.0), (x - half, h), (x + half, h), (x + half, 0.0)]
+                     for x, h in zip(xs, heights, strict=True)],
+                    facecolors=[palette[index]], edgecolors="none"))
+                axes.errorbar(xs, heights, yerr=[below, above], fmt="none", ecolor="black",
+                              elinewidth=0.8, capsize=2)
+                drawn.add(label)
+        axes.set_xticks(range(len(panel)))
+        axes.set_xticklabels([groups[i] for i in panel])
+        axes.set_xlim(-0.5, per_row - 0.5)
+        axes.set_ylabel(ylabel)
+        axes.set_ylim(0, tallest * 1.08)
+        axes.grid(axis="y", alpha=0.3)
+    axes_list[0][0].set_title(title)
+    # One legend for all rows; a version with nothing measured is still in it (a hatched
+    # proxy), so the "n/a" gaps have a name.
+    handles = [Patch(facecolor=palette[i]) if label in drawn else
+               Patch(facecolor="none", edgecolor=palette[i], hatch="///")
+               for i, label in enumerate(labels)]
+    names = [label if label in drawn else f"{label} (no result)" for label in labels]
     if labels:
-        axes.legend(fontsize=8, title="version", title_fontsize=8, loc="upper left",
-                    bbox_to_anchor=(1.0, 1.0))
+        axes_list[0][0].legend(handles, names, fontsize=8, title="version", title_fontsize=8,
+                               loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if note:
         figure.text(0.01, -0.02, note, fontsize=7, color="#555555", ha="left", va="top")
     return _png(figure)
@@ -116,33 +154,49 @@ def grouped_bars(title: str, groups: Sequence[str], series: Mapping[str, Sequenc
 
 def lines_across_versions(title: str, versions: Sequence[str],
                           lines: Mapping[str, Sequence[Bar]], *,
-                          ylabel: str = "milliseconds per batch (median, 95% CI)",
+                          ylabel: str = "ms per batch (median, 95% CI)",
                           note: str = "") -> bytes:
     """One line per key of ``lines`` (e.g. implementation) over ``versions`` (x axis, in order).
 
-    Error bars are the 95% interval; a version without a figure breaks the line.
+    Whiskers are the 95% interval; a version without a figure breaks the line. More
+    than PER_PANEL lines are drawn in several rows, each with its own legend.
     """
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.5 + 0.8 * len(versions)), 4.2))
+    labels = list(lines)
+    panels = _rows(len(labels))
+    figure, axes_list = plt.subplots(
+        len(panels), 1, squeeze=False, sharex=True,
+        figsize=(min(MAX_WIDTH_INCHES, max(6.0, 1.5 + 0.8 * len(versions))),
+                 1.4 + 3.0 * len(panels)))
     xs = list(range(len(versions)))
-    palette = colours(len(lines))
-    for index, (label, points) in enumerate(lines.items()):
-        ys, below, above = [], [], []
-        for point in points:
-            y, low, high = _number(point.estimate), _number(point.low), _number(point.high)
-            ys.append(math.nan if y is None else y)  # nan: a gap in the line
-            below.append(max(y - low, 0.0) if y is not None and low is not None else 0.0)
-            above.append(max(high - y, 0.0) if y is not None and high is not None else 0.0)
-        axes.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3,
-                      color=palette[index], label=label)
-    axes.set_xticks(xs)
-    axes.set_xticklabels(versions, rotation=30, ha="right")
-    axes.set_xlabel("image (oldest PyTorch first)")
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.set_ylim(bottom=0)
-    axes.grid(alpha=0.3)
-    if lines:
-        axes.legend(fontsize=8, title="implementation", title_fontsize=8)
+    palette = colours(min(len(labels), PER_PANEL))
+    for row, panel in enumerate(panels):
+        axes = axes_list[row][0]
+        for index, position in enumerate(panel):
+            label = labels[position]
+            ys, below, above = [], [], []
+            for point in lines[label]:
+                y, low, high = (_number(point.estimate), _number(point.low),
+                                _number(point.high))
+                ys.append(math.nan if y is None else y)  # nan: a gap in the line
+                below.append(max(y - low, 0.0) if y is not None and low is not None else 0.0)
+                above.append(max(high - y, 0.0) if y is not None and high is not None else 0.0)
+            # A line and one collection of interval whiskers: cheaper to draw than
+            # errorbar's caps, and just as readable.
+            axes.plot(xs, ys, marker="o", markersize=4, color=palette[index], label=label)
+            axes.vlines(xs, [y - b for y, b in zip(ys, below, strict=True)],
+                        [y + a for y, a in zip(ys, above, strict=True)],
+                        color=palette[index], linewidth=1.2)
+        axes.set_ylabel(ylabel)
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        if len(panel):
+            axes.legend(fontsize=8, title="implementation", title_fontsize=8,
+                        loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    bottom = axes_list[-1][0]
+    bottom.set_xticks(xs)
+    bottom.set_xticklabels(versions, rotation=30, ha="right")
+    bottom.set_xlabel("image (oldest PyTorch first)")
+    axes_list[0][0].set_title(title)
     if note:
         figure.text(0.01, -0.02, note, fontsize=7, color="#555555", ha="left", va="top")
     return _png(figure)
@@ -153,7 +207,9 @@ def learning_curves(title: str, curves: Mapping[str, Sequence[Sequence[tuple[int
     """A metric per step: one colour per key of ``curves`` (e.g. image), one line per run (seed).
 
     Several seeds of one image share its colour, so the spread between seeds
-    reads directly as the noise a version change has to beat.
+    reads directly as the noise a version change has to beat. A key with no runs
+    draws nothing but keeps its colour slot, so an image has the same colour here as
+    in the speed figures.
     """
     figure, axes = plt.subplots(figsize=(7.0, 4.2))
     palette = colours(len(curves))
@@ -170,6 +226,7 @@ def learning_curves(title: str, curves: Mapping[str, Sequence[Sequence[tuple[int
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     if log_y:
         axes.set_yscale("log")
     axes.grid(alpha=0.3)

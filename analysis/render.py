@@ -191,9 +191,9 @@ def _html_table(table: Table) -> str:
             classes = []
             if column in table.numeric:
                 classes.append("num")
-            plain = text.strip("*")
-            if plain in _MARK_CLASSES:
-                classes.append(_MARK_CLASSES[plain])
+            verdict = re.match(r"\**(\w+)", text)  # "**slower**", "**differs** (Δ ...)"
+            if verdict and verdict.group(1) in _MARK_CLASSES:
+                classes.append(_MARK_CLASSES[verdict.group(1)])
             attribute = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{attribute}>{_inline_html(text)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")

@@ -261,7 +261,8 @@ def speed_groups(data: SweepData, images: Sequence[str], baseline: str,
             values = repeat_values(trial, samples)
             if values:
                 group.repeats.setdefault(trial.image, []).append(values)
-    groups = sorted(found.values(), key=lambda g: (g.bench, g.impl, g.cell, _variant_sort(g)))
+    groups = sorted(found.values(),
+                    key=lambda g: (g.bench, _impl_order(g.impl), g.cell, _variant_sort(g)))
     _label_variants(groups)
     for group in groups:
         for image in images:
@@ -277,7 +278,15 @@ def speed_groups(data: SweepData, images: Sequence[str], baseline: str,
 
 
 def _variant_sort(group: SpeedGroup) -> tuple:
-    return tuple(sorted(group.params.items()))
+    # Numbers as numbers, so batch_size=2 comes before batch_size=16.
+    return tuple((key, _as_number(value)) for key, value in sorted(group.params.items()))
+
+
+def _as_number(text: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
 
 
 def status_text(trials: Sequence[Trial]) -> str:
@@ -414,11 +423,11 @@ def speed_sections(context: ReportContext) -> list[render.Section]:
         sections.append(sub)
         for group in groups:
             sub.blocks.append(_speed_table(context, group, references, csv))
+        names = [g.label.removeprefix(bench + " ") for g in groups]
         sub.blocks.append(render.Figure(
             title=f"{bench}: milliseconds per batch per implementation and version",
             png=plots.grouped_bars(
-                f"{bench}: milliseconds per batch (lower is better)",
-                [g.label.removeprefix(bench + " ") for g in groups],
+                f"{bench}: milliseconds per batch (lower is better)", names,
                 {image: [_bar(g.intervals.get(image)) for g in groups]
                  for image in context.images}),
             filename=f"speed_bars_{_slug(bench)}.png",
@@ -428,13 +437,12 @@ def speed_sections(context: ReportContext) -> list[render.Section]:
             sub.blocks.append(render.Figure(
                 title=f"{bench}: speed across versions",
                 png=plots.lines_across_versions(
-                    f"{bench}: milliseconds per batch across versions",
-                    context.images,
-                    {g.label.removeprefix(bench + " "): [_bar(g.intervals.get(i))
-                                                         for i in context.images]
-                     for g in groups}),
+                    f"{bench}: milliseconds per batch across versions", context.images,
+                    {name: [_bar(g.intervals.get(i)) for i in context.images]
+                     for name, g in zip(names, groups, strict=True)}),
                 filename=f"speed_lines_{_slug(bench)}.png",
-                caption="The same medians as lines over the images, oldest PyTorch first."))
+                caption="The same medians as lines over the images, oldest PyTorch first; "
+                        "whiskers: 95% interval."))
     return sections
 
 
@@ -663,7 +671,7 @@ def language_model_sections(context: ReportContext) -> list[render.Section]:
             sub.blocks.append(render.Figure(
                 title=f"{label}: validation perplexity per epoch",
                 png=plots.learning_curves(f"{label}: validation perplexity per epoch", curves,
-                                          ylabel="validation perplexity", log_y=True),
+                                          ylabel="validation perplexity"),
                 filename=f"learning_curves_{_slug(label)}.png",
                 caption=f"One line per run (at most {MAX_CURVES_PER_IMAGE} seeds per image), "
                         "one colour per image."))
@@ -684,11 +692,11 @@ def _curves(context: ReportContext, trials: Sequence[Trial], key: str,
     for image in context.images:
         runs = [t for t in trials if t.image == image and t.status in ("ok", "diverged",
                                                                         "stopped")]
-        drawn = [points for points in (_history(context, t, key) for t in runs[:per_image])
-                 if points]
-        if drawn:
-            curves[image] = drawn
-    return curves
+        # Every image keeps its key (empty when nothing ran), so it keeps its colour: the
+        # same image is the same colour here as in the speed figures.
+        curves[image] = [points for points in (_history(context, t, key)
+                                               for t in runs[:per_image]) if points]
+    return curves if any(curves.values()) else {}
 
 
 # --------------------------------------------------------------------------- search
@@ -787,7 +795,7 @@ def search_sections(context: ReportContext) -> list[render.Section]:
         section.blocks.append(render.Figure(
             title=f"search: {metric} per epoch",
             png=plots.learning_curves(f"Search: {metric} per epoch, finished and stopped trials",
-                                      curves, ylabel=metric.replace("_", " "), log_y=lower),
+                                      curves, ylabel=metric.replace("_", " ")),
             filename="search_curves.png",
             caption=f"At most {MAX_SEARCH_CURVES} runs per kind; stopped runs end early."))
     return sections
