@@ -460,6 +460,10 @@ class SweepRecords:
             "versweep.trials_planned": str(len(sweep.trials)) if sweep.search is None
             else str(sweep.search.num_samples),
         }
+        job_id = os.environ.get("VERSWEEP_JOB_ID")
+        if job_id:
+            # Submitted as a Ray Job by sweeps/schedule.py: its firing's record finds it by this.
+            tags["versweep.job_id"] = job_id
         if sweep.description:
             tags["mlflow.note.content"] = sweep.description  # the run's description in the UI
         tags = {k: truncate(v, MAX_TAG_VALUE_LENGTH) for k, v in tags.items()}
