@@ -278,6 +278,12 @@ def write_report(report: Report, out_dir: Path, formats: Sequence[str]) -> list[
     if "md" in formats:
         plots = out_dir / PLOTS_DIR
         plots.mkdir(exist_ok=True)
+        current = {figure.filename for figure in figures(report)}
+        for stale in plots.glob("*.png"):
+            # Figures of an earlier report written here would sit beside this one's and
+            # read as part of it.
+            if stale.name not in current:
+                stale.unlink()
         for figure in figures(report):
             path = plots / figure.filename
             path.write_bytes(figure.png)

@@ -11,6 +11,8 @@ inside the noise, a large change drowned in noise, a perplexity that differs).
 from __future__ import annotations
 
 import csv
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +136,18 @@ def test_the_newest_sweep_by_default_and_an_older_one_with_sweep(store, versions
     assert not (tmp_path / "report.md").exists()  # only what --format asked for
     trials = read_csv(tmp_path / "trials.csv")
     assert [t["run_id"] for t in trials] == [store.older_versions.trials[0].run_id]
+
+
+def test_writing_again_into_the_same_folder_leaves_no_stale_figures(store, versions_report,
+                                                                     tmp_path):
+    out = tmp_path / "report"
+    shutil.copytree(versions_report, out)
+    older = store.older_versions.parent_run_id
+    assert report.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                        "--sweep", older, "--out", str(out), "--no-log", "--format", "md"]) == 0
+    linked = set(re.findall(r"\]\(plots/([^)]+)\)", (out / "report.md").read_text()))
+    assert {p.name for p in (out / "plots").iterdir()} == linked
+    assert "learning_curves_ptb_lm_small.png" not in linked  # the older sweep had no LM
 
 
 # --------------------------------------------------------------------------- speed figures
