@@ -33,7 +33,9 @@ if __name__ == "__main__" and not __package__:
 import argparse  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
+import tempfile  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
 from collections.abc import Iterable, Mapping, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -310,6 +312,7 @@ class ReportContext:
     groups: list[SpeedGroup]
     references: list[ReferenceRow]
     chosen_by_user: bool = False
+    torch: dict[str, str | None] = field(default_factory=dict)  # image -> torch version
     csv: dict[str, render.CsvTable] = field(default_factory=dict)
 
     def csv_table(self, name: str, columns: list[str]) -> render.CsvTable:
@@ -327,7 +330,8 @@ def build_report(data: SweepData, baseline: str | None = None) -> render.Report:
     samples = load_samples(bench_ok) if bench_ok else {}
     context = ReportContext(data=data, images=images, baseline=chosen,
                             groups=speed_groups(data, images, chosen, samples),
-                            references=reference_rows(), chosen_by_user=baseline is not None)
+                            references=reference_rows(), chosen_by_user=baseline is not None,
+                            torch={image: torch_version(data, image) for image in images})
     sections = [summary_section(context)]
     sections += speed_sections(context)
     sections += reference_sections(context)
@@ -358,7 +362,7 @@ def summary_section(context: ReportContext) -> render.Section:
         counts[trial.image][trial.status] += 1
     rows = []
     for image in context.images:
-        torch = torch_version(data, image) or "?"
+        torch = context.torch.get(image) or "?"
         name = f"{image} (baseline)" if image == context.baseline else image
         rows.append([name, torch, str(sum(counts[image].values()))]
                     + [str(counts[image][s]) for s in statuses])
@@ -462,7 +466,7 @@ def _speed_table(context: ReportContext, group: SpeedGroup,
         trials = group.trials.get(image, [])
         interval = group.intervals.get(image)
         comparison = group.comparisons.get(image)
-        torch = torch_version(context.data, image) or ""
+        torch = context.torch.get(image) or ""
         if interval is None:
             why = status_text(trials)
             rows.append([image, torch, "n/a", "n/a", "n/a", "0", "0", why])
@@ -638,7 +642,7 @@ def language_model_sections(context: ReportContext) -> list[render.Section]:
                 if verdict.verdict != "too few repeats":
                     parity_text += f" (Δ {verdict.diff:+.2f}" + (
                         f", p={verdict.p_value:.2g})" if verdict.p_value is not None else ")")
-            rows.append([image, torch_version(context.data, image) or "",
+            rows.append([image, context.torch.get(image) or "",
                          f"{len(runs)}/{len(all_runs)}",
                          _mean_std_text(values["test_perplexity"]),
                          _mean_std_text(values["best_valid_perplexity"]),
@@ -646,7 +650,7 @@ def language_model_sections(context: ReportContext) -> list[render.Section]:
             test_mean, test_std = _mean_std(values["test_perplexity"])
             valid_mean, valid_std = _mean_std(values["best_valid_perplexity"])
             wps_mean, wps_std = _mean_std(values["words_per_second"])
-            csv.rows.append([label, image, torch_version(context.data, image) or "", len(runs),
+            csv.rows.append([label, image, context.torch.get(image) or "", len(runs),
                              len(all_runs), test_mean, test_std, valid_mean, valid_std,
                              wps_mean, wps_std, verdict.diff if verdict else None,
                              verdict.p_value if verdict else None,
@@ -1164,14 +1168,21 @@ def _tracking_uri(cli_value: str | None) -> str:
 
 
 def log_report(data: SweepData, out_dir: Path, files: Sequence[Path]) -> None:
-    """Log the written files as artifacts of the sweep's parent run, under report/."""
+    """Log the written files as artifacts of the sweep's parent run, under report/.
+
+    The files are laid out in a scratch folder and logged in one call: a call per file
+    looks the run up again each time (seconds for a report's twenty files), and logging
+    ``out_dir`` itself would also take anything else a user keeps there.
+    """
     from sweeps.records import open_client
 
     client = open_client(data.tracking_uri)
-    for path in files:
-        relative = path.relative_to(out_dir).parent
-        artifact_path = "report" if str(relative) == "." else f"report/{relative.as_posix()}"
-        client.log_artifact(data.parent_run_id, str(path), artifact_path)
+    with tempfile.TemporaryDirectory(prefix="versweep-report-") as scratch:
+        for path in files:
+            target = Path(scratch) / path.relative_to(out_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        client.log_artifacts(data.parent_run_id, scratch, "report")
 
 
 def run_report(experiment: str, *, sweep: str | None = None, baseline: str | None = None,
