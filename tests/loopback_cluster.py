@@ -129,12 +129,16 @@ class LoopbackCluster:
         """Ray's own view of the alive nodes (ray.nodes(), from a driver in a child process)."""
         script = ("import json, ray\n"
                   f"ray.init(address={self.address!r}, logging_level='ERROR')\n"
-                  "print(json.dumps([n for n in ray.nodes() if n['Alive']]))\n")
+                  "print('NODES', json.dumps([n for n in ray.nodes() if n['Alive']]))\n")
         done = subprocess.run([sys.executable, "-c", script], env=cluster_env(),
                               capture_output=True, text=True, timeout=180)
         if done.returncode != 0:
             raise RuntimeError(f"cannot list the cluster's nodes:\n{done.stderr[-2000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        # Ray may print its own lines on stdout too (e.g. when a node has just died).
+        answer = [line for line in done.stdout.splitlines() if line.startswith("NODES ")]
+        if not answer:
+            raise RuntimeError(f"no node list from Ray:\n{done.stdout[-2000:]}")
+        return json.loads(answer[-1][len("NODES "):])
 
     def node_ids(self) -> dict[Node, str]:
         """The Ray node id of each of our nodes that is alive now."""
