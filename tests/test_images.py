@@ -351,7 +351,7 @@ def test_two_torch_versions_compare_on_the_cpu(docker_image):
                           cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "torch-1.13.1-cu117: ok (torch 1.13.1" in done.stdout
-    assert "torch-1.13.1-cu117: torch 1.13.1, Python 3.11.2, CUDA 11.7, cuDNN 8500" in \
+    assert "torch-1.13.1-cu117: torch 1.13.1+cu117, Python 3.11.2, CUDA 11.7, cuDNN 8500" in \
         done.stdout
     for figure in ("ms_per_batch_median", "ms_per_batch_min"):
         assert re.search(rf"cudnn: torch 1\.13\.1 / torch 2\.13\.0 = \d+\.\d{{3}} .*; {figure}\)",
