@@ -38,7 +38,12 @@ from ray.tune import PlacementGroupFactory
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from .backends import get_backend
-from .cluster.resources import IMAGE_PREFIX, missing_images_message, unplaceable
+from .cluster.resources import (
+    IMAGE_PREFIX,
+    launcher_node_types,
+    missing_images_message,
+    unplaceable,
+)
 from .errors import UserError
 from .spec import Sweep, TrialSpec
 from .summary import TrialRecord
@@ -316,9 +321,28 @@ def start_ray(address: str | None, num_cpus: int | None) -> float:
     return time.monotonic() - started
 
 
+# Where `ray up` leaves the cluster's configuration on the head (Ray Tune looks there too,
+# to tell an autoscaling cluster).
+LAUNCHER_CONFIG = Path("~/ray_bootstrap_config.yaml")
+
+
 def alive_nodes() -> list[dict[str, float]]:
     """The total resources of each alive node of the cluster Ray is connected to."""
     return [dict(node.get("Resources") or {}) for node in ray.nodes() if node.get("Alive")]
+
+
+def nodes_to_come() -> list[dict[str, float]]:
+    """The node types the autoscaler of a `ray up` cluster may start (read on the head), or []."""
+    path = LAUNCHER_CONFIG.expanduser()
+    if not path.is_file():
+        return []
+    import yaml  # a dependency of Ray's
+
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return launcher_node_types(config) if isinstance(config, dict) else []
 
 
 def _routed_resources(context: TrialContext, cluster_gpus: float,
@@ -327,7 +351,8 @@ def _routed_resources(context: TrialContext, cluster_gpus: float,
 
     Each trial asks for its own image's node resource (sweeps/cluster/resources.py), so
     Tune gets a function of the trial's config. Checked before Tune starts: a trial that
-    no alive node has room for would stay PENDING for ever.
+    none of ``nodes`` (alive, or a node type the autoscaler may start) has room for would
+    stay PENDING for ever.
     """
     sweep = context.sweep
 
@@ -392,14 +417,16 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
         on_ray_started(ray_seconds)
     log_dir = storage_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+    nodes = alive_nodes() + nodes_to_come()
+    # device "auto" asks for a GPU when the cluster has one, or the autoscaler may start one.
+    cluster_gpus = max(ray.cluster_resources().get("GPU", 0.0),
+                       max((node.get("GPU", 0.0) for node in nodes), default=0.0))
     resources = trial_resources(sweep, cluster_gpus)
     context = TrialContext(
         sweep=sweep, backend=backend, tracking_uri=tracking_uri, experiment=experiment,
         parent_run_id=parent_run_id, log_dir=str(log_dir),
         specs_by_key={t.key: t for t in sweep.trials if t.key not in skip_keys})
     with_context = tune.with_parameters(_trainable, context=context)
-    nodes = alive_nodes()
     if routes_by_image(sweep, nodes):
         trainable = tune.with_resources(with_context, _routed_resources(context, cluster_gpus,
                                                                         nodes))

@@ -25,10 +25,19 @@ import pytest
 from loopback_cluster import LoopbackCluster, cluster_env, loopback_cluster
 from sweeping import RUN, sweep_runs
 
-from sweeps.cluster.resources import image_resource, main, trial_routing
-from sweeps.grid import MATRIX_PATH
+from sweeps.cluster.resources import (
+    image_resource,
+    launcher_node_types,
+    main,
+    trial_routing,
+    unplaceable,
+)
+from sweeps.grid import MATRIX_PATH, load_sweep
 from sweeps.matrix import load_matrix
 from sweeps.spec import TrialSpec
+from sweeps.trial import trial_resources
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED = "torch-2.13.0-cpu"  # the tests' own image (tests/dockerenv.py), on both nodes
 # Names for the same image that only one node advertises (the matrix allows a "-suffix");
@@ -171,7 +180,8 @@ def test_this_nodes_resources_are_its_images_its_gpus_can_run_and_its_gpu_arch(
     smi.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 9.0, 550.54.15'\n")
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
-    cuda12, cuda13 = "torch-2.1.0-cu121-vsrt", "torch-2.13.0-cu130-vsrt"
+    cuda12 = f"torch-2.1.0-cu121-vsrt{os.getpid()}"
+    cuda13 = f"torch-2.13.0-cu130-vsrt{os.getpid()}"
     text = MATRIX_PATH.read_text()
     for real, name in (("torch-2.1.0-cu121", cuda12), ("torch-2.13.0-cu130", cuda13)):
         start = text.rindex("[[image]]", 0, text.index(f'name = "{real}"'))
@@ -215,6 +225,21 @@ def test_a_trial_only_some_gpu_archs_can_run_asks_for_one_of_them():
     # A CPU trial needs no GPU arch at all.
     assert trial_routing(cudnn, image, wants_gpu=False, nodes=[volta, hopper]) == {
         image_resource(image.name): 1}
+
+
+def test_on_the_ray_up_cluster_every_nightly_trial_has_a_node_type_to_wait_for():
+    """A `ray up` cluster may have no worker up yet: the driver's check before Tune starts
+    counts the node types the autoscaler may start (sweeps/cluster/ray-up.yaml)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "sweeps" / "cluster" / "ray-up.yaml").read_text())
+    node_types = launcher_node_types(config)
+    assert node_types and all(t.get("GPU") for t in node_types)  # the head starts no trial
+    nightly = load_sweep("nightly")
+    requests = {t.name: trial_resources(nightly, 1, spec=t, nodes=node_types)
+                for t in nightly.trials}
+    assert all(image_resource(t.image) in requests[t.name] for t in nightly.trials)
+    assert unplaceable(requests, node_types) == {}
 
 
 LOSS_GRID = textwrap.dedent("""

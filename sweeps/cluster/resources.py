@@ -176,6 +176,24 @@ def trial_routing(spec: TrialSpec, image: Image | None, *, wants_gpu: bool,
     return routing
 
 
+def launcher_node_types(config: Mapping) -> list[dict[str, float]]:
+    """The resources of each node type a `ray up` cluster's autoscaler may still start.
+
+    ``config`` is the cluster launcher's YAML as loaded (on the head it is
+    ~/ray_bootstrap_config.yaml). The head's type and types with max_workers 0 start none.
+    """
+    default_max = config.get("max_workers", 0)
+    types = []
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        if (name == config.get("head_node_type") or not isinstance(node_type, Mapping)
+                or not node_type.get("max_workers", default_max)):
+            continue
+        resources = node_type.get("resources") or {}
+        types.append({str(key): float(value) for key, value in resources.items()
+                      if isinstance(value, (int, float))})
+    return types
+
+
 def unplaceable(requests: Mapping[str, Mapping[str, float]],
                 nodes: Sequence[Mapping[str, float]]) -> dict[str, Mapping[str, float]]:
     """Of ``requests`` (label -> resources), those that no single node has room for at all."""
@@ -225,5 +243,5 @@ if __name__ == "__main__":
 
 __all__ = [
     "ARCH_PREFIX", "IMAGE_PREFIX", "NODE_AMOUNT", "advertises_images", "arch_resource",
-    "image_gpu_reason", "image_resource", "main", "missing_images_message", "node_resources",
-    "this_node", "trial_routing", "unplaceable"]
+    "image_gpu_reason", "image_resource", "launcher_node_types", "main",
+    "missing_images_message", "node_resources", "this_node", "trial_routing", "unplaceable"]
