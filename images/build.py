@@ -546,6 +546,10 @@ def parser() -> argparse.ArgumentParser:
                            "the base tag of each image from Docker Hub (then build)")
     pull.add_argument("--registry", metavar="R",
                       help="your registry holding images pushed by 'push', host[:port][/path]")
+    pull.add_argument("--cluster", metavar="ADDRESS",
+                      help="pull on every alive node of this running Ray cluster (its GCS "
+                           "address HEAD:6379, or auto on one of its nodes), one Ray task "
+                           "pinned to each node, and report per node; needs --registry")
     verify = command("verify", "run the env workload in each image and compare torch, "
                                "Python, CUDA, cuDNN (and GPU architectures) with the matrix")
     verify.add_argument("--gpu", nargs="?", const="0", metavar="INDEX",
@@ -576,6 +580,15 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None,
         return build_images(images, base=args.base, no_cache=args.no_cache,
                             verbose=args.verbose, out=out)
     if args.command == "pull":
+        if args.cluster is not None:
+            if args.registry is None:
+                raise UserError("pull --cluster needs --registry R, the mirror the nodes pull "
+                                "from; to only check the nodes: python -m "
+                                "sweeps.cluster.prepull --address ADDRESS IMAGE...")
+            from sweeps.cluster.prepull import pull_on_cluster
+
+            return pull_on_cluster(args.cluster, [image.name for image in images],
+                                   registry=args.registry, matrix_path=matrix_path, out=out)
         return pull_images(images, args.registry, out)
     if args.command == "verify":
         return verify_images(images, gpu=args.gpu, out=out)
