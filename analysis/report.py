@@ -48,7 +48,7 @@ from analysis.load import (  # noqa: E402
     Trial,
     load_samples,
     load_sweep_data,
-    metric_history,
+    metric_histories,
 )
 from analysis.reference import ReferenceRow, reference_rows  # noqa: E402
 from analysis.stats import (  # noqa: E402
@@ -686,20 +686,24 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _history(context: ReportContext, trial: Trial, key: str) -> list[tuple[int, float]]:
-    return metric_history(context.data.tracking_uri, trial.run_id, key)
+def _histories(context: ReportContext, trials: Sequence[Trial],
+               key: str) -> dict[str, list[tuple[int, float]]]:
+    """run id -> (step, value) of ``key`` for every trial, read in one go."""
+    if not trials:
+        return {}
+    return metric_histories(context.data.tracking_uri, [t.run_id for t in trials], key)
 
 
 def _curves(context: ReportContext, trials: Sequence[Trial], key: str,
             per_image: int) -> dict[str, list[list[tuple[int, float]]]]:
-    curves: dict[str, list[list[tuple[int, float]]]] = {}
-    for image in context.images:
-        runs = [t for t in trials if t.image == image and t.status in ("ok", "diverged",
-                                                                        "stopped")]
-        # Every image keeps its key (empty when nothing ran), so it keeps its colour: the
-        # same image is the same colour here as in the speed figures.
-        curves[image] = [points for points in (_history(context, t, key)
-                                               for t in runs[:per_image]) if points]
+    chosen = {image: [t for t in trials if t.image == image
+                      and t.status in ("ok", "diverged", "stopped")][:per_image]
+              for image in context.images}
+    histories = _histories(context, [t for runs in chosen.values() for t in runs], key)
+    # Every image keeps its key (empty when nothing ran), so it keeps its colour: the
+    # same image is the same colour here as in the speed figures.
+    curves = {image: [histories[t.run_id] for t in runs if histories.get(t.run_id)]
+              for image, runs in chosen.items()}
     return curves if any(curves.values()) else {}
 
 
@@ -773,8 +777,9 @@ def search_sections(context: ReportContext) -> list[render.Section]:
                                                     f"last_{metric}", "message"])
     if stopped:
         rows = []
+        stopped_histories = _histories(context, stopped, metric)
         for trial in stopped:
-            history = _history(context, trial, metric)
+            history = stopped_histories.get(trial.run_id, [])
             last = history[-1][1] if history else trial.metrics.get(metric)
             epochs = history[-1][0] if history else None
             rows.append([_run_label(trial), trial.image,
@@ -792,7 +797,8 @@ def search_sections(context: ReportContext) -> list[render.Section]:
     curves: dict[str, list[list[tuple[int, float]]]] = {}
     for label, status in (("finished", "ok"), ("stopped early", "stopped")):
         runs = [t for t in trials if t.status == status][:MAX_SEARCH_CURVES]
-        drawn = [p for p in (_history(context, t, metric) for t in runs) if p]
+        histories = _histories(context, runs, metric)
+        drawn = [histories[t.run_id] for t in runs if histories.get(t.run_id)]
         if drawn:
             curves[label] = drawn
     if curves:
