@@ -152,7 +152,11 @@ def _trainable(config: dict, context: TrialContext) -> None:
     # lost and little time either.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         opening = pool.submit(_open_trial_run, context, spec)
-        outcome, (records, run_id) = _run_and_stream(context, spec, opening)
+        try:
+            outcome, (records, run_id) = _run_and_stream(context, spec, opening)
+        except _AlreadyDecided as decided:
+            _report_earlier_decision(decided, spec)
+            return
     tags = {RUN_ID: run_id, TRIAL_KEY: spec.key}
     extra_tags = {"versweep.attempts": str(outcome.attempts),
                   "versweep.wall_seconds": f"{outcome.wall_seconds:.3f}"}
@@ -183,15 +187,43 @@ def _trainable(config: dict, context: TrialContext) -> None:
                  "startup_seconds": outcome.startup_seconds or 0.0})
 
 
+class _AlreadyDecided(Exception):
+    """This trial's key already has a decided (FINISHED) run under the sweep's parent run."""
+
+    def __init__(self, records, run_id: str):
+        super().__init__(run_id)
+        self.records, self.run_id = records, run_id
+
+
 def _open_trial_run(context: TrialContext, spec: TrialSpec):
     """(SweepRecords, child run id) of a trial: its run in MLflow, created now, tagged with
-    the Ray node it runs on."""
+    the Ray node it runs on; or _AlreadyDecided.
+
+    A trial whose node was lost after it recorded its decision, but before Tune heard of
+    it, is started again by Tune: its decided run must stay the only one.
+    (SweepRecords has no public calls for a search by trial key or a per-run tag yet.)
+    """
     records = _records_for(context.tracking_uri, context.experiment)
+    decided = records._search(
+        records._parent_experiment(context.parent_run_id),
+        f"tags.`mlflow.parentRunId` = '{context.parent_run_id}' and "
+        f"tags.`versweep.trial_key` = '{spec.key}' and attributes.status = 'FINISHED'")
+    if decided:
+        raise _AlreadyDecided(records, decided[0].info.run_id)
     run_id = records.start_trial(context.parent_run_id, spec)
     # Tagged at the start, so a run left by a node that died still says where it was.
-    # (SweepRecords has no public per-run tag call besides finish_trial's extra_tags.)
     records._set_tags(run_id, where_this_runs())
     return records, run_id
+
+
+def _report_earlier_decision(decided: _AlreadyDecided, spec: TrialSpec) -> None:
+    """Tell Tune what the decided run of this trial recorded, without running it again."""
+    run = decided.records.client.get_run(decided.run_id)
+    status = run.data.tags.get("versweep.status", "ok")
+    metrics = {k: v for k, v in run.data.metrics.items() if math.isfinite(v)}
+    tune.report({**(metrics if status == "ok" else {}), "step": 0, RUN_ID: decided.run_id,
+                 TRIAL_KEY: spec.key, STATUS: status,
+                 MESSAGE: run.data.tags.get("versweep.message", "")[:_REPORTED_MESSAGE_CHARS]})
 
 
 def where_this_runs() -> dict[str, str]:
@@ -218,6 +250,8 @@ def _run_and_stream(context: TrialContext, spec: TrialSpec, opening):
                          TRIAL_KEY: spec.key})
 
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    # A trial decided by an earlier attempt raises _AlreadyDecided from opening.result():
+    # at its worker's first event (the worker is killed), or here if no worker started.
     outcome = run_trial(get_backend(context.backend, context.sweep), spec, gpu_ids=gpu_ids,
                         timeout_s=context.sweep.trial_timeout_s,
                         retries=context.sweep.retries, on_event=on_event,

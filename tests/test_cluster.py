@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from loopback_cluster import LoopbackCluster, cluster_env, loopback_cluster
-from sweeping import RUN, sweep_runs
+from sweeping import RUN, sweep_env, sweep_runs
 
 from sweeps.cluster.resources import (
     image_resource,
@@ -313,3 +313,63 @@ def test_losing_a_node_mid_sweep_reruns_its_trials_on_the_other_node_and_loses_n
         rerun = finished[run.data.tags["versweep.trial_key"]][0]
         assert rerun.data.tags["versweep.ray_node_id"] == head_id
     assert cluster.kill_node(node_b) == 0  # nothing of node B is left running
+
+
+AGAIN_GRID = textwrap.dedent("""
+    [sweep]
+    name = "again"
+    backend = "local"
+    device = "cpu"
+    trial_timeout_s = 120
+
+    [[group]]
+    workload = "env"
+    axes.seed = [1, 2]
+    config.num_threads = 1
+""")
+
+# Tune starts a trial again when its trial process is lost. If the node went away after
+# the trial had recorded its decision but before Tune heard of it, the decision stands.
+# This driver plays that moment: trial 1's decision is recorded (through SweepRecords, as
+# a trial records it), then Tune is asked to run both trials of the same sweep run.
+AGAIN_DRIVER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from sweeps.grid import load_sweep
+    from sweeps.records import SweepRecords
+    from sweeps import tune
+
+    grid, uri, work = sys.argv[1:]
+    sweep = load_sweep(grid)
+    records = SweepRecords(uri, "again")
+    parent = records.open_sweep(sweep, resume=False)
+    first = sweep.trials[0]
+    run_id = records.start_trial(parent, first)
+    records.finish_trial(run_id, "ok", extra_tags={"versweep.decided_before_loss": "yes"})
+    done = tune.run_tune(sweep, backend="local", tracking_uri=uri, experiment="again",
+                         parent_run_id=parent, skip_keys=set(), storage_dir=Path(work),
+                         max_concurrent=1, num_cpus=1, verbose=0)
+    tune.shutdown()
+    for record in done.records:
+        print("RECORD", record.key, record.status, record.run_id)
+    print("FIRST", first.key, run_id)
+""")
+
+
+def test_a_trial_started_again_after_its_decision_was_recorded_keeps_that_decision(
+        tmp_path, ray_tmp):
+    (tmp_path / "again.toml").write_text(AGAIN_GRID)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = subprocess.run([sys.executable, "-c", AGAIN_DRIVER, str(tmp_path / "again.toml"),
+                           uri, str(tmp_path)], cwd=ROOT, env=sweep_env(ray_tmp),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    first_key, first_run = re.search(r"^FIRST (\S+) (\S+)$", done.stdout, re.M).groups()
+    records = dict(re.findall(r"^RECORD (\S+) ok (\S+)$", done.stdout, re.M))
+    assert len(records) == 2  # Tune learnt both decisions ...
+    assert records[first_key] == first_run  # ... the first one from its recorded run
+    _, _, children = sweep_runs(uri, "again")
+    assert len(children) == 2  # no second run for the first trial
+    assert all(c.info.status == "FINISHED" for c in children)
+    first = next(c for c in children if c.info.run_id == first_run)
+    assert first.data.tags["versweep.decided_before_loss"] == "yes"
