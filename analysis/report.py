@@ -1121,13 +1121,13 @@ class _ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line and exit 2, like every other user error."""
 
     def error(self, message):
-        raise UserError(f"{message} (see report.py --help)")
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "report.py") -> argparse.ArgumentParser:
     """The arguments of ``python analysis/report.py`` (and ``versweep report``)."""
     parser = _ArgumentParser(
-        prog="report.py",
+        prog=prog,
         description="Compare PyTorch / CUDA / cuDNN images and hyper-parameters from a "
                     "sweep's MLflow records: report.md, report.html and CSV tables.")
     parser.add_argument("--experiment", required=True, help="the MLflow experiment (the "
@@ -1136,7 +1136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the sweep's parent run id (default: the newest sweep)")
     parser.add_argument("--baseline", metavar="IMAGE",
                         help="the image every other is compared with (default: the oldest "
-                             "PyTorch in the sweep)")
+                             "PyTorch in the sweep on which something ran)")
     parser.add_argument("--out", metavar="DIR", help="where the files go (default: "
                                                      "./report-<experiment>-<sweep id>)")
     parser.add_argument("--format", default="md,html,csv",
@@ -1223,10 +1223,13 @@ def run_compare(experiment: str, before: str, after: str, *, sweep: str | None =
                                        after_about=_about(data, after)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, write (or with --compare print) the report; return the exit code."""
+def main(argv: Sequence[str] | None = None, prog: str = "report.py") -> int:
+    """Parse ``argv``, write (or with --compare print) the report; return the exit code.
+
+    ``prog`` names the command in usage and errors (``versweep report`` passes its own).
+    """
     try:
-        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
         if args.compare:
             run_compare(args.experiment, *args.compare, sweep=args.sweep,
                         tracking_uri=args.tracking_uri)
