@@ -150,6 +150,17 @@ def test_writing_again_into_the_same_folder_leaves_no_stale_figures(store, versi
     assert "learning_curves_ptb_lm_small.png" not in linked  # the older sweep had no LM
 
 
+def test_a_baseline_on_which_nothing_ran_is_said_not_hidden(store, tmp_path):
+    assert report.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                        "--baseline", OLD, "--out", str(tmp_path), "--no-log",
+                        "--format", "csv,md"]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert f"> **Warning:** nothing finished on the baseline {OLD}" in markdown
+    speed = read_csv(tmp_path / "speed.csv")
+    assert {r["baseline"] for r in speed} == {OLD}
+    assert {r["mark"] for r in speed} == {"n/a"}  # nothing to compare with, nothing invented
+
+
 # --------------------------------------------------------------------------- speed figures
 
 
