@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["report"]:
         from analysis.report import main as report_main
 
-        return report_main(argv[1:])
+        return report_main(argv[1:], prog="versweep report")
     try:
         args = build_parser().parse_args(argv)
         return run_sweep(args.grid, backend=args.backend, experiment=args.experiment,
