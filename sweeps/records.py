@@ -724,6 +724,18 @@ class SweepRecords:
 
     # ----------------------------------------------------------------- internals
 
+    def decided_run(self, parent_run_id: str, key: str) -> str | None:
+        """The run id of the FINISHED (decided) child run of trial ``key``, or None."""
+        found = self._search(
+            self._parent_experiment(parent_run_id),
+            f"tags.`mlflow.parentRunId` = '{_quote(parent_run_id)}' and "
+            f"tags.`versweep.trial_key` = '{_quote(key)}' and attributes.status = 'FINISHED'")
+        return found[0].info.run_id if found else None
+
+    def tag_run(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set tags on a run (values kept within MLflow's limits)."""
+        self._set_tags(run_id, {name: text_value(value) for name, value in tags.items()})
+
     def _parent_experiment(self, parent_run_id: str) -> str:
         # Children live in their parent's experiment, whatever this object was told.
         if parent_run_id not in self._experiment_of_parent:

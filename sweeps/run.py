@@ -23,6 +23,7 @@ if __name__ == "__main__" and not __package__:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
     sys.path.insert(0, str(_HERE.parent))
 
+import os  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import TextIO  # noqa: E402
@@ -41,6 +42,7 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
     Raises UserError for everything a user can fix (the CLI prints it as one line).
     """
     from .backends import BACKENDS, get_backend
+    from .errors import UserError
     from .grid import load_sweep
 
     out = out if out is not None else sys.stdout
@@ -61,7 +63,10 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
         out.write(format_trial_table(sweep, backend_name, max_concurrent) + "\n")
         return EXIT_OK
     runner = get_backend(backend_name, sweep)
-    runner.preflight(sweep)
+    # On a cluster the nodes that run the trials must hold the images, not this one (a
+    # KubeRay head may have no Docker at all): routing checks the nodes before Tune starts.
+    joining = bool(address or os.environ.get("RAY_ADDRESS"))
+    runner.preflight(sweep, on_this_node=not joining)
 
     from . import tune as sweep_tune
     from .records import SweepRecords, mlflow_ui_command, records_location, resolve_tracking_uri
@@ -79,13 +84,20 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
 
     timings: dict[str, float] = {}
     started = time.monotonic()
-    tune_run = sweep_tune.run_tune(
-        sweep, backend=backend_name, tracking_uri=tracking_uri, experiment=experiment,
-        parent_run_id=parent_run_id, skip_keys=set(decided),
-        storage_dir=cwd / "ray_results", max_concurrent=max_concurrent, address=address,
-        num_cpus=num_cpus, study_storage=_study_storage(tracking_uri, cwd),
-        samples_done=len(decided),
-        on_ray_started=lambda seconds: timings.setdefault("ray", seconds))
+    try:
+        tune_run = sweep_tune.run_tune(
+            sweep, backend=backend_name, tracking_uri=tracking_uri, experiment=experiment,
+            parent_run_id=parent_run_id, skip_keys=set(decided),
+            storage_dir=cwd / "ray_results", max_concurrent=max_concurrent, address=address,
+            num_cpus=num_cpus, study_storage=_study_storage(tracking_uri, cwd),
+            samples_done=len(decided),
+            on_ray_started=lambda seconds: timings.setdefault("ray", seconds))
+    except UserError:
+        # Refused before any trial ran (no node can run a trial): the parent run ends as
+        # interrupted, not left RUNNING, and --resume can start it again.
+        records.close_sweep(parent_run_id, {}, None, interrupted=True)
+        sweep_tune.shutdown()
+        raise
     sweep_tune.shutdown()
     total = time.monotonic() - started
 
@@ -163,9 +175,10 @@ def _key_config(trials) -> dict[str, list[str]]:
 
 def format_trial_table(sweep, backend: str, max_concurrent: int | None) -> str:
     """The dry run: every trial (or the search), and what each trial asks Ray for."""
-    from .trial import describe_resources
+    from .trial import describe_resources, describe_routing
 
     resources = describe_resources(sweep)
+    routing = describe_routing(sweep)
     lines = [f"sweep '{sweep.name}' from {sweep.path}",
              f"backend {backend}, device {sweep.device}, trial timeout "
              f"{sweep.trial_timeout_s:g} s, retries {sweep.retries}, max concurrent "
@@ -175,6 +188,8 @@ def format_trial_table(sweep, backend: str, max_concurrent: int | None) -> str:
         lines.append(f"search: {search.num_samples} samples of {search.workload} on "
                      f"{search.image}, {search.sampler} (seed {search.seed}), "
                      f"{search.mode} {search.metric}; each trial asks for {resources}")
+        if routing:
+            lines.append(routing)
         for param in search.space:
             span = (", ".join(map(str, param.values)) if param.kind == "choice"
                     else f"{param.low} .. {param.high}")
@@ -189,6 +204,8 @@ def format_trial_table(sweep, backend: str, max_concurrent: int | None) -> str:
         return "\n".join(lines)
 
     lines.append(f"each trial asks Ray for {resources}")
+    if routing:
+        lines.append(routing)
     columns = _key_config(sweep.trials)
     short = {"1 CPU": "CPU 1", "1 GPU + 1 CPU": "GPU 1, CPU 1"}.get(resources, "GPU 1 or CPU 1")
     header = ["#", "trial", "image", "config", "repeat", "resources"]

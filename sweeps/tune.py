@@ -201,18 +201,14 @@ def _open_trial_run(context: TrialContext, spec: TrialSpec):
 
     A trial whose node was lost after it recorded its decision, but before Tune heard of
     it, is started again by Tune: its decided run must stay the only one.
-    (SweepRecords has no public calls for a search by trial key or a per-run tag yet.)
     """
     records = _records_for(context.tracking_uri, context.experiment)
-    decided = records._search(
-        records._parent_experiment(context.parent_run_id),
-        f"tags.`mlflow.parentRunId` = '{context.parent_run_id}' and "
-        f"tags.`versweep.trial_key` = '{spec.key}' and attributes.status = 'FINISHED'")
-    if decided:
-        raise _AlreadyDecided(records, decided[0].info.run_id)
+    decided = records.decided_run(context.parent_run_id, spec.key)
+    if decided is not None:
+        raise _AlreadyDecided(records, decided)
     run_id = records.start_trial(context.parent_run_id, spec)
     # Tagged at the start, so a run left by a node that died still says where it was.
-    records._set_tags(run_id, where_this_runs())
+    records.tag_run(run_id, where_this_runs())
     return records, run_id
 
 

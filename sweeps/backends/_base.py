@@ -250,8 +250,12 @@ class Backend:
 
     name = ""
 
-    def preflight(self, sweep: Sweep) -> None:
-        """Raise UserError (one line, what to do) if this backend cannot run ``sweep``."""
+    def preflight(self, sweep: Sweep, *, on_this_node: bool = True) -> None:
+        """Raise UserError (one line, what to do) if this backend cannot run ``sweep``.
+
+        ``on_this_node=False``: the trials run on a cluster's other nodes; check only what
+        does not depend on the node this driver runs on.
+        """
         raise NotImplementedError
 
     def check(self, spec: TrialSpec, *, gpu_ids: Sequence[str]) -> str | None:

@@ -96,8 +96,12 @@ class DockerBackend(Backend):
                             "matrix of this sweep; name an image of images/matrix.toml"
                             ) from None
 
-    def preflight(self, sweep: Sweep) -> None:
-        """Before Ray starts any trial: the engine answers and every image is on this node."""
+    def preflight(self, sweep: Sweep, *, on_this_node: bool = True) -> None:
+        """Before Ray starts any trial: the engine answers and every image is on this node.
+
+        Joining a cluster (``on_this_node=False``), only the matrix is checked here: the
+        images must be on the nodes that advertise them, which routing checks.
+        """
         import docker.errors
 
         names = sorted({t.image for t in sweep.trials}
@@ -107,6 +111,8 @@ class DockerBackend(Backend):
             raise UserError(f"the docker backend runs images of images/matrix.toml, but sweep "
                             f"'{sweep.name}' names {', '.join(unknown)}; name matrix images "
                             "(or use --backend local for the host's own torch)")
+        if not on_this_node:
+            return  # the cluster's nodes hold the images; routing checks them before Tune
         client = self.client  # a UserError when the daemon does not answer
         missing = []
         for name in names:

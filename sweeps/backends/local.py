@@ -23,7 +23,7 @@ class LocalBackend(Backend):
     def __init__(self, python: str | None = None):
         self.python = python or sys.executable
 
-    def preflight(self, sweep: Sweep) -> None:
+    def preflight(self, sweep: Sweep, *, on_this_node: bool = True) -> None:
         """Check that every trial runs on the host image and that this interpreter has torch.
 
         torch is imported in a child process: the host itself never imports it.
@@ -35,6 +35,8 @@ class LocalBackend(Backend):
             raise UserError(
                 f"the local backend runs the host's own torch, but sweep '{sweep.name}' names "
                 f"image(s) {', '.join(foreign)}; use --backend docker for images")
+        if not on_this_node:
+            return  # the cluster's nodes run the workers, with their own torch
         try:
             probe = subprocess.run(
                 [self.python, "-c", "import torch; print(torch.__version__)"],
