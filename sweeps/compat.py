@@ -426,8 +426,12 @@ def gpu_reason(image: Image, workload: str, config: Mapping[str, Any],
                gpu: Gpu) -> str | None:
     """Why this image cannot run the trial on this one GPU, or None."""
     if image.cuda is None:
+        if _config_value(config, "device", "auto") == "auto":
+            # "auto" means the GPU when the image's torch can use one: a CPU-only image runs
+            # the trial on the CPU (its env event says so), and the backend passes it no GPU.
+            return None
         return (f"{image.name} is a CPU-only image and cannot use {gpu.describe()}; run the "
-                f"trial with device = \"cpu\" or on an image with CUDA")
+                f"trial with device = \"cpu\" or \"auto\", or on an image with CUDA")
     reason = driver_reason(image, gpu)
     if reason is not None:
         return reason

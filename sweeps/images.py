@@ -61,7 +61,8 @@ def docker_client(timeout: float | None = ENGINE_TIMEOUT_S) -> Any:
         raise UserError("the docker backend needs the docker SDK; "
                         "pip install 'docker>=7'") from None
     try:
-        client = docker.DockerClient(base_url=engine_address(), timeout=timeout)
+        # from_env: DOCKER_HOST, and DOCKER_TLS_VERIFY / DOCKER_CERT_PATH for a remote engine.
+        client = docker.from_env(timeout=timeout)
         client.ping()
     except docker.errors.DockerException as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

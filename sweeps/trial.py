@@ -159,7 +159,7 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
     if stop.is_set() and handle.killed:  # a worker that finished first keeps its result
         outcome.status, outcome.message = "stopped", "stopped before it finished"
         return False, outcome
-    if timed_out.is_set():
+    if timed_out.is_set() and handle.killed:  # one that finished at the deadline keeps it
         outcome.status, outcome.message = "failed", f"timed out after {timeout_s:g} s"
         return False, outcome
     if kind == "result" and exit_code == EXIT_OK:

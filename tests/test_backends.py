@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -182,13 +183,35 @@ def test_the_gpus_ray_gave_the_trial_reach_the_worker(backend, tmp_path, gpu_ids
     if isinstance(backend, DockerBackend):
         # A container gets exactly those GPUs as its device request (inside, they are
         # numbered from 0). Created, not started: this machine has no GPU to start it on.
-        container = backend.create(spec, gpu_ids)
+        # The tests' image is CPU-only and gets no GPU at all, so the request is checked on
+        # a CUDA entry made for this test, whose tag names the same local image.
+        import dataclasses
+
+        import docker
+
+        cuda_entry = dataclasses.replace(load_matrix(MATRIX_PATH)[TEST_IMAGE],
+                                         name="torch-2.13.0-cu130-devicerequest", cuda="13.0",
+                                         cudnn="9.20.0.48", archs=("sm_90",))
+        client = docker.from_env()
+        client.images.get(f"versweep:{TEST_IMAGE}").tag("versweep", cuda_entry.name)
+        cuda_backend = DockerBackend({cuda_entry.name: cuda_entry}, memory="2g")
+        container = cuda_backend.create(dataclasses.replace(spec, image=cuda_entry.name),
+                                        gpu_ids)
         try:
             requests = container.attrs["HostConfig"].get("DeviceRequests") or []
+            environment = container.attrs["Config"]["Env"]
         finally:
             container.remove(force=True)
+            client.images.remove(f"versweep:{cuda_entry.name}")
         given = [",".join(r["DeviceIDs"]) for r in requests if ["gpu"] in r["Capabilities"]]
         assert given == ([expected] if gpu_ids else [])
+        assert ("NVIDIA_VISIBLE_DEVICES=void" in environment) == (not gpu_ids)
+        # And the CPU-only image itself is given no GPU, whatever Ray handed the trial.
+        cpu_container = backend.create(spec, gpu_ids)
+        try:
+            assert not cpu_container.attrs["HostConfig"].get("DeviceRequests")
+        finally:
+            cpu_container.remove(force=True)
         return
     handle = backend.start(spec, gpu_ids=gpu_ids, log_path=tmp_path / "w.log")
     try:
@@ -447,7 +470,8 @@ def test_the_worker_command_is_an_argument_list_with_the_resolved_config(backend
 
 _INSIDE = textwrap.dedent("""
     import json, os, socket
-    facts = {"uid": os.getuid(), "gid": os.getgid()}
+    facts = {"uid": os.getuid(), "gid": os.getgid(), "hostname": socket.gethostname(),
+             "nvidia": os.environ.get("NVIDIA_VISIBLE_DEVICES")}
     try:
         open("/opt/versweep/workers/written-by-a-trial", "w")
         facts["workers_writable"] = True
@@ -493,6 +517,20 @@ def test_a_container_is_locked_down(docker_image, tmp_path):
     assert facts["no_new_privs"] == "1"
     assert config["Memory"] == 2 * 1024 ** 3
     assert config["NetworkMode"] == "none"
+    assert facts["hostname"] == socket.gethostname()  # the node's name in the records
+    assert facts["nvidia"] == "void"  # a trial given no GPU sees none, whatever the runtime
+
+
+def test_a_container_the_engine_refuses_is_a_failed_attempt_with_the_engines_words(
+        docker_image, tmp_path):
+    raw = {k: v for k, v in TINY_LM.items() if not k.startswith("synthetic")}
+    spec = spec_of("ptb_lm", dict(raw, data_dir=str(tmp_path / "no-such-dir")),
+                   image=docker_image)
+    outcome = run_trial(docker_backend(), spec, retries=1, log_dir=tmp_path)
+    assert outcome.status == "failed" and outcome.attempts == 2
+    assert outcome.exit_code == 125
+    assert "docker: the engine did not create the container" in outcome.message
+    assert "no-such-dir" in outcome.message
 
 
 def test_the_data_directory_is_mounted_read_only_and_the_trial_reads_it(docker_image, tmp_path):

@@ -174,11 +174,15 @@ def test_a_trial_without_gpus_meets_no_gpu_rule_even_on_a_cpu_only_image():
 
 
 def test_a_cpu_only_image_cannot_use_the_gpus_the_trial_was_given():
-    workload, config = TRIALS["basic"]  # device "auto" would silently run on the CPU
-    reason = unsupported_reason(MATRIX["torch-2.13.0-cpu"], workload, config, [GPUS["A100"]])
+    workload, config = TRIALS["basic"]
+    on_cuda = dict(config, device="cuda")
+    reason = unsupported_reason(MATRIX["torch-2.13.0-cpu"], workload, on_cuda, [GPUS["A100"]])
     assert reason is not None
     assert "torch-2.13.0-cpu is a CPU-only image" in reason
     assert "GPU 0 (NVIDIA A100-SXM4-80GB)" in reason and 'device = "cpu"' in reason
+    # device "auto": the CPU-only image runs the trial on the CPU (smoke on a GPU node).
+    assert unsupported_reason(MATRIX["torch-2.13.0-cpu"], workload,
+                              dict(config, device="auto"), [GPUS["A100"]]) is None
 
 
 def test_every_gpu_of_the_trial_must_be_able_to_run_it():
@@ -279,7 +283,8 @@ def test_a_gpu_of_unknown_capability_is_left_to_the_worker_but_a_cpu_image_still
     gpu = Gpu("0", "Some Future GPU", UNKNOWN_CAPABILITY, NEW_DRIVER)
     workload, config = TRIALS["cudnn"]
     assert unsupported_reason(MATRIX["torch-0.4.0-cu90"], workload, config, [gpu]) is None
-    assert unsupported_reason(MATRIX["torch-2.13.0-cpu"], workload, config, [gpu]) is not None
+    assert unsupported_reason(MATRIX["torch-2.13.0-cpu"], workload, dict(config, device="cuda"),
+                              [gpu]) is not None
 
 
 # ---------------------------------------------------------------------------- node_gpus

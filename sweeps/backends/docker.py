@@ -45,7 +45,8 @@ CONTAINER_USER = "10001:10001"
 DEFAULT_MEMORY = "16g"
 _MEMORY = re.compile(r"^\d+[bkmg]?$")
 PIDS_LIMIT = 4096
-TMPFS = {"/tmp": "rw,nosuid,nodev,size=2g"}
+# exec: torch.compile (inductor, Triton) loads the code it compiles from its caches there.
+TMPFS = {"/tmp": "rw,exec,nosuid,nodev,size=2g"}
 # Labels that say a container is a versweep worker, and whose.
 LABEL_TRIAL = "io.versweep.trial_key"
 LABEL_OWNER = "io.versweep.owner"
@@ -172,12 +173,22 @@ class DockerBackend(Backend):
         if data_dir:
             mounts.append(Mount(target=DATA_MOUNT, source=str(data_dir), type="bind",
                                 read_only=True))
+        environment = {"PYTHONPATH": "/opt/versweep", "PYTHONUNBUFFERED": "1",
+                       "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp", "USER": "versweep"}
+        image = self.images.get(spec.image)
+        if image is not None and image.cuda is None:
+            gpu_ids = []  # a CPU-only image's torch cannot use a GPU: it gets none
+        if not gpu_ids:
+            # No GPU for a trial that was given none, even where the node's default runtime
+            # is nvidia and the image says NVIDIA_VISIBLE_DEVICES=all (pytorch/pytorch does).
+            environment.update({"NVIDIA_VISIBLE_DEVICES": "void", "CUDA_VISIBLE_DEVICES": ""})
         options: dict[str, Any] = dict(
             name=f"versweep-{spec.key}-{uuid.uuid4().hex[:8]}",
+            # The node's name, as the local backend reports it (a container id would make
+            # every trial look like another host in the records).
+            hostname=socket.gethostname(),
             user=CONTAINER_USER,
-            environment={"PYTHONPATH": "/opt/versweep", "PYTHONUNBUFFERED": "1",
-                         "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp",
-                         "USER": "versweep"},
+            environment=environment,
             working_dir="/tmp",
             mounts=mounts,
             network_mode="none",
@@ -229,10 +240,42 @@ class ContainerHandle(WorkerHandle):
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._exit_code: int | None = None
         self._removed = False
-        self.container = backend.create(spec, gpu_ids)
+        self._stream_client: Any = None
+        self._pump: threading.Thread | None = None
+        self._reaper: subprocess.Popen | None = None
+        self.container: Any = None
+        self.container_id = ""
+        try:
+            self.container = backend.create(spec, gpu_ids)
+        except docker.errors.APIError as exc:
+            # The engine refused the container (a bind source missing on this node, no
+            # nvidia runtime for a GPU request): a failed attempt with the engine's words,
+            # like a container that does not start, not an exception out of the trial.
+            self._not_started(f"the engine did not create the container: "
+                              f"{exc.explanation or exc}")
+            return
+        except BaseException:
+            self._close_log()
+            raise
         self.container_id = self.container.id
         self._reaper = _start_reaper(self.container_id)
-        image_attrs = backend.client.images.get(local_tag(image.name)).attrs
+        try:
+            self._attach_and_start(backend, spec, image, gpu_ids)
+        except BaseException:
+            # Nothing may outlive a handle that failed half-way: not the container, not
+            # the reaper, not the log.
+            self._removed = False
+            self._lines.put(None)
+            self.close()
+            raise
+
+    def _attach_and_start(self, backend: DockerBackend, spec: TrialSpec, image: Image,
+                          gpu_ids: Sequence[str]) -> None:
+        import docker.errors
+
+        # The image the container was created from, by id: a re-tag since then (a pull
+        # during the sweep) cannot change which digest is recorded.
+        image_attrs = backend.client.images.get(self.container.attrs["Image"]).attrs
         self.tags = {
             "versweep.image_digest": image_digest(image_attrs),
             "versweep.image_id": str(image_attrs.get("Id", "")),
@@ -247,21 +290,23 @@ class ContainerHandle(WorkerHandle):
             # first batches include compilation (the warm-up batches absorb most of it).
             self.tags["versweep.kernels"] = "ptx-jit"
         # The stream is attached before the start, so not one line is lost.
-        stream_client = docker_client(timeout=None)
-        stream = stream_client.api.attach(self.container_id, stdout=True, stderr=True,
-                                          stream=True, logs=True, demux=True)
+        self._stream_client = docker_client(timeout=None)
+        stream = self._stream_client.api.attach(self.container_id, stdout=True, stderr=True,
+                                                stream=True, logs=True, demux=True)
         self._pump = threading.Thread(target=self._pump_output, args=(stream,), daemon=True)
         self._pump.start()
         try:
             self.container.start()
         except docker.errors.APIError as exc:
-            self._stderr_line(f"docker: the container did not start: "
-                              f"{exc.explanation or exc}")
-            self._lines.put(None)
-            self._exit_code = 125  # docker run's own code for "the container did not start"
+            self._not_started(f"the container did not start: {exc.explanation or exc}")
             return
         self.container.reload()
         self.pid = int(self.container.attrs.get("State", {}).get("Pid") or 0) or None
+
+    def _not_started(self, why: str) -> None:
+        self._stderr_line(f"docker: {why}")
+        self._lines.put(None)
+        self._exit_code = 125  # docker run's own code for "the container did not start"
 
     def _pump_output(self, stream: Iterator[tuple[bytes | None, bytes | None]]) -> None:
         """Split the engine's chunks into lines: stdout lines to events(), stderr to the log."""
@@ -299,14 +344,23 @@ class ContainerHandle(WorkerHandle):
             yield line
 
     def poll(self) -> int | None:
-        if self._exit_code is None:
+        if self._exit_code is None and self.container is not None:
             try:
                 self.container.reload()
             except self._errors.NotFound:
+                if not self._removed:
+                    self._stderr_line(f"docker: container {self.container_id[:12]} "
+                                      "disappeared (removed from outside the trial)")
+                self._exit_code = -1
                 return self._exit_code
             state = self.container.attrs.get("State", {})
             if state.get("Status") in ("exited", "dead"):
                 self._exit_code = int(state.get("ExitCode", 0))
+                if state.get("OOMKilled"):
+                    limit = self.container.attrs.get("HostConfig", {}).get("Memory") or 0
+                    self._stderr_line(f"docker: the worker was killed: out of memory "
+                                      f"(container limit {limit / 2**30:.3g} GiB; raise "
+                                      "sweep.container_memory)")
         return self._exit_code
 
     def wait(self, timeout: float | None = None) -> int:
@@ -316,11 +370,11 @@ class ContainerHandle(WorkerHandle):
                 if deadline is not None and time.monotonic() > deadline:
                     raise subprocess.TimeoutExpired(self.args, timeout or 0)
                 try:
-                    result = self.container.wait(timeout=1)
-                    self._exit_code = int(result.get("StatusCode", 0))
+                    self.container.wait(timeout=1)
                 except Exception:  # the wait's own timeout: ask again
                     continue
-        self._pump.join(5)
+        if self._pump is not None:
+            self._pump.join(5)
         assert self._exit_code is not None
         return self._exit_code
 
@@ -330,7 +384,7 @@ class ContainerHandle(WorkerHandle):
 
     def kill(self, grace_s: float = 3.0) -> None:
         """SIGTERM to the worker, SIGKILL to the whole container after ``grace_s``."""
-        if self._removed:
+        if self._removed or self.container is None:
             return
         if self.poll() is None:
             self.killed = True
@@ -351,10 +405,11 @@ class ContainerHandle(WorkerHandle):
 
     def close(self) -> None:
         """Kill the container if it runs, remove it, stop the reaper, close the log."""
-        if not self._removed:
+        if not self._removed and self.container is not None:
             if self.poll() is None:
                 self.kill()
-            self._pump.join(5)
+            if self._pump is not None:
+                self._pump.join(5)
             try:
                 self.container.remove(force=True)
             except self._errors.NotFound:
@@ -363,7 +418,11 @@ class ContainerHandle(WorkerHandle):
                 self._stderr_line(f"docker: could not remove {self.container_id[:12]}: "
                                   f"{exc.explanation or exc}")
             self._removed = True
-        _stop_reaper(self._reaper)
+        if self._stream_client is not None:
+            self._stream_client.close()
+            self._stream_client = None
+        if self._reaper is not None:
+            _stop_reaper(self._reaper)
         self._close_log()
 
 
