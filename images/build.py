@@ -37,7 +37,7 @@ import os  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterable, Sequence  # noqa: E402
-from typing import Any, TextIO  # noqa: E402
+from typing import Any, NoReturn, TextIO  # noqa: E402
 
 from sweeps.errors import UserError  # noqa: E402
 from sweeps.images import (  # noqa: E402
@@ -47,7 +47,13 @@ from sweeps.images import (  # noqa: E402
     local_tag,
     registry_tag,
 )
-from sweeps.matrix import display_path, env_differences, load_matrix, nearest  # noqa: E402
+from sweeps.matrix import (  # noqa: E402
+    display_path,
+    env_differences,
+    label_differences,
+    load_matrix,
+    nearest,
+)
 from sweeps.spec import Image  # noqa: E402
 
 IMAGES_DIR = Path(__file__).resolve().parent
@@ -283,6 +289,35 @@ def _api_error(exc: Exception) -> str:
 # ---------------------------------------------------------------- pull
 
 
+def _mirror_is_the_entry(client: Any, image: Image, reference: str, out: TextIO) -> bool:
+    """Whether the pulled mirror's io.versweep.* labels agree with the matrix entry.
+
+    A mirror pushed from an older matrix (another torch, Python, CUDA or cuDNN) would
+    otherwise run as versweep:<name> and record wrong facts. An image without the labels
+    (not built by images/Dockerfile) cannot be checked here: a warning, then ``verify``.
+    """
+    import docker.errors
+
+    try:
+        labels = (client.api.inspect_image(reference).get("Config") or {}).get("Labels")
+    except docker.errors.APIError as exc:
+        print(f"{image.name}: pulled {reference}, but cannot read its labels: "
+              f"{_api_error(exc)}", file=out)
+        return False
+    differences = label_differences(image, labels)
+    if differences is None:
+        print(f"{image.name}: warning: {reference} has no io.versweep.* labels (not built by "
+              f"images/build.py), so it is not checked against the matrix; check it with: "
+              f"python images/build.py verify {image.name}", file=out, flush=True)
+        return True
+    if differences:
+        print(f"{image.name}: the mirror {reference} is not the matrix's {image.name}: "
+              f"{'; '.join(differences)}; not tagged {local_tag(image.name)} (build and push "
+              f"it again from this matrix)", file=out, flush=True)
+        return False
+    return True
+
+
 def pull_images(images: Sequence[Image], registry: str | None, out: TextIO) -> int:
     """Pull each image from ``registry`` as versweep:<name>, or (no registry) its base tag."""
     import docker.errors
@@ -310,7 +345,16 @@ def pull_images(images: Sequence[Image], registry: str | None, out: TextIO) -> i
             failed += 1
             continue
         if registry is not None:
-            client.api.tag(reference, REPOSITORY, image.name)
+            if not _mirror_is_the_entry(client, image, reference, out):
+                failed += 1
+                continue
+            try:
+                client.api.tag(reference, REPOSITORY, image.name)
+            except docker.errors.APIError as exc:
+                print(f"{image.name}: pulled {reference}, but tagging it "
+                      f"{local_tag(image.name)} failed: {_api_error(exc)}", file=out)
+                failed += 1
+                continue
             print(f"{image.name}: pulled {reference} ({progress.digest or 'no digest'}) in "
                   f"{time.monotonic() - started:.0f} s, tagged {local_tag(image.name)}",
                   file=out, flush=True)
@@ -515,8 +559,21 @@ def push_images(images: Sequence[Image], registry: str, out: TextIO) -> int:
 # ---------------------------------------------------------------- command line
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like every other user error.
+
+    Subcommand parsers are made by the top parser's class, so they raise it too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        # A subcommand's prog is "build.py push": name the command, and its own --help.
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        raise UserError(f"{command + ': ' if command else ''}{message} (see python "
+                        f"images/build.py {command + ' ' if command else ''}--help)")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _ArgumentParser(
         prog="build.py",
         description="Build, pull, verify and mirror the Docker images of images/matrix.toml. "
                     "Images are named by matrix name, by 'all', 'cuda' or 'cpu', or by "

@@ -285,3 +285,36 @@ def env_differences(image: Image, env: dict[str, Any]) -> list[str]:
         if set(ptx) != set(image.ptx):
             differ("ptx", " ".join(ptx) or "none", " ".join(image.ptx) or "none")
     return differences
+
+
+# ---------------------------------------------------------------- an image's labels
+
+# The io.versweep.* labels images/Dockerfile writes from the entry's fields at build time;
+# a mirror whose labels differ was built from another (an older, or a wrong) entry.
+LABEL_PREFIX = "io.versweep."
+LABEL_FIELDS = ("torch", "python", "cuda", "cudnn")
+
+
+def label_differences(image: Image, labels: dict[str, str] | None) -> list[str] | None:
+    """What the io.versweep.* labels of an image say differs from its matrix entry ``image``.
+
+    One phrase per field, like "python is 3.10 in the image's labels, the matrix says
+    3.11"; an empty list when they agree; None when the image has no such labels (not
+    built by images/Dockerfile), so it cannot be checked without running it. The labels
+    hold the entry's strings verbatim ("" for a CPU image's cuda and cudnn), so the
+    comparison is exact.
+    """
+    labels = labels or {}
+    if f"{LABEL_PREFIX}torch" not in labels:
+        return None
+    differences = []
+    for field in LABEL_FIELDS:
+        says = getattr(image, field) or ""
+        found = labels.get(f"{LABEL_PREFIX}{field}")
+        if found is None:
+            differences.append(f"{field} is not in the image's labels, the matrix says "
+                               f"{says or 'none'}")
+        elif found != says:
+            differences.append(f"{field} is {found or 'none'} in the image's labels, the matrix "
+                               f"says {says or 'none'}")
+    return differences

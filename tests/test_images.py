@@ -5,12 +5,14 @@ a debootstrap base with the host's torch wheel, then ``build.py build --base``).
 registry is Debian's ``docker-registry`` binary on a loopback port, which the engine
 accepts without TLS (127.0.0.0/8 is an insecure registry by default).
 """
+import io
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 import uuid
@@ -197,6 +199,60 @@ def test_a_base_with_another_torch_fails_the_build_loudly(docker_image, tmp_path
     assert "Traceback" not in done.stdout + done.stderr
 
 
+@pytest.fixture
+def base_claiming_torch():
+    """``base_claiming_torch(version)``: the test base, with torch reporting ``version``.
+
+    A base with a pre-release torch, without downloading one: a layer on the test base whose
+    PYTHONPATH puts first a package ``torch`` with only that ``__version__``. The Dockerfile
+    reads the version exactly as it reads a real torch's. Its tags are removed afterwards.
+    """
+    import docker.errors
+
+    client = docker_client()
+    made = []
+
+    def make(version):
+        tag = f"versweep-testbase-claims:{re.sub(r'[^A-Za-z0-9_.-]', '_', version)}" \
+              f"-{uuid.uuid4().hex[:8]}"
+        dockerfile = (f"FROM {make_base()}\n"
+                      "RUN mkdir -p /claims/torch && "
+                      f"echo '__version__ = \"{version}\"' > /claims/torch/__init__.py\n"
+                      "ENV PYTHONPATH=/claims\n")
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True,
+                            forcerm=True)
+        made.append(tag)
+        return tag
+
+    yield make
+    for tag in made:
+        try:
+            client.images.remove(tag)
+        except docker.errors.APIError:
+            pass
+
+
+@pytest.mark.parametrize("claimed, builds", [
+    ("2.13.0rc1", False),
+    ("2.13.0a0+git8f3e2d1", False),
+    ("2.13.0.post1+cpu", True),
+])
+def test_only_the_release_itself_passes_the_torch_check(docker_image, tmp_path, extra_tags,
+                                                        base_claiming_torch, claimed, builds):
+    # A pre-release of 2.13.0 is not 2.13.0; a post release with a local suffix is.
+    name = f"torch-2.13.0-cpu-c{uuid.uuid4().hex[:8]}"
+    extra_tags.append(f"versweep:{name}")
+    matrix = matrix_copy(tmp_path, name)
+    done = build_py("build", name, "--base", base_claiming_torch(claimed), "--matrix", matrix)
+    assert f"{name}:   found torch {claimed} on Python 3.11." in done.stdout, done.stdout
+    if builds:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"{name}: built versweep:{name}" in done.stdout
+    else:
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"the image holds torch {claimed}, the matrix says 2.13.0" in done.stdout
+
+
 # ---------------------------------------------------------------- verify
 
 
@@ -295,6 +351,48 @@ def test_push_to_a_registry_and_pull_back_on_a_node(docker_image, tmp_path, regi
     assert back.id == image_id
     assert any(d.startswith(f"{registry}/versweep@sha256:") for d in back.attrs["RepoDigests"])
 
+    # The matrix moved on (its entry now says Python 3.10) and the mirror did not: the pull
+    # must refuse it by its labels, and leave no versweep:<name> a sweep would run.
+    client.images.remove(f"versweep:{name}")
+    (tmp_path / "moved").mkdir()
+    moved = matrix_copy(tmp_path / "moved", name, python="3.10")
+    refused = build_py("pull", name, "--registry", registry, "--matrix", moved)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert (f"{name}: the mirror {mirrored} is not the matrix's {name}: python is 3.11 in the "
+            "image's labels, the matrix says 3.10; not tagged") in refused.stdout
+    assert "Traceback" not in refused.stdout + refused.stderr
+    assert not client.images.list(name=f"versweep:{name}")
+
+
+def test_a_mirror_without_labels_is_pulled_with_a_warning(tmp_path, registry, extra_tags):
+    # An image not built by images/Dockerfile (here a one-file image) carries no
+    # io.versweep.* labels: nothing to compare, so the pull says so and tags it.
+    require_engine()
+    name = f"torch-2.13.0-cpu-n{uuid.uuid4().hex[:8]}"
+    mirrored = f"{registry}/versweep:{name}"
+    extra_tags += [f"versweep:{name}", mirrored]
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for file_name, text in (("Dockerfile", "FROM scratch\nCOPY note /note\n"),
+                                ("note", "not a versweep image\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(file_name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    client = docker_client()
+    client.images.build(fileobj=context, custom_context=True, tag=mirrored, rm=True)
+    for event in client.api.push(f"{registry}/versweep", tag=name, stream=True, decode=True):
+        assert not event.get("error"), event
+    client.images.remove(mirrored)
+
+    pulled = build_py("pull", name, "--registry", registry, "--matrix", matrix_copy(tmp_path, name))
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert (f"{name}: warning: {mirrored} has no io.versweep.* labels (not built by "
+            "images/build.py)") in pulled.stdout
+    assert f"python images/build.py verify {name}" in pulled.stdout
+    assert client.images.get(f"versweep:{name}").id == client.images.get(mirrored).id
+
 
 def test_a_registry_that_is_down_fails_the_push_and_leaves_no_tag(docker_image):
     with socket.socket() as probe:  # a loopback port nothing listens on
@@ -308,6 +406,18 @@ def test_a_registry_that_is_down_fails_the_push_and_leaves_no_tag(docker_image):
 
 
 # ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args, words", [
+    (["frob", "cpu"], ["invalid choice: 'frob'", "'push'", "images/build.py --help"]),
+    (["push", "cpu"], ["push: the following arguments are required: --registry",
+                       "images/build.py push --help"]),
+    (["pull", "cpu", "--bogus"], ["unrecognized arguments: --bogus"]),
+    ([], ["required: COMMAND"]),
+])
+def test_a_usage_error_is_one_line(args, words):
+    # argparse would print its usage block and then the error; here it is one line, exit 2.
+    one_error_line(build_py(*args), *words)
 
 
 def test_an_unknown_image_name_suggests_the_nearest():

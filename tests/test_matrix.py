@@ -7,7 +7,13 @@ import pytest
 
 from sweeps.errors import GridError
 from sweeps.grid import MATRIX_PATH
-from sweeps.matrix import cudnn_release, env_differences, load_matrix, release_line
+from sweeps.matrix import (
+    cudnn_release,
+    env_differences,
+    label_differences,
+    load_matrix,
+    release_line,
+)
 
 # Every PyTorch release line the project promises to cover (DESIGN.md, images section).
 RELEASE_LINES = ["0.4"] + [f"1.{minor}" for minor in range(14)] + \
@@ -185,6 +191,39 @@ def test_every_field_that_differs_is_named(matrix):
     assert env_differences(image, cpu_build) == [
         f"cuda is none (a CPU build) in the image, the matrix says {image.cuda}",
         f"cudnn is none in the image, the matrix says {image.cudnn}"]
+
+
+def _labels(image):
+    """The io.versweep.* labels images/Dockerfile gives an image built from ``image``."""
+    return {"io.versweep.image": image.name, "io.versweep.torch": image.torch,
+            "io.versweep.python": image.python, "io.versweep.cuda": image.cuda or "",
+            "io.versweep.cudnn": image.cudnn or "", "org.opencontainers.image.version": "x"}
+
+
+def test_labels_of_an_image_built_from_the_entry_agree_with_it(matrix):
+    for name in ("torch-2.13.0-cpu", "torch-1.13.1-cu116"):
+        assert label_differences(matrix[name], _labels(matrix[name])) == []
+
+
+def test_labels_from_another_entry_name_every_field_that_differs(matrix):
+    # A mirror built when the entry said 2.13.0 / Python 3.11 / CUDA 13.0 / cuDNN 9.20.0.48,
+    # pulled for the 2.14.0 entry.
+    found = label_differences(matrix["torch-2.14.0-cu130"], _labels(matrix["torch-2.13.0-cu130"]))
+    assert found == ["torch is 2.13.0 in the image's labels, the matrix says 2.14.0",
+                     "cudnn is 9.20.0.48 in the image's labels, the matrix says 9.24.0.43"]
+    cpu = _labels(matrix["torch-2.13.0-cpu"])
+    assert label_differences(matrix["torch-2.13.0-cu130"], cpu) == [
+        "cuda is none in the image's labels, the matrix says 13.0",
+        "cudnn is none in the image's labels, the matrix says 9.20.0.48"]
+    del cpu["io.versweep.python"]
+    assert label_differences(matrix["torch-2.13.0-cpu"], cpu) == [
+        "python is not in the image's labels, the matrix says 3.11"]
+
+
+def test_an_image_without_versweep_labels_cannot_be_compared(matrix):
+    image = matrix["torch-2.13.0-cpu"]
+    assert label_differences(image, None) is None
+    assert label_differences(image, {"maintainer": "someone"}) is None
 
 
 def _write(tmp_path, text):
