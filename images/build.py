@@ -10,11 +10,13 @@
 Images are named by matrix name, by a selector (``all``, ``cuda``, ``cpu``) or by
 ``--grid NAME`` (the images a grid runs). Every node runs ``versweep:<name>``; a registry is
 only how images travel: ``push`` mirrors them to ``<registry>/versweep:<name>`` and
-``pull --registry`` fetches them back on a cluster node and tags them ``versweep:<name>``.
+``pull --registry`` fetches them back on a cluster node and tags them ``versweep:<name>``
+once their io.versweep.* labels (torch, Python, CUDA, cuDNN) agree with the matrix.
 
-Exit codes: 0 done; 1 a build, pull, push or verification failed (what and why is
-printed); 2 bad input (unknown image, malformed registry, missing local image, no
-Docker daemon), as one line ``build.py: error: ...``.
+Exit codes: 0 done; 1 a build, pull, push or verification failed, or a mirror's labels
+differ from the matrix (what and why is printed); 2 bad input (a usage error, unknown
+image, malformed registry, missing local image, no Docker daemon), as one line
+``build.py: error: ...``.
 
 Host side: never imports torch. ``verify`` runs the ``env`` workload in each image
 through the real docker backend, exactly as a sweep runs a trial.
