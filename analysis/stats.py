@@ -33,7 +33,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 # Bootstrap draws per interval: 2,000 puts the 2.5% and 97.5% percentiles 50 draws
 # from the ends, enough for two stable digits of an interval.
@@ -320,6 +319,10 @@ def parity(values_by_image: Mapping[str, Sequence[float]], baseline: str, *,
             # difference is systematic, so only the practical floor decides.
             p_value = 1.0 if diff == 0 else 0.0
         else:
+            # Imported here: scipy.stats costs about a second at start-up, and only
+            # parity verdicts (language-model tables, --compare) need Welch's test.
+            from scipy import stats as scipy_stats
+
             p_value = float(scipy_stats.ttest_ind(values, base, equal_var=False).pvalue)
         verdict = DIFFERS if (p_value < alpha and large) else SAME
         results[image] = ParityResult(mean, std, n, diff, p_value, verdict)
