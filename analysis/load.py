@@ -8,7 +8,10 @@ gives a SweepData: the parent run's tags and one Trial per *decided* child run
 driver that died and started again on --resume) and runs tagged
 versweep.superseded are not decisions and are left out; so is anything still
 RUNNING. Every status a decided trial can have is kept: ok, unsupported,
-failed, diverged, stopped. A report must show what did not run, not drop it.
+failed, diverged, stopped. A report must show what did not run, not drop it:
+so a grid sweep's plan (trials.json of the parent run) comes with it, and
+SweepData.undecided() names the planned trials that have no decided run yet
+(an interrupted or still running sweep).
 
 A SQLite store (the embedded default) is read directly and read-only from
 MLflow's tables: a handful of queries for the whole sweep, about a second for
@@ -45,6 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MATRIX_PATH = ROOT / "images" / "matrix.toml"
 
 SAMPLES_ARTIFACT = "samples.json"
+# A grid sweep's plan on its parent run: every trial it meant to decide (sweeps/records.py).
+PLAN_ARTIFACT = "trials.json"
 
 # search_runs page size: MLflow's largest for SQL stores.
 PAGE_SIZE = 1000
@@ -88,6 +93,17 @@ class Trial:
         return _read_samples(self.tracking_uri, self.run_id, self.artifact_uri)
 
 
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One trial of a grid sweep's plan (the parent run's trials.json, written at its start)."""
+
+    key: str  # versweep.trial_key of its runs
+    name: str
+    workload: str
+    image: str
+    repeat: int
+
+
 @dataclass
 class SweepData:
     """A sweep's parent run and its decided trials."""
@@ -108,6 +124,17 @@ class SweepData:
     search_mode: str | None = None  # "min" or "max"
     search_space: tuple[str, ...] = ()  # the config keys the search varied
     parent_status: str = ""  # MLflow status of the parent run: FINISHED, RUNNING, KILLED
+    # A grid sweep's plan (trials.json of the parent run); () for a search, or when the
+    # parent run has no plan (written before it kept one).
+    planned: tuple[PlannedTrial, ...] = ()
+    # The trials the sweep meant to decide: a grid's trial count, a search's num_samples
+    # (tag versweep.trials_planned); None where the parent run does not say.
+    trials_planned: int | None = None
+
+    def undecided(self) -> list[PlannedTrial]:
+        """The planned trials without a decided run: the sweep was interrupted or still runs."""
+        decided = {t.trial_key for t in self.trials}
+        return [p for p in self.planned if p.key not in decided]
 
     def study(self, storage: str | None = None) -> Any:
         """The search's Optuna study, or None (not a search, or its database is not found).
@@ -222,6 +249,7 @@ def _load(reader: _Reader, tracking_uri: str, experiment: str, sweep: str | None
     children.sort(key=lambda run: (run.start_time, run.run_id))
     trials = [_trial(run, tracking_uri) for run in children]
     grid_text = _grid_text(tracking_uri, parent)
+    planned_tag = parent.tags.get("versweep.trials_planned", "")
     grid = _parse_grid(grid_text)
     search_table = grid.get("search") if isinstance(grid.get("search"), dict) else None
     space = search_table.get("space") if search_table else None
@@ -244,6 +272,8 @@ def _load(reader: _Reader, tracking_uri: str, experiment: str, sweep: str | None
         search_mode=str(search_table.get("mode", "min")) if search_table else None,
         search_space=tuple(space) if isinstance(space, dict) else (),
         parent_status=parent.status,
+        planned=() if search_table is not None else _plan(tracking_uri, parent),
+        trials_planned=int(planned_tag) if planned_tag.isdigit() else None,
     )
 
 
@@ -515,11 +545,38 @@ def _grid_text(tracking_uri: str, parent: _Run) -> str:
                                      if f.path.endswith(".toml")][:1]
         if not names:
             return ""
-        with tempfile.TemporaryDirectory() as scratch:
-            path = client.download_artifacts(parent.run_id, names[0], scratch)
-            return Path(path).read_text(errors="replace")
+        return _download_text(client, parent.run_id, names[0])
     except Exception:  # noqa: BLE001  (a missing grid file only costs the search details)
         return ""
+
+
+def _download_text(client: Any, run_id: str, name: str) -> str:
+    with tempfile.TemporaryDirectory() as scratch:
+        path = client.download_artifacts(run_id, name, scratch)
+        return Path(path).read_text(errors="replace")
+
+
+def _plan(tracking_uri: str, parent: _Run) -> tuple[PlannedTrial, ...]:
+    """The grid sweep's plan: trials.json of the parent run (sweeps/records.py open_sweep).
+
+    () when the parent run has none (a search, or a sweep recorded before plans were
+    kept) or it cannot be read: the report then knows only the decided trials.
+    """
+    local = _local_artifact_dir(parent.artifact_uri)
+    try:
+        if local is not None:
+            path = local / PLAN_ARTIFACT
+            text = path.read_text(errors="replace") if path.is_file() else ""
+        else:
+            text = _download_text(_client(tracking_uri), parent.run_id, PLAN_ARTIFACT)
+        entries = json.loads(text) if text else []
+        return tuple(PlannedTrial(key=str(e["key"]), name=str(e.get("name", e["key"])),
+                                  workload=str(e.get("workload", "")),
+                                  image=str(e.get("image", "")),
+                                  repeat=int(e.get("repeat", 0)))
+                     for e in entries if isinstance(e, dict) and e.get("key"))
+    except Exception:  # noqa: BLE001  (no plan only costs the list of undecided trials)
+        return ()
 
 
 def _parse_grid(text: str) -> dict:

@@ -44,6 +44,7 @@ from typing import TextIO  # noqa: E402
 from analysis import compare as terminal  # noqa: E402
 from analysis import plots, render  # noqa: E402
 from analysis.load import (  # noqa: E402
+    PlannedTrial,
     SweepData,
     Trial,
     load_samples,
@@ -87,6 +88,18 @@ MACHINE_FIELDS = {"gpu": "GPU model", "capability": "GPU compute capability",
                   "driver": "GPU driver", "device": "device", "host": "host"}
 # Fields that belong to the image: they may differ between images, never within one.
 IMAGE_FIELDS = {"torch": "torch", "cuda": "CUDA", "cudnn": "cuDNN", "python": "Python"}
+
+# The status and reason the Did-not-run tables give a planned trial without a decided run.
+NOT_DECIDED = "not decided"
+NOT_DECIDED_REASON = "interrupted or still running (no decided run)"
+
+# What a parent run's MLflow status says about its sweep, where it is not FINISHED.
+PARENT_STATES = {
+    "RUNNING": "is still running (its parent run is RUNNING)",
+    "KILLED": "was interrupted (its parent run ended KILLED; `python sweeps/run.py --grid "
+              "<grid> --resume` finishes it)",
+    "FAILED": "ended in an error (its parent run is FAILED)",
+}
 
 # Values MLflow tags hold for "the worker reported nothing here" (the env event's JSON null).
 _MISSING = {"", "null", "None"}
@@ -313,6 +326,7 @@ class ReportContext:
     references: list[ReferenceRow]
     chosen_by_user: bool = False
     torch: dict[str, str | None] = field(default_factory=dict)  # image -> torch version
+    undecided: list[PlannedTrial] = field(default_factory=list)  # planned, no decided run
     csv: dict[str, render.CsvTable] = field(default_factory=dict)
 
     def csv_table(self, name: str, columns: list[str]) -> render.CsvTable:
@@ -331,7 +345,8 @@ def build_report(data: SweepData, baseline: str | None = None) -> render.Report:
     context = ReportContext(data=data, images=images, baseline=chosen,
                             groups=speed_groups(data, images, chosen, samples),
                             references=reference_rows(), chosen_by_user=baseline is not None,
-                            torch={image: torch_version(data, image) for image in images})
+                            undecided=data.undecided())
+    context.torch = {image: torch_version(data, image) for image in all_images(context)}
     sections = [summary_section(context)]
     sections += speed_sections(context)
     sections += reference_sections(context)
@@ -346,8 +361,10 @@ def build_report(data: SweepData, baseline: str | None = None) -> render.Report:
     return render.Report(
         title=f"versweep report: {data.experiment_name}",
         subtitle=(f"Sweep run `{data.parent_run_name}` (`{data.parent_run_id}`), started "
-                  f"{started}; {len(data.trials)} decided trials on {len(images)} image"
-                  f"{'s' if len(images) != 1 else ''}; baseline **{chosen}**."),
+                  f"{started}; {len(data.trials)} decided trials"
+                  + (f" of {len(data.planned)} planned" if context.undecided else "")
+                  + f" on {len(images)} image{'s' if len(images) != 1 else ''}; "
+                  f"baseline **{chosen}**."),
         sections=sections, csv_tables=list(context.csv.values()))
 
 
@@ -360,14 +377,18 @@ def summary_section(context: ReportContext) -> render.Section:
     counts: dict[str, Counter] = defaultdict(Counter)
     for trial in data.trials:
         counts[trial.image][trial.status] += 1
+    for planned in context.undecided:
+        counts[planned.image][NOT_DECIDED] += 1
+    if context.undecided:
+        statuses.append(NOT_DECIDED)
     rows = []
-    for image in context.images:
+    for image in all_images(context):
         torch = context.torch.get(image) or "?"
         name = f"{image} (baseline)" if image == context.baseline else image
         rows.append([name, torch, str(sum(counts[image].values()))]
                     + [str(counts[image][s]) for s in statuses])
-    totals = Counter(t.status for t in data.trials)
-    rows.append(["all", "", str(len(data.trials))] + [str(totals[s]) for s in statuses])
+    totals = sum(counts.values(), Counter())
+    rows.append(["all", "", str(sum(totals.values()))] + [str(totals[s]) for s in statuses])
     backend = data.parent_tags.get("versweep.backend", "?")
     kind = "an Optuna search" if data.search else "a grid"
     ran = {t.image for t in data.trials if t.status == "ok"}
@@ -386,6 +407,9 @@ def summary_section(context: ReportContext) -> render.Section:
             f"Every image is compared with the baseline **{context.baseline}** ({why})."
             + (f" Older, but without a single finished trial: {', '.join(skipped)}."
                if skipped and not context.chosen_by_user else "")))
+    incomplete = completeness_caveat(context)
+    if incomplete:
+        section.blocks.append(render.Caveat(incomplete))
     if context.baseline not in ran:
         section.blocks.append(render.Caveat(
             f"nothing finished on the baseline {context.baseline}: every comparison is n/a; "
@@ -405,6 +429,43 @@ def summary_section(context: ReportContext) -> render.Section:
         f"{SPEED_THRESHOLD:.0%}; otherwise it is `~`, so run-to-run noise is never reported "
         "as a regression. `n/a`: one side has no measurement."))
     return section
+
+
+def all_images(context: ReportContext) -> list[str]:
+    """The compared images, then any image only the undecided planned trials name."""
+    images = list(context.images)
+    for planned in context.undecided:
+        if planned.image not in images:
+            images.append(planned.image)
+    return images
+
+
+def completeness_caveat(context: ReportContext) -> str:
+    """One line when the sweep is not complete (its parent run not FINISHED, trials not
+    decided, samples of a search missing); "" when it is."""
+    data = context.data
+    decided = len(data.trials)
+    status = data.parent_status.upper()
+    unfinished = ("this sweep " + PARENT_STATES.get(
+        status, f"is not finished (its parent run is {status})")
+        if status and status != "FINISHED" else "")
+    missing = ""
+    if context.undecided:
+        missing = (f"{len(context.undecided)} of its {len(data.planned)} planned trials have "
+                   f"no decided run (listed under Did not run as `{NOT_DECIDED}`)")
+    elif data.trials_planned is not None and decided < data.trials_planned:
+        missing = (f"{decided} of the {data.trials_planned} samples of its search "
+                   "(`num_samples`) were decided" if data.search else
+                   # A grid whose parent run keeps no plan: only the count tells.
+                   f"{decided} of its {data.trials_planned} planned trials were decided "
+                   "(the parent run keeps no trials.json naming the others)")
+    if missing:
+        return "; ".join(p for p in (unfinished, missing) if p) + (
+            ": every figure here covers only the decided trials.")
+    if unfinished:
+        return unfinished + (", though every planned trial has a decided run."
+                             if data.planned else ": trials may be missing from this report.")
+    return ""
 
 
 def speed_sections(context: ReportContext) -> list[render.Section]:
@@ -751,7 +812,7 @@ def search_sections(context: ReportContext) -> list[render.Section]:
             ["image", metric, "run", *searched], best_rows,
             caption="Best configuration per image", numeric=frozenset([metric])))
 
-    importance = _importances(data)
+    importance, no_importance = _importances(data)
     if importance:
         section.blocks.append(render.Table(
             ["parameter", "importance"],
@@ -762,9 +823,8 @@ def search_sections(context: ReportContext) -> list[render.Section]:
             [name, value] for name, value in importance.items())
     else:
         section.blocks.append(render.Paragraph(
-            "Optuna cannot compute parameter importances here (it needs the study and at "
-            "least two completed trials that differ); the table below shows the results per "
-            "parameter value instead."))
+            f"No parameter importances: {no_importance}. The table below shows the results "
+            "per parameter value instead."))
     dependence = _dependence_rows(scored, searched, metric, lower)
     if dependence:
         section.blocks.append(render.Table(
@@ -816,22 +876,31 @@ def _run_label(trial: Trial) -> str:
     return f"{trial.name} (`{trial.run_id[:8]}`)"
 
 
-def _importances(data: SweepData) -> dict[str, float]:
-    """Optuna's parameter importances of the sweep's study, or {} where it cannot give them."""
+def _importances(data: SweepData) -> tuple[dict[str, float], str]:
+    """Optuna's fANOVA parameter importances of the sweep's study, and "" ; or {} and why not.
+
+    fANOVA fits scikit-learn random forests, and scikit-learn is not a dependency of
+    versweep: without it (or when the evaluator fails on this study) the report says
+    so and keeps the per-parameter table, which needs nothing.
+    """
     study = data.study()
     if study is None:
-        return {}
+        return {}, ("the sweep's Optuna study was not found (it lives in optuna.db next to a "
+                    "SQLite MLflow store)")
     import optuna  # the search's own library; only a search's report needs it
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
-        return {}
+        return {}, f"Optuna needs at least two completed trials, the study has {len(complete)}"
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # deterministic
         values = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except (RuntimeError, ValueError):
-        return {}
-    return {name: float(value) for name, value in values.items()}
+    except ImportError:
+        return {}, ("Optuna's fANOVA evaluator needs scikit-learn, which is not installed "
+                    "(`pip install scikit-learn` adds them)")
+    except Exception as exc:  # noqa: BLE001  (importances are an extra: say why, keep going)
+        return {}, f"Optuna's fANOVA evaluator failed on this study ({_one_line(str(exc), 200)})"
+    return {name: float(value) for name, value in values.items()}, ""
 
 
 def _dependence_rows(trials: Sequence[Trial], searched: Sequence[str], metric: str,
@@ -880,20 +949,37 @@ def did_not_run_sections(context: ReportContext) -> list[render.Section]:
     data = context.data
     section = render.Section("Did not run")
     not_ok = [t for t in data.trials if t.status != "ok"]
+    undecided = context.undecided
     csv = context.csv_table("did_not_run", ["run_id", "name", "workload", "image", "repeat",
                                             "status", "reason"])
     for trial in not_ok:
         csv.rows.append([trial.run_id, trial.name, trial.workload, trial.image, trial.repeat,
                          trial.status, trial.message])
-    if not not_ok:
+    for planned in undecided:
+        csv.rows.append(["", planned.name, planned.workload, planned.image, planned.repeat,
+                         NOT_DECIDED, NOT_DECIDED_REASON])
+    search_note = ""
+    if data.search and data.trials_planned is not None and len(data.trials) < data.trials_planned:
+        # A search has no fixed plan: only the number of samples it was to decide.
+        search_note = (f" The search was to decide {data.trials_planned} samples "
+                       f"(`num_samples`); {len(data.trials)} were decided, so "
+                       f"{data.trials_planned - len(data.trials)} never ran to a decision.")
+    if not not_ok and not undecided:
         section.blocks.append(render.Paragraph(
-            f"Every one of the {len(data.trials)} trials ran to the end (`ok`)."))
+            f"Every one of the {len(data.trials)} trials ran to the end (`ok`)." + search_note))
         return [section]
+    planned_text = (f"{len(undecided)} of the {len(data.planned)} planned trials have no "
+                    f"decided run at all (`{NOT_DECIDED}`: the sweep was interrupted or is "
+                    "still running). " if undecided else "")
+    statuses_text = ("`unsupported` (this torch or GPU cannot run it), `failed` (a crash, bad "
+                     "config or timeout), `diverged` (non-finite loss) or `stopped` (stopped "
+                     "early by the scheduler)")
+    decided_text = (f"{len(not_ok)} of {len(data.trials)} decided trials have no result: "
+                    f"{statuses_text}. " if not_ok else
+                    f"Every one of the {len(data.trials)} decided trials ran to the end (`ok`). ")
     section.blocks.append(render.Paragraph(
-        f"{len(not_ok)} of {len(data.trials)} trials have no result: `unsupported` (this "
-        "torch or GPU cannot run it), `failed` (a crash, bad config or timeout), `diverged` "
-        "(non-finite loss) or `stopped` (stopped early by the scheduler). Each cell counts "
-        "the trials of a workload on an image; [n] points to the reason below."))
+        planned_text + decided_text + "Each cell counts the trials of a workload on an image; "
+        "[n] points to the reason below." + search_note))
     reasons: dict[tuple[str, str], int] = {}
     reason_trials: Counter = Counter()
     cells: dict[tuple[str, str], Counter] = defaultdict(Counter)
@@ -909,10 +995,19 @@ def did_not_run_sections(context: ReportContext) -> list[render.Section]:
             number = reasons.setdefault((trial.status, why), len(reasons) + 1)
             reason_trials[number] += 1
             cell_reasons[(label, trial.image)].add(number)
+    for planned in undecided:
+        label = planned.name.split(" @ ")[0] if " @ " in planned.name else planned.workload
+        if label not in labels:
+            labels.append(label)
+        cells[(label, planned.image)][NOT_DECIDED] += 1
+        number = reasons.setdefault((NOT_DECIDED, NOT_DECIDED_REASON), len(reasons) + 1)
+        reason_trials[number] += 1
+        cell_reasons[(label, planned.image)].add(number)
+    columns = all_images(context)
     rows = []
     for label in sorted(labels):
         row = [label]
-        for image in context.images:
+        for image in columns:
             counts = cells.get((label, image))
             if not counts:
                 row.append("")
@@ -922,7 +1017,7 @@ def did_not_run_sections(context: ReportContext) -> list[render.Section]:
             notes = sorted(cell_reasons.get((label, image), ()))
             row.append(text + ("".join(f" [{n}]" for n in notes)))
         rows.append(row)
-    section.blocks.append(render.Table(["workload", *context.images], rows,
+    section.blocks.append(render.Table(["workload", *columns], rows,
                                        caption="Trials per workload and image"))
     section.blocks.append(render.Table(
         ["[n]", "status", "reason", "trials"],

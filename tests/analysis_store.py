@@ -30,7 +30,11 @@ not count; one torch-2.0.1 repeat of 4x320-ce-long ran on another GPU model
 
 The "hparams" sweep is an Optuna search (the real sweeps/grids/hparams.toml) on
 the local image: 5 trials ok, 2 stopped early by ASHA, 1 diverged, with its
-study in optuna.db next to mlflow.db, as sweeps/run.py keeps it.
+study in optuna.db next to mlflow.db, as sweeps/run.py keeps it; 8 of the
+grid's num_samples = 20, so its report must say that 12 were never decided.
+
+write_interrupted_sweep (not part of fill_store: a test adds it when it needs it)
+writes a grid sweep stopped by Ctrl-C part-way through its plan.
 
 Two more experiments exist for the error paths: "unfinished" (a sweep whose only
 trial is still running and one that was interrupted) and "not-a-sweep" (a run
@@ -39,6 +43,7 @@ that versweep did not write).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import shutil
@@ -47,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweeps.grid import load_sweep
 from sweeps.records import SweepRecords
 from sweeps.spec import Sweep, TrialSpec
 from workers.workloads import resolve_workload_config
@@ -408,7 +414,10 @@ def write_search_sweep(records: SweepRecords, directory: Path) -> WrittenSweep:
     from analysis.load import study_name
 
     grid_path = ROOT / "sweeps" / "grids" / "hparams.toml"
-    sweep = _sweep(HPARAMS, grid_path.read_text(), (), backend="local", path=str(grid_path))
+    # The grid's own [search] (num_samples = 20, of which the store decides 8), as a sweep has it.
+    sweep = dataclasses.replace(
+        _sweep(HPARAMS, grid_path.read_text(), (), backend="local", path=str(grid_path)),
+        search=load_sweep(str(grid_path)).search)
     parent = records.open_sweep(sweep, resume=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -489,6 +498,47 @@ def write_unfinished_sweep(records: SweepRecords) -> str:
     interrupted = records.start_trial(parent, specs[1])
     records.finish_trial(interrupted, "stopped", message="interrupted", decided=False)
     return parent
+
+
+INTERRUPTED = "interrupted"
+# The interrupted sweep's plan: 1x320-ce-long cudnn, two repeats on each of three images.
+INTERRUPTED_IMAGES = (BASE, MID, NEW)
+INTERRUPTED_REPEATS = 2
+
+
+def write_interrupted_sweep(records: SweepRecords) -> WrittenSweep:
+    """A grid sweep stopped by Ctrl-C part-way through its plan (experiment "interrupted").
+
+    Of its 6 planned trials three are decided ok (BASE #0 #1, MID #0), MID #1 was
+    running when Ctrl-C came (its run ends KILLED: no decision) and NEW #0 #1 never
+    started. The parent run ends KILLED, as sweeps/run.py leaves it. ``trials`` holds
+    every planned trial; the undecided ones have ``decided=False`` and no run id
+    unless a run was started.
+    """
+    records.experiment = INTERRUPTED
+    specs = [(_spec("rnn_bench", image, _bench_config("1x320-ce-long", "cudnn"), repeat), image)
+             for image in INTERRUPTED_IMAGES for repeat in range(INTERRUPTED_REPEATS)]
+    sweep = _sweep(INTERRUPTED, (ROOT / "sweeps" / "grids" / "versions.toml").read_text(),
+                   tuple(spec for spec, _ in specs))
+    parent = records.open_sweep(sweep, resume=False)
+    trials = []
+    for spec, image in specs:
+        if image == BASE or (image == MID and spec.repeat == 0):
+            trials.append(_write_bench_trial(records, parent, spec, image,
+                                             80.0 if image == BASE else 60.0, SPREAD))
+            continue
+        run_id = ""
+        if image == MID:  # running when Ctrl-C came
+            run_id = records.start_trial(parent, spec)
+            records.log_event(run_id, _env_event(image, "rnn_bench", spec.config_dict))
+            records.finish_trial(run_id, "stopped", message="interrupted before it finished",
+                                 decided=False)
+        trials.append(WrittenTrial(run_id=run_id, name=spec.name, workload="rnn_bench",
+                                   image=image, repeat=spec.repeat, status="stopped",
+                                   decided=False, bench="1x320-ce-long", impl="cudnn",
+                                   config=spec.config_dict))
+    records.close_sweep(parent, _summary(trials), None, interrupted=True)
+    return WrittenSweep(INTERRUPTED, parent, trials)
 
 
 def fill_store(directory: Path, *, empty_db: Path | None = None) -> FilledStore:

@@ -27,6 +27,7 @@ from analysis_store import (
     HPARAMS,
     IMAGE_ENV,
     IMAGES,
+    INTERRUPTED,
     MID,
     NEW,
     OLD,
@@ -38,6 +39,7 @@ from analysis_store import (
     _env_event,
     _spec,
     fill_store,
+    write_interrupted_sweep,
 )
 from mlflow import MlflowClient
 
@@ -273,6 +275,69 @@ def test_every_trial_without_a_result_is_listed_with_its_reason(store, versions_
     assert "3 failed [" in matrix["rnn_bench 4x320-ce-long cudnn"].split(" | ")[4]
     assert "2 ok, 1 diverged [" in matrix["rnn_bench 4x320-ctc-long cudnn"].split(" | ")[4]
     assert all("3 unsupported [" in row.split(" | ")[1] for row in matrix.values())
+
+
+def test_an_interrupted_sweeps_undecided_trials_are_listed_not_dropped(store, tmp_path):
+    # Ctrl-C part-way: 3 of 6 planned trials decided, one KILLED mid-run, two never started.
+    interrupted = write_interrupted_sweep(SweepRecords(store.tracking_uri, INTERRUPTED))
+    undecided = [t for t in interrupted.trials if not t.decided]
+    assert len(undecided) == 3
+    code = report.main(["--experiment", INTERRUPTED, "--tracking-uri", store.tracking_uri,
+                        "--out", str(tmp_path), "--no-log", "--format", "md,csv"])
+    assert code == 0
+
+    listed = read_csv(tmp_path / "did_not_run.csv")
+    assert sorted((r["name"], r["image"], r["repeat"], r["status"], r["reason"], r["run_id"])
+                  for r in listed) == sorted(
+        (t.name, t.image, str(t.repeat), report.NOT_DECIDED, report.NOT_DECIDED_REASON, "")
+        for t in undecided)
+    # The KILLED run is no decision: trials.csv keeps to the three decided runs.
+    assert {r["run_id"] for r in read_csv(tmp_path / "trials.csv")} == {
+        t.run_id for t in interrupted.decided}
+
+    markdown = (tmp_path / "report.md").read_text()
+    summary = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert ("> **Warning:** this sweep was interrupted (its parent run ended KILLED" in summary
+            and "3 of its 6 planned trials have no decided run" in summary)
+    section = markdown.split("## Did not run", 1)[1].split("\n## ", 1)[0]
+    header = next(line for line in section.splitlines() if line.startswith("| workload"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    # NEW has no decided run at all, yet it has its column: nothing planned goes missing.
+    assert columns == ["workload", BASE, MID, NEW]
+    [row] = [line for line in section.splitlines() if line.startswith("| rnn_bench")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2 ok" and cells[2].startswith("1 ok, 1 not decided [")
+    assert cells[3].startswith("2 not decided [")
+    assert report.NOT_DECIDED_REASON in section
+
+
+def test_a_search_says_how_many_of_its_samples_were_decided(store, search_report):
+    # sweeps/grids/hparams.toml asks for num_samples = 20; the store decided 8 of them.
+    markdown = (search_report / "report.md").read_text()
+    decided = len(store.search.decided)
+    assert decided < 20
+    summary = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert f"{decided} of the 20 samples of its search (`num_samples`) were decided" in summary
+    section = markdown.split("## Did not run", 1)[1].split("\n## ", 1)[0]
+    assert f"The search was to decide 20 samples (`num_samples`); {decided} were decided" in section
+
+
+def test_without_scikit_learn_the_search_report_keeps_the_per_parameter_table(store, tmp_path):
+    # Optuna's fANOVA needs scikit-learn, which versweep does not depend on: the report
+    # is written from a Python that cannot import it (None in sys.modules blocks the import).
+    program = ("import sys; sys.modules['sklearn'] = None; "
+               "from analysis import report; sys.exit(report.main(sys.argv[1:]))")
+    proc = subprocess.run(
+        [sys.executable, "-c", program, "--experiment", HPARAMS, "--tracking-uri",
+         store.tracking_uri, "--out", str(tmp_path), "--no-log", "--format", "md,csv"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    markdown = (tmp_path / "report.md").read_text()
+    assert ("No parameter importances: Optuna's fANOVA evaluator needs scikit-learn, which "
+            "is not installed") in markdown
+    assert "Parameter importance (Optuna" not in markdown
+    assert not (tmp_path / "search_importance.csv").exists()
+    assert "`valid_perplexity` per parameter value (finished trials)" in markdown
 
 
 # --------------------------------------------------------------------------- provenance
