@@ -213,6 +213,21 @@ def test_learning_curves_have_one_value_per_epoch(store, versions):
 # --------------------------------------------------------------------------- choosing a sweep
 
 
+def test_the_plan_of_the_grid_and_what_of_it_is_undecided(store, versions):
+    # trials.json of the parent run: every trial the grid planned, each decided once. The
+    # Ctrl-C'd and superseded runs were extra repeats outside the plan: nothing undecided.
+    assert sorted(p.key for p in versions.planned) == sorted(t.trial_key for t in versions.trials)
+    assert versions.trials_planned == len(versions.planned) == len(store.versions.decided)
+    assert versions.undecided() == [] and versions.parent_status == "FINISHED"
+    by_key = {t.trial_key: t for t in versions.trials}
+    for planned in versions.planned:
+        trial = by_key[planned.key]
+        assert (planned.name, planned.image, planned.workload, planned.repeat) == (
+            trial.name, trial.image, trial.workload, trial.repeat)
+    search = load_sweep_data(store.tracking_uri, HPARAMS)
+    assert search.planned == () and search.trials_planned == 20  # the grid's num_samples
+
+
 def test_an_earlier_sweep_by_id_or_prefix(store):
     older = store.older_versions.parent_run_id
     for name in (older, older[:8], older.upper()):
@@ -328,6 +343,7 @@ def test_a_sweep_on_a_tracking_server(store, tmp_path):
         assert samples[trial.run_id] == pytest.approx(
             [ms / 1000.0 for ms in written.trials[0].samples_ms])
         assert 'name = "versions"' in data.grid_text
+        assert [p.key for p in data.planned] == [trial.trial_key] and data.undecided() == []
         assert [step for step, _ in metric_history(url, trial.run_id,
                                                    "chunk_ms_per_batch_median")] == [50, 100]
         message = one_line_error(lambda: load_sweep_data(url, "remot"))
