@@ -259,10 +259,12 @@ def test_a_worker_dies_with_the_trial_process_that_started_it(backend, tmp_path)
         import docker
 
         def left():
-            found = docker.from_env().containers.list(
+            # The low-level list: no inspect per container, which a removal in between
+            # would turn into NotFound.
+            found = docker.from_env().api.containers(
                 all=True, filters={"label": "io.versweep.owner"})
-            return [c for c in found
-                    if c.labels["io.versweep.owner"].endswith(f":{trial_process.pid}")]
+            return [c["Id"] for c in found
+                    if c["Labels"]["io.versweep.owner"].endswith(f":{trial_process.pid}")]
 
         deadline = time.monotonic() + 20  # the reaper kills first, then removes
         while left() and time.monotonic() < deadline:

@@ -84,5 +84,5 @@ def test_a_docker_sweep_runs_every_trial_in_the_image_and_records_it(docker_imag
     assert lm.data.metrics["test_perplexity"] > 1
     # Every container of this sweep is gone: removed when its trial ended.
     keys = {run.data.tags["versweep.trial_key"] for run in children}
-    left = docker.from_env().containers.list(all=True, filters={"label": "io.versweep.trial_key"})
-    assert [c.name for c in left if c.labels["io.versweep.trial_key"] in keys] == []
+    left = docker.from_env().api.containers(all=True, filters={"label": "io.versweep.trial_key"})
+    assert [c["Names"] for c in left if c["Labels"]["io.versweep.trial_key"] in keys] == []
