@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from dockerenv import docker_image  # noqa: F401  (the tests' own image on the real engine)
+from dockerenv import docker_image, registry  # noqa: F401  (the tests' own image and registry)
 from sweeping import ray_tmp  # noqa: F401  (a fixture for every sweep test)
 
 ROOT = Path(__file__).resolve().parent.parent

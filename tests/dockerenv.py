@@ -138,3 +138,45 @@ def docker_image() -> str:
     require_engine()
     build_test_image()
     return TEST_IMAGE
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A real registry (Debian's docker-registry) on a free loopback port: '127.0.0.1:PORT'.
+
+    The engine accepts it without TLS: 127.0.0.0/8 is an insecure registry by default.
+    """
+    import time
+    import urllib.request
+
+    from sweeping import free_port
+
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        reason = "docker-registry is not installed (apt-get install docker-registry)"
+        if os.environ.get("VERSWEEP_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"{reason}; .ci/run installs it")
+        pytest.skip(reason)
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+                      f"    rootdirectory: {tmp_path / 'registry'}\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    with open(tmp_path / "registry.log", "w") as log:
+        server = subprocess.Popen([binary, "serve", str(config)], stdout=log,
+                                  stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("docker-registry did not start: "
+                                + (tmp_path / "registry.log").read_text()[-2000:])
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)

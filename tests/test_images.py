@@ -13,8 +13,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -281,43 +279,6 @@ def test_verify_fails_loudly_where_the_image_is_not_what_the_matrix_says(
 
 
 # ---------------------------------------------------------------- push and pull
-
-
-@pytest.fixture
-def registry(tmp_path):
-    """A real registry (Debian's docker-registry) on a free loopback port: '127.0.0.1:PORT'."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        reason = "docker-registry is not installed (apt-get install docker-registry)"
-        if os.environ.get("VERSWEEP_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"{reason}; .ci/run installs it")
-        pytest.skip(reason)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = tmp_path / "registry.yml"
-    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-                      f"    rootdirectory: {tmp_path / 'registry'}\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n")
-    log = open(tmp_path / "registry.log", "w")
-    server = subprocess.Popen([binary, "serve", str(config)], stdout=log,
-                              stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("docker-registry did not start: "
-                                + (tmp_path / "registry.log").read_text()[-2000:])
-                time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
 
 
 def test_push_to_a_registry_and_pull_back_on_a_node(docker_image, tmp_path, registry,
