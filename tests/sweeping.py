@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +19,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "sweeps" / "run.py"
+
+# The smallest real sweep: `env` trials on the local backend, one per seed.
+ENV_GRID = textwrap.dedent("""
+    [sweep]
+    name = "{name}"
+    backend = "local"
+    device = "cpu"
+    trial_timeout_s = 120
+    max_concurrent = 1
+
+    [[group]]
+    workload = "env"
+    axes.seed = {seeds}
+    config.num_threads = 1
+""")
 
 
 def own_processes_mentioning(text: str) -> list[int]:

@@ -17,6 +17,7 @@ import time
 
 import pytest
 from sweeping import (
+    ENV_GRID,
     RUN,
     free_port,
     own_processes_mentioning,
@@ -30,20 +31,6 @@ from sweeping import (
 def artifact_names(client, run_id: str) -> set[str]:
     return {a.path for a in client.list_artifacts(run_id)}
 
-
-ENV_GRID = textwrap.dedent("""
-    [sweep]
-    name = "{name}"
-    backend = "local"
-    device = "cpu"
-    trial_timeout_s = 120
-    max_concurrent = 1
-
-    [[group]]
-    workload = "env"
-    axes.seed = {seeds}
-    config.num_threads = 1
-""")
 
 SEARCH_GRID = textwrap.dedent("""
     [sweep]

@@ -17,28 +17,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from sweeping import ROOT, free_port, own_processes_mentioning, sweep_runs
+from sweeping import ENV_GRID, ROOT, free_port, own_processes_mentioning, sweep_runs
 
 SCHEDULE = ROOT / "sweeps" / "schedule.py"
-
-ENV_GRID = textwrap.dedent("""
-    [sweep]
-    name = "{name}"
-    backend = "local"
-    device = "cpu"
-    trial_timeout_s = 120
-    max_concurrent = 1
-
-    [[group]]
-    workload = "env"
-    axes.seed = {seeds}
-    config.num_threads = 1
-""")
 
 JOB_ID = r"versweep-{grid}-\d{{8}}T\d{{6}}Z"
 
