@@ -61,7 +61,7 @@ from analysis.stats import (  # noqa: E402
     median_ci,
     parity,
 )
-from sweeps.errors import UserError  # noqa: E402
+from sweeps.errors import ArgumentParser, UserError  # noqa: E402
 
 EXIT_OK, EXIT_USER_ERROR = 0, 2
 
@@ -1212,16 +1212,9 @@ def _about(data: SweepData, image: str) -> str:
 # --------------------------------------------------------------------------- the command
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit 2, like every other user error."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see {self.prog} --help)")
-
-
 def build_parser(prog: str = "report.py") -> argparse.ArgumentParser:
     """The arguments of ``python analysis/report.py`` (and ``versweep report``)."""
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Compare PyTorch / CUDA / cuDNN images and hyper-parameters from a "
                     "sweep's MLflow records: report.md, report.html and CSV tables.")

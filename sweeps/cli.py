@@ -16,18 +16,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .errors import UserError
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit 2, like every other user error."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see versweep --help)")
+from .errors import ArgumentParser, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
         prog="versweep",
         description="Run a sweep of PyTorch RNN workloads (a grid file) under Ray Tune and "
                     "record every trial in MLflow.")

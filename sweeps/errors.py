@@ -6,6 +6,9 @@ traceback. Raise it with a message that says what is wrong and what to do.
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
 
 class UserError(Exception):
     """An expected mistake by the user: a bad grid, a missing image, an unknown run."""
@@ -15,3 +18,18 @@ class UserError(Exception):
 
 class GridError(UserError):
     """A grid file that cannot become a valid sweep; the message names file and key path."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one UserError line (exit 2), like every other one.
+
+    ``help_hint`` is the command a user types for help, when it is not ``prog`` (e.g.
+    "python sweeps/schedule.py" for prog "schedule.py").
+    """
+
+    def __init__(self, *args: Any, help_hint: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.help_hint = help_hint
+
+    def error(self, message):  # raises instead of exiting
+        raise UserError(f"{message} (see {self.help_hint or self.prog} --help)")

@@ -71,7 +71,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import TYPE_CHECKING, TextIO  # noqa: E402
 from urllib.parse import urlparse  # noqa: E402
 
-from sweeps.errors import UserError  # noqa: E402
+from sweeps.errors import ArgumentParser, UserError  # noqa: E402
 
 if TYPE_CHECKING:
     from sweeps.jobs import JobState, RayJobs
@@ -582,17 +582,11 @@ def _is_loopback(address: str) -> bool:
 # --------------------------------------------------------------------------- command line
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """Usage errors are one line and exit 2, like every other user error."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python sweeps/schedule.py --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from sweeps.cli import _positive_int
 
-    parser = _ArgumentParser(
+    parser = ArgumentParser(
+        help_hint="python sweeps/schedule.py",
         prog="schedule.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Submit a sweep (sweeps/run.py) to a Ray cluster as a Ray Job on a "
                     "schedule; never two of the same grid at once.",
@@ -630,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_list_parser() -> argparse.ArgumentParser:
     from sweeps.cli import _positive_int
 
-    parser = _ArgumentParser(prog="schedule.py list",
+    parser = ArgumentParser(help_hint="python sweeps/schedule.py", prog="schedule.py list",
                              description="Show the recorded firings of scheduled sweeps, the "
                                          "newest last, with their jobs' status.")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "

@@ -42,7 +42,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import Any, TextIO  # noqa: E402
 
 from sweeps.cluster.resources import image_resource  # noqa: E402
-from sweeps.errors import UserError  # noqa: E402
+from sweeps.errors import ArgumentParser, UserError  # noqa: E402
 from sweeps.grid import MATRIX_PATH  # noqa: E402
 from sweeps.images import REPOSITORY, check_registry, local_tag, registry_tag  # noqa: E402
 from sweeps.matrix import display_path, load_matrix, nearest  # noqa: E402
@@ -292,15 +292,8 @@ def format_node(result: NodeResult) -> str:
 # ---------------------------------------------------------------- command line
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line and exit 2, like every other user error."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python -m sweeps.cluster.prepull --help)")
-
-
 def parser() -> argparse.ArgumentParser:
-    top = _ArgumentParser(
+    top = ArgumentParser(
         prog="python -m sweeps.cluster.prepull",
         description="Pull (with --registry) or check matrix images on every alive node of a "
                     "running Ray cluster, one pinned Ray task per node.")
