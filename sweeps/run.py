@@ -23,7 +23,6 @@ if __name__ == "__main__" and not __package__:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
     sys.path.insert(0, str(_HERE.parent))
 
-import os  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import TextIO  # noqa: E402
@@ -63,12 +62,18 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
         out.write(format_trial_table(sweep, backend_name, max_concurrent) + "\n")
         return EXIT_OK
     runner = get_backend(backend_name, sweep)
-    # On a cluster the nodes that run the trials must hold the images, not this one (a
-    # KubeRay head may have no Docker at all): routing checks the nodes before Tune starts.
-    joining = bool(address or os.environ.get("RAY_ADDRESS"))
-    runner.preflight(sweep, on_this_node=not joining)
-
     from . import tune as sweep_tune
+    from .trial import address_given
+
+    timings: dict[str, float] = {}
+    # On a cluster whose nodes advertise images, those nodes must hold them, not this one
+    # (a KubeRay head may have no Docker at all): routing checks them before Tune starts.
+    # Anywhere else the images must be here. Either way before any record is opened.
+    routed = False
+    if backend_name == "docker" and address_given(address):
+        routed, timings["ray"] = sweep_tune.join_and_check_routing(address, num_cpus)
+    runner.preflight(sweep, on_this_node=not routed)
+
     from .records import SweepRecords, mlflow_ui_command, records_location, resolve_tracking_uri
     from .summary import TrialRecord, best_by_metric, best_per_workload, format_summary
 
@@ -82,7 +87,6 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
         out.write(f"{len(decided)} trial(s) already decided; they will not run again\n")
     out.flush()
 
-    timings: dict[str, float] = {}
     started = time.monotonic()
     try:
         tune_run = sweep_tune.run_tune(

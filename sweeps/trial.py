@@ -19,6 +19,7 @@ How a worker ends (protocol v1, DESIGN.md) becomes a status:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -234,6 +235,11 @@ def trial_resources(sweep: Sweep, cluster_gpus: float | None, *, spec: TrialSpec
         image = next((i for i in sweep.images if i.name == spec.image), None)
         resources.update(trial_routing(spec, image, wants_gpu=wants_gpu, nodes=nodes))
     return resources
+
+
+def address_given(address: str | None) -> bool:
+    """Whether this driver joins an existing cluster (--address, or a Ray Job's RAY_ADDRESS)."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
 def routes_by_image(sweep: Sweep, nodes: Sequence[Mapping[str, float]]) -> bool:

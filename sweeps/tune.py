@@ -356,6 +356,18 @@ def start_ray(address: str | None, num_cpus: int | None) -> float:
 LAUNCHER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 
+def join_and_check_routing(address: str | None, num_cpus: int | None) -> tuple[bool, float]:
+    """Join the cluster; (whether its nodes advertise versweep images, Ray's start seconds).
+
+    Asked before any record is opened: with routing, the nodes must hold the images;
+    without it, the driver's own node must.
+    """
+    from .cluster.resources import advertises_images
+
+    seconds = start_ray(address, num_cpus)
+    return advertises_images(alive_nodes() + nodes_to_come()), seconds
+
+
 def alive_nodes() -> list[dict[str, float]]:
     """The total resources of each alive node of the cluster Ray is connected to."""
     return [dict(node.get("Resources") or {}) for node in ray.nodes() if node.get("Alive")]
