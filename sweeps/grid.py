@@ -32,8 +32,7 @@ from .spec import LOCAL_IMAGE, Image, Param, Scheduler, Search, Sweep, TrialSpec
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 MATRIX_PATH = Path(__file__).resolve().parent.parent / "images" / "matrix.toml"
 
-# Backends a grid may name. `docker` arrives with the images issue; the runner says
-# so in one line when it is not available yet, but its grids already validate.
+# Backends a grid may name (sweeps/backends/: the host's interpreter, or a container).
 KNOWN_BACKENDS = ("local", "docker")
 # What a trial asks Ray for: a GPU ("cuda"), a CPU ("cpu"), or a GPU when the cluster has one.
 DEVICES = ("auto", "cpu", "cuda")
