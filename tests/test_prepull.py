@@ -143,7 +143,7 @@ def push(name: str, registry: str, matrix: Path) -> None:
 
 
 def test_prepull_puts_the_image_back_on_every_node_and_says_which_advertise_it(
-        cluster, registry, own_image):
+        cluster, registry, own_image, tmp_path):
     require_engine()
     import docker
 
@@ -177,6 +177,22 @@ def test_prepull_puts_the_image_back_on_every_node_and_says_which_advertise_it(
 
     back = client.images.get(f"versweep:{name}")
     assert any(d.startswith(f"{registry}/versweep@sha256:") for d in back.attrs["RepoDigests"])
+
+    # A mirror built from another entry than the matrix's (its labels say Python 3.11, this
+    # matrix copy 3.10) is refused on every node, and not tagged.
+    text = matrix.read_text()
+    start = text.index(f'name = "{name}"')
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(text[:start] + text[start:].replace('python = "3.11"', 'python = "3.10"', 1))
+    client.images.remove(f"versweep:{name}")
+    refused = prepull_cli(address, env, name, "--registry", registry, "--matrix", str(wrong))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    lines = [line for line in refused.stdout.splitlines()
+             if f": {name} failed the mirror {registry}/versweep:{name} is not the matrix's"
+             in line]
+    assert len(lines) == 2, refused.stdout
+    assert "python is 3.11 in the image's labels, the matrix says 3.10" in lines[0]
+    assert not client.images.list(name=f"versweep:{name}")
 
 
 def test_an_image_missing_from_the_registry_fails_on_every_node_with_the_reason(

@@ -45,7 +45,8 @@ from sweeps.cluster.resources import image_resource  # noqa: E402
 from sweeps.errors import ArgumentParser, UserError  # noqa: E402
 from sweeps.grid import MATRIX_PATH  # noqa: E402
 from sweeps.images import REPOSITORY, check_registry, local_tag, registry_tag  # noqa: E402
-from sweeps.matrix import display_path, load_matrix, nearest  # noqa: E402
+from sweeps.matrix import display_path, label_differences, load_matrix, nearest  # noqa: E402
+from sweeps.spec import Image  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,8 +101,13 @@ def _image_attrs(client: Any, tag: str) -> dict[str, Any] | None:
         return None
 
 
-def _pull_one(client: Any, name: str, registry: str) -> tuple[str, str]:
-    """(status, detail) of pulling ``<registry>/versweep:<name>`` as ``versweep:<name>``."""
+def _pull_one(client: Any, name: str, registry: str,
+              entry: Image | None = None) -> tuple[str, str]:
+    """(status, detail) of pulling ``<registry>/versweep:<name>`` as ``versweep:<name>``.
+
+    With the matrix ``entry``, a mirror whose io.versweep.* labels contradict it (built
+    from another entry) is refused and not tagged, as ``images/build.py pull`` does.
+    """
     import docker.errors
 
     reference = registry_tag(registry, name)
@@ -117,6 +123,12 @@ def _pull_one(client: Any, name: str, registry: str) -> tuple[str, str]:
         error = exc.explanation or exc
     if error is not None:
         return FAILED, f"pulling {reference} failed: {_first_line(error)}"
+    if entry is not None:
+        labels = (client.api.inspect_image(reference).get("Config") or {}).get("Labels")
+        differences = label_differences(entry, labels)
+        if differences:
+            return FAILED, (f"the mirror {reference} is not the matrix's {name}: "
+                            f"{'; '.join(differences)}; not tagged {local_tag(name)}")
     client.api.tag(reference, REPOSITORY, name)
     after = _image_attrs(client, local_tag(name)) or {}
     digests = [d for d in after.get("RepoDigests") or [] if d.startswith(f"{repository}@")]
@@ -135,7 +147,8 @@ def _check_one(client: Any, name: str) -> tuple[str, str]:
     return PRESENT, str(digests[0] if digests else attrs.get("Id", ""))
 
 
-def prepull_here(image_names: Sequence[str], registry: str | None) -> dict[str, Any]:
+def prepull_here(image_names: Sequence[str], registry: str | None,
+                 entries: dict[str, Image] | None = None) -> dict[str, Any]:
     """On this node: pull or check each image; the answer is plain data for the driver.
 
     ``{"hostname": ..., "images": [(name, status, detail), ...]}``. No failure escapes
@@ -152,7 +165,8 @@ def prepull_here(image_names: Sequence[str], registry: str | None) -> dict[str, 
     for name in image_names:
         try:
             if registry is not None:
-                status, detail = _pull_one(client, name, registry)
+                status, detail = _pull_one(client, name, registry,
+                                           (entries or {}).get(name))
             else:
                 status, detail = _check_one(client, name)
         except Exception as exc:  # the engine failed otherwise: report it for this image
@@ -161,14 +175,15 @@ def prepull_here(image_names: Sequence[str], registry: str | None) -> dict[str, 
     return answer
 
 
-def _prepull_task(image_names: Sequence[str], registry: str | None) -> dict[str, Any]:
+def _prepull_task(image_names: Sequence[str], registry: str | None,
+                  entries: dict[str, Image] | None = None) -> dict[str, Any]:
     """The Ray task pinned to one node: prepull_here, and the node it really ran on.
 
     Everything it needs (the docker SDK, this checkout) must be importable on the node.
     """
     import ray
 
-    answer = prepull_here(image_names, registry)
+    answer = prepull_here(image_names, registry, entries)
     answer["ran_on"] = ray.get_runtime_context().get_node_id()
     return answer
 
@@ -236,6 +251,8 @@ def prepull(address: str | None, image_names: Sequence[str], *, registry: str | 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     names = _check_names(image_names, Path(matrix_path))
+    matrix = load_matrix(Path(matrix_path))
+    entries = {name: matrix[name] for name in names}  # each node checks its pulls against
     registry = check_registry(registry) if registry is not None else None
     started_here = _join(address)
     try:
@@ -245,7 +262,7 @@ def prepull(address: str | None, image_names: Sequence[str], *, registry: str | 
         on_node = ray.remote(num_cpus=0, max_retries=0)(_prepull_task)
         pending = {
             on_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                node_id=node["NodeID"], soft=False)).remote(names, registry): node
+                node_id=node["NodeID"], soft=False)).remote(names, registry, entries): node
             for node in nodes}
         results = []
         while pending:
