@@ -67,12 +67,19 @@ def ray_tmp():
     """
     path = tempfile.mkdtemp(prefix="vsray-", dir="/tmp")
     yield path
+    end_processes_mentioning(path, remove=True)
+
+
+def end_processes_mentioning(path: str, *, remove: bool = False) -> None:
+    """SIGKILL this user's processes that mention ``path`` (a private Ray temp dir);
+    with ``remove``, delete the directory too. Only processes a test started mention it."""
     for pid in own_processes_mentioning(path):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    shutil.rmtree(path, ignore_errors=True)
+    if remove:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def sweep_env(ray_tmp: str, **extra: str) -> dict[str, str]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from dockerenv import require_engine
-from sweeping import free_port, own_processes_mentioning
+from sweeping import end_processes_mentioning, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "images" / "matrix.toml"
@@ -91,12 +89,7 @@ def cluster(docker_image):
             time.sleep(2)
         yield address, env, nodes
     finally:
-        for pid in own_processes_mentioning(tmp):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        end_processes_mentioning(tmp, remove=True)
 
 
 @pytest.fixture

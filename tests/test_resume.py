@@ -12,24 +12,19 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
-from sweeping import RUN, own_processes_mentioning, sweep_env, sweep_runs, versweep
+from sweeping import (
+    ENV_GRID,
+    RUN,
+    end_processes_mentioning,
+    own_processes_mentioning,
+    sweep_env,
+    sweep_runs,
+    versweep,
+)
 
-GRID = textwrap.dedent("""
-    [sweep]
-    name = "resumable"
-    backend = "local"
-    device = "cpu"
-    trial_timeout_s = 120
-    max_concurrent = 1
-
-    [[group]]
-    workload = "env"
-    axes.seed = [1, 2, 3, 4, 5, 6, 7, 8]
-    config.num_threads = 1
-""")
+GRID = ENV_GRID.format(name="resumable", seeds=[1, 2, 3, 4, 5, 6, 7, 8])
 
 
 def finished_children(uri: str) -> list:
@@ -65,11 +60,7 @@ def test_a_sweep_killed_with_sigkill_resumes_without_running_a_trial_twice(tmp_p
     # the snapshot below. Only this test's processes mention its private Ray temp dir.
     deadline = time.monotonic() + 30
     while own_processes_mentioning(ray_tmp) and time.monotonic() < deadline:
-        for pid in own_processes_mentioning(ray_tmp):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        end_processes_mentioning(ray_tmp)
         time.sleep(0.5)
     assert own_processes_mentioning(ray_tmp) == []
 

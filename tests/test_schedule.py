@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sweeping import ENV_GRID, ROOT, free_port, own_processes_mentioning, sweep_runs
+from sweeping import ENV_GRID, ROOT, end_processes_mentioning, free_port, sweep_runs
 
 SCHEDULE = ROOT / "sweeps" / "schedule.py"
 
@@ -66,12 +65,7 @@ def ray_head(tmp_path_factory):
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         yield f"http://127.0.0.1:{dashboard}"
     finally:
-        for pid in own_processes_mentioning(temp_dir):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        end_processes_mentioning(temp_dir, remove=True)
 
 
 def schedule(args: list[str], *, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
