@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 import torch
+from compare import assert_same
 
 from tests.conftest import run_worker
 from workers import ptb_data, ptb_lm
@@ -84,7 +85,7 @@ PRESET_NAMES = ("small", "medium", "large", "kuchaiev2017")
 def test_every_preset_number_is_the_seeds(column, preset):
     config = resolve_workload_config("ptb_lm", {"preset": preset})
     for key, values in PRESET_TABLE.items():
-        assert config[key] == pytest.approx(values[column], rel=1e-12), (preset, key)
+        assert_same(config[key], values[column], rel=1e-12, what=f"{preset} {key}")
         assert type(config[key]) is type(values[column]), (preset, key)
     # without limits a preset is the full published run on the synthetic corpus
     assert config["max_epochs"] is None and config["max_steps_per_epoch"] is None
