@@ -7,9 +7,25 @@ from pathlib import Path
 
 import pytest
 from dockerenv import docker_image, registry  # noqa: F401  (the tests' own image and registry)
+from needs import missing_parts, need
 from sweeping import ray_tmp  # noqa: F401  (a fixture for every sweep test)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_report_header(config) -> list[str]:
+    """Say up front which parts of the machine are missing, and what that does to the run."""
+    missing = missing_parts()
+    if not missing:
+        return ["versweep: every part the tests need is here (Docker engine, Chromium, ...)"]
+    return ["versweep: missing parts of this machine (tests/needs.py):", *missing]
+
+
+def pytest_runtest_setup(item) -> None:
+    """``@pytest.mark.needs("docker", ...)``: skip, or fail where required, without them."""
+    for mark in item.iter_markers("needs"):
+        for name in mark.args:
+            need(name)
 
 
 class WorkerRun:

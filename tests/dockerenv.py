@@ -11,8 +11,9 @@ No registry can be reached here, so nothing is pulled: the tests make their own 
    keeps a base's own torch). Its python and torch are the ones images/matrix.toml says.
 
 The engine itself is started by .ci/run (apt-get install docker.io; dockerd). Where no
-engine answers, the docker tests are skipped, unless VERSWEEP_REQUIRE_DOCKER=1 (set by
-.ci/run) makes that a failure: CI must never pass by skipping them.
+engine answers, the docker tests are skipped with one line saying so (tests/needs.py),
+unless VERSWEEP_REQUIRE_DOCKER=1 (set by .ci/run) makes that a failure: CI must never
+pass by skipping them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from needs import need, problem
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "images" / "matrix.toml"
@@ -41,23 +43,12 @@ BASE_RECIPE = {"suite": DEBIAN_SUITE, "include": "python3,ca-certificates",
 
 def engine_problem() -> str | None:
     """Why no Docker engine can be used here, or None when one answers."""
-    try:
-        import docker
-
-        docker.from_env(timeout=10).ping()
-    except Exception as exc:  # any failure to reach the engine means: not here
-        return f"no Docker engine answers ({type(exc).__name__}: {exc})"
-    return None
+    return problem("docker")
 
 
 def require_engine() -> None:
     """Skip (or, under VERSWEEP_REQUIRE_DOCKER=1, fail) where no engine answers."""
-    problem = engine_problem()
-    if problem is None:
-        return
-    if os.environ.get("VERSWEEP_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"{problem}; .ci/run starts dockerd before the tests")
-    pytest.skip(problem)
+    need("docker")
 
 
 def base_tag(recipe: dict = BASE_RECIPE) -> str:
@@ -93,9 +84,7 @@ def make_base(recipe: dict = BASE_RECIPE) -> str:
     tag = base_tag(recipe)
     if _image_exists(tag):
         return tag
-    if shutil.which("debootstrap") is None:
-        pytest.fail("debootstrap is not installed; .ci/run installs it (apt-get install "
-                    "debootstrap)")
+    need("debootstrap")
     work = Path(tempfile.mkdtemp(prefix="vs-rootfs-", dir=os.environ.get("TMPDIR", "/tmp")))
     rootfs = work / "rootfs"
     try:
@@ -151,12 +140,10 @@ def registry(tmp_path):
 
     from sweeping import free_port
 
+    need("docker")  # a registry is only of use to an engine
+    need("docker-registry")
     binary = shutil.which("docker-registry")
-    if binary is None:
-        reason = "docker-registry is not installed (apt-get install docker-registry)"
-        if os.environ.get("VERSWEEP_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"{reason}; .ci/run installs it")
-        pytest.skip(reason)
+    assert binary is not None
     port = free_port()
     config = tmp_path / "registry.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"

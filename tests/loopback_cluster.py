@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from needs import tool
 from sweeping import free_port, own_processes_mentioning
 
 # How long one `ray start` may take on a busy two-core machine.
@@ -64,6 +65,15 @@ def cluster_env(temp_dir: str | None = None) -> dict[str, str]:
     return env
 
 
+def ray_cli() -> str:
+    """The `ray` command of this Python's environment (activated or not)."""
+    found = tool("ray")
+    if found is None:
+        raise RuntimeError("no `ray` command beside this Python nor on PATH: "
+                           "install the project (uv sync --extra test)")
+    return found
+
+
 class LoopbackCluster:
     """Start, inspect and break a Ray cluster whose nodes all run on 127.0.0.1."""
 
@@ -86,7 +96,7 @@ class LoopbackCluster:
         node = Node(name=name, temp_dir=temp_dir, node_manager_port=free_port(),
                     resources=dict(resources))
         self.nodes.append(node)  # cleaned up even if its start fails half-way
-        command = ["ray", "start", *args, "--num-cpus", str(num_cpus),
+        command = [ray_cli(), "start", *args, "--num-cpus", str(num_cpus),
                    "--resources", json.dumps(resources), "--node-ip-address", "127.0.0.1",
                    "--temp-dir", temp_dir, "--disable-usage-stats",
                    "--node-manager-port", str(node.node_manager_port),

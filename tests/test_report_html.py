@@ -9,8 +9,8 @@ Chromium is started with ``--remote-debugging-pipe``: the protocol's JSON messag
 over two pipes (fd 3 into the browser, fd 4 out of it, each message ended by a NUL
 byte), so no port is opened and no websocket library is needed.
 
-Where Chromium is missing these tests are skipped, unless VERSWEEP_REQUIRE_CHROMIUM=1
-makes that a failure (CI must never pass by skipping them).
+Where Chromium is missing these tests are skipped with one line saying so (tests/needs.py),
+unless VERSWEEP_REQUIRE_CHROMIUM=1 makes that a failure (CI must never pass by skipping them).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 from analysis_store import HPARAMS, VERSIONS
 from matplotlib import image as mpimg
+from needs import need
 from test_report import filled_store_once
 
 from analysis import report
@@ -56,13 +57,10 @@ def chromium_path() -> str | None:
 
 def require_chromium() -> str:
     """The Chromium executable; skip (or fail, under VERSWEEP_REQUIRE_CHROMIUM=1) without one."""
+    need("chromium")
     path = chromium_path()
-    if path is not None:
-        return path
-    problem = "no Chromium on PATH (apt-get install chromium)"
-    if os.environ.get("VERSWEEP_REQUIRE_CHROMIUM") == "1":
-        pytest.fail(f"{problem}; .ci/run installs it")
-    pytest.skip(problem)
+    assert path is not None
+    return path
 
 
 class PageVisit:
