@@ -212,6 +212,15 @@ def test_a_schedule_fires_again_but_never_while_its_sweep_is_still_going(ray_hea
     for earlier, later in zip(jobs, jobs[1:], strict=False):
         assert earlier.end_time is not None and later.start_time >= earlier.end_time
 
+    # The second job was recorded PENDING when submitted; wait until the cluster has moved
+    # it on (a busy machine may take a while to start it), so that what list shows can
+    # only have come from the cluster.
+    cluster_jobs = RayJobs(ray_head)
+    deadline = time.monotonic() + 240
+    while (state := cluster_jobs.state(second["versweep.job_id"])) is not None \
+            and state.status == "PENDING":
+        assert time.monotonic() < deadline, "the second job never left PENDING"
+        time.sleep(1)
     assert main(["list", "--tracking-uri", uri, "--grid", "sched_every"]) == 0
     listed = capsys.readouterr().out
     assert re.search(rf"sched_every\s+SUCCEEDED\s+{first['versweep.job_id']}\s+[0-9a-f]{{32}}",
