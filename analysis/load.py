@@ -36,6 +36,7 @@ import re
 import sqlite3
 import tempfile
 import tomllib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,9 +203,17 @@ def load_sweep_data(tracking_uri: str, experiment: str, sweep: str | None = None
     instead of a minute, and without importing mlflow); ``direct_sqlite=False``,
     an unfamiliar schema and every other store go through MlflowClient.
 
+    Whether the sweep is a grid or an Optuna search comes from its grid file (an
+    artifact of the parent run). When that file cannot be read, the parent run's
+    tag ``versweep.sweep_kind`` decides (a search then comes with a UserWarning: its
+    metric, mode and searched parameters are taken from its runs), else its plan
+    (trials.json: a grid); a sweep with none of them is a UserError, never silently
+    a grid.
+
     Raises UserError (one line, saying what to do) for a store that does not
     exist, an unknown experiment (the nearest name suggested), an experiment
-    with no sweep runs, an unknown sweep, and a sweep with no decided trial.
+    with no sweep runs, an unknown sweep, a sweep with no decided trial, and a
+    sweep whose kind cannot be told (above).
     """
     reader = _reader(tracking_uri, direct_sqlite)
     try:
@@ -248,11 +257,18 @@ def _load(reader: _Reader, tracking_uri: str, experiment: str, sweep: str | None
             f"interrupted before any trial was decided){hint}")
     children.sort(key=lambda run: (run.start_time, run.run_id))
     trials = [_trial(run, tracking_uri) for run in children]
-    grid_text = _grid_text(tracking_uri, parent)
+    grid_text, unreadable = _grid_text(tracking_uri, parent)
     planned_tag = parent.tags.get("versweep.trials_planned", "")
     grid = _parse_grid(grid_text)
+    if grid_text and not grid:
+        unreadable = "it is not valid TOML"
     search_table = grid.get("search") if isinstance(grid.get("search"), dict) else None
     space = search_table.get("space") if search_table else None
+    if unreadable:
+        search = _kind_without_grid(tracking_uri, parent, experiment, unreadable)
+        grid_text = ""
+    else:
+        search = search_table is not None
     return SweepData(
         tracking_uri=tracking_uri,
         experiment_id=experiment_id,
@@ -264,7 +280,7 @@ def _load(reader: _Reader, tracking_uri: str, experiment: str, sweep: str | None
         trials=trials,
         images=order_images({t.image for t in trials},
                             {t.image: t.tags.get("versweep.torch", "") for t in trials}),
-        search=search_table is not None,
+        search=search,
         sweep_name=parent.tags.get("versweep.sweep", experiment),
         grid_text=grid_text,
         search_metric=str(search_table.get("metric")) if search_table and
@@ -272,7 +288,7 @@ def _load(reader: _Reader, tracking_uri: str, experiment: str, sweep: str | None
         search_mode=str(search_table.get("mode", "min")) if search_table else None,
         search_space=tuple(space) if isinstance(space, dict) else (),
         parent_status=parent.status,
-        planned=() if search_table is not None else _plan(tracking_uri, parent),
+        planned=() if search else _plan(tracking_uri, parent),
         trials_planned=int(planned_tag) if planned_tag.isdigit() else None,
     )
 
@@ -507,7 +523,9 @@ class _ClientReader(_Reader):
         return self._search(experiment_id, "tags.`versweep.kind` = 'sweep'")
 
     def finished_children(self, experiment_id: str, parent_run_id: str) -> list[_Run]:
-        return self._search(experiment_id, f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+        from sweeps.records import quote  # this reader imports mlflow anyway
+
+        return self._search(experiment_id, f"tags.`mlflow.parentRunId` = {quote(parent_run_id)} "
                                            "and attributes.status = 'FINISHED'")
 
     def histories(self, run_ids: Sequence[str], key: str) -> dict[str, list]:
@@ -527,8 +545,8 @@ def _client(tracking_uri: str) -> Any:
     return open_client(tracking_uri)
 
 
-def _grid_text(tracking_uri: str, parent: _Run) -> str:
-    """The grid file the parent run keeps as an artifact ("" when it is not there)."""
+def _grid_text(tracking_uri: str, parent: _Run) -> tuple[str, str]:
+    """(the grid file the parent run keeps as an artifact, "") or ("", why it cannot be read)."""
     grid_path = parent.tags.get("versweep.grid_path", "")
     name = Path(grid_path).name if grid_path else ""
     local = _local_artifact_dir(parent.artifact_uri)
@@ -537,17 +555,47 @@ def _grid_text(tracking_uri: str, parent: _Run) -> str:
         candidates += sorted(local.glob("*.toml"))
         for path in candidates:
             if path.is_file():
-                return path.read_text(errors="replace")
-        return ""
+                try:
+                    return path.read_text(errors="replace"), ""
+                except OSError as exc:
+                    return "", f"{path}: {exc.strerror or exc}"
+        return "", f"it is not in {local}"
     try:
         client = _client(tracking_uri)
         names = [name] if name else [f.path for f in client.list_artifacts(parent.run_id)
                                      if f.path.endswith(".toml")][:1]
         if not names:
-            return ""
-        return _download_text(client, parent.run_id, names[0])
-    except Exception:  # noqa: BLE001  (a missing grid file only costs the search details)
-        return ""
+            return "", "the parent run has no .toml artifact"
+        return _download_text(client, parent.run_id, names[0]), ""
+    except Exception as exc:  # noqa: BLE001  (MLflow raises several types for "no artifact")
+        return "", f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
+def _kind_without_grid(tracking_uri: str, parent: _Run, experiment: str, why: str) -> bool:
+    """Whether a sweep whose grid file cannot be read (``why``) is a search; or UserError.
+
+    A report must not quietly turn a search into a grid report. The parent run's tag
+    ``versweep.sweep_kind`` (sweeps/records.py) says which it is: a search is reported
+    as one, with a warning that its metric, mode and searched parameters are taken from
+    its runs (the grid file named them). A parent run without the tag (recorded before
+    it existed) that keeps a grid's plan (trials.json) is a grid. With neither, nothing
+    says what the sweep is: a UserError naming the sweep and why its grid is unreadable.
+    """
+    name = Path(parent.tags.get("versweep.grid_path", "")).name or "*.toml"
+    said = f"its grid file ({name}) could not be read ({why})"
+    kind = parent.tags.get("versweep.sweep_kind", "")
+    if kind == "search":
+        warnings.warn(f"sweep {parent.run_id} of experiment '{experiment}': {said}; it is a "
+                      "search (tag versweep.sweep_kind), so its metric, mode and searched "
+                      "parameters are taken from its runs", UserWarning, stacklevel=4)
+        return True
+    if kind == "grid" or _plan(tracking_uri, parent):
+        return False  # a grid report needs nothing of the grid file
+    raise UserError(f"cannot tell whether sweep {parent.run_id} of experiment '{experiment}' "
+                    f"is a grid or an Optuna search: {said} and its parent run has neither a "
+                    "versweep.sweep_kind tag nor a plan (trials.json); restore the grid file "
+                    f"as an artifact of run {parent.run_id}, or tag the run "
+                    "versweep.sweep_kind=grid or =search in the MLflow UI")
 
 
 def _download_text(client: Any, run_id: str, name: str) -> str:

@@ -46,13 +46,14 @@ from sweeps.images import (  # noqa: E402
     REPOSITORY,
     check_registry,
     docker_client,
+    engine_error,
     local_tag,
+    mirror_verdict,
     registry_tag,
 )
 from sweeps.matrix import (  # noqa: E402
     display_path,
     env_differences,
-    label_differences,
     load_matrix,
     nearest,
 )
@@ -283,9 +284,7 @@ def _stream(label: str, events: Iterable[dict[str, Any]], out: TextIO) -> LayerP
     return progress
 
 
-def _api_error(exc: Exception) -> str:
-    text = str(getattr(exc, "explanation", None) or exc)
-    return (text.strip().splitlines() or [type(exc).__name__])[0]
+_api_error = engine_error  # the engine's words in one line (shared with the pre-pull)
 
 
 # ---------------------------------------------------------------- pull
@@ -297,27 +296,12 @@ def _mirror_is_the_entry(client: Any, image: Image, reference: str, out: TextIO)
     A mirror pushed from an older matrix (another torch, Python, CUDA or cuDNN) would
     otherwise run as versweep:<name> and record wrong facts. An image without the labels
     (not built by images/Dockerfile) cannot be checked here: a warning, then ``verify``.
+    The cluster pre-pull judges through the same sweeps.images.mirror_verdict.
     """
-    import docker.errors
-
-    try:
-        labels = (client.api.inspect_image(reference).get("Config") or {}).get("Labels")
-    except docker.errors.APIError as exc:
-        print(f"{image.name}: pulled {reference}, but cannot read its labels: "
-              f"{_api_error(exc)}", file=out)
-        return False
-    differences = label_differences(image, labels)
-    if differences is None:
-        print(f"{image.name}: warning: {reference} has no io.versweep.* labels (not built by "
-              f"images/build.py), so it is not checked against the matrix; check it with: "
-              f"python images/build.py verify {image.name}", file=out, flush=True)
-        return True
-    if differences:
-        print(f"{image.name}: the mirror {reference} is not the matrix's {image.name}: "
-              f"{'; '.join(differences)}; not tagged {local_tag(image.name)} (build and push "
-              f"it again from this matrix)", file=out, flush=True)
-        return False
-    return True
+    accepted, said = mirror_verdict(client, image, reference)
+    if said:
+        print(f"{image.name}: {said}", file=out, flush=True)
+    return accepted
 
 
 def pull_images(images: Sequence[Image], registry: str | None, out: TextIO) -> int:

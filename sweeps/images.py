@@ -15,6 +15,8 @@ import re
 from typing import Any
 
 from .errors import UserError
+from .matrix import label_differences
+from .spec import Image
 
 # The local repository every matrix image is tagged into.
 REPOSITORY = "versweep"
@@ -70,6 +72,43 @@ def docker_client(timeout: float | None = ENGINE_TIMEOUT_S) -> Any:
                         "start it (sudo systemctl start docker, or dockerd) or set DOCKER_HOST"
                         ) from None
     return client
+
+
+def engine_error(exc: BaseException) -> str:
+    """What the engine said, in one line: a docker SDK error's explanation, else its text."""
+    text = str(getattr(exc, "explanation", None) or exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
+def mirror_verdict(client: Any, image: Image, reference: str) -> tuple[bool, str]:
+    """Whether the mirror ``reference`` just pulled may be tagged versweep:<name>; what to say.
+
+    The one judgement of ``images/build.py pull --registry`` and the cluster pre-pull
+    (sweeps/cluster/prepull.py), so both treat a mirror alike. Its io.versweep.* labels
+    (images/Dockerfile writes them) are compared with the matrix entry ``image``:
+
+    - they agree: (True, "");
+    - it has none (not built by images/build.py): (True, a warning), as images/README.md
+      says: tagged, and ``verify`` is the check;
+    - they contradict the entry (a mirror pushed from an older or another matrix), or
+      the engine cannot show them: (False, why): not tagged.
+    """
+    import docker.errors
+
+    try:
+        labels = (client.api.inspect_image(reference).get("Config") or {}).get("Labels")
+    except docker.errors.DockerException as exc:
+        return False, f"pulled {reference}, but cannot read its labels: {engine_error(exc)}"
+    differences = label_differences(image, labels)
+    if differences is None:
+        return True, (f"warning: {reference} has no io.versweep.* labels (not built by "
+                      "images/build.py), so it is not checked against the matrix; check it "
+                      f"with: python images/build.py verify {image.name}")
+    if differences:
+        return False, (f"the mirror {reference} is not the matrix's {image.name}: "
+                       f"{'; '.join(differences)}; not tagged {local_tag(image.name)} (build "
+                       "and push it again from this matrix)")
+    return True, ""
 
 
 def image_digest(attrs: dict[str, Any]) -> str:

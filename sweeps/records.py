@@ -5,6 +5,7 @@ DESIGN.md ("MLflow layout") lives here and nowhere else:
 
     experiment  <grid name, or --experiment>
     └── parent run  "<sweep> <UTC time>"   tags versweep.kind=sweep, versweep.sweep,
+        │                                   versweep.sweep_kind (grid | search),
         │                                   versweep.grid_sha256, versweep.backend,
         │                                   versweep.summary.*, versweep.best.*
         │                                   artifact: the grid file
@@ -457,6 +458,8 @@ class SweepRecords:
             "versweep.grid_path": str(sweep.path),
             "versweep.backend": sweep.backend,
             "versweep.device": sweep.device,
+            # What the sweep is, for a reader that cannot read the grid file (a report).
+            "versweep.sweep_kind": "grid" if sweep.search is None else "search",
             "versweep.trials_planned": str(len(sweep.trials)) if sweep.search is None
             else str(sweep.search.num_samples),
         }
@@ -497,7 +500,7 @@ class SweepRecords:
             parents = self._search(
                 experiment_id,
                 f"tags.`versweep.kind` = 'sweep' and tags.`versweep.sweep` = "
-                f"'{_quote(sweep.name)}'")
+                f"{quote(sweep.name)}")
         if not parents:
             raise UserError(
                 f"--resume: no earlier run of sweep '{sweep.name}' in MLflow experiment "
@@ -567,8 +570,8 @@ class SweepRecords:
         experiment_id = self._parent_experiment(parent_run_id)
         stale = self._search(
             experiment_id,
-            f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
-            f"tags.`versweep.trial_key` = '{spec.key}' and attributes.status = 'RUNNING'")
+            f"tags.`mlflow.parentRunId` = {quote(parent_run_id)} and "
+            f"tags.`versweep.trial_key` = {quote(spec.key)} and attributes.status = 'RUNNING'")
         for run in stale:
             stale_id = run.info.run_id
             self._set_tags(stale_id, {"versweep.status": "stopped",
@@ -585,6 +588,8 @@ class SweepRecords:
             "versweep.repeat": str(spec.repeat),
             "versweep.group": str(spec.group),
         }
+        if spec.workload_dir is not None:  # a user's own workload: where its plug-in is
+            tags["versweep.workload_dir"] = spec.workload_dir
         run = _retrying(
             lambda: self.client.create_run(experiment_id,
                                            run_name=truncate(spec.name, MAX_RUN_NAME_LENGTH),
@@ -595,18 +600,23 @@ class SweepRecords:
         self._last_flush[run_id] = time.monotonic()
         return run_id
 
-    def log_event(self, run_id: str, event: dict) -> None:
-        """Record one worker protocol event on the trial's run (DESIGN.md, protocol v1)."""
+    def log_event(self, run_id: str, event: dict) -> int | None:
+        """Record one worker protocol event on the trial's run (DESIGN.md, protocol v1).
+
+        Returns the step a ``metric`` event was recorded at (see _metric_step), None for
+        any other event.
+        """
         kind = event.get("event")
         if kind == "env":
             self._set_tags(run_id, env_tags(event))
         elif kind == "metric":
-            step = int(event.get("step", 0))
+            step = self._metric_step(run_id, event.get("step"))
             self._last_step[run_id] = max(step, self._last_step.get(run_id, step))
             pending = self._queue_metrics(run_id, event.get("metrics"), step)
             waited = time.monotonic() - self._last_flush.get(run_id, 0.0)
             if len(pending) >= METRIC_FLUSH_COUNT or waited >= METRIC_FLUSH_SECONDS:
                 self.flush(run_id)
+            return step
         elif kind == "result":
             # Final figures sit at the last step, so a name that is also a step
             # metric (words_per_second) does not draw a line back to step 0.
@@ -622,6 +632,22 @@ class SweepRecords:
                 "versweep.error": text_value(event.get("message", "")),
             })
         # Any other event is not part of protocol v1: the worker log keeps it.
+        return None
+
+    def _metric_step(self, run_id: str, step: Any) -> int:
+        """The step a metric event is recorded at: its own ``step``, a whole number.
+
+        A worker that sends none (``"step": null``, no key, not a number) must neither
+        crash the writer nor stack every such value on one step: its values go one step
+        after the last one recorded for the run (step 0 for its first).
+        """
+        try:
+            if isinstance(step, bool):
+                raise TypeError("a boolean is not a step")
+            return int(step)
+        except (TypeError, ValueError, OverflowError):  # None, "abc", nan, inf
+            last = self._last_step.get(run_id)
+            return 0 if last is None else last + 1
 
     def _queue_metrics(self, run_id: str, metrics: dict | None, step: int) -> list[Metric]:
         """Queue the finite values of ``metrics`` at ``step`` for the next flush."""
@@ -696,7 +722,7 @@ class SweepRecords:
         start_time and end_time (ms since the epoch).
         """
         experiment_id = self._parent_experiment(parent_run_id)
-        query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+        query = f"tags.`mlflow.parentRunId` = {quote(parent_run_id)}"
         if finished_only:
             query += " and attributes.status = 'FINISHED'"
         runs = self._search(experiment_id, query)
@@ -728,8 +754,8 @@ class SweepRecords:
         """The run id of the FINISHED (decided) child run of trial ``key``, or None."""
         found = self._search(
             self._parent_experiment(parent_run_id),
-            f"tags.`mlflow.parentRunId` = '{_quote(parent_run_id)}' and "
-            f"tags.`versweep.trial_key` = '{_quote(key)}' and attributes.status = 'FINISHED'")
+            f"tags.`mlflow.parentRunId` = {quote(parent_run_id)} and "
+            f"tags.`versweep.trial_key` = {quote(key)} and attributes.status = 'FINISHED'")
         return found[0].info.run_id if found else None
 
     def tag_run(self, run_id: str, tags: dict[str, str]) -> None:
@@ -798,6 +824,17 @@ def grid_sha256(sweep: Sweep) -> str:
     return hashlib.sha256(sweep.text.encode("utf-8")).hexdigest()
 
 
-def _quote(text: str) -> str:
-    # MLflow's filter strings quote with single quotes; escape any inside the value.
-    return text.replace("\\", "\\\\").replace("'", "\\'")
+def quote(value: str) -> str:
+    """``value`` as a string literal of an MLflow filter string, quotes included.
+
+    Every value put into a filter (a run id, a trial key, a sweep or grid name, a job
+    id) goes through here, never between quotes by hand. MLflow's filter grammar has no
+    escape character (a backslash stays a backslash, and ``\\'`` would match a
+    backslash and a quote), so a value with a single quote is written in double quotes
+    instead. A value with both kinds of quote, or ending in a backslash (its tokenizer
+    would take the closing quote as escaped), cannot be written at all: ValueError.
+    """
+    text = str(value)
+    if text.endswith("\\") or ("'" in text and '"' in text):
+        raise ValueError(f"{text!r} cannot be written as a value of an MLflow filter string")
+    return f'"{text}"' if "'" in text else f"'{text}'"

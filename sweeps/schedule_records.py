@@ -31,7 +31,7 @@ import datetime
 import functools
 from typing import Any
 
-from .records import MAX_TAG_VALUE_LENGTH, SweepRecords, _quote, _retrying, truncate
+from .records import MAX_TAG_VALUE_LENGTH, SweepRecords, _retrying, quote, truncate
 
 SCHEDULE_EXPERIMENT = "versweep-schedule"
 
@@ -113,7 +113,7 @@ class ScheduleRecords:
             return []
         query = "tags.`versweep.kind` = 'schedule'"
         if grid:
-            query += f" and tags.`versweep.grid` = '{_quote(grid)}'"
+            query += f" and tags.`versweep.grid` = {quote(grid)}"
         runs: list = []
         token = None
         while True:
@@ -138,7 +138,7 @@ class ScheduleRecords:
         runs = _retrying(functools.partial(
             self.client.search_runs, [found.experiment_id],
             filter_string=(f"tags.`versweep.kind` = 'sweep' and "
-                           f"tags.`versweep.job_id` = '{_quote(job_id)}'"),
+                           f"tags.`versweep.job_id` = {quote(job_id)}"),
             max_results=1), "looking up the sweep's parent run")
         return runs[0].info.run_id if runs else None
 

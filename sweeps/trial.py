@@ -15,6 +15,10 @@ How a worker ends (protocol v1, DESIGN.md) becomes a status:
     stop requested (ASHA, Ctrl-C) -> process group killed, stopped
     backend.check gives a reason  -> unsupported, and no worker starts (an image without
                                      kernels for this GPU, a torch too old for the benchmark)
+    backend.start refuses         -> failed with its UserError's words, not retried (an
+                                     image gone from the node since the preflight, an engine
+                                     that stopped answering); never an exception out of the
+                                     trial, which Ray Tune would take for a lost node
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from .backends import Backend
 from .cluster.resources import advertises_images, trial_routing
+from .errors import UserError
 from .spec import Sweep, TrialSpec
 
 EXIT_OK, EXIT_BAD_CONFIG, EXIT_UNSUPPORTED, EXIT_DIVERGED, EXIT_MISMATCH = 0, 2, 3, 4, 5
@@ -37,7 +42,11 @@ STDERR_TAIL_IN_MESSAGE = 15
 
 @dataclass
 class Outcome:
-    """How a trial ended, and what the host needs to record it."""
+    """How a trial ended, and what the host needs to record it.
+
+    After a retry, everything an attempt produced (env, metrics, start-up, tags) is that
+    of the last attempt, the one that decided the trial; the log keeps every attempt.
+    """
 
     status: str  # one of spec.STATUSES
     message: str = ""  # why it is not "ok": the reason, the error, the stderr tail
@@ -45,7 +54,7 @@ class Outcome:
     attempts: int = 0
     env: dict | None = None  # the env event of the last attempt
     result_metrics: dict[str, float] = field(default_factory=dict)
-    last_metrics: dict[str, float] = field(default_factory=dict)  # of the last metric event
+    last_metrics: dict[str, float] = field(default_factory=dict)  # its last metric event's
     last_step: int | None = None
     samples: list[float] | None = None
     startup_seconds: float | None = None  # worker start to its first event (last attempt)
@@ -113,7 +122,19 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
     if attempt_number > 1:
         with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"\n--- attempt {attempt_number} ---\n")
-    handle = backend.start(spec, gpu_ids=list(gpu_ids), log_path=log_path)
+    try:
+        handle = backend.start(spec, gpu_ids=list(gpu_ids), log_path=log_path)
+    except UserError as exc:
+        # The backend cannot start a worker here, and starting again would fail the same
+        # way: a decision with the backend's words, so the trial process ends normally.
+        message = f"the worker did not start: {exc}"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(message + "\n")
+        outcome.status, outcome.message, outcome.exit_code = "failed", message, None
+        outcome.env, outcome.tags, outcome.startup_seconds = None, {}, None
+        outcome.last_metrics, outcome.last_step = {}, None
+        return False, outcome
     timed_out = threading.Event()
     finished = threading.Event()
 
@@ -148,12 +169,13 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
         handle.close()  # kills the group if on_event raised (early stop, Ctrl-C)
         guard.join(1)
 
+    # Everything below is this attempt's alone: a retry's outcome must not keep the env,
+    # the metrics or the container of the attempt that crashed before it.
     outcome.exit_code = exit_code
-    outcome.env = attempt.env or outcome.env
-    outcome.tags.update(handle.tags)
+    outcome.env = attempt.env
+    outcome.tags = dict(handle.tags)
     outcome.startup_seconds = handle.startup_seconds
-    if attempt.metrics:
-        outcome.last_metrics, outcome.last_step = attempt.metrics, attempt.step
+    outcome.last_metrics, outcome.last_step = attempt.metrics, attempt.step
     terminal = attempt.terminal or {}
     kind = terminal.get("event")
 

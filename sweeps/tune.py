@@ -91,15 +91,17 @@ class TuneRun:
 
 def search_spec(sweep: Sweep, sampled: dict) -> TrialSpec:
     """The TrialSpec of one sampled point: base config + sampled keys, resolved in full."""
-    from workers.workloads import resolve_workload_config  # torch-free
+    from . import workloads
 
     search = sweep.search
     assert search is not None, "search_spec is for search sweeps"
     raw = dict(search.base_config)
     raw.update({name: _plain(value) for name, value in sampled.items()})
-    config = resolve_workload_config(search.workload, raw)
+    plugin = workloads.get(search.workload, search.workload_dir)
+    config = workloads.resolve_config(plugin, raw)
     return TrialSpec(workload=search.workload, image=search.image,
-                     config=tuple(sorted(config.items())), repeat=0, group=0)
+                     config=tuple(sorted(config.items())), repeat=0, group=0,
+                     workload_dir=search.workload_dir)
 
 
 def _plain(value):
@@ -235,15 +237,15 @@ def _run_and_stream(context: TrialContext, spec: TrialSpec, opening):
 
     def on_event(event: dict) -> None:
         records, run_id = opening.result()
-        records.log_event(run_id, event)
+        step = records.log_event(run_id, event)
         if event.get("event") == "metric":
             metrics = {k: v for k, v in (event.get("metrics") or {}).items()
                        if isinstance(v, (int, float))}
             if early_stopping:
                 # ASHA may end this trial inside tune.report: write the step first.
                 records.flush(run_id)
-            tune.report({**metrics, "step": event.get("step"), RUN_ID: run_id,
-                         TRIAL_KEY: spec.key})
+            # The step as recorded: a worker's "step": null must not reach ASHA's milestones.
+            tune.report({**metrics, "step": step, RUN_ID: run_id, TRIAL_KEY: spec.key})
 
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     # A trial decided by an earlier attempt raises _AlreadyDecided from opening.result():
@@ -314,8 +316,17 @@ class _RecordStops(tune.Callback):
                              decided=decided)
 
 
+# Seconds the ray.init of this driver's connection took (None: not connected by start_ray).
+_ray_start_seconds: float | None = None
+
+
 def start_ray(address: str | None, num_cpus: int | None) -> float:
-    """Start a private local Ray (or join ``address`` / $RAY_ADDRESS); return the seconds."""
+    """Start a private local Ray (or join ``address`` / $RAY_ADDRESS); return the seconds.
+
+    Called again while connected (sweeps/run.py joins a cluster to check its routing
+    before Tune starts), it returns the seconds of the ray.init that connected, not 0.
+    """
+    global _ray_start_seconds
     # Set before Ray starts: its processes inherit them.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # MLflow is the record
@@ -328,7 +339,7 @@ def start_ray(address: str | None, num_cpus: int | None) -> float:
         os.environ["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + path if path else "")
     started = time.monotonic()
     if ray.is_initialized():
-        return 0.0
+        return _ray_start_seconds or 0.0
     # A Ray Job's driver is told its cluster through RAY_ADDRESS. Without either, start
     # a private local cluster ("local"), never joining whatever `ray start` left running.
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -348,7 +359,8 @@ def start_ray(address: str | None, num_cpus: int | None) -> float:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
                  include_dashboard=False, log_to_driver=False,
                  logging_level="WARNING")  # type: ignore[arg-type]  # as above
-    return time.monotonic() - started
+    _ray_start_seconds = time.monotonic() - started
+    return _ray_start_seconds
 
 
 # Where `ray up` leaves the cluster's configuration on the head (Ray Tune looks there too,
@@ -565,7 +577,8 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
         key: str = last.get(TRIAL_KEY) or spec.key
         records.append(TrialRecord(
             key=key, name=spec.name, workload=spec.workload, status=status, message=message,
-            config=spec.config_dict, metrics=metrics, run_id=last.get(RUN_ID)))
+            config=spec.config_dict, metrics=metrics, run_id=last.get(RUN_ID),
+            workload_dir=spec.workload_dir))
     for trial_id, config in callback.started.items():
         if trial_id in callback.last:
             continue
@@ -578,7 +591,8 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
                    else "interrupted before it started")
         records.append(TrialRecord(key=spec.key, name=spec.name, workload=spec.workload,
                                    status="failed" if error is not None else "stopped",
-                                   message=message, config=spec.config_dict))
+                                   message=message, config=spec.config_dict,
+                                   workload_dir=spec.workload_dir))
     if not sweep.is_search and len(callback.started) < len(context.specs_by_key):
         interrupted = True  # some trials never started
     return TuneRun(records=records, interrupted=interrupted,
@@ -616,6 +630,8 @@ def study_name(experiment: str, sweep_name: str, parent_run_id: str) -> str:
 
 def shutdown() -> None:
     """Stop the Ray driver connection (and the local cluster it started)."""
+    global _ray_start_seconds
+    _ray_start_seconds = None
     if ray.is_initialized():
         ray.shutdown()
 

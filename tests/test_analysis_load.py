@@ -36,6 +36,7 @@ from analysis_store import (
     FilledStore,
     shared_store,
     write_older_versions_sweep,
+    write_search_sweep,
 )
 from compare import assert_same
 from sweeping import running_mlflow_server
@@ -325,6 +326,50 @@ def test_the_study_name_is_the_one_the_sweep_uses():
     from sweeps.tune import study_name as sweep_study_name
 
     assert study_name("e", "s", "abc") == sweep_study_name("e", "s", "abc")
+
+
+def lose_grid_file(client, run_id: str) -> str:
+    """Delete the grid file a parent run keeps (as an artifact store may lose it); its name."""
+    from analysis.load import _local_artifact_dir
+
+    directory = _local_artifact_dir(client.get_run(run_id).info.artifact_uri)
+    (grid,) = directory.glob("*.toml")
+    grid.unlink()
+    return grid.name
+
+
+def test_a_sweep_whose_grid_file_is_lost_keeps_its_kind_or_says_it_cannot_tell(tmp_path):
+    # Without its grid file, a search must not quietly become a grid report: the parent
+    # run's versweep.sweep_kind tag says what it is (with a warning that the search's
+    # metric, mode and parameters come from its runs); a grid's plan says it is a grid;
+    # with neither, loading it is one clear error.
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    records = SweepRecords(uri, VERSIONS)
+    grid = write_older_versions_sweep(records)
+    records.experiment = HPARAMS
+    search = write_search_sweep(records, tmp_path)
+    lose_grid_file(records.client, grid.parent_run_id)
+    name = lose_grid_file(records.client, search.parent_run_id)
+
+    for direct_sqlite in (True, False):
+        with pytest.warns(UserWarning, match=rf"sweep {search.parent_run_id} of experiment "
+                                             rf"'hparams': its grid file \({name}\) could not "
+                                             r"be read .*; it is a search \(tag "
+                                             r"versweep.sweep_kind\)"):
+            data = load_sweep_data(uri, HPARAMS, direct_sqlite=direct_sqlite)
+        assert data.search and data.grid_text == "" and data.planned == ()
+        assert (data.search_metric, data.search_space) == (None, ())
+        assert [t.status for t in data.trials] == list(SEARCH_OUTCOMES)
+        data = load_sweep_data(uri, VERSIONS, direct_sqlite=direct_sqlite)
+        assert not data.search and data.trials[0].run_id == grid.trials[0].run_id
+        assert [p.key for p in data.planned] == [data.trials[0].trial_key]
+
+    # A search recorded before the tag existed: nothing says what it is.
+    records.client.delete_tag(search.parent_run_id, "versweep.sweep_kind")
+    message = one_line_error(lambda: load_sweep_data(uri, HPARAMS))
+    assert message.startswith(f"cannot tell whether sweep {search.parent_run_id} of experiment "
+                              f"'hparams' is a grid or an Optuna search: its grid file ({name}) "
+                              "could not be read")
 
 
 # --------------------------------------------------------------------------- a tracking server

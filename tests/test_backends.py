@@ -12,6 +12,7 @@ checked from inside a running container at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -363,6 +365,31 @@ def test_a_crashed_worker_is_retried_and_the_retry_can_succeed(backend, tmp_path
     assert "--- attempt 2 ---" in outcome.log_text()
 
 
+def test_after_a_retry_the_outcome_is_only_the_deciding_attempts(backend, tmp_path):
+    # The first attempt sends env and an epoch's metrics, then crashes; the retry is
+    # killed as it starts, before any event: it decides the trial, and it saw nothing.
+    class KilledAtStart(Recording):
+        def start(self, spec, *, gpu_ids, log_path):
+            handle = super().start(spec, gpu_ids=gpu_ids, log_path=log_path)
+            if len(self.handles) == 2:
+                os.kill(handle.pid, signal.SIGKILL)
+            return handle
+
+    recording = KilledAtStart(backend)
+
+    def crash_after_the_first_epoch(event):
+        if event["event"] == "metric" and len(recording.handles) == 1:
+            os.kill(recording.handles[0].pid, signal.SIGKILL)
+
+    outcome = run_trial(recording, spec_for(backend, "ptb_lm", TINY_LM), retries=1,
+                        on_event=crash_after_the_first_epoch, log_dir=tmp_path)
+    assert outcome.status == "failed" and outcome.attempts == 2
+    assert outcome.message.startswith("the worker exited with code ")
+    assert outcome.env is None  # not the first attempt's
+    assert outcome.last_metrics == {} and outcome.last_step is None
+    assert outcome.startup_seconds is None
+
+
 def test_a_crash_without_retries_left_fails_with_the_exit_code_and_stderr_tail(backend,
                                                                               tmp_path):
     recording = Recording(backend)
@@ -533,6 +560,37 @@ def test_a_container_the_engine_refuses_is_a_failed_attempt_with_the_engines_wor
     assert outcome.exit_code == 125
     assert "docker: the engine did not create the container" in outcome.message
     assert "no-such-dir" in outcome.message
+
+
+def test_an_image_gone_since_the_preflight_fails_the_trial_once_with_the_pull_command(
+        tmp_path):
+    # The matrix names it and the preflight saw it, but no versweep:<name> is on the node
+    # when the trial starts: one failed trial saying so, not an exception out of the
+    # trial process (Ray Tune would take it for a lost node and run it again, 3 times).
+    require_engine()
+    image = load_matrix(MATRIX_PATH)[TEST_IMAGE]
+    gone = dataclasses.replace(image, name=f"{TEST_IMAGE}-gone{uuid.uuid4().hex[:8]}")
+    outcome = run_trial(DockerBackend({gone.name: gone}, memory="2g"),
+                        spec_of("env", {"device": "cpu"}, image=gone.name), retries=1,
+                        log_dir=tmp_path)
+    assert outcome.status == "failed" and outcome.attempts == 1
+    assert outcome.message == (f"the worker did not start: image versweep:{gone.name} is not "
+                               f"on this node; run: python images/build.py pull {gone.name}")
+    assert outcome.env is None and outcome.exit_code is None
+    assert outcome.message in outcome.log_text()
+
+
+def test_a_worker_the_backend_cannot_start_fails_the_trial_once_with_the_reason(
+        monkeypatch, tmp_path):
+    # Needs no engine: the engine stopped answering after the preflight. backend.start
+    # raises a UserError; the trial ends failed with it instead of raising it.
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    outcome = run_trial(docker_backend(), spec_of("env", {"device": "cpu"}, image=TEST_IMAGE),
+                        retries=1, log_dir=tmp_path)
+    assert outcome.status == "failed" and outcome.attempts == 1
+    assert outcome.message.startswith("the worker did not start: the Docker daemon does not "
+                                      "answer at unix:///nonexistent/docker.sock")
+    assert outcome.message in outcome.log_text()
 
 
 def test_the_data_directory_is_mounted_read_only_and_the_trial_reads_it(docker_image, tmp_path):

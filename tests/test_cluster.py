@@ -263,6 +263,40 @@ LOSS_GRID = textwrap.dedent("""
 """)
 
 
+# What sweeps/run.py does for a docker sweep with --address: join the cluster and check
+# its routing first, then run Tune (here with every trial decided already: no trial runs).
+JOIN_DRIVER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from sweeps.grid import load_sweep
+    from sweeps import tune
+
+    grid, address, work = sys.argv[1:]
+    sweep = load_sweep(grid)
+    _, joined = tune.join_and_check_routing(address, None)
+    done = tune.run_tune(sweep, backend="local", tracking_uri="sqlite:///unused.db",
+                         experiment="joined", parent_run_id="0" * 32,
+                         skip_keys={t.key for t in sweep.trials}, storage_dir=Path(work),
+                         max_concurrent=1, address=address, verbose=0)
+    tune.shutdown()
+    print("SECONDS", joined, done.ray_start_seconds)
+""")
+
+
+def test_a_driver_that_joined_the_cluster_before_tune_reports_the_time_it_took(
+        cluster, tmp_path):
+    # The sweep's "timings: ray start N s" is the ray.init of the join, not 0.00 s from
+    # finding Ray already connected when Tune starts.
+    (tmp_path / "again.toml").write_text(AGAIN_GRID)
+    done = subprocess.run([sys.executable, "-c", JOIN_DRIVER, str(tmp_path / "again.toml"),
+                           cluster.address, str(tmp_path)], cwd=ROOT, env=cluster_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    joined, reported = (float(s) for s in re.search(r"^SECONDS (\S+) (\S+)$", done.stdout,
+                                                     re.M).groups())
+    assert joined > 0 and reported == joined
+
+
 def test_losing_a_node_mid_sweep_reruns_its_trials_on_the_other_node_and_loses_nothing(
         cluster, tmp_path):
     """Runs last in this module: node B does not come back."""

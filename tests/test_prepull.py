@@ -12,14 +12,18 @@ the reporting, not two separate engines: a tag pulled through one node is seen b
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -252,6 +256,140 @@ def test_a_node_whose_engine_does_not_answer_fails_every_image_with_that_reason(
     for _, _, detail in answer["images"]:
         assert detail.startswith("the Docker daemon does not answer at "
                                  "unix:///nonexistent.sock"), detail
+
+
+class FakeEngine(http.server.ThreadingHTTPServer):
+    """Just enough of the Docker Engine API for a registry pull, on a loopback TCP port.
+
+    No Docker engine runs here, and a real one cannot be made to fail on cue: the real
+    docker SDK talks HTTP to this, so its real errors (APIError from a 500) reach the
+    code under test as they would from an engine in trouble. ``labels`` are the pulled
+    mirror's (None: it has none); ``broken`` names the step that answers 500 ("inspect"
+    of the mirror, or "tag").
+    """
+
+    API = "1.45"
+
+    def __init__(self, labels: dict[str, str] | None = None, broken: str = ""):
+        super().__init__(("127.0.0.1", 0), _FakeEngineHandler)
+        self.labels, self.broken, self.tagged = labels, broken, set()
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.server_address[1]}"
+
+
+class _FakeEngineHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeEngine
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _answer(self, status: int, body) -> None:
+        data = (body if isinstance(body, str) else json.dumps(body)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain" if isinstance(body, str)
+                         else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        engine = self.server
+        if path == "/version":
+            return self._answer(200, {"ApiVersion": engine.API, "Version": "fake"})
+        if path == f"/v{engine.API}/_ping":
+            return self._answer(200, "OK")
+        image = re.fullmatch(rf"/v{engine.API}/images/(.+)/json", path)
+        if image and image.group(1).startswith("versweep:"):  # the node's own tag
+            if image.group(1) not in engine.tagged:
+                return self._answer(404, {"message": f"No such image: {image.group(1)}"})
+            return self._answer(200, {"Id": "sha256:" + "1" * 64,
+                                      "RepoDigests": ["127.0.0.1:5000/versweep@sha256:"
+                                                      + "2" * 64]})
+        if image:  # the pulled mirror
+            if engine.broken == "inspect":
+                return self._answer(500, {"message": "the engine could not read the image"})
+            return self._answer(200, {"Id": "sha256:" + "1" * 64,
+                                      "Config": {"Labels": engine.labels}})
+        return self._answer(404, {"message": f"page not found: {path}"})
+
+    def do_POST(self) -> None:
+        split = urllib.parse.urlsplit(self.path)
+        path, query = urllib.parse.unquote(split.path), urllib.parse.parse_qs(split.query)
+        engine = self.server
+        if path == f"/v{engine.API}/images/create":
+            return self._answer(200, {"status": "Digest: sha256:" + "2" * 64})
+        if re.fullmatch(rf"/v{engine.API}/images/(.+)/tag", path):
+            if engine.broken == "tag":
+                return self._answer(500, {"message": "the engine could not tag the image"})
+            engine.tagged.add(f"{query['repo'][0]}:{query['tag'][0]}")
+            return self._answer(201, "")
+        return self._answer(404, {"message": f"page not found: {path}"})
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    """Start a FakeEngine and point DOCKER_HOST at it; yields a function making one."""
+    started = []
+
+    def start(**options) -> FakeEngine:
+        engine = FakeEngine(**options)
+        threading.Thread(target=engine.serve_forever, daemon=True).start()
+        started.append(engine)
+        monkeypatch.setenv("DOCKER_HOST", engine.url)
+        return engine
+
+    yield start
+    for engine in started:
+        engine.shutdown()
+        engine.server_close()
+
+
+REGISTRY = "127.0.0.1:5000"
+MIRRORED = f"{REGISTRY}/versweep:torch-2.13.0-cpu"
+
+
+def prepull_and_build_py(name: str) -> tuple[tuple[str, str], str]:
+    """(status, detail) of the pre-pull on this node, and `images/build.py pull`'s output."""
+    from sweeps.cluster.prepull import prepull_here
+    from sweeps.matrix import load_matrix
+
+    answer = prepull_here([name], REGISTRY, {name: load_matrix(MATRIX)[name]})
+    [(_, status, detail)] = answer["images"]
+    done = subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "pull", name,
+                           "--registry", REGISTRY], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ))
+    assert "Traceback" not in done.stderr, done.stderr
+    return (status, detail), done.stdout
+
+
+def test_a_mirror_without_labels_is_pulled_with_build_pys_warning(fake_engine):
+    # Not built by images/Dockerfile: nothing to compare with the matrix. Both pulls tag it
+    # and say the same: a warning, and the command that checks it.
+    fake_engine(labels=None)
+    (status, detail), built = prepull_and_build_py("torch-2.13.0-cpu")
+    warning = (f"warning: {MIRRORED} has no io.versweep.* labels (not built by "
+               "images/build.py), so it is not checked against the matrix; check it with: "
+               "python images/build.py verify torch-2.13.0-cpu")
+    assert status == "pulled"
+    assert detail == f"{REGISTRY}/versweep@sha256:{'2' * 64}; {warning}"
+    assert f"torch-2.13.0-cpu: {warning}" in built.splitlines()
+
+
+@pytest.mark.parametrize("broken, words", [
+    ("inspect", f"pulled {MIRRORED}, but cannot read its labels: the engine could not read "
+                "the image"),
+    ("tag", f"pulled {MIRRORED}, but tagging it versweep:torch-2.13.0-cpu failed: the engine "
+            "could not tag the image"),
+])
+def test_an_engine_error_during_a_pull_is_a_failed_line_in_build_pys_words(fake_engine,
+                                                                            broken, words):
+    fake_engine(labels={}, broken=broken)
+    (status, detail), built = prepull_and_build_py("torch-2.13.0-cpu")
+    assert (status, detail) == ("failed", words)
+    assert f"torch-2.13.0-cpu: {words}" in built.splitlines()
 
 
 @pytest.mark.parametrize("args, words", [

@@ -10,8 +10,10 @@ pinned there (NodeAffinitySchedulingStrategy, soft=False: never run elsewhere), 
 talks to that node's Docker engine:
 
 - with a registry: pulls ``<registry>/versweep:<name>`` and tags it ``versweep:<name>``
-  (as ``images/build.py pull --registry`` does on one node); "present" when the tag
-  already named the registry's image, "pulled" when it changed;
+  (as ``images/build.py pull --registry`` does on one node, judging the mirror by the
+  same function: refused when its io.versweep.* labels contradict the matrix, tagged
+  with a warning when it has none); "present" when the tag already named the
+  registry's image, "pulled" when it changed;
 - without one: only checks that ``versweep:<name>`` is there ("present"), and otherwise
   reports it "failed" with what to do.
 
@@ -44,8 +46,15 @@ from typing import Any, TextIO  # noqa: E402
 from sweeps.cluster.resources import image_resource  # noqa: E402
 from sweeps.errors import ArgumentParser, UserError  # noqa: E402
 from sweeps.grid import MATRIX_PATH  # noqa: E402
-from sweeps.images import REPOSITORY, check_registry, local_tag, registry_tag  # noqa: E402
-from sweeps.matrix import display_path, label_differences, load_matrix, nearest  # noqa: E402
+from sweeps.images import (  # noqa: E402
+    REPOSITORY,
+    check_registry,
+    engine_error,
+    local_tag,
+    mirror_verdict,
+    registry_tag,
+)
+from sweeps.matrix import display_path, load_matrix, nearest  # noqa: E402
 from sweeps.spec import Image  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -105,36 +114,41 @@ def _pull_one(client: Any, name: str, registry: str,
               entry: Image | None = None) -> tuple[str, str]:
     """(status, detail) of pulling ``<registry>/versweep:<name>`` as ``versweep:<name>``.
 
-    With the matrix ``entry``, a mirror whose io.versweep.* labels contradict it (built
-    from another entry) is refused and not tagged, as ``images/build.py pull`` does.
+    With the matrix ``entry``, the mirror is judged as ``images/build.py pull`` judges it
+    (sweeps.images.mirror_verdict): refused and not tagged when its io.versweep.* labels
+    contradict the entry, tagged with a warning (in ``detail``) when it has none. An
+    error of the engine at any step is a FAILED detail in build.py's words, not raised.
     """
     import docker.errors
 
     reference = registry_tag(registry, name)
     repository, tag = reference.rsplit(":", 1)
-    before = _image_attrs(client, local_tag(name))
-    error = None
     try:
+        before = _image_attrs(client, local_tag(name))
+        error = None
         for event in client.api.pull(repository, tag=tag, stream=True, decode=True):
             if event.get("error"):
                 error = (event.get("errorDetail") or {}).get("message") or event["error"]
                 break
-    except docker.errors.APIError as exc:
-        error = exc.explanation or exc
+    except docker.errors.DockerException as exc:
+        error = engine_error(exc)
     if error is not None:
         return FAILED, f"pulling {reference} failed: {_first_line(error)}"
+    warning = ""
     if entry is not None:
-        labels = (client.api.inspect_image(reference).get("Config") or {}).get("Labels")
-        differences = label_differences(entry, labels)
-        if differences:
-            return FAILED, (f"the mirror {reference} is not the matrix's {name}: "
-                            f"{'; '.join(differences)}; not tagged {local_tag(name)}")
-    client.api.tag(reference, REPOSITORY, name)
-    after = _image_attrs(client, local_tag(name)) or {}
+        accepted, warning = mirror_verdict(client, entry, reference)
+        if not accepted:
+            return FAILED, warning
+    try:
+        client.api.tag(reference, REPOSITORY, name)
+        after = _image_attrs(client, local_tag(name)) or {}
+    except docker.errors.DockerException as exc:
+        return FAILED, (f"pulled {reference}, but tagging it {local_tag(name)} failed: "
+                        f"{engine_error(exc)}")
     digests = [d for d in after.get("RepoDigests") or [] if d.startswith(f"{repository}@")]
     detail = digests[0] if digests else str(after.get("Id", ""))
     unchanged = before is not None and before.get("Id") == after.get("Id")
-    return (PRESENT if unchanged else PULLED), detail
+    return (PRESENT if unchanged else PULLED), detail + (f"; {warning}" if warning else "")
 
 
 def _check_one(client: Any, name: str) -> tuple[str, str]:
