@@ -61,7 +61,9 @@ from analysis.stats import (  # noqa: E402
     median_ci,
     parity,
 )
+from sweeps import workloads  # noqa: E402
 from sweeps.errors import ArgumentParser, UserError  # noqa: E402
+from sweeps.workloads import Workload  # noqa: E402
 
 EXIT_OK, EXIT_USER_ERROR = 0, 2
 
@@ -348,12 +350,19 @@ def build_report(data: SweepData, baseline: str | None = None) -> render.Report:
                             undecided=data.undecided())
     context.torch = {image: torch_version(data, image) for image in all_images(context)}
     sections = [summary_section(context)]
-    sections += speed_sections(context)
-    sections += reference_sections(context)
+    # Which sections: those the workloads that ran ask for (their plug-ins, sweeps/workloads).
+    plugins = workload_plugins(data.trials)
+    asked = {kind for plugin in plugins.values() for kind in plugin.report_sections}
+    if "speed" in asked:
+        sections += speed_sections(context)
+        sections += reference_sections(context)
     if data.search:
         sections += search_sections(context)
-    else:
+    elif "language_model" in asked:
         sections += language_model_sections(context)
+    for _, plugin in sorted(plugins.items()):
+        if "metrics" in plugin.report_sections and not data.search:
+            sections += metrics_sections(context, plugin)
     sections += did_not_run_sections(context)
     sections += provenance_sections(context)
     trials_csv(context)
@@ -740,6 +749,85 @@ def language_model_sections(context: ReportContext) -> list[render.Section]:
                 filename=f"learning_curves_{_slug(label)}.png",
                 caption=f"One line per run (at most {MAX_CURVES_PER_IMAGE} seeds per image), "
                         "one colour per image."))
+    return sections
+
+
+def workload_plugins(trials: Iterable[Trial]) -> dict[str, Workload]:
+    """The plug-in of every workload among ``trials`` (sweeps/workloads).
+
+    A user's own workload is loaded from the directory its runs name
+    (``versweep.workload_dir``); where that is gone, its trials still get the generic
+    metrics section, from what the runs themselves recorded.
+    """
+    found: dict[str, Workload] = {}
+    for trial in trials:
+        if trial.workload in found:
+            continue
+        try:
+            found[trial.workload] = workloads.get(trial.workload,
+                                                  trial.tags.get("versweep.workload_dir"))
+        except UserError:
+            found[trial.workload] = Workload(name=trial.workload, description="",
+                                             metrics=(), report_sections=("metrics",))
+    return found
+
+
+def metrics_sections(context: ReportContext, plugin: Workload) -> list[render.Section]:
+    """Any workload: each result metric per image, mean ± std over repeats, per variant.
+
+    The generic section a workload of one's own gets (report_sections = ("metrics",)):
+    one table per variant (the config without the seed), one row per image, one column
+    per metric the runs recorded, its unit and direction from the plug-in where it says.
+    """
+    trials = [t for t in context.data.trials if t.workload == plugin.name]
+    if not trials:
+        return []
+    section = render.Section(f"{plugin.name}: results per image")
+    sections = [section]
+    section.blocks.append(render.Paragraph(
+        f"{plugin.name}" + (f" ({plugin.description})" if plugin.description else "")
+        + ": mean ± standard deviation over the repeats of each image, `ok` trials only; "
+          "↓ marks a metric where lower is better, ↑ where higher is."))
+    names = sorted({name for t in trials if t.status == "ok" for name in t.metrics})
+    declared = [m.name for m in plugin.metrics if m.in_result]
+    names = [n for n in declared if n in names] + [n for n in names if n not in declared]
+    csv = context.csv_table(f"metrics_{_slug(plugin.name)}", [
+        "variant", "image", "torch", "n_ok", "n_trials",
+        *(f"{n}_{part}" for n in names for part in ("mean", "std"))])
+    variants: dict[tuple, list[Trial]] = defaultdict(list)
+    for trial in trials:
+        variants[tuple(sorted((k, v) for k, v in trial.params.items()
+                              if k not in REPEAT_PARAMS))].append(trial)
+    all_params = [dict(k) for k in variants]
+    differing = sorted(k for k in (all_params[0] if all_params else {})
+                       if len({p.get(k) for p in all_params}) > 1)
+
+    def heading(name: str) -> str:
+        metric = plugin.metric(name)
+        arrow = {"lower": " ↓", "higher": " ↑"}.get(metric.better, "") if metric else ""
+        return (metric.shown if metric else name) + arrow
+
+    for key in sorted(variants):
+        params = dict(key)
+        label = " ".join([plugin.name, *(f"{k}={params[k]}" for k in differing)])
+        sub = render.Section(label, level=3)
+        sections.append(sub)
+        rows = []
+        for image in context.images:
+            all_runs = [t for t in variants[key] if t.image == image]
+            if not all_runs:
+                continue
+            runs = [t for t in all_runs if t.status == "ok"]
+            values = {n: [t.metrics[n] for t in runs if _finite(t.metrics.get(n))]
+                      for n in names}
+            rows.append([image, context.torch.get(image) or "", f"{len(runs)}/{len(all_runs)}",
+                         *(_mean_std_text(values[n]) for n in names)])
+            stats = [x for n in names for x in _mean_std(values[n])]
+            csv.rows.append([label, image, context.torch.get(image) or "", len(runs),
+                             len(all_runs), *stats])
+        shown = [heading(n) for n in names]
+        sub.blocks.append(render.Table(["image", "torch", "ok/trials", *shown], rows,
+                                       numeric=frozenset(["ok/trials", *shown])))
     return sections
 
 

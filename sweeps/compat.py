@@ -35,9 +35,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workers.rnn_bench_config import BENCHMARKS
-
+from . import workloads
 from .spec import Image
+from .versions import version_tuple
 
 # What a Gpu's capability is when nothing tells us (an old nvidia-smi and a name we do not
 # know): the kernel and cuDNN rules then decide nothing and leave it to the worker.
@@ -161,18 +161,6 @@ def node_gpus() -> list[Gpu]:
 # ---------------------------------------------------------------------------------------------
 # Versions and architectures
 
-def version_tuple(text: str | None) -> tuple[int, ...]:
-    """ "1.13.1" -> (1, 13, 1); "2.13.0+cpu" -> (2, 13, 0); "535.104.05" -> (535, 104, 5)."""
-    if not text:
-        return ()
-    numbers = []
-    for part in re.split(r"[.+]", text):
-        if not part.isdigit():
-            break
-        numbers.append(int(part))
-    return tuple(numbers)
-
-
 def arch_capability(arch: str) -> tuple[int, int, str]:
     """ "sm_86" -> (8, 6, ""); "compute_90a" -> (9, 0, "a"); "sm_120" -> (12, 0, "").
 
@@ -276,32 +264,22 @@ def _config_value(config: Mapping[str, Any], key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def torch_reason(image: Image, workload: str, config: Mapping[str, Any]) -> str | None:
+def torch_reason(image: Image, workload: str, config: Mapping[str, Any],
+                 workload_dir: str | None = None) -> str | None:
     """Why the image's torch cannot run this workload and config, or None.
 
-    These mirror the worker's own `unsupported` events (workers/rnn_bench.py and
-    workers/rnn_models.py), with the same wording, so a trial refused here reads the same
-    as one the worker refused. The other version-dependent config keys are no-ops in the
-    worker, not refusals (workers/runtime.py apply_numerics): ``tf32`` sets
-    cudnn/matmul.allow_tf32 only where they exist (torch >= 1.7; older torch has no TF32 at
-    all, so tf32 = false is what runs anyway), ``deterministic`` sets cudnn.deterministic on
-    every torch and use_deterministic_algorithms only where it exists (>= 1.8); the env
-    event records which flags were really set. So neither is a rule here.
+    The workload's plug-in says (sweeps/workloads: ``image_reason``, e.g. rnn_bench's CTC
+    loss needs torch >= 1.0 and impl 'compiled' torch >= 2.0), in the worker's own words,
+    so a trial refused here reads the same as one the worker refused. The other
+    version-dependent config keys are no-ops in the worker, not refusals
+    (workers/runtime.py apply_numerics): ``tf32`` sets cudnn/matmul.allow_tf32 only where
+    they exist (torch >= 1.7; older torch has no TF32 at all, so tf32 = false is what runs
+    anyway), ``deterministic`` sets cudnn.deterministic on every torch and
+    use_deterministic_algorithms only where it exists (>= 1.8); the env event records
+    which flags were really set. So neither is a rule here.
     """
-    torch = version_tuple(image.torch)
-    if workload != "rnn_bench":
-        return None
-    bench = BENCHMARKS.get(str(config.get("bench")))
-    if bench is not None and bench["loss"] == "ctc" and torch < (1, 0):
-        # nn.CTCLoss is new in 1.0 [U reference §5; V for cuDNN's CTC descriptor in 1.0].
-        # The worker falls back to warpctc_pytorch where installed; no matrix image installs
-        # it (images/Dockerfile), so a torch < 1.0 image has no CTC loss.
-        return (f"nn.CTCLoss needs torch>=1.0 and warpctc_pytorch is not installed "
-                f"({image.name} has torch {image.torch})")
-    if _config_value(config, "impl", "cudnn") == "compiled" and torch < (2, 0):
-        # torch.compile is new in 2.0 [V reference §5].
-        return f"torch.compile needs torch>=2.0 ({image.name} has torch {image.torch})"
-    return None
+    plugin = workloads.get(workload, workload_dir)
+    return plugin.image_reason(image.torch, image.name, config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,25 +290,15 @@ def _uses_gpus(config: Mapping[str, Any], gpus: Sequence[Gpu]) -> bool:
     return bool(gpus) and _config_value(config, "device", "auto") != "cpu"
 
 
-def uses_cudnn(workload: str, config: Mapping[str, Any]) -> str | None:
+def uses_cudnn(workload: str, config: Mapping[str, Any],
+               workload_dir: str | None = None) -> str | None:
     """Why a GPU trial of this workload calls cuDNN (for the message), or None if it does not.
 
-    rnn_bench: impl "cudnn" is nn.LSTM/GRU/RNN, which is cuDNN on a GPU; and the correctness
-    gate (check = true, the default) runs the cudnn implementation next to every other one
-    (workers/rnn_bench.py GATE_IMPLEMENTATIONS), so a basic/fused/compiled trial calls cuDNN
-    too unless check is false. ptb_lm: its nn.LSTM runs on cuDNN on a GPU. The loop
-    implementations (basic, fused, compiled) use cuBLAS and torch's own kernels only.
+    The workload's plug-in says (``cudnn_reason``): rnn_bench's impl 'cudnn' is nn.LSTM,
+    and its correctness gate runs cudnn next to every other implementation unless check is
+    false; ptb_lm's nn.LSTM runs on cuDNN on a GPU.
     """
-    if workload == "ptb_lm":
-        return "ptb_lm's nn.LSTM runs on cuDNN"
-    if workload == "rnn_bench":
-        impl = _config_value(config, "impl", "cudnn")
-        if impl == "cudnn":
-            return "impl 'cudnn' runs on cuDNN"
-        if _config_value(config, "check", True):
-            return (f"the correctness gate (check = true) runs the cudnn implementation next "
-                    f"to '{impl}' (set check = false to time '{impl}' alone)")
-    return None
+    return workloads.get(workload, workload_dir).cudnn_reason(config)
 
 
 # The oldest cuDNN that supports each GPU generation, by compute capability major.
@@ -423,7 +391,7 @@ def driver_reason(image: Image, gpu: Gpu) -> str | None:
 
 
 def gpu_reason(image: Image, workload: str, config: Mapping[str, Any],
-               gpu: Gpu) -> str | None:
+               gpu: Gpu, workload_dir: str | None = None) -> str | None:
     """Why this image cannot run the trial on this one GPU, or None."""
     if image.cuda is None:
         if _config_value(config, "device", "auto") == "auto":
@@ -440,24 +408,18 @@ def gpu_reason(image: Image, workload: str, config: Mapping[str, Any],
     if kernel_source(image, gpu) is None:
         return (f"{image.name} {_kernels_of(image)}; {gpu.describe()} is {gpu.sm}: "
                 f"{_image_advice(gpu.capability)}")
-    why_cudnn = uses_cudnn(workload, config)
+    why_cudnn = uses_cudnn(workload, config, workload_dir)
     if why_cudnn is not None:
         reason = cudnn_reason(image, gpu, why_cudnn)
         if reason is not None:
             return reason
-    if (workload == "rnn_bench" and _config_value(config, "impl", "cudnn") == "compiled"
-            and gpu.capability < (7, 0)):
-        # torch.compile's GPU backend is Triton: torch/_inductor raises "Found <GPU> which is
-        # too old to be supported by the triton GPU compiler ... Triton only supports devices
-        # of CUDA Capability >= 7.0" [V: torch/_inductor/scheduler.py].
-        return (f"{image.name} runs torch.compile through the triton GPU compiler, which "
-                f"only supports devices of CUDA Capability >= 7.0; {gpu.describe()} is "
-                f"{gpu.sm}: time impl 'basic' on it, or 'compiled' on a newer GPU")
+    return workloads.get(workload, workload_dir).gpu_reason(
+        config, gpu.capability, image.name, f"{gpu.describe()} is {gpu.sm}")
     return None
 
 
 def unsupported_reason(image: Image, workload: str, config: Mapping[str, Any],
-                       gpus: Sequence[Gpu]) -> str | None:
+                       gpus: Sequence[Gpu], workload_dir: str | None = None) -> str | None:
     """Why ``image`` cannot run this trial on ``gpus``: one line a person understands, or None.
 
     ``config`` is the trial's worker config (resolved or raw: a missing key takes the
@@ -466,11 +428,11 @@ def unsupported_reason(image: Image, workload: str, config: Mapping[str, Any],
     and its device is not "cpu". None means "nothing known stops it": the worker may still
     find out otherwise, and report `unsupported` itself.
     """
-    reason = torch_reason(image, workload, config)
+    reason = torch_reason(image, workload, config, workload_dir)
     if reason is not None or not _uses_gpus(config, gpus):
         return reason
     for gpu in gpus:
-        reason = gpu_reason(image, workload, config, gpu)
+        reason = gpu_reason(image, workload, config, gpu, workload_dir)
         if reason is not None:
             return reason
     return None

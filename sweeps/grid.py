@@ -7,9 +7,9 @@ table that Optuna samples. The format is documented in the shipped grids
 
 Everything a grid says is checked here, before any trial starts: unknown keys
 (naming the nearest valid one), wrong types, empty axes, unknown images, and
-every trial's worker config, through the worker's own schema
-(``workers.workloads.resolve_workload_config``, which is torch-free). A mistake is
-one ``GridError`` line: ``<file>: <key path>: <what is wrong and what to do>``.
+every trial's worker config, through the worker's own schema (torch-free; the
+workload's plug-in in sweeps/workloads says where it is). A mistake is one
+``GridError`` line: ``<file>: <key path>: <what is wrong and what to do>``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from workers.protocol import BadConfig
-from workers.workloads import WORKLOADS, resolve_workload_config, schema_for
 
-from .errors import GridError
+from . import workloads
+from .errors import GridError, UserError
 from .matrix import display_path, load_matrix, nearest, read_toml
 from .spec import LOCAL_IMAGE, Image, Param, Scheduler, Search, Sweep, TrialSpec
+from .workloads import Workload
 
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 MATRIX_PATH = Path(__file__).resolve().parent.parent / "images" / "matrix.toml"
@@ -43,28 +44,11 @@ SAMPLERS = ("tpe",)
 SCHEDULERS = ("asha",)
 MODES = ("min", "max")
 
-# What each workload reports, so a search's metric is checked before a trial runs.
-# "step": in `metric` events (per epoch / per chunk), usable by ASHA; "result": only
-# in the final `result` event. These mirror the workers' events (tests/test_grids.py
-# runs a tiny ptb_lm and checks them).
-METRICS = {
-    "ptb_lm": {
-        "step": ("train_perplexity", "valid_perplexity", "words_per_second", "learning_rate",
-                 "epoch_seconds"),
-        "result": ("test_perplexity", "best_valid_perplexity"),
-    },
-    "rnn_bench": {
-        "step": ("chunk_ms_per_batch_median", "loss"),
-        "result": ("ms_per_batch_mean", "ms_per_batch_median", "ms_per_batch_p10",
-                   "ms_per_batch_p90", "ms_per_batch_std", "ms_per_batch_min",
-                   "ms_per_batch_max", "sequences_per_second"),
-    },
-}
-
 # The keys of each table, with a note on what each is for (shown when a key is unknown).
 TOP_KEYS = ("sweep", "group", "search")
 SWEEP_KEYS = ("name", "description", "backend", "device", "repeats", "seed", "trial_timeout_s",
-              "retries", "max_concurrent", "images", "data_dir", "container_memory")
+              "retries", "max_concurrent", "images", "data_dir", "container_memory",
+              "workload_dirs")
 GROUP_KEYS = ("workload", "images", "repeats", "config", "axes")
 SEARCH_KEYS = ("workload", "image", "config", "metric", "mode", "num_samples", "sampler", "seed",
                "space", "scheduler")
@@ -184,7 +168,8 @@ def parse_override_value(text: str) -> Any:
     return text
 
 
-def apply_overrides(document: dict[str, Any], overrides: Sequence[str], shown: str) -> None:
+def apply_overrides(document: dict[str, Any], overrides: Sequence[str], shown: str,
+                    grid_dir: Path | None = None) -> None:
     """Apply ``--set key.path=value`` strings to the parsed grid, in place, in order.
 
     A path walks tables by key and arrays by index (``group.0``) or by ``*`` (every
@@ -202,13 +187,13 @@ def apply_overrides(document: dict[str, Any], overrides: Sequence[str], shown: s
             raise GridError(f"{shown}: --set {path_text}: empty part in the key path")
         value = parse_override_value(value_text.strip())
         if parts[:2] == ["group", "*"] and len(parts) >= 4 and parts[2] in ("config", "axes"):
-            _set_worker_key_in_groups(document, parts, value, shown, path_text)
+            _set_worker_key_in_groups(document, parts, value, shown, path_text, grid_dir)
         else:
             _set_path(document, parts, value, shown, path_text, [])
 
 
 def _set_worker_key_in_groups(document: dict[str, Any], parts: list[str], value: Any,
-                              shown: str, full: str) -> None:
+                              shown: str, full: str, grid_dir: Path | None) -> None:
     """group.*.config.KEY=V sets KEY in every group whose workload has such a key.
 
     So ``group.*.config.batches=20`` shortens every benchmark group of a grid that
@@ -218,12 +203,13 @@ def _set_worker_key_in_groups(document: dict[str, Any], parts: list[str], value:
     if not isinstance(groups, list) or not groups:
         raise GridError(f"{shown}: --set {full}: the grid has no [[group]] tables")
     key = parts[3]
+    plugins = {**workloads.SHIPPED, **_named_workloads(document, grid_dir)}
     known: set[str] = set()
     chosen = []
     for index, group in enumerate(groups):
         workload = group.get("workload") if isinstance(group, dict) else None
-        if workload in WORKLOADS:
-            schema = schema_for(workload)
+        if isinstance(workload, str) and workload in plugins:
+            schema = workloads.schema(plugins[workload])
             known.update(schema)
             if key in schema:
                 chosen.append(index)
@@ -232,6 +218,25 @@ def _set_worker_key_in_groups(document: dict[str, Any], parts: list[str], value:
                         f"'{key}'{nearest(key, sorted(known))}")
     for index in chosen:
         _set_path(groups[index], parts[2:], value, shown, full, ["group", str(index)])
+
+
+def _named_workloads(document: dict[str, Any], grid_dir: Path | None) -> dict[str, Workload]:
+    """The users' workloads a grid document names, those that load (validation says the rest)."""
+    sweep = document.get("sweep")
+    entries = sweep.get("workload_dirs") if isinstance(sweep, dict) else None
+    found: dict[str, Workload] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, str):
+            continue
+        directory = Path(entry).expanduser()
+        if not directory.is_absolute() and grid_dir is not None:
+            directory = grid_dir / directory
+        try:
+            plugin = workloads.load_dir(directory)
+        except UserError:
+            continue
+        found[plugin.name] = plugin
+    return found
 
 
 def _set_path(node: Any, parts: list[str], value: Any, shown: str, full: str,
@@ -346,21 +351,50 @@ def _bad_config_path(message: str, sources: list[dict[str, str]], fallback: str)
     return fallback
 
 
-def _resolve(check: _Checker, workload: str, raw: dict[str, Any],
+def _resolve(check: _Checker, workload: Workload, raw: dict[str, Any],
              sources: list[dict[str, str]], fallback: str) -> dict[str, Any]:
     """The worker's own resolution of a config; BadConfig becomes a GridError at the key path."""
     try:
-        return resolve_workload_config(workload, raw)
+        return workloads.resolve_config(workload, raw)
     except BadConfig as exc:
         raise check.fail(_bad_config_path(exc.message, sources, fallback), exc.message) from None
 
 
-def _workload(check: _Checker, path: str, value: Any) -> str:
+def _workload(check: _Checker, settings: _SweepSettings, path: str, value: Any) -> Workload:
+    """The plug-in of the workload a group or search names: shipped, or from workload_dirs."""
     name = check.string(path, value)
-    if name not in WORKLOADS:
-        raise check.fail(path, f"workload '{name}' is unknown{nearest(name, WORKLOADS)}; "
-                               f"valid workloads: {', '.join(sorted(WORKLOADS))}")
-    return name
+    known = {**workloads.SHIPPED, **settings.workloads}
+    if name not in known:
+        raise check.fail(path, f"workload '{name}' is unknown{nearest(name, known)}; "
+                               f"valid workloads: {', '.join(sorted(known))} (a workload of "
+                               "your own: its directory in sweep.workload_dirs)")
+    return known[name]
+
+
+def _workload_dirs(check: _Checker, table: dict[str, Any], grid_dir: Path) -> dict[str, Workload]:
+    """sweep.workload_dirs: directories of users' own workloads, relative to the grid file."""
+    value = table.get("workload_dirs", [])
+    if not isinstance(value, list):
+        raise check.fail("sweep.workload_dirs", "must be an array of directories, like "
+                                                "workload_dirs = [\"my_workloads/seq_copy\"]")
+    found: dict[str, Workload] = {}
+    for index, entry in enumerate(value):
+        where = f"sweep.workload_dirs[{index}]"
+        directory = Path(check.string(where, entry)).expanduser()
+        if not directory.is_absolute():
+            directory = grid_dir / directory
+        try:
+            plugin = workloads.load_dir(directory)
+        except UserError as exc:
+            raise check.fail(where, str(exc)) from None
+        if plugin.name in found:
+            raise check.fail(where, f"workload '{plugin.name}' is already named")
+        found[plugin.name] = plugin
+    return found
+
+
+def _source(workload: Workload) -> str | None:
+    return str(workload.source) if workload.source is not None else None
 
 
 def _config_table(check: _Checker, path: str, value: Any) -> dict[str, Any]:
@@ -407,6 +441,7 @@ class _SweepSettings:
     images: Any  # the raw `images` value (a selector word or a list of names), or None
     written: frozenset[str]  # the keys the grid wrote, to refuse those a search ignores
     matrix_path: Path
+    workloads: dict[str, Workload]  # users' own, from sweep.workload_dirs, by name
     _matrix: dict[str, Image] | None = None
 
     def matrix(self) -> dict[str, Image]:
@@ -419,7 +454,7 @@ class _SweepSettings:
 
 
 def _sweep_settings(check: _Checker, document: dict[str, Any], default_name: str,
-                    matrix_path: Path) -> _SweepSettings:
+                    matrix_path: Path, grid_dir: Path) -> _SweepSettings:
     table = check.keys("sweep", document.get("sweep", {}), SWEEP_KEYS)
     name = check.string("sweep.name", table.get("name", default_name))
     if not _SWEEP_NAME.match(name):
@@ -446,6 +481,7 @@ def _sweep_settings(check: _Checker, document: dict[str, Any], default_name: str
         images=table.get("images"),
         written=frozenset(table),
         matrix_path=matrix_path,
+        workloads=_workload_dirs(check, table, grid_dir),
     )
 
 
@@ -462,10 +498,10 @@ def _memory(check: _Checker, table: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------- [[group]] tables
 
 
-def _injected(settings: _SweepSettings, workload: str, config: dict[str, Any],
+def _injected(settings: _SweepSettings, workload: Workload, config: dict[str, Any],
               axes: dict[str, list[Any]]) -> dict[str, Any]:
     """What the sweep adds to a group's config: the device, and the data directory."""
-    schema = schema_for(workload)
+    schema = workloads.schema(workload)
     extra = {"device": settings.device}
     if settings.data_dir is not None and "data_dir" in schema and "data_dir" not in config \
             and "data_dir" not in axes:
@@ -474,14 +510,15 @@ def _injected(settings: _SweepSettings, workload: str, config: dict[str, Any],
 
 
 def _group_trials(check: _Checker, settings: _SweepSettings, index: int,
-                  table: Any) -> tuple[list[str], list[tuple[int, str, dict[str, Any]]]]:
+                  table: Any) -> tuple[list[str], list[tuple[int, Workload, dict[str, Any]]]]:
     """Validate one [[group]]: its image names and its (repeat, workload, resolved config)s."""
     path = f"group[{index}]"
     table = check.keys(path, table, GROUP_KEYS)
     if "workload" not in table:
+        known = {**workloads.SHIPPED, **settings.workloads}
         raise check.fail(f"{path}.workload", f"missing; name one of "
-                                             f"{', '.join(sorted(WORKLOADS))}")
-    workload = _workload(check, f"{path}.workload", table["workload"])
+                                             f"{', '.join(sorted(known))}")
+    workload = _workload(check, settings, f"{path}.workload", table["workload"])
     repeats = check.integer(f"{path}.repeats", table.get("repeats", settings.repeats), 1)
     config = _config_table(check, f"{path}.config", table.get("config"))
     axes: dict[str, list[Any]] = {}
@@ -530,7 +567,7 @@ def _group_trials(check: _Checker, settings: _SweepSettings, index: int,
     seed_fixed = "seed" in config or "seed" in axes
     base_seed = settings.seed
     if base_seed is None:
-        base_seed = schema_for(workload)["seed"].default
+        base_seed = workloads.schema(workload)["seed"].default
 
     keys = list(axes)
     templates = []
@@ -570,9 +607,9 @@ def _group_sweep(check: _Checker, settings: _SweepSettings,
                 for rep, workload, resolved in templates:
                     if rep != repeat:
                         continue
-                    spec = TrialSpec(workload=workload, image=image,
+                    spec = TrialSpec(workload=workload.name, image=image,
                                      config=tuple(sorted(resolved.items())), repeat=repeat,
-                                     group=group_index)
+                                     group=group_index, workload_dir=_source(workload))
                     if spec.key in seen:
                         raise check.fail(f"group[{group_index}]",
                                          f"trial '{spec.name}' is also produced by "
@@ -587,11 +624,11 @@ def _group_sweep(check: _Checker, settings: _SweepSettings,
 # ---------------------------------------------------------------- [search]
 
 
-def _param(check: _Checker, workload: str, name: str, table: Any) -> Param:
+def _param(check: _Checker, workload: Workload, name: str, table: Any) -> Param:
     path = f"search.space.{name}"
-    schema = schema_for(workload)
+    schema = workloads.schema(workload)
     if name not in schema:
-        raise check.fail(path, f"config key '{name}' is unknown for {workload}"
+        raise check.fail(path, f"config key '{name}' is unknown for {workload.name}"
                                f"{nearest(name, schema)}; the space samples worker config keys")
     if name in SWEEP_OWNED_KEYS:
         raise check.fail(path, f"the sweep sets '{name}'; it cannot be searched")
@@ -651,13 +688,14 @@ def _search_sweep(check: _Checker, settings: _SweepSettings,
             what = ("each sampled config runs once; raise search.num_samples instead"
                     if key == "repeats" else "a search runs on one image; set search.image")
             raise check.fail(f"sweep.{key}", f"not used by a [search] grid: {what}")
-    needs = {"workload": f"one of {', '.join(sorted(METRICS))}",
+    shipped_or_own = sorted({**workloads.SHIPPED, **settings.workloads})
+    needs = {"workload": f"one of {', '.join(shipped_or_own)}",
              "metric": "the metric to optimise, e.g. valid_perplexity",
              "mode": "min or max"}
     for key, what in needs.items():
         if key not in table:
             raise check.fail(f"search.{key}", f"missing; {what}")
-    workload = _workload(check, "search.workload", table["workload"])
+    workload = _workload(check, settings, "search.workload", table["workload"])
     config = _config_table(check, "search.config", table.get("config"))
     if "data_dir" in config:
         config["data_dir"] = _absolute_data_dir(check, "search.config.data_dir",
@@ -699,26 +737,26 @@ def _search_sweep(check: _Checker, settings: _SweepSettings,
                      [{param.name: f"search.space.{param.name}.{label}"}] + sources,
                      f"search.space.{param.name}.{label}")
 
-    metrics = METRICS.get(workload, {"step": (), "result": ()})
     metric = check.string("search.metric", table["metric"])
     mode = check.string("search.mode", table["mode"], MODES)
     scheduler = None
     if "scheduler" in table:
         scheduler = _scheduler(check, table["scheduler"], base)
-        valid = metrics["step"]
+        valid = workload.step_metrics
         why = "ASHA stops trials on a metric reported every step"
     else:
-        valid = metrics["step"] + metrics["result"]
+        valid = tuple(dict.fromkeys(workload.step_metrics + workload.result_metrics))
         why = "the search ranks trials by it"
     if metric not in valid:
         listed = ", ".join(valid) if valid else "none"
-        if metric in metrics["result"]:
-            said = f"{workload} reports '{metric}' only at the end, but {why}"
+        if metric in workload.result_metrics:
+            said = f"{workload.name} reports '{metric}' only at the end, but {why}"
         else:
-            said = f"{workload} does not report '{metric}'{nearest(metric, valid)}, and {why}"
+            said = (f"{workload.name} does not report '{metric}'{nearest(metric, valid)}, "
+                    f"and {why}")
         raise check.fail("search.metric", f"{said}; choose one of: {listed}")
     return Search(
-        workload=workload,
+        workload=workload.name,
         image=image_name,
         base_config=tuple(sorted(base.items())),
         space=space,
@@ -729,6 +767,7 @@ def _search_sweep(check: _Checker, settings: _SweepSettings,
         sampler=check.string("search.sampler", table.get("sampler", "tpe"), SAMPLERS),
         seed=check.integer("search.seed", table.get("seed", 0), 0),
         scheduler=scheduler,
+        workload_dir=_source(workload),
     ), images
 
 
@@ -772,7 +811,7 @@ def load_sweep(name_or_path: str, overrides: Sequence[str] = (), *,
     path = grid_path(name_or_path)
     shown = display_path(path)
     text, document = read_toml(path)
-    apply_overrides(document, list(overrides), shown)
+    apply_overrides(document, list(overrides), shown, path.resolve().parent)
     if overrides:
         # The parent run logs this text: keep what was really run next to the file.
         text = text.rstrip("\n") + "\n\n# versweep --set overrides applied to this grid:\n" + \
@@ -780,7 +819,8 @@ def load_sweep(name_or_path: str, overrides: Sequence[str] = (), *,
 
     check = _Checker(shown)
     check.keys("", document, TOP_KEYS)
-    settings = _sweep_settings(check, document, path.stem, Path(matrix_path))
+    settings = _sweep_settings(check, document, path.stem, Path(matrix_path),
+                               path.resolve().parent)
     has_groups, has_search = "group" in document, "search" in document
     if has_groups and has_search:
         raise check.fail("search", "a grid is either [[group]] tables or one [search]; put the "

@@ -75,7 +75,7 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
     runner.preflight(sweep, on_this_node=not routed)
 
     from .records import SweepRecords, mlflow_ui_command, records_location, resolve_tracking_uri
-    from .summary import TrialRecord, best_by_metric, best_per_workload, format_summary
+    from .summary import TrialRecord, best_by_metric, best_of_sweep, format_summary
 
     tracking_uri = resolve_tracking_uri(tracking_uri, cwd)
     records = SweepRecords(tracking_uri, experiment)
@@ -119,15 +119,15 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
             trial_records.append(TrialRecord(
                 key=trial["key"], name=trial["name"], workload=trial["workload"] or "",
                 status=decided[trial["key"]], config=config, metrics=trial["metrics"],
-                run_id=trial["run_id"], from_earlier_run=True))
+                run_id=trial["run_id"], from_earlier_run=True,
+                workload_dir=spec.workload_dir if spec else None))
 
     search_best = None
     if sweep.search is not None:
         search_best = best_by_metric(trial_records, sweep.search.metric, sweep.search.mode)
         best = search_best
     else:
-        ptb = [b for b in best_per_workload(trial_records) if b.group == "ptb_lm"]
-        best = ptb[0] if ptb else None
+        best = best_of_sweep(trial_records)
     counts = {status: 0 for status in ("ok", "unsupported", "diverged", "failed", "stopped")}
     for record in trial_records:
         counts[record.status] = counts.get(record.status, 0) + 1
@@ -158,21 +158,16 @@ def _study_storage(tracking_uri: str, cwd: Path) -> str:
     return prefix + str(cwd / "optuna.db")
 
 
-# Config keys a person looks for first in a trial table, per workload.
-_KEY_COLUMNS = {
-    "ptb_lm": ("preset", "hidden_size", "num_layers", "max_epochs", "learning_rate", "keep_prob"),
-    "rnn_bench": ("bench", "impl", "cell", "batch_size", "seq_len", "hidden_size"),
-}
-
-
 def _key_config(trials) -> dict[str, list[str]]:
-    """Per workload: its key columns plus every other config key that differs between its trials."""
+    """Per workload: its key columns (its plug-in's) plus every other config key that differs
+    between its trials."""
     columns: dict[str, list[str]] = {}
     for workload in sorted({t.workload for t in trials}):
-        configs = [t.config_dict for t in trials if t.workload == workload]
+        of_workload = [t for t in trials if t.workload == workload]
+        configs = [t.config_dict for t in of_workload]
         keys = sorted({k for c in configs for k in c})
         varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-        first = [k for k in _KEY_COLUMNS.get(workload, ()) if k in keys]
+        first = [k for k in of_workload[0].plugin.key_columns if k in keys]
         columns[workload] = first + [k for k in varying if k not in first]
     return columns
 

@@ -11,7 +11,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .workloads import Workload
 
 # Trial statuses, as the `versweep.status` tag records them (DESIGN.md).
 STATUSES = ("ok", "unsupported", "failed", "diverged", "stopped")
@@ -61,6 +64,9 @@ class TrialSpec:
     config: tuple[tuple[str, Any], ...]  # the worker config, sorted (key, value) pairs
     repeat: int
     group: int  # which [[group]] of the grid file it came from
+    # A user's own workload: its directory (sweeps/workloads); None for a shipped one.
+    # Where the plug-in lives, not what the trial computes: not part of the key.
+    workload_dir: str | None = None
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -71,18 +77,16 @@ class TrialSpec:
         return trial_key(self.workload, self.image, self.config_dict, self.repeat)
 
     @property
+    def plugin(self) -> Workload:
+        """What the host knows of this trial's workload (sweeps/workloads)."""
+        from . import workloads
+
+        return workloads.get(self.workload, self.workload_dir)
+
+    @property
     def name(self) -> str:
-        """A name a person can read in the MLflow UI."""
-        cfg = self.config_dict
-        if self.workload == "rnn_bench":
-            label = f"rnn_bench {cfg.get('bench')} {cfg.get('impl')}"
-            if cfg.get("cell", "lstm") != "lstm":
-                label += f" {cfg['cell']}"
-        elif self.workload == "ptb_lm":
-            label = f"ptb_lm {cfg.get('preset', 'custom')}"
-        else:
-            label = self.workload
-        return f"{label} @ {self.image} #{self.repeat}"
+        """A name a person reads in the MLflow UI: 'rnn_bench 1x320-ce-short cudnn @ local #0'."""
+        return f"{self.plugin.label(self.config_dict)} @ {self.image} #{self.repeat}"
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class Search:
     sampler: str  # "tpe"
     seed: int
     scheduler: Scheduler | None
+    workload_dir: str | None = None  # a user's own workload: its directory
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from . import workloads
+from .errors import UserError
 from .spec import STATUSES
+from .workloads import Workload
 
 
 @dataclass
@@ -30,6 +33,11 @@ class TrialRecord:
     metrics: dict[str, float] = field(default_factory=dict)  # result metrics, else the last step's
     run_id: str | None = None
     from_earlier_run: bool = False  # decided before this --resume, not run again
+    workload_dir: str | None = None  # a user's own workload: its directory
+
+    @property
+    def plugin(self) -> Workload:
+        return workloads.get(self.workload, self.workload_dir)
 
 
 @dataclass
@@ -56,33 +64,51 @@ def count_statuses(records: Iterable[TrialRecord]) -> dict[str, int]:
     return counts
 
 
-def _group_and_metric(record: TrialRecord) -> tuple[str, str] | None:
-    """Which comparison group a trial belongs to and the metric it is judged by (lower wins)."""
-    if record.workload == "ptb_lm":
-        return "ptb_lm", "test_perplexity"
-    if record.workload == "rnn_bench":
-        cfg = record.config
-        return f"rnn_bench {cfg.get('bench')} {cfg.get('impl')}", "ms_per_batch_median"
-    return None
+def _group_and_metric(record: TrialRecord) -> tuple[str, str, bool] | None:
+    """The comparison group a trial competes in, its judging metric, and whether lower wins.
+
+    The workload's plug-in says (sweeps/workloads: best_metric, best_per); a workload
+    without a best metric (env) competes in none.
+    """
+    try:
+        plugin = record.plugin
+    except UserError:
+        return None  # a record of a workload this host does not know: no "best"
+    if plugin.best_metric is None:
+        return None
+    return (plugin.best_group(record.config), plugin.best_metric,
+            plugin.lower_is_better(plugin.best_metric))
 
 
 def best_per_workload(records: Iterable[TrialRecord]) -> list[Best]:
-    """Lowest test_perplexity for ptb_lm; lowest ms_per_batch_median per rnn_bench bench/impl.
+    """The best ``ok`` trial of each comparison group, by its workload's best metric.
 
-    Only ``ok`` trials compete: an unsupported or failed trial has no result to compare.
+    ptb_lm: the lowest test_perplexity; rnn_bench: the lowest ms_per_batch_median per
+    bench and impl. Only ``ok`` trials compete: an unsupported or failed trial has no
+    result to compare.
     """
     best: dict[str, Best] = {}
     for record in records:
         judged = _group_and_metric(record)
         if record.status != "ok" or judged is None:
             continue
-        group, metric = judged
+        group, metric, lower = judged
         value = record.metrics.get(metric)
         if value is None:
             continue
-        if group not in best or value < best[group].value:
+        if group not in best or (value < best[group].value if lower
+                                 else value > best[group].value):
             best[group] = Best(group, metric, float(value), record)
     return [best[g] for g in sorted(best)]
+
+
+def best_of_sweep(records: Iterable[TrialRecord]) -> Best | None:
+    """The one best a grid's parent run is tagged with: the first workload (by name) whose
+    trials all compete in one group (ptb_lm's test perplexity), else None."""
+    for found in best_per_workload(records):
+        if not found.trial.plugin.best_per:
+            return found
+    return None
 
 
 def best_by_metric(records: Iterable[TrialRecord], metric: str, mode: str) -> Best | None:

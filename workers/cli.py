@@ -13,7 +13,14 @@ import sys
 from . import protocol
 from .config import describe
 from .protocol import BadConfig, Emitter, Unsupported, WorkerError
-from .workloads import WORKLOADS, check_workload, resolve_workload_config, schema_for
+from .workloads import (
+    WORKLOADS,
+    check_workload,
+    import_path,
+    register_external,
+    resolve_workload_config,
+    schema_for,
+)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -31,6 +38,9 @@ def _parser():
     parser.add_argument("workload", help="one of: %s" % ", ".join(sorted(WORKLOADS)))
     parser.add_argument("--config", default="{}",
                         help="the config as a JSON object, or @path to a JSON file")
+    parser.add_argument("--workload-dir", default=None,
+                        help="the directory of a workload of your own (config.py, worker.py), "
+                             "named like the workload")
     return parser
 
 
@@ -53,7 +63,10 @@ def load_config_text(text):
 def load_runner(name):
     """Import the runner module of a registered workload (this imports torch)."""
     check_workload(name)
-    return importlib.import_module(WORKLOADS[name][1], package=__package__)
+    runner = WORKLOADS[name][1]
+    if runner.endswith(".py"):  # a user's own workload: its worker.py
+        return import_path(runner, "versweep_workload_%s_worker" % name)
+    return importlib.import_module(runner, package=__package__)
 
 
 def main(argv=None, stdout=None, stderr=None):
@@ -88,6 +101,11 @@ def main(argv=None, stdout=None, stderr=None):
 
     try:
         args = _parser().parse_args(argv)
+        if args.workload_dir is not None:
+            if register_external(args.workload_dir) != args.workload:
+                raise BadConfig("--workload-dir %s is not the directory of workload '%s' "
+                                "(a workload's directory is named like it)"
+                                % (args.workload_dir, args.workload))
         config = resolve_workload_config(args.workload, load_config_text(args.config))
         module = load_runner(args.workload)
         device = runtime.resolve_device(config["device"])

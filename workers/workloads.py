@@ -18,6 +18,9 @@ and a runner module (imports torch) with:
                               Unsupported / WorkerError
 """
 import difflib
+import importlib.util
+import os
+import sys
 
 from . import ptb_lm_config, rnn_bench_config
 from .config import Field, resolve
@@ -72,11 +75,61 @@ def schema_for(name):
 
 def resolve_workload_config(name, raw):
     """Validate a raw config for workload ``name``; return it with every default filled in."""
-    schema = schema_for(name)
-    module = WORKLOADS[name][0]
+    check_workload(name)
+    return _resolve_with(WORKLOADS[name][0], raw)
+
+
+def resolve_external_config(module, raw):
+    """The same, for a user's workload whose config module the caller imported."""
+    return _resolve_with(module, raw)
+
+
+def _resolve_with(module, raw):
+    schema = dict(COMMON_SCHEMA)
+    if module is not None:
+        schema.update(module.SCHEMA)
     if isinstance(raw, dict) and module is not None and hasattr(module, "expand"):
         raw = module.expand(raw)
     config = resolve(schema, raw)
     if module is not None and hasattr(module, "check"):
         module.check(config)
     return config
+
+
+# ---------------------------------------------------------------- a user's own workload
+#
+# A directory named after the workload, holding config.py (SCHEMA, optional expand and
+# check: torch-free, as above) and worker.py (run(config, device, emitter), optional
+# env_extras(config)). The host half, workload.py, is not read here (docs/workloads.md).
+
+CONFIG_FILE, WORKER_FILE = "config.py", "worker.py"
+
+
+def import_path(path, module_name):
+    """Import the Python file ``path`` as module ``module_name``."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def register_external(directory):
+    """Make the workload of a user's directory runnable here; return its name."""
+    directory = os.path.abspath(directory)
+    name = os.path.basename(directory.rstrip(os.sep))
+    missing = [f for f in (CONFIG_FILE, WORKER_FILE)
+               if not os.path.isfile(os.path.join(directory, f))]
+    if missing:
+        raise BadConfig("workload directory '%s' has no %s" % (directory, ", ".join(missing)))
+    if name in WORKLOADS and not _is_external(WORKLOADS[name]):
+        raise BadConfig("workload directory '%s' is named like the shipped workload '%s'"
+                        % (directory, name))
+    config = import_path(os.path.join(directory, CONFIG_FILE),
+                         "versweep_workload_%s_config" % name)
+    WORKLOADS[name] = (config, os.path.join(directory, WORKER_FILE))
+    return name
+
+
+def _is_external(entry):
+    return os.path.isabs(entry[1])

@@ -239,10 +239,20 @@ def worker_env(spec: TrialSpec, gpu_ids: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def worker_args(python: str, spec: TrialSpec) -> list[str]:
-    """The worker's command line as an argument list (never a shell string)."""
-    config = json.dumps(spec.config_dict, sort_keys=True, separators=(",", ":"))
-    return [python, "-m", "workers", spec.workload, "--config", config]
+def worker_args(python: str, spec: TrialSpec, *, config: dict | None = None,
+                workload_dir: str | None = None) -> list[str]:
+    """The worker's command line as an argument list (never a shell string).
+
+    ``config`` and ``workload_dir``: where the worker sees them differently (a container's
+    mounts); by default the trial's own config and its workload's directory, if a user's.
+    """
+    text = json.dumps(spec.config_dict if config is None else config, sort_keys=True,
+                      separators=(",", ":"))
+    args = [python, "-m", "workers", spec.workload, "--config", text]
+    directory = workload_dir if workload_dir is not None else spec.workload_dir
+    if directory is not None:
+        args += ["--workload-dir", directory]
+    return args
 
 
 class Backend:

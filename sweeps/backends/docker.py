@@ -16,7 +16,6 @@ tags. See DESIGN.md, "Images".
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -34,11 +33,12 @@ from .. import compat
 from ..errors import UserError
 from ..images import docker_client, image_digest, local_tag
 from ..spec import Image, Sweep, TrialSpec
-from ._base import Backend, WorkerHandle
+from ._base import Backend, WorkerHandle, worker_args
 
 # Where things are inside the container.
 WORKERS_MOUNT = "/opt/versweep/workers"
 DATA_MOUNT = "/opt/versweep/data"
+WORKLOAD_MOUNT = "/opt/versweep/workloads"  # a user's own workload at WORKLOAD_MOUNT/<name>
 # The user every worker runs as (images/Dockerfile creates it; numeric so that it also
 # works on a base image that has no such user).
 CONTAINER_USER = "10001:10001"
@@ -146,7 +146,8 @@ class DockerBackend(Backend):
         image = self.image_for(spec)
         gpus = self.node_gpus()
         given = [gpus[str(i)] for i in gpu_ids if str(i) in gpus]
-        return compat.unsupported_reason(image, spec.workload, spec.config_dict, given)
+        return compat.unsupported_reason(image, spec.workload, spec.config_dict, given,
+                                         spec.workload_dir)
 
     # ----------------------------------------------------------------- containers
 
@@ -159,9 +160,9 @@ class DockerBackend(Backend):
 
     def command(self, spec: TrialSpec) -> list[str]:
         """The worker's command line inside the container (an argument list, no shell)."""
-        config = json.dumps(self.container_config(spec), sort_keys=True,
-                            separators=(",", ":"))
-        return ["python", "-m", "workers", spec.workload, "--config", config]
+        mounted = f"{WORKLOAD_MOUNT}/{spec.workload}" if spec.workload_dir else None
+        return worker_args("python", spec, config=self.container_config(spec),
+                           workload_dir=mounted)
 
     def container_options(self, spec: TrialSpec, gpu_ids: Sequence[str]) -> dict[str, Any]:
         """Everything ``containers.create`` gets, besides the image and the command."""
@@ -173,6 +174,9 @@ class DockerBackend(Backend):
         if data_dir:
             mounts.append(Mount(target=DATA_MOUNT, source=str(data_dir), type="bind",
                                 read_only=True))
+        if spec.workload_dir:  # a user's own workload: its directory, read-only
+            mounts.append(Mount(target=f"{WORKLOAD_MOUNT}/{spec.workload}",
+                                source=str(spec.workload_dir), type="bind", read_only=True))
         environment = {"PYTHONPATH": "/opt/versweep", "PYTHONUNBUFFERED": "1",
                        "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/tmp", "USER": "versweep"}
         image = self.images.get(spec.image)
