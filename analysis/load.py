@@ -17,7 +17,7 @@ A SQLite store (the embedded default) is read directly and read-only from
 MLflow's tables: a handful of queries for the whole sweep, about a second for
 5,000 runs where MLflow's search API takes about a minute, and no mlflow import
 (seconds by itself). Every other store, and a SQLite file whose schema is not
-the one expected, goes through MlflowClient, opened by sweeps.records.open_client.
+the one expected, goes through MlflowClient, opened by sweeps.records.store.open_client.
 Per-batch samples of runs whose artifacts live on this machine (``file:`` URIs,
 the default next to a SQLite store) are read straight from disk; other
 artifact stores are downloaded through MLflow in threads.
@@ -44,9 +44,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from sweeps.errors import UserError
-
-ROOT = Path(__file__).resolve().parent.parent
-MATRIX_PATH = ROOT / "images" / "matrix.toml"
+from sweeps.paths import MATRIX_PATH
 
 SAMPLES_ARTIFACT = "samples.json"
 # A grid sweep's plan on its parent run: every trial it meant to decide (sweeps/records.py).
@@ -168,9 +166,9 @@ class SweepData:
 
 
 def study_name(experiment: str, sweep_name: str, parent_run_id: str) -> str:
-    """The Optuna study name of one sweep run; the same as sweeps.tune.study_name.
+    """The Optuna study name of one sweep run; the same as sweeps.execute.tune.study_name.
 
-    Repeated here because sweeps.tune imports Ray, which a report does not need
+    Repeated here because sweeps.execute.tune imports Ray, which a report does not need
     (tests/test_analysis_load.py checks that the two agree).
     """
     return f"versweep/{experiment}/{sweep_name}/{parent_run_id}"
@@ -294,7 +292,7 @@ def _load(reader: _Reader, tracking_uri: str, experiment: str, sweep: str | None
 
 
 def _sqlite_file(tracking_uri: str) -> Path | None:
-    """The database of a ``sqlite:///`` URI (as sweeps.records.sqlite_path, without mlflow)."""
+    """The database of a ``sqlite:///`` URI (as records.store.sqlite_path, without mlflow)."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
     return Path(unquote(tracking_uri[len("sqlite:///"):]))
@@ -523,7 +521,7 @@ class _ClientReader(_Reader):
         return self._search(experiment_id, "tags.`versweep.kind` = 'sweep'")
 
     def finished_children(self, experiment_id: str, parent_run_id: str) -> list[_Run]:
-        from sweeps.records import quote  # this reader imports mlflow anyway
+        from sweeps.records.store import quote  # this reader imports mlflow anyway
 
         return self._search(experiment_id, f"tags.`mlflow.parentRunId` = {quote(parent_run_id)} "
                                            "and attributes.status = 'FINISHED'")
@@ -540,7 +538,7 @@ class _ClientReader(_Reader):
 @functools.lru_cache(maxsize=8)
 def _client(tracking_uri: str) -> Any:
     """One opened MlflowClient per store and process (opening checks the store: not free)."""
-    from sweeps.records import open_client  # imports mlflow: seconds, only when needed
+    from sweeps.records.store import open_client  # imports mlflow: seconds, only when needed
 
     return open_client(tracking_uri)
 
@@ -645,7 +643,7 @@ def _version_key(version: str) -> tuple[int, ...]:
 def _matrix_order() -> dict[str, tuple[int, tuple[int, ...]]]:
     """Image name -> (position in images/matrix.toml, torch version); {} if unreadable."""
     try:
-        from sweeps.matrix import load_matrix
+        from sweeps.grid.matrix import load_matrix
 
         matrix = load_matrix(MATRIX_PATH)
     except Exception:  # noqa: BLE001  (no matrix: order by torch version alone)

@@ -86,7 +86,7 @@ def run_sweep(cluster: LoopbackCluster, work: Path, name: str, trials: int,
         raise SystemExit(f"sweep {name} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
                          f"{done.stderr[-3000:]}")
     fit = float(re.search(r"trials ([\d.]+) s \(after Ray started\)", done.stdout).group(1))
-    from sweeps.records import open_client
+    from sweeps.records.store import open_client
 
     client = open_client(uri)
     experiment = client.get_experiment_by_name(name)

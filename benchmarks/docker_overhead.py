@@ -5,7 +5,7 @@
                                          [--batch-size 32] [--seq-len 50] [--hidden-size 320]
                                          [--impl cudnn] [--threads 1]
 
-Both halves go through the real backends and sweeps.trial.run_trial, as a sweep's trial
+Both halves go through the real backends and sweeps.execute.trial.run_trial, as a sweep's trial
 does (no Ray: Ray's share is benchmarks/orchestration_overhead.py).
 
 1. Start-up latency: ``env`` trials, one after another, on each backend. For docker, the
@@ -37,12 +37,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweeps.backends.docker import DockerBackend  # noqa: E402
-from sweeps.backends.local import LocalBackend  # noqa: E402
-from sweeps.grid import MATRIX_PATH  # noqa: E402
-from sweeps.matrix import load_matrix  # noqa: E402
-from sweeps.spec import LOCAL_IMAGE, TrialSpec  # noqa: E402
-from sweeps.trial import run_trial  # noqa: E402
+from sweeps.execute.backends.docker import DockerBackend  # noqa: E402
+from sweeps.execute.backends.local import LocalBackend  # noqa: E402
+from sweeps.execute.trial import run_trial  # noqa: E402
+from sweeps.grid.load import MATRIX_PATH  # noqa: E402
+from sweeps.grid.matrix import load_matrix  # noqa: E402
+from sweeps.grid.spec import LOCAL_IMAGE, TrialSpec  # noqa: E402
 from workers.workloads import resolve_workload_config  # noqa: E402
 
 

@@ -15,7 +15,7 @@ run_sweep prints it) to the mean of the two shell loops around that sweep (goal:
 on 2 cores), Ray's start time,
 the whole command's wall time, and the per-trial start-up latency (worker start to its
 first event) inside Ray trials (the versweep.startup_seconds tag) and without Ray
-(sweeps.trial.run_trial called directly). Timings on a shared machine move with the
+(sweeps.execute.trial.run_trial called directly). Timings on a shared machine move with the
 load; the load average is printed next to each figure.
 """
 
@@ -81,7 +81,7 @@ def sweep_run(grid: Path, workdir: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"the sweep failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     found = re.search(r"timings: ray start ([\d.]+) s, trials ([\d.]+) s", done.stdout)
-    from sweeps.records import SweepRecords
+    from sweeps.records.store import SweepRecords
 
     records = SweepRecords(f"sqlite:///{workdir}/mlflow.db", "overhead")
     parent = records.client.search_runs(
@@ -93,9 +93,9 @@ def sweep_run(grid: Path, workdir: Path) -> dict:
 
 
 def bare_startup(specs, workdir: Path) -> list[float]:
-    """Start-up latency of the same workers run by sweeps.trial without Ray or MLflow."""
-    from sweeps.backends import get_backend
-    from sweeps.trial import run_trial
+    """Start-up latency of the same workers run by sweeps.execute.trial without Ray or MLflow."""
+    from sweeps.execute.backends import get_backend
+    from sweeps.execute.trial import run_trial
 
     backend = get_backend("local")
     return [run_trial(backend, spec, log_dir=workdir / "bare-logs").startup_seconds
@@ -109,8 +109,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args()
 
-    from sweeps.backends._base import worker_args
-    from sweeps.grid import load_sweep
+    from sweeps.execute.backends._base import worker_args
+    from sweeps.grid.load import load_sweep
 
     report = [f"# orchestration overhead, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
               f"# command: python benchmarks/orchestration_overhead.py --trials {args.trials} "

@@ -3,7 +3,7 @@
 Two measurements, each with separate processes as Ray trial actors are:
 
 1. Fresh database: N processes open the same new SQLite store at the same
-   moment, with a plain ``MlflowClient`` and with ``sweeps.records.open_client``
+   moment, with a plain ``MlflowClient`` and with ``sweeps.records.store.open_client``
    (which opens it under a file lock). Counts the processes that fail and the
    databases left unusable.
 2. Steady state: one sweep's parent run, N writer processes, each writing
@@ -40,7 +40,7 @@ def open_fresh(args: tuple[str, bool]) -> str:
     uri, locked = args
     try:
         if locked:
-            from sweeps.records import open_client
+            from sweeps.records.store import open_client
 
             open_client(uri)
         else:
@@ -63,7 +63,7 @@ def usable(uri: str) -> bool:
 
 
 class RetryCounter(logging.Handler):
-    """Counts the 'store busy ... retrying' warnings of sweeps.records."""
+    """Counts the 'store busy ... retrying' warnings of sweeps.records.store."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -76,11 +76,11 @@ class RetryCounter(logging.Handler):
 def write_trials(args: tuple[str, str, str, int, int, int]) -> dict:
     """One writer process: `trials` trials of `steps` steps, one store write per step."""
     uri, experiment, parent, writer, trials, steps = args
-    from sweeps.records import SweepRecords
-    from sweeps.spec import TrialSpec
+    from sweeps.grid.spec import TrialSpec
+    from sweeps.records.store import SweepRecords
 
     retries = RetryCounter()
-    logging.getLogger("sweeps.records").addHandler(retries)
+    logging.getLogger("sweeps.records.store").addHandler(retries)
     latencies, errors = [], []
     records = SweepRecords(uri, experiment)
     for trial in range(trials):
@@ -117,15 +117,15 @@ def fresh_open(directory: Path, processes: int, rounds: int) -> None:
                     failed += 1
                     kinds[outcome.split(":")[0]] = kinds.get(outcome.split(":")[0], 0) + 1
             broken += not usable(uri)
-        how = "sweeps.records.open_client (file lock)" if locked else "plain MlflowClient"
+        how = "sweeps.records.store.open_client (file lock)" if locked else "plain MlflowClient"
         print(f"{how:40s} failed opens {failed}/{processes * rounds}, "
               f"unusable databases afterwards {broken}/{rounds}, errors {kinds or '-'}")
     print()
 
 
 def steady_state(directory: Path, writer_counts: list[int], trials: int, steps: int) -> None:
-    from sweeps.records import SweepRecords, default_tracking_uri
-    from sweeps.spec import Sweep
+    from sweeps.grid.spec import Sweep
+    from sweeps.records.store import SweepRecords, default_tracking_uri
 
     context = multiprocessing.get_context("spawn")
     print(f"## Steady state: writers x {trials} trials x {steps} steps, one write per step")
@@ -167,8 +167,8 @@ def lock_held_too_long(directory: Path, hold_s: float) -> None:
 
     from mlflow.entities import Metric
 
-    from sweeps.records import SweepRecords, default_tracking_uri
-    from sweeps.spec import Sweep, TrialSpec
+    from sweeps.grid.spec import Sweep, TrialSpec
+    from sweeps.records.store import SweepRecords, default_tracking_uri
 
     print(f"## Another process holds the write lock for {hold_s:.0f} s (busy timeout is 20 s)")
     home = directory / "held"

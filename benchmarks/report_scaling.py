@@ -71,7 +71,7 @@ def fill_store(directory: Path, n_trials: int, seed: int = 0) -> str:
         SqlTag,
     )
 
-    from sweeps.records import open_client
+    from sweeps.records.store import open_client
 
     directory.mkdir(parents=True, exist_ok=True)
     uri = "sqlite:///" + str(directory / "mlflow.db")

@@ -45,10 +45,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import dockerenv  # noqa: E402
 
-from sweeps.backends.docker import DockerBackend  # noqa: E402
-from sweeps.matrix import load_matrix  # noqa: E402
-from sweeps.spec import TrialSpec  # noqa: E402
-from sweeps.trial import run_trial  # noqa: E402
+from sweeps.execute.backends.docker import DockerBackend  # noqa: E402
+from sweeps.execute.trial import run_trial  # noqa: E402
+from sweeps.grid.matrix import load_matrix  # noqa: E402
+from sweeps.grid.spec import TrialSpec  # noqa: E402
 
 NEW, OLD = dockerenv.TEST_IMAGE, "torch-1.13.1-cu117"
 # The second base: like the tests' base, with PyPI's torch 1.13.1 (and the nvidia-* wheels

@@ -1,27 +1,96 @@
-"""The ``versweep`` command (and ``python sweeps/run.py``): arguments in, ``run_sweep`` called.
+"""The ``versweep`` command: one entry point, one command per stage.
 
-    versweep --grid smoke
-    versweep --grid versions --dry-run
-    versweep --grid hparams --resume --max-concurrent 2
-    versweep --grid my_grid.toml --set sweep.trial_timeout_s=60 --tracking-uri http://127.0.0.1:5000
-    versweep report --experiment versions        (analysis/report.py: the comparison report)
+    versweep run --grid smoke                    run a sweep       (python sweeps/run.py)
+    versweep report --experiment versions        its report        (python analysis/report.py)
+    versweep images list | build | pull | verify | push            (python images/build.py)
+    versweep schedule --grid nightly --cron ...  scheduled sweeps  (python sweeps/schedule.py)
+    versweep datasets ptb --dest data/ptb        download a corpus (python -m sweeps.datasets)
+    versweep resources                           this node's Ray resources
+                                                 (python -m sweeps.cluster.resources)
+    versweep --grid smoke                        the same as `versweep run --grid smoke`
 
-Every expected user error (UserError) becomes one line, ``versweep: error: ...``, and
-exit code 2; Ctrl-C exits 130.
+The documented scripts are thin entry points into this module, with the same arguments,
+messages and exit codes. Every command shares the exit codes of sweeps/errors.py (0 done,
+1 something failed, 2 a user error as one line on stderr, 130 interrupted) and says its
+own usage errors in one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from .errors import ArgumentParser, UserError
+from sweeps.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, ArgumentParser, UserError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _run(argv: list[str], prog: str) -> int:
+    from sweeps.execute.sweep import run_sweep
+
+    try:
+        args = build_parser(prog).parse_args(argv)
+        return run_sweep(args.grid, backend=args.backend, experiment=args.experiment,
+                         tracking_uri=args.tracking_uri, address=args.address,
+                         resume=args.resume, dry_run=args.dry_run, overrides=args.overrides,
+                         max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
+                         matrix=args.matrix)
+    except UserError as exc:
+        sys.stderr.write(f"versweep: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("versweep: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+def _report(argv: list[str], prog: str) -> int:
+    from analysis.command import main
+
+    return main(argv, prog=prog)
+
+
+def _images(argv: list[str], prog: str) -> int:
+    from sweeps.images.build import main
+
+    return main(argv, prog=prog)
+
+
+def _schedule(argv: list[str], prog: str) -> int:
+    from sweeps.cluster.schedule import main
+
+    return main(argv, prog=prog)
+
+
+def _datasets(argv: list[str], prog: str) -> int:
+    from sweeps.datasets import main
+
+    return main(argv, prog=prog)
+
+
+def _resources(argv: list[str], prog: str) -> int:
+    from sweeps.cluster.resources import main
+
+    return main(argv, prog=prog)
+
+
+# name -> (what it does, its main, the prog its script has always used)
+COMMANDS: dict[str, tuple[str, Callable[[list[str], str], int], str]] = {
+    "run": ("run a sweep of a grid under Ray Tune, recorded in MLflow", _run, "versweep"),
+    "report": ("write the version-comparison report of a sweep", _report, "report.py"),
+    "images": ("list, build, pull, verify and mirror the matrix's Docker images", _images,
+               "build.py"),
+    "schedule": ("submit a grid's sweep to a Ray cluster on a schedule", _schedule,
+                 "schedule.py"),
+    "datasets": ("download a dataset and verify its checksums", _datasets,
+                 "python -m sweeps.datasets"),
+    "resources": ("print this node's versweep resources for `ray start --resources`",
+                  _resources, "python -m sweeps.cluster.resources"),
+}
+
+
+def build_parser(prog: str = "versweep run") -> argparse.ArgumentParser:
+    """The arguments of ``versweep run`` (and of ``python sweeps/run.py``)."""
     parser = ArgumentParser(
-        prog="versweep",
+        prog=prog,
         description="Run a sweep of PyTorch RNN workloads (a grid file) under Ray Tune and "
                     "record every trial in MLflow.")
     parser.add_argument("--grid", required=True,
@@ -62,28 +131,40 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the sweep (or ``report ...``); return the process exit code."""
-    from .run import EXIT_INTERRUPTED, run_sweep
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: versweep COMMAND [ARGS]   (versweep COMMAND --help for its arguments)",
+             "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (text, _, _) in COMMANDS.items()]
+    lines += ["", "versweep --grid NAME ... is versweep run --grid NAME ..."]
+    return "\n".join(lines)
 
+
+def main(argv: Sequence[str] | None = None, *, script: str | None = None) -> int:
+    """Dispatch ``argv`` to its command; return the exit code.
+
+    ``script``: the command a documented script stands for (``python images/build.py``
+    calls ``main(argv, script="images")``): its arguments, messages and exit codes are
+    then exactly that script's.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["report"]:
-        from analysis.report import main as report_main
-
-        return report_main(argv[1:], prog="versweep report")
-    try:
-        args = build_parser().parse_args(argv)
-        return run_sweep(args.grid, backend=args.backend, experiment=args.experiment,
-                         tracking_uri=args.tracking_uri, address=args.address,
-                         resume=args.resume, dry_run=args.dry_run, overrides=args.overrides,
-                         max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
-                         matrix=args.matrix)
-    except UserError as exc:
-        sys.stderr.write(f"versweep: error: {exc}\n")
-        return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("versweep: interrupted\n")
-        return EXIT_INTERRUPTED
+    if script is not None:
+        _, command_main, prog = COMMANDS[script]
+        return command_main(argv, prog)
+    if not argv:
+        sys.stderr.write(usage() + "\n")
+        return EXIT_USER_ERROR
+    if argv[0] in ("-h", "--help"):
+        print(usage())
+        return EXIT_OK
+    if argv[0] in COMMANDS:
+        name, rest = argv[0], argv[1:]
+        return COMMANDS[name][1](rest, f"versweep {name}")
+    if argv[0].startswith("-"):  # `versweep --grid smoke`: the sweep, as it always was
+        return _run(argv, "versweep")
+    sys.stderr.write(f"versweep: error: '{argv[0]}' is not a command; one of "
+                     f"{', '.join(COMMANDS)} (see versweep --help)\n")
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

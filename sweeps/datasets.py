@@ -26,9 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweeps.errors import EXIT_OK, ArgumentParser, UserError
 from workers.ptb_data import CANONICAL_BLOB_IDS, git_blob_sha1
-
-from .errors import UserError
 
 # Read the response in pieces of this size so a large file never sits in memory twice.
 CHUNK_BYTES = 1 << 16
@@ -132,9 +131,9 @@ def fetch_dataset(name: str, dest: Path, *, base_url: str | None = None,
     return paths
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m sweeps.datasets",
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog=prog,
         description="Download a dataset and verify each file's checksum (git blob id).")
     parser.add_argument("dataset", help="one of: " + ", ".join(sorted(DATASETS)))
     parser.add_argument("--dest", required=True, type=Path,
@@ -147,15 +146,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (0, or 2 with one line on stderr)."""
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m sweeps.datasets") -> int:
+    """``versweep datasets`` (and ``python -m sweeps.datasets``); 0, or 2 with one line.
+
+    The line is ``error: ...`` from ``python -m sweeps.datasets`` (as before), and
+    ``versweep datasets: error: ...`` from the versweep command.
+    """
+    shown = "" if prog == "python -m sweeps.datasets" else f"{prog}: "
     try:
+        args = _parser(prog).parse_args(argv)
         fetch_dataset(args.dataset, args.dest, base_url=args.base_url, timeout=args.timeout)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{shown}error: {exc}", file=sys.stderr)
         return exc.exit_code
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+# The exit codes of every versweep command (run, report, images, schedule, datasets,
+# resources, and the scripts that are the same commands):
+EXIT_OK = 0  # done; for a sweep: every trial decided (ok, unsupported, diverged are results)
+EXIT_FAILED = 1  # something ran and failed: a trial, a build, a pull, a verification
+EXIT_USER_ERROR = 2  # bad input: one line on stderr, nothing started, nothing left behind
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
 
 class UserError(Exception):
     """An expected mistake by the user: a bad grid, a missing image, an unknown run."""

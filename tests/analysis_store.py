@@ -1,6 +1,6 @@
 """A real MLflow store filled the way a sweep fills it, for the analysis and report tests.
 
-Everything is written through sweeps.records.SweepRecords, the module a sweep
+Everything is written through sweeps.records.store.SweepRecords, the module a sweep
 writes with: open_sweep with a Sweep, start_trial with TrialSpecs, log_event with
 the worker protocol's env / metric / result / unsupported / error events,
 finish_trial with a status, extra tags and samples, close_sweep with the counts.
@@ -52,9 +52,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweeps.grid import load_sweep
-from sweeps.records import SweepRecords
-from sweeps.spec import Sweep, TrialSpec
+from sweeps.grid.load import load_sweep
+from sweeps.grid.spec import Sweep, TrialSpec
+from sweeps.records.store import SweepRecords
 from workers.workloads import resolve_workload_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -105,7 +105,7 @@ def sweep_runs(tracking_uri: str, experiment: str):
     The client is opened as the sweep opens it (under RECORDS' lock for SQLite), so
     reading while a driver creates a fresh database cannot corrupt it.
     """
-    from sweeps.records import open_client
+    from sweeps.records.store import open_client
 
     client = open_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)

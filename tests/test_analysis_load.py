@@ -1,6 +1,6 @@
 """A sweep's records read back for a report, from a real store filled as a sweep fills it.
 
-The store (tests/analysis_store.py) is written through sweeps.records.SweepRecords:
+The store (tests/analysis_store.py) is written through sweeps.records.store.SweepRecords:
 a "versions" sweep over four images with ok, unsupported (by the worker and by
 backend.check), failed, diverged, interrupted and superseded trials; an older
 sweep of the same experiment; an Optuna search with its study; a sweep with
@@ -51,7 +51,7 @@ from analysis.load import (
 )
 from analysis.stats import DIFFERS, FASTER, NOT_AVAILABLE, SAME, SLOWER, compare, median_ci, parity
 from sweeps.errors import UserError
-from sweeps.records import SweepRecords
+from sweeps.records.store import SweepRecords
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -323,7 +323,7 @@ def test_a_search_sweep_and_its_optuna_study(store):
 
 
 def test_the_study_name_is_the_one_the_sweep_uses():
-    from sweeps.tune import study_name as sweep_study_name
+    from sweeps.execute.tune import study_name as sweep_study_name
 
     assert study_name("e", "s", "abc") == sweep_study_name("e", "s", "abc")
 

@@ -18,15 +18,16 @@ def imported_top_modules(path):
 
 @pytest.mark.parametrize("library, only_in", [
     # Tune around trials; Ray Jobs for schedules; one pinned task per node for pre-pulls.
-    ("ray", ["sweeps/cluster/prepull.py", "sweeps/jobs.py", "sweeps/tune.py"]),
-    # Every MLflow write and read of sweeps/ goes through records.py (analysis/ reads the
-    # store through it, or straight from a SQLite store's tables, read-only).
-    ("mlflow", ["sweeps/records.py"]),
+    ("ray", ["sweeps/cluster/jobs.py", "sweeps/cluster/prepull.py", "sweeps/execute/tune.py"]),
+    # Every MLflow write and read of sweeps/ goes through records/store.py (analysis/ reads
+    # the store through it, or straight from a SQLite store's tables, read-only).
+    ("mlflow", ["sweeps/records/store.py"]),
     # Searches (tune.py); a search's study and its parameter importances for the report.
-    ("optuna", ["analysis/load.py", "analysis/report.py", "sweeps/tune.py"]),
+    ("optuna", ["analysis/load.py", "analysis/sections.py", "sweeps/execute/tune.py"]),
     # The Docker engine: images, the backend and its reaper, and pre-pulls on a cluster.
-    ("docker", ["sweeps/backends/docker.py", "sweeps/backends/reaper.py",
-                "sweeps/cluster/prepull.py", "sweeps/images.py"]),
+    ("docker", ["sweeps/cluster/prepull.py", "sweeps/execute/backends/docker.py",
+                "sweeps/execute/backends/reaper.py", "sweeps/images/build.py",
+                "sweeps/images/docker.py"]),
     ("matplotlib", ["analysis/plots.py"]),
 ])
 def test_each_service_is_reached_from_the_modules_named_for_it(library, only_in):
@@ -42,3 +43,37 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    import ray.tune as t\n    from mlflow import MlflowClient\n")
     assert imported_top_modules(sample) == {"ray", "mlflow"}
+
+
+# The documented scripts: users' cron lines and cluster configs call them.
+SCRIPTS = {"sweeps/run.py": "run", "sweeps/schedule.py": "schedule",
+           "analysis/report.py": "report", "images/build.py": "images"}
+
+
+def test_sys_path_is_handled_only_by_the_documented_scripts():
+    handlers = sorted(
+        str(path.relative_to(ROOT))
+        for folder in ("sweeps", "analysis", "images", "workers")
+        for path in (ROOT / folder).rglob("*.py")
+        if "sys.path" in path.read_text())
+    assert handlers == sorted(SCRIPTS)
+
+
+@pytest.mark.parametrize("script, command", sorted(SCRIPTS.items()))
+def test_each_script_is_a_thin_entry_point_into_the_cli(script, command):
+    path = ROOT / script
+    code = [line for line in path.read_text().split('"""', 2)[2].splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+    assert len(code) <= 12, f"{script} holds code of its own; it belongs in the package"
+    assert imported_top_modules(path) == {"sys", "pathlib", "sweeps"}
+    assert f'main(sys.argv[1:], script="{command}")' in path.read_text()
+
+
+def test_every_stage_is_a_package_of_its_own():
+    """The tree shows the flow: grid -> plan -> execute (backends) -> records -> report."""
+    for stage in ("workloads", "grid", "plan", "execute", "execute/backends", "records",
+                  "cluster", "images"):
+        assert (ROOT / "sweeps" / stage / "__init__.py").is_file(), stage
+    top = sorted(p.name for p in (ROOT / "sweeps").glob("*.py"))
+    assert top == ["__init__.py", "cli.py", "datasets.py", "errors.py", "paths.py", "run.py",
+                   "schedule.py", "versions.py"]

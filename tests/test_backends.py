@@ -28,14 +28,14 @@ from pathlib import Path
 import pytest
 from dockerenv import TEST_IMAGE, require_engine
 
-from sweeps.backends import BACKENDS, get_backend
-from sweeps.backends.docker import DockerBackend
-from sweeps.backends.local import LocalBackend
 from sweeps.errors import UserError
-from sweeps.grid import MATRIX_PATH
-from sweeps.matrix import load_matrix
-from sweeps.spec import LOCAL_IMAGE, Sweep, TrialSpec
-from sweeps.trial import run_trial
+from sweeps.execute.backends import BACKENDS, get_backend
+from sweeps.execute.backends.docker import DockerBackend
+from sweeps.execute.backends.local import LocalBackend
+from sweeps.execute.trial import run_trial
+from sweeps.grid.load import MATRIX_PATH
+from sweeps.grid.matrix import load_matrix
+from sweeps.grid.spec import LOCAL_IMAGE, Sweep, TrialSpec
 from workers.workloads import resolve_workload_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,11 +234,11 @@ def test_a_worker_dies_with_the_trial_process_that_started_it(backend, tmp_path)
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from sweeps.backends.docker import DockerBackend
-        from sweeps.backends.local import LocalBackend
-        from sweeps.grid import MATRIX_PATH
-        from sweeps.matrix import load_matrix
-        from sweeps.spec import TrialSpec
+        from sweeps.execute.backends.docker import DockerBackend
+        from sweeps.execute.backends.local import LocalBackend
+        from sweeps.grid.load import MATRIX_PATH
+        from sweeps.grid.matrix import load_matrix
+        from sweeps.grid.spec import TrialSpec
         image = {backend.image!r}
         if image == "local":
             chosen = LocalBackend()
@@ -457,7 +457,7 @@ class _ScriptBackend(LocalBackend):
         self.script, self.mode = script, mode
 
     def start(self, spec, *, gpu_ids, log_path):
-        from sweeps.backends._base import ProcessHandle, worker_env
+        from sweeps.execute.backends._base import ProcessHandle, worker_env
 
         return ProcessHandle([self.python, str(self.script), self.mode],
                              env=worker_env(spec, gpu_ids), cwd=None, log_path=log_path)

@@ -32,10 +32,10 @@ from sweeps.cluster.resources import (
     trial_routing,
     unplaceable,
 )
-from sweeps.grid import MATRIX_PATH, load_sweep
-from sweeps.matrix import load_matrix
-from sweeps.spec import TrialSpec
-from sweeps.trial import trial_resources
+from sweeps.execute.trial import trial_resources
+from sweeps.grid.load import MATRIX_PATH, load_sweep
+from sweeps.grid.matrix import load_matrix
+from sweeps.grid.spec import TrialSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -268,8 +268,8 @@ LOSS_GRID = textwrap.dedent("""
 JOIN_DRIVER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from sweeps.grid import load_sweep
-    from sweeps import tune
+    from sweeps.grid.load import load_sweep
+    from sweeps.execute import tune
 
     grid, address, work = sys.argv[1:]
     sweep = load_sweep(grid)
@@ -369,9 +369,9 @@ AGAIN_GRID = textwrap.dedent("""
 AGAIN_DRIVER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from sweeps.grid import load_sweep
-    from sweeps.records import SweepRecords
-    from sweeps import tune
+    from sweeps.grid.load import load_sweep
+    from sweeps.records.store import SweepRecords
+    from sweeps.execute import tune
 
     grid, uri, work = sys.argv[1:]
     sweep = load_sweep(grid)

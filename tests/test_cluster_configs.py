@@ -22,11 +22,11 @@ import ray
 import yaml
 from needs import tool
 
-from sweeps import compat
 from sweeps.cluster.resources import ARCH_PREFIX, IMAGE_PREFIX, NODE_AMOUNT
-from sweeps.grid import load_sweep
-from sweeps.images import check_registry
-from sweeps.matrix import load_matrix
+from sweeps.grid.load import load_sweep
+from sweeps.grid.matrix import load_matrix
+from sweeps.images.docker import check_registry
+from sweeps.plan import compat
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "sweeps" / "cluster"
@@ -299,7 +299,7 @@ def test_the_cronjob_submits_the_nightly_sweep_to_the_head_service_never_twice(k
     assert submit["image"] == cluster["spec"]["headGroupSpec"]["template"]["spec"][
         "containers"][0]["image"]
 
-    from sweeps.schedule import build_parser
+    from sweeps.cluster.schedule import build_parser
 
     args = build_parser().parse_args(command[2:])
     assert args.once and args.grid == "nightly"

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from dockerenv import engine_problem
 
-from sweeps import compat
-from sweeps.backends.docker import LABEL_TRIAL, DockerBackend
-from sweeps.compat import UNKNOWN_CAPABILITY, Gpu, kernel_source, node_gpus, unsupported_reason
-from sweeps.grid import MATRIX_PATH
-from sweeps.matrix import load_matrix
-from sweeps.spec import TrialSpec
-from sweeps.trial import run_trial
+from sweeps.execute.backends.docker import LABEL_TRIAL, DockerBackend
+from sweeps.execute.trial import run_trial
+from sweeps.grid.load import MATRIX_PATH
+from sweeps.grid.matrix import load_matrix
+from sweeps.grid.spec import TrialSpec
+from sweeps.plan import compat
+from sweeps.plan.compat import UNKNOWN_CAPABILITY, Gpu, kernel_source, node_gpus, unsupported_reason
 from workers.workloads import resolve_workload_config
 
 MATRIX = load_matrix(MATRIX_PATH)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sweeps.errors import GridError
-from sweeps.grid import GRIDS_DIR, MATRIX_PATH, load_sweep
-from sweeps.spec import LOCAL_IMAGE
+from sweeps.grid.load import GRIDS_DIR, MATRIX_PATH, load_sweep
+from sweeps.grid.spec import LOCAL_IMAGE
 from workers.workloads import resolve_workload_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +75,7 @@ def test_trial_keys_are_unique_and_stable_across_loads_and_processes():
     assert len(set(first)) == len(first)
     assert [t.key for t in load_sweep("versions").trials] == first
     # A resumed sweep runs in a new process: the keys must not depend on hash seeds.
-    code = ("import json; from sweeps.grid import load_sweep; "
+    code = ("import json; from sweeps.grid.load import load_sweep; "
             "print(json.dumps([t.key for t in load_sweep('versions').trials]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"},

@@ -19,8 +19,8 @@ import pytest
 from dockerenv import TEST_IMAGE, make_base, require_engine
 from needs import tool
 
-from sweeps.grid import load_sweep
-from sweeps.matrix import load_matrix
+from sweeps.grid.load import load_sweep
+from sweeps.grid.matrix import load_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "images" / "build.py"

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from sweeps.errors import GridError
-from sweeps.grid import MATRIX_PATH
-from sweeps.matrix import (
+from sweeps.grid.load import MATRIX_PATH
+from sweeps.grid.matrix import (
     cudnn_release,
     env_differences,
     label_differences,

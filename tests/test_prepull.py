@@ -354,7 +354,7 @@ MIRRORED = f"{REGISTRY}/versweep:torch-2.13.0-cpu"
 def prepull_and_build_py(name: str) -> tuple[tuple[str, str], str]:
     """(status, detail) of the pre-pull on this node, and `images/build.py pull`'s output."""
     from sweeps.cluster.prepull import prepull_here
-    from sweeps.matrix import load_matrix
+    from sweeps.grid.matrix import load_matrix
 
     answer = prepull_here([name], REGISTRY, {name: load_matrix(MATRIX)[name]})
     [(_, status, detail)] = answer["images"]

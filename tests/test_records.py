@@ -28,14 +28,14 @@ from mlflow.entities import ViewType
 from sweeping import free_port, running_mlflow_server
 
 from sweeps.errors import UserError
-from sweeps.records import (
+from sweeps.grid.spec import Sweep, TrialSpec
+from sweeps.records.store import (
     SweepRecords,
     default_tracking_uri,
     mlflow_ui_command,
     records_location,
     resolve_tracking_uri,
 )
-from sweeps.spec import Sweep, TrialSpec
 from workers.workloads import resolve_workload_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -427,8 +427,8 @@ def test_resume_with_nothing_to_resume_is_one_clear_line(tracking_uri, experimen
 WRITER = textwrap.dedent("""\
     # One trial process: open the store, say so, wait for the sweep's parent run, write.
     import json, sys
-    from sweeps.records import SweepRecords
-    from sweeps.spec import TrialSpec
+    from sweeps.records.store import SweepRecords
+    from sweeps.grid.spec import TrialSpec
 
     uri, experiment, writer = sys.argv[1:4]
     trials, steps = int(sys.argv[4]), int(sys.argv[5])
@@ -559,7 +559,7 @@ def test_a_metric_event_without_a_step_is_recorded_at_the_next_step(tmp_path, ex
 def test_quote_makes_a_filter_literal_that_matches_exactly_its_value(tmp_path, empty_store,
                                                                      experiment, value):
     # MLflow's filter grammar has no escape character: a backslash is kept as it is.
-    from sweeps.records import quote
+    from sweeps.records.store import quote
 
     uri = sqlite_copy(tmp_path, empty_store)
     client = MlflowClient(uri)

@@ -1,6 +1,6 @@
 """``python analysis/report.py``, run as a user runs it, over a real MLflow store.
 
-The store is filled through sweeps.records.SweepRecords exactly as a sweep fills it
+The store is filled through sweeps.records.store.SweepRecords exactly as a sweep fills it
 (tests/analysis_store.py: four images, every trial status, a Ctrl-C'd and a superseded
 run, an Optuna search with its study). The report's figures are checked against
 analysis/stats.py computed from the per-batch times that were written, and against
@@ -43,11 +43,11 @@ from analysis_store import (
 )
 from mlflow import MlflowClient
 
-from analysis import report
+from analysis import command, sections
 from analysis.reference import reference_rows
 from analysis.stats import compare, median_ci, parity
-from sweeps.records import SweepRecords
-from sweeps.spec import Sweep
+from sweeps.grid.spec import Sweep
+from sweeps.records.store import SweepRecords
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,7 +93,7 @@ def versions_report(store, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def search_report(store, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("search-report") / "report"
-    code = report.main(["--experiment", HPARAMS, "--tracking-uri", store.tracking_uri,
+    code = command.main(["--experiment", HPARAMS, "--tracking-uri", store.tracking_uri,
                         "--out", str(out), "--no-log"])
     assert code == 0
     return out
@@ -131,7 +131,7 @@ def test_the_newest_sweep_by_default_and_an_older_one_with_sweep(store, versions
                                                                  tmp_path):
     assert store.versions.parent_run_id in (versions_report / "report.md").read_text()
     older = store.older_versions.parent_run_id
-    code = report.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+    code = command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
                         "--sweep", older[:10], "--out", str(tmp_path), "--no-log",
                         "--format", "csv"])
     assert code == 0
@@ -145,7 +145,7 @@ def test_writing_again_into_the_same_folder_leaves_no_stale_figures(store, versi
     out = tmp_path / "report"
     shutil.copytree(versions_report, out)
     older = store.older_versions.parent_run_id
-    assert report.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+    assert command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
                         "--sweep", older, "--out", str(out), "--no-log", "--format", "md"]) == 0
     linked = set(re.findall(r"\]\(plots/([^)]+)\)", (out / "report.md").read_text()))
     assert {p.name for p in (out / "plots").iterdir()} == linked
@@ -153,7 +153,7 @@ def test_writing_again_into_the_same_folder_leaves_no_stale_figures(store, versi
 
 
 def test_a_baseline_on_which_nothing_ran_is_said_not_hidden(store, tmp_path):
-    assert report.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+    assert command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
                         "--baseline", OLD, "--out", str(tmp_path), "--no-log",
                         "--format", "csv,md"]) == 0
     markdown = (tmp_path / "report.md").read_text()
@@ -186,15 +186,16 @@ def test_speed_figures_are_the_statistics_of_the_written_samples(store, versions
         torch = IMAGE_ENV[image]["torch"]
         if image == BASE:
             assert row["mark"] == "baseline"
-            line = f"| {image} | {torch} | {report.format_interval(interval)} | 1 (baseline) |"
+            line = f"| {image} | {torch} | {sections.format_interval(interval)} | 1 (baseline) |"
         else:
             comparison = compare(store.versions.speed_repeats(bench, impl, BASE), repeats)
             assert float(row["ratio"]) == comparison.ratio
             assert (float(row["ratio_low"]), float(row["ratio_high"])) == (comparison.low,
                                                                             comparison.high)
             assert row["mark"] == comparison.mark
-            line = (f"| {image} | {torch} | {report.format_interval(interval)} | "
-                    f"{report.format_ratio(comparison)} | {report.format_mark(comparison.mark)} |")
+            line = (f"| {image} | {torch} | {sections.format_interval(interval)} | "
+                    f"{sections.format_ratio(comparison)} | "
+                    f"{sections.format_mark(comparison.mark)} |")
         assert line in markdown, line
         checked += 1
     assert checked == 10  # 4 on the baseline, 4 on torch-2.0.1, 2 on torch-2.13.0
@@ -221,7 +222,7 @@ def test_speed_tables_carry_the_gtx_1080_reference_rows(versions_report):
     assert [r.version for r in rows] == ["0.1.12", "0.2.0", "0.3.1", "0.4.0"]
     for row in rows:
         assert (f"| GTX 1080 reference: PyTorch {row.version} | {row.version} | "
-                f"{report.format_interval(row.interval)} |  | reference |") in markdown
+                f"{sections.format_interval(row.interval)} |  | reference |") in markdown
     assert "stefbraun/rnn_benchmarks results/10/pytorch_comparison/results.csv" in markdown
     reference = read_csv(versions_report / "reference.csv")
     assert len(reference) == len(reference_rows())
@@ -282,14 +283,14 @@ def test_an_interrupted_sweeps_undecided_trials_are_listed_not_dropped(store, tm
     interrupted = write_interrupted_sweep(SweepRecords(store.tracking_uri, INTERRUPTED))
     undecided = [t for t in interrupted.trials if not t.decided]
     assert len(undecided) == 3
-    code = report.main(["--experiment", INTERRUPTED, "--tracking-uri", store.tracking_uri,
+    code = command.main(["--experiment", INTERRUPTED, "--tracking-uri", store.tracking_uri,
                         "--out", str(tmp_path), "--no-log", "--format", "md,csv"])
     assert code == 0
 
     listed = read_csv(tmp_path / "did_not_run.csv")
     assert sorted((r["name"], r["image"], r["repeat"], r["status"], r["reason"], r["run_id"])
                   for r in listed) == sorted(
-        (t.name, t.image, str(t.repeat), report.NOT_DECIDED, report.NOT_DECIDED_REASON, "")
+        (t.name, t.image, str(t.repeat), sections.NOT_DECIDED, sections.NOT_DECIDED_REASON, "")
         for t in undecided)
     # The KILLED run is no decision: trials.csv keeps to the three decided runs.
     assert {r["run_id"] for r in read_csv(tmp_path / "trials.csv")} == {
@@ -308,7 +309,7 @@ def test_an_interrupted_sweeps_undecided_trials_are_listed_not_dropped(store, tm
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "2 ok" and cells[2].startswith("1 ok, 1 not decided [")
     assert cells[3].startswith("2 not decided [")
-    assert report.NOT_DECIDED_REASON in section
+    assert sections.NOT_DECIDED_REASON in section
 
 
 def test_a_search_says_how_many_of_its_samples_were_decided(store, search_report):
@@ -326,7 +327,7 @@ def test_without_scikit_learn_the_search_report_keeps_the_per_parameter_table(st
     # Optuna's fANOVA needs scikit-learn, which versweep does not depend on: the report
     # is written from a Python that cannot import it (None in sys.modules blocks the import).
     program = ("import sys; sys.modules['sklearn'] = None; "
-               "from analysis import report; sys.exit(report.main(sys.argv[1:]))")
+               "from analysis import command; sys.exit(command.main(sys.argv[1:]))")
     proc = subprocess.run(
         [sys.executable, "-c", program, "--experiment", HPARAMS, "--tracking-uri",
          store.tracking_uri, "--out", str(tmp_path), "--no-log", "--format", "md,csv"],
@@ -377,7 +378,7 @@ def test_provenance_warns_when_tf32_differs_between_images(store, tmp_path):
         records.finish_trial(run_id, "ok")
     records.close_sweep(parent, {"ok": 2}, None)
 
-    assert report.main(["--experiment", "tf32", "--tracking-uri", store.tracking_uri,
+    assert command.main(["--experiment", "tf32", "--tracking-uri", store.tracking_uri,
                         "--out", str(tmp_path), "--no-log", "--format", "md"]) == 0
     warnings = [line for line in (tmp_path / "report.md").read_text().splitlines()
                 if line.startswith("> **Warning:**")]
@@ -417,7 +418,7 @@ def test_search_report_best_config_importances_and_early_stops(store, search_rep
 
 def compare_rows(store, capsys, before: str, after: str) -> dict[str, list[str]]:
     """benchmark -> [mark, before, after, ratio] as ``--compare before after`` prints them."""
-    code = report.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+    code = command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
                         "--compare", before, after])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -464,7 +465,7 @@ def test_compare_prints_an_asv_style_table(store, capsys):
     (["--experiment", VERSIONS, "--frobnicate"], "unrecognized arguments: --frobnicate"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(store, tmp_path, capsys, args, says):
-    code = report.main([*args, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path)])
+    code = command.main([*args, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path)])
     captured = capsys.readouterr()
     assert code == 2
     assert captured.err.startswith("report: error: ") and says in captured.err

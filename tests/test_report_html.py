@@ -34,7 +34,7 @@ from matplotlib import image as mpimg
 from needs import need
 from test_report import filled_store_once
 
-from analysis import report
+from analysis import command
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
@@ -274,7 +274,7 @@ def test_the_harness_sees_broken_images_console_errors_and_blank_pages(chromium,
 
 @pytest.mark.parametrize("experiment", [VERSIONS, HPARAMS])
 def test_report_html_loads_cleanly_in_chromium(chromium, store, tmp_path, experiment):
-    assert report.main(["--experiment", experiment, "--tracking-uri", store.tracking_uri,
+    assert command.main(["--experiment", experiment, "--tracking-uri", store.tracking_uri,
                         "--out", str(tmp_path), "--format", "html", "--no-log"]) == 0
     page = tmp_path / "report.html"
     # Moved away from everything else it could reach: a self-contained file still works.

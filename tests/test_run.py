@@ -104,7 +104,7 @@ def test_the_smoke_grid_runs_end_to_end_into_a_local_store(tmp_path, ray_tmp):
 
 def test_a_dry_run_of_the_versions_grid_prints_every_trial_and_starts_nothing(tmp_path,
                                                                               ray_tmp):
-    from sweeps.grid import load_sweep
+    from sweeps.grid.load import load_sweep
 
     expected = load_sweep("versions").trials
     done = versweep(["--grid", "versions", "--dry-run"], cwd=tmp_path, ray_tmp=ray_tmp)
@@ -119,7 +119,7 @@ def test_a_dry_run_of_the_versions_grid_prints_every_trial_and_starts_nothing(tm
 
 
 def test_backend_local_runs_a_docker_grid_on_the_hosts_own_torch(capsys):
-    from sweeps.run import run_sweep
+    from sweeps.execute.sweep import run_sweep
 
     assert run_sweep("nightly", backend="local", dry_run=True) == 0
     out = capsys.readouterr().out
@@ -319,7 +319,7 @@ def test_ctrl_c_stops_the_workers_records_the_trial_as_stopped_and_exits_130(tmp
     # An interruption is not a decision: the runs end KILLED, so --resume runs them again.
     assert all(c.info.status == "KILLED" for c in started)
     assert [p.info.status for p in parents] == ["KILLED"]  # the sweep is not done either
-    from sweeps.records import SweepRecords
+    from sweeps.records.store import SweepRecords
     assert SweepRecords(uri, "long").finished_trial_keys(parents[0].info.run_id) == {}
 
 

@@ -76,7 +76,7 @@ def schedule(args: list[str], *, cwd: Path, timeout: float = 300) -> subprocess.
 
 def schedule_runs(tracking_uri: str) -> list:
     """The runs of the schedule's experiment, oldest first."""
-    from sweeps.records import open_client
+    from sweeps.records.store import open_client
 
     client = open_client(tracking_uri)
     found = client.get_experiment_by_name("versweep-schedule")
@@ -86,8 +86,8 @@ def schedule_runs(tracking_uri: str) -> list:
 
 
 def test_once_runs_the_sweep_as_a_ray_job_and_records_it(ray_head, tmp_path, capsys):
-    from sweeps.jobs import RayJobs
-    from sweeps.schedule import main
+    from sweeps.cluster.jobs import RayJobs
+    from sweeps.cluster.schedule import main
 
     grid = tmp_path / "sched_once.toml"
     grid.write_text(ENV_GRID.format(name="sched_once", seeds=[1, 2]))
@@ -150,9 +150,9 @@ def test_once_exits_with_the_sweeps_own_exit_code_when_the_job_fails(ray_head, t
 
 def test_a_schedule_fires_again_but_never_while_its_sweep_is_still_going(ray_head, tmp_path,
                                                                           capsys):
-    from sweeps.jobs import RayJobs
-    from sweeps.schedule import main
-    from sweeps.schedule_records import ScheduleRecords
+    from sweeps.cluster.jobs import RayJobs
+    from sweeps.cluster.schedule import main
+    from sweeps.records.schedule import ScheduleRecords
 
     grid = tmp_path / "sched_every.toml"
     grid.write_text(ENV_GRID.format(name="sched_every", seeds=[1]))
@@ -232,8 +232,8 @@ def test_a_schedule_fires_again_but_never_while_its_sweep_is_still_going(ray_hea
 
 
 def test_list_shows_the_last_recorded_status_when_the_cluster_is_gone(tmp_path, capsys):
-    from sweeps.schedule import main
-    from sweeps.schedule_records import ScheduleRecords
+    from sweeps.cluster.schedule import main
+    from sweeps.records.schedule import ScheduleRecords
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     gone = f"http://127.0.0.1:{free_port()}"  # the cluster that ran it is down now
@@ -278,7 +278,7 @@ def test_an_unreachable_cluster_is_one_line_exit_2_and_submits_nothing(tmp_path)
 ])
 def test_a_bad_schedule_or_grid_is_one_line_exit_2_before_any_cluster(tmp_path, monkeypatch,
                                                                        capsys, args, message):
-    from sweeps.schedule import main
+    from sweeps.cluster.schedule import main
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[sweep]\nname = "bad"\nbakend = "local"\n\n[[group]]\nworkload = "env"\n')
@@ -312,7 +312,7 @@ UTC = datetime.UTC
     ("5/20 * * * *", "2026-11-22T00:06", "2026-11-22T00:25"),
 ])
 def test_cron_fires_when_cron_would(expression, after, expected):
-    from sweeps.schedule import parse_cron
+    from sweeps.cluster.schedule import parse_cron
 
     moment = datetime.datetime.fromisoformat(after).replace(tzinfo=UTC)
     fired = parse_cron(expression).next_after(moment)

@@ -30,23 +30,21 @@ or check failed (printed per node), 2 a user error (one line).
 
 from __future__ import annotations
 
+import argparse
+import os
+import socket
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
-if __name__ == "__main__" and not __package__:  # pragma: no cover - `python sweeps/cluster/...`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import socket  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any, TextIO  # noqa: E402
-
-from sweeps.cluster.resources import image_resource  # noqa: E402
-from sweeps.errors import ArgumentParser, UserError  # noqa: E402
-from sweeps.grid import MATRIX_PATH  # noqa: E402
-from sweeps.images import (  # noqa: E402
+from sweeps.cluster.resources import image_resource
+from sweeps.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, ArgumentParser, UserError
+from sweeps.grid.load import MATRIX_PATH
+from sweeps.grid.matrix import display_path, load_matrix, nearest
+from sweeps.grid.spec import Image
+from sweeps.images.docker import (
     REPOSITORY,
     check_registry,
     engine_error,
@@ -54,13 +52,9 @@ from sweeps.images import (  # noqa: E402
     mirror_verdict,
     registry_tag,
 )
-from sweeps.matrix import display_path, load_matrix, nearest  # noqa: E402
-from sweeps.spec import Image  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from sweeps.paths import REPO_ROOT
 
 PULLED, PRESENT, FAILED = "pulled", "present", "failed"
-EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -115,7 +109,7 @@ def _pull_one(client: Any, name: str, registry: str,
     """(status, detail) of pulling ``<registry>/versweep:<name>`` as ``versweep:<name>``.
 
     With the matrix ``entry``, the mirror is judged as ``images/build.py pull`` judges it
-    (sweeps.images.mirror_verdict): refused and not tagged when its io.versweep.* labels
+    (sweeps.images.docker.mirror_verdict): refused and not tagged when its io.versweep.* labels
     contradict the entry, tagged with a warning (in ``detail``) when it has none. An
     error of the engine at any step is a FAILED detail in build.py's words, not raised.
     """
@@ -168,7 +162,7 @@ def prepull_here(image_names: Sequence[str], registry: str | None,
     ``{"hostname": ..., "images": [(name, status, detail), ...]}``. No failure escapes
     as an exception: an engine that does not answer fails every image with its reason.
     """
-    from sweeps.images import docker_client
+    from sweeps.images.docker import docker_client
 
     answer: dict[str, Any] = {"hostname": socket.gethostname(), "images": []}
     try:
@@ -348,7 +342,7 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = parser().parse_args(argv)
     names = list(args.names)
     if args.grid is not None:
-        from sweeps.grid import load_sweep
+        from sweeps.grid.load import load_sweep
 
         sweep = load_sweep(args.grid, matrix_path=Path(args.matrix))
         if not sweep.images:

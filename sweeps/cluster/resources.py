@@ -19,7 +19,7 @@ GPU's generation for cuDNN trials, Triton's capability >= 7.0 for impl "compiled
 decided per trial on the driver: when only some of the cluster's architectures can run a
 trial, it also asks for one ``versweep_arch:`` resource among those (Ray has no "any of"
 for resources, so the one with the most GPUs holding the image is chosen). A trial that no
-architecture can run is not constrained: wherever it lands, sweeps.compat records it as
+architecture can run is not constrained: wherever it lands, sweeps.plan.compat records it as
 ``unsupported`` with the reason, before any container starts.
 
 Nothing here imports Ray: the driver (sweeps/tune.py) passes the alive nodes' resources in.
@@ -34,9 +34,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from .. import compat
-from ..errors import UserError
-from ..spec import Image, TrialSpec
+from sweeps.errors import UserError
+from sweeps.grid.spec import Image, TrialSpec
+from sweeps.paths import MATRIX_PATH
+from sweeps.plan import compat
 
 IMAGE_PREFIX = "versweep_image:"
 ARCH_PREFIX = "versweep_arch:"
@@ -46,7 +47,6 @@ NODE_AMOUNT = 1000
 # What one trial asks for of its image's (and arch's) resource.
 TRIAL_AMOUNT = 1
 
-MATRIX_PATH = Path(__file__).resolve().parents[2] / "images" / "matrix.toml"
 
 
 def image_resource(name: str) -> str:
@@ -103,7 +103,7 @@ def node_resources(images: Iterable[Image], present: Iterable[str],
 
 def local_images(names: Iterable[str]) -> tuple[set[str], str | None]:
     """(the names whose versweep:NAME is on this node's engine, None) or (empty, why not)."""
-    from ..images import docker_client, local_tag
+    from sweeps.images.docker import docker_client, local_tag
 
     try:
         client = docker_client(timeout=30)
@@ -117,7 +117,7 @@ def local_images(names: Iterable[str]) -> tuple[set[str], str | None]:
 
 def this_node(matrix_path: Path = MATRIX_PATH) -> tuple[dict[str, int], list[str]]:
     """(resources, notes) of the node this runs on: its Docker images and nvidia-smi's GPUs."""
-    from ..matrix import load_matrix
+    from sweeps.grid.matrix import load_matrix
 
     matrix = load_matrix(matrix_path)
     present, problem = local_images(matrix)
@@ -215,24 +215,25 @@ def missing_images_message(names: Sequence[str], grid: str) -> str:
 # python -m sweeps.cluster.resources
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
-         err: TextIO | None = None) -> int:
+         err: TextIO | None = None, prog: str = "python -m sweeps.cluster.resources") -> int:
     """Print this node's resources as JSON for ``ray start --resources``; notes on stderr."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     parser = argparse.ArgumentParser(
-        prog="python -m sweeps.cluster.resources",
+        prog=prog,
         description="Print this node's versweep resources (the matrix images it holds and can "
                     "run, its GPU architectures) as JSON for `ray start --resources`.")
     parser.add_argument("--matrix", default=str(MATRIX_PATH), metavar="PATH",
                         help="the image matrix (default: images/matrix.toml)")
     args = parser.parse_args(argv)
+    shown = "sweeps.cluster.resources" if prog.startswith("python -m ") else prog
     try:
         resources, notes = this_node(Path(args.matrix))
     except UserError as exc:
-        print(f"sweeps.cluster.resources: error: {exc}", file=err)
-        return 2
+        print(f"{shown}: error: {exc}", file=err)
+        return exc.exit_code
     for note in notes:
-        print(f"sweeps.cluster.resources: {note}", file=err)
+        print(f"{shown}: {note}", file=err)
     print(json.dumps(resources, sort_keys=True), file=out)
     return 0
 

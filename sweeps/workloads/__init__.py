@@ -26,9 +26,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import UserError
-from . import env, ptb_lm, rnn_bench
-from .base import Metric, Workload
+from sweeps.errors import UserError
+from sweeps.workloads import env, ptb_lm, rnn_bench
+from sweeps.workloads.base import Metric, Workload
 
 __all__ = ["SHIPPED", "Metric", "Workload", "get", "load_dir", "resolve_config", "schema"]
 

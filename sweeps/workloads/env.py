@@ -6,7 +6,7 @@ whole result. images/build.py verify and the orchestration benchmarks run it.
 
 from __future__ import annotations
 
-from .base import LOWER, NEITHER, Metric, Workload
+from sweeps.workloads.base import LOWER, NEITHER, Metric, Workload
 
 WORKLOAD = Workload(
     name="env",

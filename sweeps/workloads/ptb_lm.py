@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .base import HIGHER, LOWER, NEITHER, Metric, Workload
+from sweeps.workloads.base import HIGHER, LOWER, NEITHER, Metric, Workload
 
 
 def _cudnn(config: Mapping[str, Any]) -> str | None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sweeps.versions import version_tuple
+from sweeps.workloads.base import HIGHER, LOWER, NEITHER, Metric, Workload
 from workers.rnn_bench_config import BENCHMARKS
-
-from ..versions import version_tuple
-from .base import HIGHER, LOWER, NEITHER, Metric, Workload
 
 
 def _impl(config: Mapping[str, Any]) -> str:

@@ -3,7 +3,7 @@
 A grid sweep is one Tune trial per TrialSpec (``tune.grid_search`` over trial keys);
 a search sweep samples configs with OptunaSearch (TPE, a persistent study so
 ``--resume`` continues it) and stops poor trials with ASHA. Every Tune trial runs the
-same function trainable: open the child run, run the worker through sweeps.trial,
+same function trainable: open the child run, run the worker through sweeps.execute.trial,
 ``tune.report`` each metric event, finish the child run with the outcome.
 
 What the trainable reports to Tune, besides the worker's metrics and ``step``:
@@ -37,19 +37,18 @@ from ray import tune
 from ray.tune import PlacementGroupFactory
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from .backends import get_backend
-from .cluster.resources import (
+from sweeps.cluster.resources import (
     IMAGE_PREFIX,
     launcher_node_types,
     missing_images_message,
     unplaceable,
 )
-from .errors import UserError
-from .spec import Sweep, TrialSpec
-from .summary import TrialRecord
-from .trial import routes_by_image, run_trial, trial_resources
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from sweeps.errors import UserError
+from sweeps.execute.backends import get_backend
+from sweeps.execute.summary import TrialRecord
+from sweeps.execute.trial import routes_by_image, run_trial, trial_resources
+from sweeps.grid.spec import Sweep, TrialSpec
+from sweeps.paths import REPO_ROOT
 
 # Report keys the trainable adds to the worker's metrics.
 RUN_ID, TRIAL_KEY, STATUS, MESSAGE = (
@@ -91,7 +90,7 @@ class TuneRun:
 
 def search_spec(sweep: Sweep, sampled: dict) -> TrialSpec:
     """The TrialSpec of one sampled point: base config + sampled keys, resolved in full."""
-    from . import workloads
+    from sweeps import workloads
 
     search = sweep.search
     assert search is not None, "search_spec is for search sweeps"
@@ -135,7 +134,7 @@ def search_space(sweep: Sweep) -> dict:
 @functools.lru_cache(maxsize=4)
 def _records_for(tracking_uri: str, experiment: str):
     """One SweepRecords per trial process (actors are reused across trials)."""
-    from .records import SweepRecords
+    from sweeps.records.store import SweepRecords
 
     return SweepRecords(tracking_uri, experiment)
 
@@ -374,7 +373,7 @@ def join_and_check_routing(address: str | None, num_cpus: int | None) -> tuple[b
     Asked before any record is opened: with routing, the nodes must hold the images;
     without it, the driver's own node must.
     """
-    from .cluster.resources import advertises_images
+    from sweeps.cluster.resources import advertises_images
 
     seconds = start_ray(address, num_cpus)
     return advertises_images(alive_nodes() + nodes_to_come()), seconds

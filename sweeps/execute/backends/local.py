@@ -7,12 +7,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UserError
-from ..spec import LOCAL_IMAGE, Sweep, TrialSpec
-from ._base import Backend, ProcessHandle, WorkerHandle, worker_args, worker_env
+from sweeps.errors import UserError
+from sweeps.execute.backends._base import (
+    Backend,
+    ProcessHandle,
+    WorkerHandle,
+    worker_args,
+    worker_env,
+)
+from sweeps.grid.spec import LOCAL_IMAGE, Sweep, TrialSpec
 
 # The checkout whose `workers` package the child runs (python -m workers needs it on the path).
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from sweeps.paths import REPO_ROOT  # noqa: E402
 
 
 class LocalBackend(Backend):

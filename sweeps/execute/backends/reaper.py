@@ -1,6 +1,6 @@
 """Remove a worker's container once the trial process that started it is gone.
 
-    python -m sweeps.backends.reaper CONTAINER_ID     (started by the docker backend)
+    python -m sweeps.execute.backends.reaper CONTAINER_ID     (started by the docker backend)
 
 It blocks reading its stdin, whose other end only the trial process holds: the kernel
 closes that end when the trial process exits, however it exits (SIGKILL of a Ray
@@ -17,7 +17,7 @@ import sys
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m sweeps.backends.reaper CONTAINER_ID", file=sys.stderr)
+        print("usage: python -m sweeps.execute.backends.reaper CONTAINER_ID", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the trial, not for us
     try:

@@ -14,9 +14,9 @@ import os
 import re
 from typing import Any
 
-from .errors import UserError
-from .matrix import label_differences
-from .spec import Image
+from sweeps.errors import UserError
+from sweeps.grid.matrix import label_differences
+from sweeps.grid.spec import Image
 
 # The local repository every matrix image is tagged into.
 REPOSITORY = "versweep"

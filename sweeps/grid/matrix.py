@@ -14,8 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .errors import GridError
-from .spec import LOCAL_IMAGE, Image
+from sweeps.errors import GridError
+from sweeps.grid.spec import LOCAL_IMAGE, Image
 
 # The keys of one [[image]] table; True marks the required ones.
 IMAGE_KEYS = {

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .workloads import Workload
+    from sweeps.workloads import Workload
 
 # Trial statuses, as the `versweep.status` tag records them (DESIGN.md).
 STATUSES = ("ok", "unsupported", "failed", "diverged", "stopped")
@@ -79,7 +79,7 @@ class TrialSpec:
     @property
     def plugin(self) -> Workload:
         """What the host knows of this trial's workload (sweeps/workloads)."""
-        from . import workloads
+        from sweeps import workloads
 
         return workloads.get(self.workload, self.workload_dir)
 

@@ -68,8 +68,8 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 
-from .errors import UserError
-from .spec import STATUSES, Sweep, TrialSpec
+from sweeps.errors import UserError
+from sweeps.grid.spec import STATUSES, Sweep, TrialSpec
 
 _log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .backends import Backend
-from .cluster.resources import advertises_images, trial_routing
-from .errors import UserError
-from .spec import Sweep, TrialSpec
+from sweeps.cluster.resources import advertises_images, trial_routing
+from sweeps.errors import UserError
+from sweeps.execute.backends import Backend
+from sweeps.grid.spec import Sweep, TrialSpec
 
 EXIT_OK, EXIT_BAD_CONFIG, EXIT_UNSUPPORTED, EXIT_DIVERGED, EXIT_MISMATCH = 0, 2, 3, 4, 5
 # How many stderr lines a failed trial's message keeps.

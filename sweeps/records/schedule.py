@@ -20,7 +20,7 @@ versweep.job_status=SKIPPED and the reason.
 One experiment for every grid, so ``schedule.py list`` reads one place; each run
 names its sweep's experiment and parent run, where the trials are.
 
-This module writes through ``sweeps.records.open_client`` (the store opened safely,
+This module writes through ``sweeps.records.store.open_client`` (the store opened safely,
 under the SQLite lock) and the client's own methods, so sweeps/records.py stays the
 only module that imports mlflow.
 """
@@ -31,7 +31,7 @@ import datetime
 import functools
 from typing import Any
 
-from .records import MAX_TAG_VALUE_LENGTH, SweepRecords, _retrying, quote, truncate
+from sweeps.records.store import MAX_TAG_VALUE_LENGTH, SweepRecords, _retrying, quote, truncate
 
 SCHEDULE_EXPERIMENT = "versweep-schedule"
 

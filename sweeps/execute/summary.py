@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import workloads
-from .errors import UserError
-from .spec import STATUSES
-from .workloads import Workload
+from sweeps import workloads
+from sweeps.errors import UserError
+from sweeps.grid.spec import STATUSES
+from sweeps.workloads import Workload
 
 
 @dataclass

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..spec import Sweep, TrialSpec
+from sweeps.grid.spec import Sweep, TrialSpec
 
 # prctl(2) option: the kernel sends a signal to the child when its parent thread dies.
 _PR_SET_PDEATHSIG = 1

@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from ray.job_submission import JobDetails, JobSubmissionClient
 
-from .errors import UserError
+from sweeps.errors import UserError
 
 # The metadata key that names a job's grid, and the prefix of its submission id.
 GRID_METADATA_KEY = "versweep_grid"

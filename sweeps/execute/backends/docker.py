@@ -29,11 +29,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import compat
-from ..errors import UserError
-from ..images import docker_client, image_digest, local_tag
-from ..spec import Image, Sweep, TrialSpec
-from ._base import Backend, WorkerHandle, worker_args
+from sweeps.errors import UserError
+from sweeps.execute.backends._base import Backend, WorkerHandle, worker_args
+from sweeps.grid.spec import Image, Sweep, TrialSpec
+from sweeps.images.docker import docker_client, image_digest, local_tag
+from sweeps.paths import REPO_ROOT
+from sweeps.plan import compat
 
 # Where things are inside the container.
 WORKERS_MOUNT = "/opt/versweep/workers"
@@ -51,7 +52,6 @@ TMPFS = {"/tmp": "rw,exec,nosuid,nodev,size=2g"}
 LABEL_TRIAL = "io.versweep.trial_key"
 LABEL_OWNER = "io.versweep.owner"
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def check_memory(value: str) -> str:
@@ -440,7 +440,7 @@ def _start_reaper(container_id: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"]
                                           if env.get("PYTHONPATH") else "")
-    return subprocess.Popen([sys.executable, "-m", "sweeps.backends.reaper", container_id],
+    return subprocess.Popen([sys.executable, "-m", "sweeps.execute.backends.reaper", container_id],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env, start_new_session=True,
                             close_fds=True)

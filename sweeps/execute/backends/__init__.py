@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import difflib
 
-from ..errors import UserError
-from ..spec import Sweep
-from ._base import Backend, ProcessHandle, WorkerHandle
-from .docker import DockerBackend
-from .local import LocalBackend
+from sweeps.errors import UserError
+from sweeps.execute.backends._base import Backend, ProcessHandle, WorkerHandle
+from sweeps.execute.backends.docker import DockerBackend
+from sweeps.execute.backends.local import LocalBackend
+from sweeps.grid.spec import Sweep
 
 # name -> backend class
 BACKENDS: dict[str, type[Backend]] = {

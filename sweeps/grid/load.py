@@ -22,16 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweeps import workloads
+from sweeps.errors import GridError, UserError
+from sweeps.grid.matrix import display_path, load_matrix, nearest, read_toml
+from sweeps.grid.spec import LOCAL_IMAGE, Image, Param, Scheduler, Search, Sweep, TrialSpec
+from sweeps.paths import GRIDS_DIR, MATRIX_PATH
+from sweeps.workloads import Workload
 from workers.protocol import BadConfig
-
-from . import workloads
-from .errors import GridError, UserError
-from .matrix import display_path, load_matrix, nearest, read_toml
-from .spec import LOCAL_IMAGE, Image, Param, Scheduler, Search, Sweep, TrialSpec
-from .workloads import Workload
-
-GRIDS_DIR = Path(__file__).resolve().parent / "grids"
-MATRIX_PATH = Path(__file__).resolve().parent.parent / "images" / "matrix.toml"
 
 # Backends a grid may name (sweeps/backends/: the host's interpreter, or a container).
 KNOWN_BACKENDS = ("local", "docker")

@@ -35,9 +35,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import workloads
-from .spec import Image
-from .versions import version_tuple
+from sweeps import workloads
+from sweeps.grid.spec import Image
+from sweeps.versions import version_tuple
 
 # What a Gpu's capability is when nothing tells us (an old nvidia-smi and a name we do not
 # know): the kernel and cuDNN rules then decide nothing and leave it to the worker.

@@ -1,0 +1,1163 @@
+"""What a report says: its sections, each built from a sweep's data (analysis/load.py).
+
+One function per section (summary, speed, the seed's reference, language model, search,
+a workload's generic metrics, did not run, provenance); each takes the ReportContext and
+returns render.Section values, and may add CSV tables to the context. Which sections a
+report has is decided by the workloads' plug-ins (sweeps/workloads: report_sections), in
+analysis/command.py's build_report. Statistics come from analysis/stats.py; figures from
+analysis/plots.py; nothing here writes a file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from analysis import plots, render
+from analysis.load import (
+    PlannedTrial,
+    SweepData,
+    Trial,
+    metric_histories,
+)
+from analysis.reference import ReferenceRow
+from analysis.stats import (
+    ALPHA,
+    SPEED_THRESHOLD,
+    Comparison,
+    Interval,
+    compare,
+    median_ci,
+    parity,
+)
+from sweeps import workloads
+from sweeps.errors import UserError
+from sweeps.workloads import Workload
+
+# Params that differ between the repeats of one trial by design: not part of what is compared.
+REPEAT_PARAMS = frozenset({"seed"})
+
+# The seed's benchmark shapes (stefbraun/rnn_benchmarks: batch x steps, hidden units): the
+# GTX 1080 reference rows join a speed table only where the sweep ran these same shapes.
+SEED_SHAPES = {
+    "1x320-ce-short": {"batch_size": "64", "seq_len": "100", "hidden_size": "320"},
+    "1x320-ce-long": {"batch_size": "32", "seq_len": "1000", "hidden_size": "320"},
+    "4x320-ce-long": {"batch_size": "32", "seq_len": "1000", "hidden_size": "320"},
+    "4x320-ctc-long": {"batch_size": "32", "seq_len": "1000", "hidden_size": "320"},
+}
+
+# Learning curves drawn per image and variant: enough to see the spread between seeds
+# without a wall of lines (and without one history request per run of a big sweep).
+MAX_CURVES_PER_IMAGE = 5
+MAX_SEARCH_CURVES = 40
+
+# Env fields that must match between compared runs; a difference is a warning, because a
+# speed or accuracy difference may then come from the machine, not from the image.
+MACHINE_FIELDS = {"gpu": "GPU model", "capability": "GPU compute capability",
+                  "driver": "GPU driver", "device": "device", "host": "host"}
+# Fields that belong to the image: they may differ between images, never within one.
+IMAGE_FIELDS = {"torch": "torch", "cuda": "CUDA", "cudnn": "cuDNN", "python": "Python"}
+
+# The status and reason the Did-not-run tables give a planned trial without a decided run.
+NOT_DECIDED = "not decided"
+NOT_DECIDED_REASON = "interrupted or still running (no decided run)"
+
+# What a parent run's MLflow status says about its sweep, where it is not FINISHED.
+PARENT_STATES = {
+    "RUNNING": "is still running (its parent run is RUNNING)",
+    "KILLED": "was interrupted (its parent run ended KILLED; `python sweeps/run.py --grid "
+              "<grid> --resume` finishes it)",
+    "FAILED": "ended in an error (its parent run is FAILED)",
+}
+
+# Values MLflow tags hold for "the worker reported nothing here" (the env event's JSON null).
+_MISSING = {"", "null", "None"}
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def format_value(value: float | None, digits: int = 4) -> str:
+    """A figure with ``digits`` significant digits and no exponent (1234, 123.4, 1.234, 0.01234)."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    decimals = max(digits - 1 - math.floor(math.log10(abs(value))), 0)
+    return f"{value:.{decimals}f}"
+
+
+def format_interval(interval: Interval) -> str:
+    """``12.34 [12.10, 12.61]``: the estimate and its 95% interval."""
+    return (f"{format_value(interval.estimate)} "
+            f"[{format_value(interval.low)}, {format_value(interval.high)}]")
+
+
+def format_ratio(comparison: Comparison) -> str:
+    """``0.914 [0.902, 0.926]``: the ratio to the baseline and its 95% interval."""
+    if not math.isfinite(comparison.ratio):
+        return "n/a"
+    return f"{comparison.ratio:.3f} [{comparison.low:.3f}, {comparison.high:.3f}]"
+
+
+def format_mark(mark: str) -> str:
+    """The verdict as the tables show it: significant changes in bold."""
+    return f"**{mark}**" if mark in ("faster", "slower", "differs") else mark
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Sortable numbers of a version string: "2.5.1+cu124" -> (2, 5, 1)."""
+    return tuple(int(n) for n in re.findall(r"\d+", version.split("+", 1)[0]))
+
+
+def tag(trial: Trial, name: str) -> str | None:
+    """A tag's value, None where it is missing or the worker reported null."""
+    value = trial.tags.get(name)
+    return None if value is None or value in _MISSING else value
+
+
+def env_value(trial: Trial, field_name: str) -> str | None:
+    """What the worker's env event said about ``field_name`` (tags versweep.env.*)."""
+    return tag(trial, f"versweep.env.{field_name}")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _mean_std_text(values: Sequence[float], digits: int = 4) -> str:
+    mean, std = mean_std(values)
+    if mean is None:
+        return "n/a"
+    text = format_value(mean, digits)
+    return text + (f" ± {format_value(std, 2)}" if std is not None else "")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def torch_version(data: SweepData, image: str) -> str | None:
+    """The torch version an image ran (its trials' env), else the one its name carries."""
+    for trial in data.trials:
+        if trial.image == image:
+            version = tag(trial, "versweep.torch") or env_value(trial, "torch")
+            if version:
+                return version
+    match = re.search(r"torch-?(\d+(?:\.\d+)+)", image)
+    return match.group(1) if match else None
+
+
+def ordered_images(data: SweepData) -> list[str]:
+    """The sweep's images, oldest torch first (analysis/load.py orders them)."""
+    return list(data.images) or sorted({t.image for t in data.trials})
+
+
+def choose_baseline(data: SweepData, images: Sequence[str], requested: str | None) -> str:
+    """``--baseline`` if it names an image of the sweep, else the oldest image on which
+    something ran (an image whose every trial was unsupported compares with nothing)."""
+    if requested is not None:
+        if requested not in images:
+            raise UserError(f"--baseline '{requested}' is not an image of this sweep; "
+                            f"its images: {', '.join(images)}")
+        return requested
+    ran = {t.image for t in data.trials if t.status == "ok"}
+    return next((image for image in images if image in ran), images[0])
+
+
+# --------------------------------------------------------------------------- speed
+
+
+@dataclass
+class SpeedGroup:
+    """One benchmark variant (bench x impl x cell x sizes) measured on every image."""
+
+    bench: str
+    impl: str
+    cell: str
+    params: dict[str, str]  # the variant's config, without the per-repeat seed
+    label: str = ""
+    trials: dict[str, list[Trial]] = field(default_factory=dict)  # image -> trials, any status
+    repeats: dict[str, list[list[float]]] = field(default_factory=dict)  # image -> ms per batch
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    comparisons: dict[str, Comparison] = field(default_factory=dict)  # vs the baseline
+
+    @property
+    def shape_matches_seed(self) -> bool:
+        """Whether this variant ran the seed's own shapes (so the GTX 1080 rows compare)."""
+        wanted = SEED_SHAPES.get(self.bench, {})
+        return bool(wanted) and self.cell == "lstm" and all(
+            self.params.get(k) == v for k, v in wanted.items())
+
+
+def _variant(trial: Trial) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in trial.params.items() if k not in REPEAT_PARAMS))
+
+
+def _label_variants(groups: Sequence[SpeedGroup]) -> None:
+    """Name each group "bench impl [cell]", plus the sizes that tell apart groups that share it."""
+    by_base: dict[str, list[SpeedGroup]] = defaultdict(list)
+    for group in groups:
+        base = f"{group.bench} {group.impl}" + (f" {group.cell}" if group.cell != "lstm" else "")
+        by_base[base].append(group)
+    for base, members in by_base.items():
+        if len(members) == 1:
+            members[0].label = base
+            continue
+        differing = sorted(k for k in members[0].params
+                           if len({m.params.get(k) for m in members}) > 1)
+        for member in members:
+            member.label = base + " (" + ", ".join(
+                f"{k}={member.params.get(k)}" for k in differing) + ")"
+
+
+def repeat_values(trial: Trial, samples: Mapping[str, list[float]]) -> list[float]:
+    """One repeat's milliseconds per batch: its per-batch samples, else its median alone."""
+    seconds = samples.get(trial.run_id)
+    if seconds:
+        return [s * 1000.0 for s in seconds]
+    median = trial.metrics.get("ms_per_batch_median")
+    return [median] if median is not None and math.isfinite(median) else []
+
+
+def speed_groups(data: SweepData, images: Sequence[str], baseline: str,
+                 samples: Mapping[str, list[float]]) -> list[SpeedGroup]:
+    """Every rnn_bench variant with its intervals per image and comparisons to ``baseline``."""
+    found: dict[tuple, SpeedGroup] = {}
+    for trial in data.trials:
+        if trial.workload != "rnn_bench":
+            continue
+        key = _variant(trial)
+        group = found.get(key)
+        if group is None:
+            params = dict(key)
+            group = found[key] = SpeedGroup(
+                bench=params.get("bench", "?"), impl=params.get("impl", "?"),
+                cell=params.get("cell", "lstm"), params=params)
+        group.trials.setdefault(trial.image, []).append(trial)
+        if trial.status == "ok":
+            values = repeat_values(trial, samples)
+            if values:
+                group.repeats.setdefault(trial.image, []).append(values)
+    groups = sorted(found.values(),
+                    key=lambda g: (g.bench, _impl_order(g.impl), g.cell, _variant_sort(g)))
+    _label_variants(groups)
+    for group in groups:
+        for image in images:
+            if image in group.repeats:
+                group.intervals[image] = median_ci(group.repeats[image])
+        base = group.repeats.get(baseline)
+        if base is None:
+            continue
+        for image in images:
+            if image != baseline and image in group.repeats:
+                group.comparisons[image] = compare(base, group.repeats[image])
+    return groups
+
+
+def _variant_sort(group: SpeedGroup) -> tuple:
+    # Numbers as numbers, so batch_size=2 comes before batch_size=16.
+    return tuple((key, _as_number(value)) for key, value in sorted(group.params.items()))
+
+
+def _as_number(text: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def status_text(trials: Sequence[Trial]) -> str:
+    """What happened to the trials of one cell, when none has a figure: e.g. "unsupported"."""
+    counts = Counter(t.status for t in trials)
+    if not counts:
+        return "not in the sweep"
+    return ", ".join(f"{n} {status}" for status, n in counts.most_common())
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class ReportContext:
+    """What every section builder needs."""
+
+    data: SweepData
+    images: list[str]
+    baseline: str
+    groups: list[SpeedGroup]
+    references: list[ReferenceRow]
+    chosen_by_user: bool = False
+    torch: dict[str, str | None] = field(default_factory=dict)  # image -> torch version
+    undecided: list[PlannedTrial] = field(default_factory=list)  # planned, no decided run
+    csv: dict[str, render.CsvTable] = field(default_factory=dict)
+
+    def csv_table(self, name: str, columns: list[str]) -> render.CsvTable:
+        table = self.csv.get(name)
+        if table is None:
+            table = self.csv[name] = render.CsvTable(name, columns, [])
+        return table
+
+
+def summary_section(context: ReportContext) -> render.Section:
+    """What was compared: images with their versions, trials per status, how to read it."""
+    data = context.data
+    section = render.Section("Summary")
+    statuses = ["ok", "unsupported", "failed", "diverged", "stopped"]
+    statuses += sorted({t.status for t in data.trials} - set(statuses))
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for trial in data.trials:
+        counts[trial.image][trial.status] += 1
+    for planned in context.undecided:
+        counts[planned.image][NOT_DECIDED] += 1
+    if context.undecided:
+        statuses.append(NOT_DECIDED)
+    rows = []
+    for image in all_images(context):
+        torch = context.torch.get(image) or "?"
+        name = f"{image} (baseline)" if image == context.baseline else image
+        rows.append([name, torch, str(sum(counts[image].values()))]
+                    + [str(counts[image][s]) for s in statuses])
+    totals = sum(counts.values(), Counter())
+    rows.append(["all", "", str(sum(totals.values()))] + [str(totals[s]) for s in statuses])
+    backend = data.parent_tags.get("versweep.backend", "?")
+    kind = "an Optuna search" if data.search else "a grid"
+    ran = {t.image for t in data.trials if t.status == "ok"}
+    skipped = [i for i in context.images[:context.images.index(context.baseline)]
+               if i not in ran]
+    why = ("named by `--baseline`" if context.chosen_by_user else
+           "the oldest PyTorch of the sweep on which something ran; `--baseline` picks another")
+    if len(context.images) == 1:
+        section.blocks.append(render.Paragraph(
+            f"Experiment `{data.experiment_name}`, {kind} run with the `{backend}` backend on "
+            f"one image, **{context.baseline}**: nothing to compare across versions; the "
+            "tables give its figures."))
+    else:
+        section.blocks.append(render.Paragraph(
+            f"Experiment `{data.experiment_name}`, {kind} run with the `{backend}` backend. "
+            f"Every image is compared with the baseline **{context.baseline}** ({why})."
+            + (f" Older, but without a single finished trial: {', '.join(skipped)}."
+               if skipped and not context.chosen_by_user else "")))
+    incomplete = completeness_caveat(context)
+    if incomplete:
+        section.blocks.append(render.Caveat(incomplete))
+    if context.baseline not in ran:
+        section.blocks.append(render.Caveat(
+            f"nothing finished on the baseline {context.baseline}: every comparison is n/a; "
+            "choose another with `--baseline`."))
+    section.blocks.append(render.Table(
+        ["image", "torch", "trials"] + statuses, rows,
+        caption="Trials per image and status", numeric=frozenset(["trials", *statuses])))
+    if not context.groups:
+        return section
+    section.blocks.append(render.Paragraph(
+        "How to read the speed tables: each figure is the median of the repeats' median "
+        "milliseconds per batch (every run one vote), with a 95% hierarchical bootstrap "
+        "interval (repeats resampled, then batches within each repeat; `analysis/stats.py`). "
+        "The ratio is this image's figure over the baseline's (below 1: faster), with the "
+        "95% interval of the bootstrap ratios. An image is marked **faster** or **slower** "
+        f"only when the difference is significant (bootstrap p < {ALPHA:g}) and beyond "
+        f"{SPEED_THRESHOLD:.0%}; otherwise it is `~`, so run-to-run noise is never reported "
+        "as a regression. `n/a`: one side has no measurement."))
+    return section
+
+
+def all_images(context: ReportContext) -> list[str]:
+    """The compared images, then any image only the undecided planned trials name."""
+    images = list(context.images)
+    for planned in context.undecided:
+        if planned.image not in images:
+            images.append(planned.image)
+    return images
+
+
+def completeness_caveat(context: ReportContext) -> str:
+    """One line when the sweep is not complete (its parent run not FINISHED, trials not
+    decided, samples of a search missing); "" when it is."""
+    data = context.data
+    decided = len(data.trials)
+    status = data.parent_status.upper()
+    unfinished = ("this sweep " + PARENT_STATES.get(
+        status, f"is not finished (its parent run is {status})")
+        if status and status != "FINISHED" else "")
+    missing = ""
+    if context.undecided:
+        missing = (f"{len(context.undecided)} of its {len(data.planned)} planned trials have "
+                   f"no decided run (listed under Did not run as `{NOT_DECIDED}`)")
+    elif data.trials_planned is not None and decided < data.trials_planned:
+        missing = (f"{decided} of the {data.trials_planned} samples of its search "
+                   "(`num_samples`) were decided" if data.search else
+                   # A grid whose parent run keeps no plan: only the count tells.
+                   f"{decided} of its {data.trials_planned} planned trials were decided "
+                   "(the parent run keeps no trials.json naming the others)")
+    if missing:
+        return "; ".join(p for p in (unfinished, missing) if p) + (
+            ": every figure here covers only the decided trials.")
+    if unfinished:
+        return unfinished + (", though every planned trial has a decided run."
+                             if data.planned else ": trials may be missing from this report.")
+    return ""
+
+
+def speed_sections(context: ReportContext) -> list[render.Section]:
+    """Per benchmark: a table per implementation, grouped bars and lines across versions."""
+    if not context.groups:
+        return []
+    section = render.Section("Speed: milliseconds per batch")
+    sections = [section]
+    section.blocks.append(render.Paragraph(
+        "rnn_bench (stefbraun/rnn_benchmarks' LSTM benchmarks): time per training batch "
+        "(forward, backward, Adam step) after the warm-up batches. Lower is better."))
+    csv = context.csv_table("speed", [
+        "bench", "impl", "cell", "variant", "image", "torch", "baseline", "n_repeats",
+        "n_samples", "median_ms", "ci_low_ms", "ci_high_ms", "ratio", "ratio_low",
+        "ratio_high", "p_value", "mark", "status"])
+    references = _references_by(context)
+    for bench in sorted({g.bench for g in context.groups}):
+        groups = [g for g in context.groups if g.bench == bench]
+        sub = render.Section(f"{bench}", level=3)
+        sections.append(sub)
+        for group in groups:
+            sub.blocks.append(_speed_table(context, group, references, csv))
+        names = [g.label.removeprefix(bench + " ") for g in groups]
+        sub.blocks.append(render.Figure(
+            title=f"{bench}: milliseconds per batch per implementation and version",
+            png=plots.grouped_bars(
+                f"{bench}: milliseconds per batch (lower is better)", names,
+                {image: [_bar(g.intervals.get(image)) for g in groups]
+                 for image in context.images}),
+            filename=f"speed_bars_{slug(bench)}.png",
+            caption="Median of the repeats' median ms per batch; error bars: 95% bootstrap "
+                    "interval. A missing bar (n/a) did not run: see Did not run."))
+        if len(context.images) > 1:
+            sub.blocks.append(render.Figure(
+                title=f"{bench}: speed across versions",
+                png=plots.lines_across_versions(
+                    f"{bench}: milliseconds per batch across versions", context.images,
+                    {name: [_bar(g.intervals.get(i)) for i in context.images]
+                     for name, g in zip(names, groups, strict=True)}),
+                filename=f"speed_lines_{slug(bench)}.png",
+                caption="The same medians as lines over the images, oldest PyTorch first; "
+                        "whiskers: 95% interval."))
+    return sections
+
+
+def _bar(interval: Interval | None) -> plots.Bar:
+    if interval is None:
+        return plots.Bar(None)
+    return plots.Bar(interval.estimate, interval.low, interval.high)
+
+
+def _speed_table(context: ReportContext, group: SpeedGroup,
+                 references: Mapping[tuple[str, str], list[ReferenceRow]],
+                 csv: render.CsvTable) -> render.Table:
+    rows = []
+    variant = ", ".join(f"{k}={v}" for k, v in sorted(group.params.items())
+                        if k in ("batch_size", "seq_len", "hidden_size", "num_layers"))
+    for image in context.images:
+        trials = group.trials.get(image, [])
+        interval = group.intervals.get(image)
+        comparison = group.comparisons.get(image)
+        torch = context.torch.get(image) or ""
+        if interval is None:
+            why = status_text(trials)
+            rows.append([image, torch, "n/a", "n/a", "n/a", "0", "0", why])
+            csv.rows.append([group.bench, group.impl, group.cell, group.label, image, torch,
+                             context.baseline, 0, 0, None, None, None, None, None, None, None,
+                             "n/a", why])
+            continue
+        if image == context.baseline:
+            ratio_text, mark = "1 (baseline)", "baseline"
+            ratio = low = high = p_value = None
+        elif comparison is None:
+            ratio_text, mark = "n/a", "n/a"
+            ratio = low = high = p_value = None
+        else:
+            ratio_text, mark = format_ratio(comparison), comparison.mark
+            ratio, low, high, p_value = (comparison.ratio, comparison.low, comparison.high,
+                                         comparison.p_value)
+        status = status_text(trials)
+        rows.append([image, torch, format_interval(interval), ratio_text, format_mark(mark),
+                     str(interval.n_repeats), str(interval.n_samples), status])
+        csv.rows.append([group.bench, group.impl, group.cell, group.label, image, torch,
+                         context.baseline, interval.n_repeats, interval.n_samples,
+                         interval.estimate, interval.low, interval.high, ratio, low, high,
+                         p_value, mark, status])
+    if group.shape_matches_seed:
+        for reference in references.get((group.bench, group.impl), []):
+            rows.append([f"GTX 1080 reference: PyTorch {reference.version}", reference.version,
+                         format_interval(reference.interval), "", "reference",
+                         str(reference.interval.n_repeats), str(reference.interval.n_samples),
+                         "stefbraun/rnn_benchmarks"])
+    caption = f"**{group.label}**" + (f" ({variant})" if variant else "")
+    return render.Table(
+        ["image", "torch", "median ms/batch [95% CI]", "ratio to baseline [95% CI]", "mark",
+         "repeats", "batches", "trials"], rows, caption=caption,
+        numeric=frozenset(["median ms/batch [95% CI]", "ratio to baseline [95% CI]",
+                           "repeats", "batches"]))
+
+
+def _references_by(context: ReportContext) -> dict[tuple[str, str], list[ReferenceRow]]:
+    found: dict[tuple[str, str], list[ReferenceRow]] = defaultdict(list)
+    for row in context.references:
+        found[(row.bench, row.impl)].append(row)
+    for rows in found.values():
+        rows.sort(key=lambda r: version_key(r.version))
+    return found
+
+
+def reference_sections(context: ReportContext) -> list[render.Section]:
+    """The seed's own figures: PyTorch 0.1.12 to 0.4.0 on a GTX 1080, with their source."""
+    if not context.references:
+        return []
+    section = render.Section("Reference: the seed's GTX 1080 figures")
+    source = context.references[0].source
+    section.blocks.append(render.Paragraph(
+        f"Measured by the seed project, not by this sweep: {source}. Median milliseconds per "
+        "batch after its 100 warm-up batches, with a 95% bootstrap interval over the 400 "
+        "timed batches. A different GPU and different versions: read them as orientation, "
+        "not as a baseline. Where this sweep ran the seed's own shapes, the rows also appear "
+        "in the speed tables above."))
+    csv = context.csv_table("reference", ["bench", "impl", "version", "gpu", "n_samples",
+                                          "median_ms", "ci_low_ms", "ci_high_ms", "source"])
+    by_bench: dict[str, list[ReferenceRow]] = defaultdict(list)
+    for row in context.references:
+        by_bench[row.bench].append(row)
+        csv.rows.append([row.bench, row.impl, row.version, row.gpu, row.interval.n_samples,
+                         row.interval.estimate, row.interval.low, row.interval.high,
+                         row.source])
+    for bench in sorted(by_bench):
+        rows = by_bench[bench]
+        impls = sorted({r.impl for r in rows}, key=_impl_order)
+        versions = sorted({r.version for r in rows}, key=version_key)
+        cell = {(r.impl, r.version): r for r in rows}
+        table_rows = [[impl] + [format_interval(cell[(impl, v)].interval)
+                                if (impl, v) in cell else "not measured" for v in versions]
+                      for impl in impls]
+        section.blocks.append(render.Table(
+            ["impl"] + [f"PyTorch {v}" for v in versions], table_rows,
+            caption=f"**{bench}** on a {rows[0].gpu}: median ms/batch [95% CI]",
+            numeric=frozenset(f"PyTorch {v}" for v in versions)))
+        section.blocks.append(render.Figure(
+            title=f"{bench} on a GTX 1080 (stefbraun/rnn_benchmarks)",
+            png=plots.grouped_bars(
+                f"{bench}: PyTorch versions on a {rows[0].gpu} (seed's measurements)",
+                impls,
+                {f"PyTorch {v}": [_bar(cell[(i, v)].interval if (i, v) in cell else None)
+                                  for i in impls] for v in versions}),
+            filename=f"reference_{slug(bench)}.png",
+            caption=f"Source: {source}."))
+    return [section]
+
+
+def _impl_order(impl: str) -> tuple[int, str]:
+    order = {"basic": 0, "fused": 1, "cudnn": 2, "compiled": 3}
+    return order.get(impl, 9), impl
+
+
+# --------------------------------------------------------------------------- language model
+
+
+def lm_variants(trials: Iterable[Trial]) -> dict[tuple, list[Trial]]:
+    found: dict[tuple, list[Trial]] = defaultdict(list)
+    for trial in trials:
+        if trial.workload == "ptb_lm":
+            found[_variant(trial)].append(trial)
+    return found
+
+
+def lm_label(params: Mapping[str, str], differing: Sequence[str]) -> str:
+    label = f"ptb_lm {params.get('preset', 'custom')}"
+    if differing:
+        label += " (" + ", ".join(f"{k}={params.get(k)}" for k in differing) + ")"
+    return label
+
+
+def language_model_sections(context: ReportContext) -> list[render.Section]:
+    """ptb_lm per image: perplexities and speed over seeds, the parity check, learning curves."""
+    variants = lm_variants(context.data.trials)
+    if not variants:
+        return []
+    section = render.Section("Language model: perplexity and words per second")
+    sections = [section]
+    section.blocks.append(render.Paragraph(
+        "ptb_lm (the PTB word-level LSTM language model): mean ± standard deviation over the "
+        "seeds (repeats) of each image. The parity check asks whether an image's test "
+        "perplexity differs from the baseline's by more than the seed-to-seed noise of the "
+        "same config (`analysis/stats.py`, `parity`); with a single seed per side it says "
+        "so instead of guessing."))
+    if any(env_value(t, "data.synthetic") == "true" for ts in variants.values() for t in ts):
+        section.blocks.append(render.Caveat(
+            "some ptb_lm trials ran on the synthetic corpus (no PTB data directory was given): "
+            "their perplexities check the pipeline and parity between versions, not the "
+            "published PTB figures."))
+    csv = context.csv_table("language_model", [
+        "variant", "image", "torch", "n_ok", "n_trials", "test_perplexity_mean",
+        "test_perplexity_std", "best_valid_perplexity_mean", "best_valid_perplexity_std",
+        "words_per_second_mean", "words_per_second_std", "parity_diff", "parity_p_value",
+        "parity_verdict"])
+    keys = list(variants)
+    all_params = [dict(k) for k in keys]
+    differing = sorted(k for k in (all_params[0] if all_params else {})
+                       if len({p.get(k) for p in all_params}) > 1)
+    for key in sorted(keys):
+        trials = variants[key]
+        params = dict(key)
+        label = lm_label(params, differing)
+        sub = render.Section(label, level=3)
+        sections.append(sub)
+        ok = defaultdict(list)
+        for trial in trials:
+            if trial.status == "ok":
+                ok[trial.image].append(trial)
+        tests = {image: [t.metrics["test_perplexity"] for t in runs
+                         if finite(t.metrics.get("test_perplexity"))]
+                 for image, runs in ok.items()}
+        tests = {image: values for image, values in tests.items() if values}
+        verdicts = parity(tests, context.baseline) if context.baseline in tests else {}
+        rows = []
+        for image in context.images:
+            runs = ok.get(image, [])
+            all_runs = [t for t in trials if t.image == image]
+            if not all_runs:
+                continue
+            values = {name: [t.metrics[name] for t in runs if finite(t.metrics.get(name))]
+                      for name in ("test_perplexity", "best_valid_perplexity",
+                                   "words_per_second")}
+            verdict = verdicts.get(image)
+            if image == context.baseline:
+                parity_text = "baseline"
+            elif verdict is None:
+                parity_text = "n/a"
+            else:
+                parity_text = format_mark(verdict.verdict)
+                if verdict.verdict != "too few repeats":
+                    parity_text += f" (Δ {verdict.diff:+.2f}" + (
+                        f", p={verdict.p_value:.2g})" if verdict.p_value is not None else ")")
+            rows.append([image, context.torch.get(image) or "",
+                         f"{len(runs)}/{len(all_runs)}",
+                         _mean_std_text(values["test_perplexity"]),
+                         _mean_std_text(values["best_valid_perplexity"]),
+                         _mean_std_text(values["words_per_second"], 5), parity_text])
+            test_mean, test_std = mean_std(values["test_perplexity"])
+            valid_mean, valid_std = mean_std(values["best_valid_perplexity"])
+            wps_mean, wps_std = mean_std(values["words_per_second"])
+            csv.rows.append([label, image, context.torch.get(image) or "", len(runs),
+                             len(all_runs), test_mean, test_std, valid_mean, valid_std,
+                             wps_mean, wps_std, verdict.diff if verdict else None,
+                             verdict.p_value if verdict else None,
+                             verdict.verdict if verdict else
+                             ("baseline" if image == context.baseline else "n/a")])
+        sub.blocks.append(render.Table(
+            ["image", "torch", "ok/trials", "test perplexity", "best valid perplexity",
+             "words/s", "parity vs baseline"], rows,
+            numeric=frozenset(["ok/trials", "test perplexity", "best valid perplexity",
+                               "words/s"])))
+        published = next((env_value(t, "reference_perplexity.test") for t in trials
+                          if env_value(t, "reference_perplexity.test")), None)
+        if published:
+            where = next(env_value(t, "reference_perplexity.source") for t in trials
+                         if env_value(t, "reference_perplexity.test"))
+            sub.blocks.append(render.Paragraph(
+                f"Published test perplexity of the full `{params.get('preset', '?')}` preset "
+                f"on PTB: {published} ({where}); comparable only where this sweep ran the "
+                "preset unchanged on the real corpus."))
+        curves = _curves(context, trials, "valid_perplexity", MAX_CURVES_PER_IMAGE)
+        if curves:
+            sub.blocks.append(render.Figure(
+                title=f"{label}: validation perplexity per epoch",
+                png=plots.learning_curves(f"{label}: validation perplexity per epoch", curves,
+                                          ylabel="validation perplexity"),
+                filename=f"learning_curves_{slug(label)}.png",
+                caption=f"One line per run (at most {MAX_CURVES_PER_IMAGE} seeds per image), "
+                        "one colour per image."))
+    return sections
+
+
+def workload_plugins(trials: Iterable[Trial]) -> dict[str, Workload]:
+    """The plug-in of every workload among ``trials`` (sweeps/workloads).
+
+    A user's own workload is loaded from the directory its runs name
+    (``versweep.workload_dir``); where that is gone, its trials still get the generic
+    metrics section, from what the runs themselves recorded.
+    """
+    found: dict[str, Workload] = {}
+    for trial in trials:
+        if trial.workload in found:
+            continue
+        try:
+            found[trial.workload] = workloads.get(trial.workload,
+                                                  trial.tags.get("versweep.workload_dir"))
+        except UserError:
+            found[trial.workload] = Workload(name=trial.workload, description="",
+                                             metrics=(), report_sections=("metrics",))
+    return found
+
+
+def metrics_sections(context: ReportContext, plugin: Workload) -> list[render.Section]:
+    """Any workload: each result metric per image, mean ± std over repeats, per variant.
+
+    The generic section a workload of one's own gets (report_sections = ("metrics",)):
+    one table per variant (the config without the seed), one row per image, one column
+    per metric the runs recorded, its unit and direction from the plug-in where it says.
+    """
+    trials = [t for t in context.data.trials if t.workload == plugin.name]
+    if not trials:
+        return []
+    section = render.Section(f"{plugin.name}: results per image")
+    sections = [section]
+    section.blocks.append(render.Paragraph(
+        f"{plugin.name}" + (f" ({plugin.description})" if plugin.description else "")
+        + ": mean ± standard deviation over the repeats of each image, `ok` trials only; "
+          "↓ marks a metric where lower is better, ↑ where higher is."))
+    names = sorted({name for t in trials if t.status == "ok" for name in t.metrics})
+    declared = [m.name for m in plugin.metrics if m.in_result]
+    names = [n for n in declared if n in names] + [n for n in names if n not in declared]
+    csv = context.csv_table(f"metrics_{slug(plugin.name)}", [
+        "variant", "image", "torch", "n_ok", "n_trials",
+        *(f"{n}_{part}" for n in names for part in ("mean", "std"))])
+    variants: dict[tuple, list[Trial]] = defaultdict(list)
+    for trial in trials:
+        variants[tuple(sorted((k, v) for k, v in trial.params.items()
+                              if k not in REPEAT_PARAMS))].append(trial)
+    all_params = [dict(k) for k in variants]
+    differing = sorted(k for k in (all_params[0] if all_params else {})
+                       if len({p.get(k) for p in all_params}) > 1)
+
+    def heading(name: str) -> str:
+        metric = plugin.metric(name)
+        arrow = {"lower": " ↓", "higher": " ↑"}.get(metric.better, "") if metric else ""
+        return (metric.shown if metric else name) + arrow
+
+    for key in sorted(variants):
+        params = dict(key)
+        label = " ".join([plugin.name, *(f"{k}={params[k]}" for k in differing)])
+        sub = render.Section(label, level=3)
+        sections.append(sub)
+        rows = []
+        for image in context.images:
+            all_runs = [t for t in variants[key] if t.image == image]
+            if not all_runs:
+                continue
+            runs = [t for t in all_runs if t.status == "ok"]
+            values = {n: [t.metrics[n] for t in runs if finite(t.metrics.get(n))]
+                      for n in names}
+            rows.append([image, context.torch.get(image) or "", f"{len(runs)}/{len(all_runs)}",
+                         *(_mean_std_text(values[n]) for n in names)])
+            stats = [x for n in names for x in mean_std(values[n])]
+            csv.rows.append([label, image, context.torch.get(image) or "", len(runs),
+                             len(all_runs), *stats])
+        shown = [heading(n) for n in names]
+        sub.blocks.append(render.Table(["image", "torch", "ok/trials", *shown], rows,
+                                       numeric=frozenset(["ok/trials", *shown])))
+    return sections
+
+
+def finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _histories(context: ReportContext, trials: Sequence[Trial],
+               key: str) -> dict[str, list[tuple[int, float]]]:
+    """run id -> (step, value) of ``key`` for every trial, read in one go."""
+    if not trials:
+        return {}
+    return metric_histories(context.data.tracking_uri, [t.run_id for t in trials], key)
+
+
+def _curves(context: ReportContext, trials: Sequence[Trial], key: str,
+            per_image: int) -> dict[str, list[list[tuple[int, float]]]]:
+    chosen = {image: [t for t in trials if t.image == image
+                      and t.status in ("ok", "diverged", "stopped")][:per_image]
+              for image in context.images}
+    histories = _histories(context, [t for runs in chosen.values() for t in runs], key)
+    # Every image keeps its key (empty when nothing ran), so it keeps its colour: the
+    # same image is the same colour here as in the speed figures.
+    curves = {image: [histories[t.run_id] for t in runs if histories.get(t.run_id)]
+              for image, runs in chosen.items()}
+    return curves if any(curves.values()) else {}
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _lower_is_better(metric: str) -> bool:
+    return not any(word in metric for word in ("per_second", "accuracy", "throughput"))
+
+
+def search_sections(context: ReportContext) -> list[render.Section]:
+    """An Optuna search: best config per image, what each parameter does, early stops."""
+    data = context.data
+    trials = [t for t in data.trials if t.workload == "ptb_lm" or t.params]
+    if not trials:
+        return []
+    metric = (data.search_metric or data.parent_tags.get("versweep.best.metric")
+              or "valid_perplexity")
+    lower = data.search_mode != "max" if data.search_mode else _lower_is_better(metric)
+    section = render.Section("Hyper-parameter search")
+    sections = [section]
+    searched = list(data.search_space) or sorted(
+        k for k in {k for t in trials for k in t.params}
+        if k not in REPEAT_PARAMS and len({t.params.get(k) for t in trials}) > 1)
+    scored = [t for t in trials if t.status == "ok" and finite(t.metrics.get(metric))]
+    section.blocks.append(render.Paragraph(
+        f"{len(trials)} trials searched {', '.join(f'`{p}`' for p in searched) or 'nothing'}; "
+        f"judged by `{metric}` ({'lower' if lower else 'higher'} is better) of the trials that "
+        f"finished ({len(scored)}); trials stopped early are listed below."))
+
+    best_rows, best_csv = [], context.csv_table(
+        "search_best", ["image", "metric", "value", "run_id", "name", *searched])
+    for image in context.images:
+        candidates = [t for t in scored if t.image == image]
+        if not candidates:
+            continue
+        pick = min if lower else max
+        best = pick(candidates, key=lambda t: t.metrics[metric])
+        best_rows.append([image, format_value(best.metrics[metric]), _run_label(best)]
+                         + [best.params.get(p, "") for p in searched])
+        best_csv.rows.append([image, metric, best.metrics[metric], best.run_id, best.name]
+                             + [best.params.get(p, "") for p in searched])
+    if best_rows:
+        section.blocks.append(render.Table(
+            ["image", metric, "run", *searched], best_rows,
+            caption="Best configuration per image", numeric=frozenset([metric])))
+
+    importance, no_importance = _importances(data)
+    if importance:
+        section.blocks.append(render.Table(
+            ["parameter", "importance"],
+            [[name, f"{value:.3f}"] for name, value in importance.items()],
+            caption="Parameter importance (Optuna, fANOVA over the completed trials)",
+            numeric=frozenset(["importance"])))
+        context.csv_table("search_importance", ["parameter", "importance"]).rows.extend(
+            [name, value] for name, value in importance.items())
+    else:
+        section.blocks.append(render.Paragraph(
+            f"No parameter importances: {no_importance}. The table below shows the results "
+            "per parameter value instead."))
+    dependence = _dependence_rows(scored, searched, metric, lower)
+    if dependence:
+        section.blocks.append(render.Table(
+            ["parameter", "values", "trials", f"best {metric}", f"median {metric}"],
+            dependence, caption=f"`{metric}` per parameter value (finished trials)",
+            numeric=frozenset(["trials", f"best {metric}", f"median {metric}"])))
+
+    stopped = [t for t in trials if t.status == "stopped"]
+    stop_csv = context.csv_table("search_stopped", ["run_id", "name", "image", "epochs",
+                                                    f"last_{metric}", "message"])
+    if stopped:
+        rows = []
+        stopped_histories = _histories(context, stopped, metric)
+        for trial in stopped:
+            history = stopped_histories.get(trial.run_id, [])
+            last = history[-1][1] if history else trial.metrics.get(metric)
+            epochs = history[-1][0] if history else None
+            rows.append([_run_label(trial), trial.image,
+                         str(epochs) if epochs is not None else "?",
+                         format_value(last), trial.message or ""])
+            stop_csv.rows.append([trial.run_id, trial.name, trial.image, epochs, last,
+                                  trial.message])
+        section.blocks.append(render.Table(
+            ["trial", "image", "epochs run", f"last {metric}", "why"], rows,
+            caption=f"Trials stopped early ({len(stopped)})",
+            numeric=frozenset(["epochs run", f"last {metric}"])))
+    else:
+        section.blocks.append(render.Paragraph("No trial was stopped early."))
+
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for label, status in (("finished", "ok"), ("stopped early", "stopped")):
+        runs = [t for t in trials if t.status == status][:MAX_SEARCH_CURVES]
+        histories = _histories(context, runs, metric)
+        drawn = [histories[t.run_id] for t in runs if histories.get(t.run_id)]
+        if drawn:
+            curves[label] = drawn
+    if curves:
+        section.blocks.append(render.Figure(
+            title=f"search: {metric} per epoch",
+            png=plots.learning_curves(f"Search: {metric} per epoch, finished and stopped trials",
+                                      curves, ylabel=metric.replace("_", " ")),
+            filename="search_curves.png",
+            caption=f"At most {MAX_SEARCH_CURVES} runs per kind; stopped runs end early."))
+    return sections
+
+
+def _run_label(trial: Trial) -> str:
+    """A trial's name with the start of its run id: search trials share their names."""
+    return f"{trial.name} (`{trial.run_id[:8]}`)"
+
+
+def _importances(data: SweepData) -> tuple[dict[str, float], str]:
+    """Optuna's fANOVA parameter importances of the sweep's study, and "" ; or {} and why not.
+
+    fANOVA fits scikit-learn random forests, and scikit-learn is not a dependency of
+    versweep: without it (or when the evaluator fails on this study) the report says
+    so and keeps the per-parameter table, which needs nothing.
+    """
+    study = data.study()
+    if study is None:
+        return {}, ("the sweep's Optuna study was not found (it lives in optuna.db next to a "
+                    "SQLite MLflow store)")
+    import optuna  # the search's own library; only a search's report needs it
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        return {}, f"Optuna needs at least two completed trials, the study has {len(complete)}"
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # deterministic
+        values = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except ImportError:
+        return {}, ("Optuna's fANOVA evaluator needs scikit-learn, which is not installed "
+                    "(`pip install scikit-learn` adds them)")
+    except Exception as exc:  # noqa: BLE001  (importances are an extra: say why, keep going)
+        return {}, f"Optuna's fANOVA evaluator failed on this study ({_one_line(str(exc), 200)})"
+    return {name: float(value) for name, value in values.items()}, ""
+
+
+def _dependence_rows(trials: Sequence[Trial], searched: Sequence[str], metric: str,
+                     lower: bool) -> list[list[str]]:
+    """Per searched parameter: the metric grouped by value (numeric values in quartile bins)."""
+    rows = []
+    for name in searched:
+        pairs = [(t.params.get(name, ""), t.metrics[metric]) for t in trials]
+        if not pairs:
+            continue
+        numbers = _as_numbers([p for p, _ in pairs])
+        buckets: dict[str, list[float]] = defaultdict(list)
+        # Quartile bins once there are enough trials to fill them; else every value.
+        if numbers is not None and len(set(numbers)) > 4 and len(numbers) >= 8:
+            edges = statistics.quantiles(numbers, n=4)
+            for number, (_, value) in zip(numbers, pairs, strict=True):
+                slot = sum(number > edge for edge in edges)
+                low = min(numbers) if slot == 0 else edges[slot - 1]
+                high = max(numbers) if slot == 3 else edges[slot]
+                buckets[f"{format_value(low, 3)} .. {format_value(high, 3)}"].append(value)
+            order = sorted(buckets, key=lambda b: float(b.split(" ")[0]))
+        else:
+            for raw, value in pairs:
+                buckets[raw].append(value)
+            order = sorted(buckets, key=lambda b: (float(b) if _as_numbers([b]) else math.inf, b))
+        for bucket in order:
+            values = buckets[bucket]
+            best = min(values) if lower else max(values)
+            rows.append([name, bucket, str(len(values)), format_value(best),
+                         format_value(statistics.median(values))])
+    return rows
+
+
+def _as_numbers(texts: Sequence[str]) -> list[float] | None:
+    try:
+        return [float(t) for t in texts]
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- did not run
+
+
+def did_not_run_sections(context: ReportContext) -> list[render.Section]:
+    """The matrix workload x image with every status and numbered reasons; nothing dropped."""
+    data = context.data
+    section = render.Section("Did not run")
+    not_ok = [t for t in data.trials if t.status != "ok"]
+    undecided = context.undecided
+    csv = context.csv_table("did_not_run", ["run_id", "name", "workload", "image", "repeat",
+                                            "status", "reason"])
+    for trial in not_ok:
+        csv.rows.append([trial.run_id, trial.name, trial.workload, trial.image, trial.repeat,
+                         trial.status, trial.message])
+    for planned in undecided:
+        csv.rows.append(["", planned.name, planned.workload, planned.image, planned.repeat,
+                         NOT_DECIDED, NOT_DECIDED_REASON])
+    search_note = ""
+    if data.search and data.trials_planned is not None and len(data.trials) < data.trials_planned:
+        # A search has no fixed plan: only the number of samples it was to decide.
+        search_note = (f" The search was to decide {data.trials_planned} samples "
+                       f"(`num_samples`); {len(data.trials)} were decided, so "
+                       f"{data.trials_planned - len(data.trials)} never ran to a decision.")
+    if not not_ok and not undecided:
+        section.blocks.append(render.Paragraph(
+            f"Every one of the {len(data.trials)} trials ran to the end (`ok`)." + search_note))
+        return [section]
+    planned_text = (f"{len(undecided)} of the {len(data.planned)} planned trials have no "
+                    f"decided run at all (`{NOT_DECIDED}`: the sweep was interrupted or is "
+                    "still running). " if undecided else "")
+    statuses_text = ("`unsupported` (this torch or GPU cannot run it), `failed` (a crash, bad "
+                     "config or timeout), `diverged` (non-finite loss) or `stopped` (stopped "
+                     "early by the scheduler)")
+    decided_text = (f"{len(not_ok)} of {len(data.trials)} decided trials have no result: "
+                    f"{statuses_text}. " if not_ok else
+                    f"Every one of the {len(data.trials)} decided trials ran to the end (`ok`). ")
+    section.blocks.append(render.Paragraph(
+        planned_text + decided_text + "Each cell counts the trials of a workload on an image; "
+        "[n] points to the reason below." + search_note))
+    reasons: dict[tuple[str, str], int] = {}
+    reason_trials: Counter = Counter()
+    cells: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    cell_reasons: dict[tuple[str, str], set[int]] = defaultdict(set)
+    labels: list[str] = []
+    for trial in data.trials:
+        label = trial.name.split(" @ ")[0] if " @ " in trial.name else trial.workload
+        if label not in labels:
+            labels.append(label)
+        cells[(label, trial.image)][trial.status] += 1
+        if trial.status != "ok":
+            why = _one_line(trial.message) or "(no reason recorded)"
+            number = reasons.setdefault((trial.status, why), len(reasons) + 1)
+            reason_trials[number] += 1
+            cell_reasons[(label, trial.image)].add(number)
+    for planned in undecided:
+        label = planned.name.split(" @ ")[0] if " @ " in planned.name else planned.workload
+        if label not in labels:
+            labels.append(label)
+        cells[(label, planned.image)][NOT_DECIDED] += 1
+        number = reasons.setdefault((NOT_DECIDED, NOT_DECIDED_REASON), len(reasons) + 1)
+        reason_trials[number] += 1
+        cell_reasons[(label, planned.image)].add(number)
+    columns = all_images(context)
+    rows = []
+    for label in sorted(labels):
+        row = [label]
+        for image in columns:
+            counts = cells.get((label, image))
+            if not counts:
+                row.append("")
+                continue
+            text = ", ".join(f"{n} {status}" for status, n in sorted(
+                counts.items(), key=lambda item: (item[0] != "ok", item[0])))
+            notes = sorted(cell_reasons.get((label, image), ()))
+            row.append(text + ("".join(f" [{n}]" for n in notes)))
+        rows.append(row)
+    section.blocks.append(render.Table(["workload", *columns], rows,
+                                       caption="Trials per workload and image"))
+    section.blocks.append(render.Table(
+        ["[n]", "status", "reason", "trials"],
+        [[f"[{number}]", status, why, str(reason_trials[number])]
+         for (status, why), number in sorted(reasons.items(), key=lambda item: item[1])],
+        caption="Reasons", numeric=frozenset(["trials"])))
+    return [section]
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join((text or "").split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def _distinct(trials: Iterable[Trial], read) -> dict[str, int]:
+    found: Counter = Counter()
+    for trial in trials:
+        value = read(trial)
+        if value is not None:
+            found[value] += 1
+    return dict(found)
+
+
+def _joined(values: Mapping[str, int]) -> str:
+    return " / ".join(values) if values else ""
+
+
+def provenance_sections(context: ReportContext) -> list[render.Section]:
+    """Per image what exactly ran, and warnings where compared runs differ in anything else."""
+    data = context.data
+    section = render.Section("Provenance")
+    by_image: dict[str, list[Trial]] = defaultdict(list)
+    for trial in data.trials:
+        by_image[trial.image].append(trial)
+    flag_names = sorted({k[len("versweep.env.flags."):] for t in data.trials for k in t.tags
+                         if k.startswith("versweep.env.flags.")})
+    columns = ["image", "digest", "torch", "CUDA", "cuDNN", "Python", "GPU", "driver", "host",
+               "flags"]
+    csv = context.csv_table("provenance", ["image", "field", "value", "trials"])
+    rows = []
+    for image in context.images:
+        trials = by_image.get(image, [])
+        digest = _distinct(trials, lambda t: tag(t, "versweep.image_digest"))
+        fields = {name: _distinct(trials, lambda t, n=name: env_value(t, n))
+                  for name in ("torch", "cuda", "cudnn", "python", "gpu", "driver", "host",
+                               "capability", "device")}
+        flags = {name: _distinct(trials, lambda t, n=name: env_value(t, f"flags.{n}"))
+                 for name in flag_names}
+        rows.append([image, _joined({_short_digest(d): n for d, n in digest.items()}),
+                     _joined(fields["torch"]), _joined(fields["cuda"]) or "none",
+                     _joined(fields["cudnn"]) or "none", _joined(fields["python"]),
+                     _joined(fields["gpu"]) or _joined(fields["device"]),
+                     _joined(fields["driver"]), _joined(fields["host"]),
+                     ", ".join(f"{n}={_joined(v)}" for n, v in flags.items() if v)])
+        for name, values in [("image_digest", digest), *fields.items(),
+                             *((f"flags.{n}", v) for n, v in flags.items())]:
+            for value, count in values.items():
+                csv.rows.append([image, name, value, count])
+        if not any(fields.values()):
+            rows[-1][2] = "(no trial reached the worker)"
+    section.blocks.append(render.Table(columns, rows, caption="What each image ran with"))
+    warnings = provenance_warnings(context, by_image, flag_names)
+    section.blocks[0:0] = [render.Caveat(text) for text in warnings]
+    if not warnings:
+        section.blocks.insert(0, render.Paragraph(
+            "The compared runs agree in everything that is not the image (GPU, driver, "
+            "host, numeric flags)."))
+    return [section]
+
+
+def _short_digest(digest: str) -> str:
+    return digest if len(digest) <= 19 else digest[:19] + "…"
+
+
+def provenance_warnings(context: ReportContext, by_image: Mapping[str, Sequence[Trial]],
+                        flag_names: Sequence[str]) -> list[str]:
+    """One line per thing that differs between compared runs but is not the image."""
+    warnings = []
+    checks = [(name, what) for name, what in MACHINE_FIELDS.items()]
+    checks += [(f"flags.{name}", f"numeric flag {name}") for name in flag_names]
+    for name, what in checks:
+        seen: dict[str, list[str]] = defaultdict(list)
+        for image in context.images:
+            trials = by_image.get(image, [])
+            counts = _distinct(trials, lambda t, n=name: env_value(t, n))
+            reached = sum(1 for t in trials if any(k.startswith("versweep.env.") for k in t.tags))
+            for value, count in counts.items():
+                seen[value].append(image if count == reached else
+                                   f"{image} ({count} of {reached} trials)")
+        if len(seen) > 1:
+            where = "; ".join(f"{value} on {', '.join(images)}" for value, images in seen.items())
+            warnings.append(f"compared runs differ in {what}: {where}. A difference between "
+                            "these images may come from this, not from the version.")
+    for image in context.images:
+        trials = by_image.get(image, [])
+        for name, what in IMAGE_FIELDS.items():
+            values = _distinct(trials, lambda t, n=name: env_value(t, n))
+            if len(values) > 1:
+                warnings.append(f"image {image} ran with different {what} versions "
+                                f"({_joined(values)}): its trials are not one build.")
+        digests = _distinct(trials, lambda t: tag(t, "versweep.image_digest"))
+        if len(digests) > 1:
+            warnings.append(f"image {image} ran from {len(digests)} different digests "
+                            f"({_joined(digests)}): it was rebuilt during the sweep.")
+    return warnings
+
+
+def trials_csv(context: ReportContext) -> None:
+    """trials.csv: every decided trial with its status and headline figures."""
+    csv = context.csv_table("trials", [
+        "run_id", "name", "workload", "image", "repeat", "status", "ms_per_batch_median",
+        "test_perplexity", "best_valid_perplexity", "words_per_second", "message"])
+    for trial in context.data.trials:
+        csv.rows.append([trial.run_id, trial.name, trial.workload, trial.image, trial.repeat,
+                         trial.status] + [trial.metrics.get(name) for name in (
+                             "ms_per_batch_median", "test_perplexity", "best_valid_perplexity",
+                             "words_per_second")] + [trial.message])
+
+
+# --------------------------------------------------------------------------- --compare

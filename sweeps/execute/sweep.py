@@ -1,0 +1,224 @@
+"""Run one sweep: ``versweep run --grid smoke`` (and ``python sweeps/run.py --grid smoke``).
+
+The CLI (sweeps/cli.py) parses arguments and calls ``run_sweep``, a plain function that
+tests call too. ``run_sweep`` loads and validates the grid, prints the trial table for
+``--dry-run`` (no Ray, no MLflow), otherwise opens (or resumes) the sweep's parent run,
+runs the trials under Ray Tune (sweeps/execute/tune.py), closes the parent run with the counts
+and the best trial, and prints the summary.
+
+Exit codes: 0 every trial reached a decision and none failed (unsupported and diverged
+are results); 1 some trial failed (CI should notice); 2 a user error (bad grid, unknown
+backend, no torch, no sweep to resume); 130 interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from sweeps.errors import EXIT_FAILED as EXIT_TRIALS_FAILED
+from sweeps.errors import EXIT_INTERRUPTED, EXIT_OK
+
+
+def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None = None,
+              tracking_uri: str | None = None, address: str | None = None,
+              resume: bool = False, dry_run: bool = False, overrides: Sequence[str] = (),
+              max_concurrent: int | None = None, cwd: Path | None = None,
+              num_cpus: int | None = None, matrix: str | Path | None = None,
+              out: TextIO | None = None) -> int:
+    """Run (or with ``dry_run`` only show) the sweep of grid ``grid``; return the exit code.
+
+    Raises UserError for everything a user can fix (the CLI prints it as one line).
+    """
+    from sweeps.errors import UserError
+    from sweeps.execute.backends import BACKENDS, get_backend
+    from sweeps.grid.load import load_sweep
+
+    out = out if out is not None else sys.stdout
+    cwd = Path(cwd) if cwd is not None else Path.cwd()
+    if backend is not None:
+        # Through the grid, so the trials' images follow the backend (local: the host's
+        # torch) and the recorded grid text says which backend ran.
+        overrides = [*overrides, f"sweep.backend={backend}"]
+    sweep = load_sweep(grid, overrides, **({"matrix_path": Path(matrix)} if matrix else {}))
+    backend_name = sweep.backend
+    max_concurrent = max_concurrent or sweep.max_concurrent
+    experiment = experiment or sweep.name
+    if dry_run:
+        # The table is shown without touching the backend, so a grid can be checked
+        # before its images exist or where no Docker engine runs.
+        if backend_name not in BACKENDS:
+            get_backend(backend_name)  # the one-line error that lists the valid names
+        out.write(format_trial_table(sweep, backend_name, max_concurrent) + "\n")
+        return EXIT_OK
+    runner = get_backend(backend_name, sweep)
+    from sweeps.execute import tune as sweep_tune
+    from sweeps.execute.trial import address_given
+
+    timings: dict[str, float] = {}
+    # On a cluster whose nodes advertise images, those nodes must hold them, not this one
+    # (a KubeRay head may have no Docker at all): routing checks them before Tune starts.
+    # Anywhere else the images must be here. Either way before any record is opened.
+    routed = False
+    if backend_name == "docker" and address_given(address):
+        routed, timings["ray"] = sweep_tune.join_and_check_routing(address, num_cpus)
+    runner.preflight(sweep, on_this_node=not routed)
+
+    from sweeps.execute.summary import TrialRecord, best_by_metric, best_of_sweep, format_summary
+    from sweeps.records.store import (
+        SweepRecords,
+        mlflow_ui_command,
+        records_location,
+        resolve_tracking_uri,
+    )
+
+    tracking_uri = resolve_tracking_uri(tracking_uri, cwd)
+    records = SweepRecords(tracking_uri, experiment)
+    parent_run_id = records.open_sweep(sweep, resume=resume)
+    decided = records.finished_trial_keys(parent_run_id) if resume else {}
+    out.write(f"sweep '{sweep.name}': {'resuming' if resume else 'new'} parent run "
+              f"{parent_run_id} in experiment '{experiment}' at {tracking_uri}\n")
+    if decided:
+        out.write(f"{len(decided)} trial(s) already decided; they will not run again\n")
+    out.flush()
+
+    started = time.monotonic()
+    try:
+        tune_run = sweep_tune.run_tune(
+            sweep, backend=backend_name, tracking_uri=tracking_uri, experiment=experiment,
+            parent_run_id=parent_run_id, skip_keys=set(decided),
+            storage_dir=cwd / "ray_results", max_concurrent=max_concurrent, address=address,
+            num_cpus=num_cpus, study_storage=_study_storage(tracking_uri, cwd),
+            samples_done=len(decided),
+            on_ray_started=lambda seconds: timings.setdefault("ray", seconds))
+    except UserError:
+        # Refused before any trial ran (no node can run a trial): the parent run ends as
+        # interrupted, not left RUNNING, and --resume can start it again.
+        records.close_sweep(parent_run_id, {}, None, interrupted=True)
+        sweep_tune.shutdown()
+        raise
+    sweep_tune.shutdown()
+    total = time.monotonic() - started
+
+    trial_records = list(tune_run.records)
+    ran = {r.key for r in trial_records}
+    specs = {t.key: t for t in sweep.trials}
+    if decided:
+        # Trials decided before this --resume: their records, for the counts and the best.
+        for trial in records.list_trials(parent_run_id, finished_only=True):
+            if trial["key"] in ran or trial["key"] not in decided:
+                continue
+            ran.add(trial["key"])
+            spec = specs.get(trial["key"])
+            config = spec.config_dict if spec else dict(trial["params"])
+            trial_records.append(TrialRecord(
+                key=trial["key"], name=trial["name"], workload=trial["workload"] or "",
+                status=decided[trial["key"]], config=config, metrics=trial["metrics"],
+                run_id=trial["run_id"], from_earlier_run=True,
+                workload_dir=spec.workload_dir if spec else None))
+
+    search_best = None
+    if sweep.search is not None:
+        search_best = best_by_metric(trial_records, sweep.search.metric, sweep.search.mode)
+        best = search_best
+    else:
+        best = best_of_sweep(trial_records)
+    counts = {status: 0 for status in ("ok", "unsupported", "diverged", "failed", "stopped")}
+    for record in trial_records:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    records.close_sweep(parent_run_id, counts, best.as_tags() if best else None,
+                        interrupted=tune_run.interrupted)
+
+    out.write(format_summary(trial_records, where=records_location(tracking_uri),
+                             ui_command=mlflow_ui_command(tracking_uri), experiment=experiment,
+                             parent_run_id=parent_run_id, search_best=search_best,
+                             searched=tuple(p.name for p in sweep.search.space)
+                             if sweep.search is not None else (),
+                             interrupted=tune_run.interrupted) + "\n")
+    out.write(f"timings: ray start {tune_run.ray_start_seconds:.2f} s, trials "
+              f"{tune_run.tune_seconds:.2f} s (after Ray started), total {total:.2f} s\n")
+    out.flush()
+    if tune_run.interrupted:
+        return EXIT_INTERRUPTED
+    if any(r.status == "failed" and not r.from_earlier_run for r in trial_records):
+        return EXIT_TRIALS_FAILED
+    return EXIT_OK
+
+
+def _study_storage(tracking_uri: str, cwd: Path) -> str:
+    """Where the Optuna study lives: next to a SQLite MLflow store, else in the working dir."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        return prefix + str(Path(tracking_uri[len(prefix):]).parent / "optuna.db")
+    return prefix + str(cwd / "optuna.db")
+
+
+def _key_config(trials) -> dict[str, list[str]]:
+    """Per workload: its key columns (its plug-in's) plus every other config key that differs
+    between its trials."""
+    columns: dict[str, list[str]] = {}
+    for workload in sorted({t.workload for t in trials}):
+        of_workload = [t for t in trials if t.workload == workload]
+        configs = [t.config_dict for t in of_workload]
+        keys = sorted({k for c in configs for k in c})
+        varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+        first = [k for k in of_workload[0].plugin.key_columns if k in keys]
+        columns[workload] = first + [k for k in varying if k not in first]
+    return columns
+
+
+def format_trial_table(sweep, backend: str, max_concurrent: int | None) -> str:
+    """The dry run: every trial (or the search), and what each trial asks Ray for."""
+    from sweeps.execute.trial import describe_resources, describe_routing
+
+    resources = describe_resources(sweep)
+    routing = describe_routing(sweep)
+    lines = [f"sweep '{sweep.name}' from {sweep.path}",
+             f"backend {backend}, device {sweep.device}, trial timeout "
+             f"{sweep.trial_timeout_s:g} s, retries {sweep.retries}, max concurrent "
+             f"{max_concurrent or 'unlimited'}"]
+    if sweep.is_search:
+        search = sweep.search
+        lines.append(f"search: {search.num_samples} samples of {search.workload} on "
+                     f"{search.image}, {search.sampler} (seed {search.seed}), "
+                     f"{search.mode} {search.metric}; each trial asks for {resources}")
+        if routing:
+            lines.append(routing)
+        for param in search.space:
+            span = (", ".join(map(str, param.values)) if param.kind == "choice"
+                    else f"{param.low} .. {param.high}")
+            lines.append(f"  {param.name}: {param.kind} {span}")
+        if search.scheduler is not None:
+            s = search.scheduler
+            lines.append(f"  early stopping: {s.kind} on {search.metric}, grace {s.grace_period},"
+                         f" reduction factor {s.reduction_factor}, max_t {s.max_t}")
+        searched = {p.name for p in search.space}
+        lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in search.base_config
+                                             if k not in searched))
+        return "\n".join(lines)
+
+    lines.append(f"each trial asks Ray for {resources}")
+    if routing:
+        lines.append(routing)
+    columns = _key_config(sweep.trials)
+    short = {"1 CPU": "CPU 1", "1 GPU + 1 CPU": "GPU 1, CPU 1"}.get(resources, "GPU 1 or CPU 1")
+    header = ["#", "trial", "image", "config", "repeat", "resources"]
+    rows = []
+    for number, trial in enumerate(sweep.trials, 1):
+        config = trial.config_dict
+        shown = " ".join(f"{k}={_cell(config.get(k))}" for k in columns[trial.workload])
+        rows.append([str(number), trial.name, trial.image, shown, str(trial.repeat), short])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    lines.append(f"{len(sweep.trials)} trials; nothing started (dry run)")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
