@@ -45,6 +45,7 @@ from urllib.parse import unquote, urlparse
 
 from sweeps.errors import UserError
 from sweeps.paths import MATRIX_PATH
+from sweeps.records.layout import check_schema
 
 SAMPLES_ARTIFACT = "samples.json"
 # A grid sweep's plan on its parent run: every trial it meant to decide (sweeps/records.py).
@@ -243,6 +244,7 @@ def _load(reader: _Reader, tracking_uri: str, experiment: str, sweep: str | None
                         "run one with: python sweeps/run.py --grid <grid>")
     parents.sort(key=lambda run: (run.start_time, run.run_id), reverse=True)
     parent = _pick_parent(parents, sweep, experiment)
+    check_schema(parent.tags, f"sweep {parent.run_id} of experiment '{experiment}'")
     children = [run for run in reader.finished_children(experiment_id, parent.run_id)
                 if run.tags.get("versweep.superseded", "").lower() != "true"]
     if not children:

@@ -372,6 +372,37 @@ def test_a_sweep_whose_grid_file_is_lost_keeps_its_kind_or_says_it_cannot_tell(t
                               "could not be read")
 
 
+def test_every_run_says_its_records_layout_and_a_newer_one_is_refused(tmp_path):
+    # versweep.schema on the parent and every trial run; a store without it (layout 1,
+    # before the tag) still reads; a newer layout is one clear line, on both readers and
+    # for --resume, never a report built on a layout this versweep does not know.
+    from sweeps.records.layout import SCHEMA_TAG, SCHEMA_VERSION
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    records = SweepRecords(uri, VERSIONS)
+    written = write_older_versions_sweep(records)
+    client = records.client
+    parent = client.get_run(written.parent_run_id)
+    assert parent.data.tags[SCHEMA_TAG] == str(SCHEMA_VERSION)
+    for trial in written.trials:
+        assert client.get_run(trial.run_id).data.tags[SCHEMA_TAG] == str(SCHEMA_VERSION)
+
+    client.delete_tag(written.parent_run_id, SCHEMA_TAG)  # as a layout-1 store has it
+    for direct_sqlite in (True, False):
+        assert load_sweep_data(uri, VERSIONS, direct_sqlite=direct_sqlite).trials
+
+    client.set_tag(written.parent_run_id, SCHEMA_TAG, str(SCHEMA_VERSION + 1))
+    for direct_sqlite in (True, False):
+        message = one_line_error(lambda: load_sweep_data(uri, VERSIONS,
+                                                         direct_sqlite=direct_sqlite))
+        assert message == (f"sweep {written.parent_run_id} of experiment '{VERSIONS}' was "
+                           f"written by a newer versweep (records layout {SCHEMA_VERSION + 1}; "
+                           f"this one reads layouts 1 to {SCHEMA_VERSION}): update versweep "
+                           "to read it")
+    client.set_tag(written.parent_run_id, SCHEMA_TAG, "two")
+    assert "is not a layout version" in one_line_error(lambda: load_sweep_data(uri, VERSIONS))
+
+
 # --------------------------------------------------------------------------- a tracking server
 
 

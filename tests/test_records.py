@@ -408,6 +408,21 @@ def test_resume_prefers_the_newest_unfinished_sweep(tracking_uri, experiment, tm
     assert records.open_sweep(sweep, resume=True) == newest  # all finished: the newest
 
 
+def test_resume_refuses_a_sweep_written_by_a_newer_versweep(tracking_uri, experiment,
+                                                            tmp_path):
+    from sweeps.records.layout import SCHEMA_TAG, SCHEMA_VERSION
+
+    sweep = make_sweep(tmp_path, (env_trial(0),))
+    records = SweepRecords(tracking_uri, experiment)
+    parent = records.open_sweep(sweep, resume=False)
+    assert records.client.get_run(parent).data.tags[SCHEMA_TAG] == str(SCHEMA_VERSION)
+    records.client.set_tag(parent, SCHEMA_TAG, str(SCHEMA_VERSION + 1))
+    with pytest.raises(UserError, match=rf"^--resume: sweep run {parent} was written by a "
+                                        r"newer versweep \(records layout"):
+        records.open_sweep(sweep, resume=True)
+    assert records.client.get_run(parent).data.tags.get("versweep.resumes") is None
+
+
 @pytest.mark.parametrize("situation", ["no experiment", "no sweep of that name"])
 def test_resume_with_nothing_to_resume_is_one_clear_line(tracking_uri, experiment, tmp_path,
                                                          situation):

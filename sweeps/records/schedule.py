@@ -31,7 +31,8 @@ import datetime
 import functools
 from typing import Any
 
-from sweeps.records.store import MAX_TAG_VALUE_LENGTH, SweepRecords, _retrying, quote, truncate
+from sweeps.records.layout import SCHEMA_TAG, SCHEMA_VERSION
+from sweeps.records.store import MAX_TAG_VALUE_LENGTH, SweepRecords, retrying, quote, truncate
 
 SCHEDULE_EXPERIMENT = "versweep-schedule"
 
@@ -73,7 +74,7 @@ class ScheduleRecords:
         if blocking_job_id:
             tags["versweep.blocking_job_id"] = blocking_job_id
         run_id = self._create(f"{grid} {iso_utc(fired_at)} skipped", tags, fired_at)
-        _retrying(functools.partial(self.client.set_terminated, run_id, "FINISHED"),
+        retrying(functools.partial(self.client.set_terminated, run_id, "FINISHED"),
                   "finishing a skipped firing's run")
         return run_id
 
@@ -94,12 +95,12 @@ class ScheduleRecords:
         if sweep_parent_run_id:
             tags["versweep.sweep_parent_run_id"] = sweep_parent_run_id
         for name, value in tags.items():
-            _retrying(functools.partial(self.client.set_tag, run_id, name,
+            retrying(functools.partial(self.client.set_tag, run_id, name,
                                         truncate(value, MAX_TAG_VALUE_LENGTH)),
                       "recording a scheduled job's state")
         if status in _RUN_END:
             end_ms = int(ended_at * 1000) if ended_at else None
-            _retrying(functools.partial(self.client.set_terminated, run_id, _RUN_END[status],
+            retrying(functools.partial(self.client.set_terminated, run_id, _RUN_END[status],
                                         end_ms),
                       "finishing a scheduled job's run")
 
@@ -117,7 +118,7 @@ class ScheduleRecords:
         runs: list = []
         token = None
         while True:
-            page = _retrying(functools.partial(
+            page = retrying(functools.partial(
                 self.client.search_runs, [experiment_id], filter_string=query,
                 max_results=1000, page_token=token), "reading the schedule's runs")
             runs.extend(page)
@@ -131,11 +132,11 @@ class ScheduleRecords:
 
     def sweep_parent_run(self, experiment: str, job_id: str) -> str | None:
         """The parent run a job's sweep tagged with ``versweep.job_id``, if it did so."""
-        found = _retrying(functools.partial(self.client.get_experiment_by_name, experiment),
+        found = retrying(functools.partial(self.client.get_experiment_by_name, experiment),
                           "looking up the sweep's experiment")
         if found is None:
             return None
-        runs = _retrying(functools.partial(
+        runs = retrying(functools.partial(
             self.client.search_runs, [found.experiment_id],
             filter_string=(f"tags.`versweep.kind` = 'sweep' and "
                            f"tags.`versweep.job_id` = {quote(job_id)}"),
@@ -146,7 +147,8 @@ class ScheduleRecords:
 
     @staticmethod
     def _firing_tags(grid: str, fired_at: float, schedule: str, address: str) -> dict[str, str]:
-        tags = {"versweep.kind": "schedule", "versweep.grid": grid,
+        tags = {SCHEMA_TAG: str(SCHEMA_VERSION), "versweep.kind": "schedule",
+                "versweep.grid": grid,
                 "versweep.schedule": schedule, "versweep.fired_at": iso_utc(fired_at),
                 "versweep.address": address}
         if schedule != "once" and not schedule.startswith("every "):
@@ -157,7 +159,7 @@ class ScheduleRecords:
         experiment_id = self._store.experiment_id(create=True)
         assert experiment_id is not None, "experiment_id(create=True) returns an id"
         tags = {name_: truncate(value, MAX_TAG_VALUE_LENGTH) for name_, value in tags.items()}
-        run = _retrying(functools.partial(
+        run = retrying(functools.partial(
             self.client.create_run, experiment_id, start_time=int(fired_at * 1000), tags=tags,
             run_name=name), "recording a firing")
         return run.info.run_id

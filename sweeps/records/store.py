@@ -3,7 +3,7 @@
 This is the only module of versweep that imports mlflow, so the layout of
 DESIGN.md ("MLflow layout") lives here and nowhere else:
 
-    experiment  <grid name, or --experiment>
+    experiment  <grid name, or --experiment>      every run: versweep.schema (layout.py)
     └── parent run  "<sweep> <UTC time>"   tags versweep.kind=sweep, versweep.sweep,
         │                                   versweep.sweep_kind (grid | search),
         │                                   versweep.grid_sha256, versweep.backend,
@@ -28,7 +28,7 @@ and docs/bench/records_sqlite_concurrency.txt):
   failing. 1 to 8 writer processes, one write per step: no errors, but single
   writes waited up to 5 s on a busy 2-core machine. A lock held past the 20 s
   makes a plain MlflowClient write fail with "database is locked"; the bounded
-  retry below (``_retrying``) rides it out, and a failed SQLite write is rolled
+  retry below (``retrying``) rides it out, and a failed SQLite write is rolled
   back whole, so repeating it records nothing twice.
 * The first open of a *fresh* database is not safe: ``SqlAlchemyStore``
   creates the tables and runs the alembic migrations without a lock, and 4
@@ -70,6 +70,7 @@ from mlflow.protos.databricks_pb2 import (
 
 from sweeps.errors import UserError
 from sweeps.grid.spec import STATUSES, Sweep, TrialSpec
+from sweeps.records.layout import SCHEMA_TAG, SCHEMA_VERSION, check_schema
 
 _log = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _retrying(call: Callable[[], T], what: str) -> T:
+def retrying(call: Callable[[], T], what: str) -> T:
     """Run one store call, again after a pause while the store is temporarily unavailable.
 
     A failed SQLite write is rolled back as a whole, so repeating it cannot
@@ -345,7 +346,7 @@ def open_client(tracking_uri: str) -> MlflowClient:
             if urlparse(tracking_uri).scheme in ("http", "https"):
                 _check_reachable(tracking_uri)
             client = MlflowClient(tracking_uri=tracking_uri)
-            _retrying(lambda: client.search_experiments(max_results=1), "opening the store")
+            retrying(lambda: client.search_experiments(max_results=1), "opening the store")
     except MlflowException as error:
         raise UserError(f"MLflow store {_without_password(tracking_uri)}: "
                         f"{_first_line(error)}") from None
@@ -406,7 +407,7 @@ class SweepRecords:
 
     def experiment_id(self, *, create: bool) -> str | None:
         """The experiment's id; created (with a predictable artifact folder) if ``create``."""
-        found = _retrying(lambda: self.client.get_experiment_by_name(self.experiment),
+        found = retrying(lambda: self.client.get_experiment_by_name(self.experiment),
                           "looking up the experiment")
         if found is not None:
             if found.lifecycle_stage == "deleted":
@@ -427,7 +428,7 @@ class SweepRecords:
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.experiment).strip("._") or "experiment"
             location = (root / slug).as_uri()
         try:
-            return _retrying(
+            return retrying(
                 lambda: self.client.create_experiment(self.experiment,
                                                       artifact_location=location),
                 "creating the experiment")
@@ -452,6 +453,7 @@ class SweepRecords:
         assert experiment_id is not None, "experiment_id(create=True) returns an id"
         started = datetime.datetime.now(datetime.UTC)
         tags = {
+            SCHEMA_TAG: str(SCHEMA_VERSION),
             "versweep.kind": "sweep",
             "versweep.sweep": sweep.name,
             "versweep.grid_sha256": grid_sha256(sweep),
@@ -470,7 +472,7 @@ class SweepRecords:
         if sweep.description:
             tags["mlflow.note.content"] = sweep.description  # the run's description in the UI
         tags = {k: truncate(v, MAX_TAG_VALUE_LENGTH) for k, v in tags.items()}
-        run = _retrying(
+        run = retrying(
             lambda: self.client.create_run(
                 experiment_id, run_name=f"{sweep.name} {started:%Y-%m-%d %H:%M:%S}Z", tags=tags),
             "creating the sweep's parent run")
@@ -512,8 +514,10 @@ class SweepRecords:
             RunStatus.FINISHED)]
         parent = (unfinished or parents)[0]
         parent_run_id = parent.info.run_id
+        # A sweep written by a newer versweep is not continued by this one.
+        check_schema(parent.data.tags, f"--resume: sweep run {parent_run_id}")
         resumes = int(parent.data.tags.get("versweep.resumes", "0")) + 1
-        _retrying(lambda: self.client.update_run(parent_run_id, status="RUNNING"),
+        retrying(lambda: self.client.update_run(parent_run_id, status="RUNNING"),
                   "reopening the sweep's parent run")
         self._set_tags(parent_run_id, {"versweep.resumes": str(resumes)})
         if parent.data.tags.get("versweep.grid_sha256") != grid_sha256(sweep):
@@ -547,7 +551,7 @@ class SweepRecords:
                                       _now_ms(), 0))
         self._set_tags(parent_run_id, tags, metrics=metrics)
         end_state = "KILLED" if interrupted else "FINISHED"
-        _retrying(lambda: self.client.set_terminated(parent_run_id, end_state),
+        retrying(lambda: self.client.set_terminated(parent_run_id, end_state),
                   "finishing the sweep's parent run")
 
     # ----------------------------------------------------------------- trials
@@ -577,10 +581,11 @@ class SweepRecords:
             self._set_tags(stale_id, {"versweep.status": "stopped",
                                       "versweep.message": "left running by a driver that "
                                                           "stopped; the trial was started again"})
-            _retrying(functools.partial(self.client.set_terminated, stale_id, "KILLED"),
+            retrying(functools.partial(self.client.set_terminated, stale_id, "KILLED"),
                       "marking a stale trial run KILLED")
         tags = {
             "mlflow.parentRunId": parent_run_id,
+            SCHEMA_TAG: str(SCHEMA_VERSION),
             "versweep.kind": "trial",
             "versweep.trial_key": spec.key,
             "versweep.workload": spec.workload,
@@ -590,7 +595,7 @@ class SweepRecords:
         }
         if spec.workload_dir is not None:  # a user's own workload: where its plug-in is
             tags["versweep.workload_dir"] = spec.workload_dir
-        run = _retrying(
+        run = retrying(
             lambda: self.client.create_run(experiment_id,
                                            run_name=truncate(spec.name, MAX_RUN_NAME_LENGTH),
                                            tags=tags),
@@ -664,7 +669,7 @@ class SweepRecords:
         pending = self._pending.pop(run_id, [])
         self._last_flush[run_id] = time.monotonic()
         if pending:
-            _retrying(lambda: self.client.log_batch(run_id, metrics=pending),
+            retrying(lambda: self.client.log_batch(run_id, metrics=pending),
                       "logging metrics")
 
     def finish_trial(self, run_id: str, status: str, *, message: str = "", log_text: str = "",
@@ -684,7 +689,7 @@ class SweepRecords:
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
         self.flush(run_id)
-        current = _retrying(lambda: self.client.get_run(run_id), "reading a trial run")
+        current = retrying(lambda: self.client.get_run(run_id), "reading a trial run")
         if current.info.status == "KILLED":
             # A resumed sweep started this trial again and marked this run KILLED (its
             # driver had died, this trial process had not): the newer run is the record.
@@ -707,7 +712,7 @@ class SweepRecords:
         if samples is not None:
             self._log_text(run_id, json.dumps([float(s) for s in samples]), "samples.json")
         end_state = "FINISHED" if decided else "KILLED"
-        _retrying(lambda: self.client.set_terminated(run_id, end_state), "finishing a trial")
+        retrying(lambda: self.client.set_terminated(run_id, end_state), "finishing a trial")
         for state in (self._pending, self._last_flush, self._last_step, self._result_samples):
             state.pop(run_id, None)
 
@@ -765,7 +770,7 @@ class SweepRecords:
     def _parent_experiment(self, parent_run_id: str) -> str:
         # Children live in their parent's experiment, whatever this object was told.
         if parent_run_id not in self._experiment_of_parent:
-            parent = _retrying(lambda: self.client.get_run(parent_run_id),
+            parent = retrying(lambda: self.client.get_run(parent_run_id),
                                "reading the sweep's parent run")
             self._experiment_of_parent[parent_run_id] = parent.info.experiment_id
         return self._experiment_of_parent[parent_run_id]
@@ -774,7 +779,7 @@ class SweepRecords:
         runs: list = []
         token = None
         while True:
-            page = _retrying(
+            page = retrying(
                 functools.partial(
                     self.client.search_runs,
                     [experiment_id], filter_string=query, run_view_type=ViewType.ACTIVE_ONLY,
@@ -789,19 +794,19 @@ class SweepRecords:
         params = [Param(_key(name), truncate(text_value(value), MAX_PARAM_VALUE_LENGTH))
                   for name, value in sorted(flatten(config).items())]
         if params:
-            _retrying(lambda: self.client.log_batch(run_id, params=params), "logging params")
+            retrying(lambda: self.client.log_batch(run_id, params=params), "logging params")
 
     def _set_tags(self, run_id: str, tags: dict[str, str], *,
                   metrics: list[Metric] | None = None) -> None:
         run_tags = [RunTag(_key(name), truncate(value, MAX_TAG_VALUE_LENGTH))
                     for name, value in tags.items()]
         if run_tags or metrics:
-            _retrying(lambda: self.client.log_batch(run_id, metrics=metrics or [],
+            retrying(lambda: self.client.log_batch(run_id, metrics=metrics or [],
                                                     tags=run_tags),
                       "setting tags")
 
     def _log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        _retrying(lambda: self.client.log_text(run_id, text, artifact_file),
+        retrying(lambda: self.client.log_text(run_id, text, artifact_file),
                   f"logging {artifact_file}")
 
 

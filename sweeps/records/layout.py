@@ -1,0 +1,43 @@
+"""The version of the MLflow layout versweep writes, and the check every reader makes.
+
+Every run versweep writes (a sweep's parent run, each trial's child run, each scheduled
+firing) carries ``versweep.schema``: the version of the layout store.py and schedule.py
+write (which tags, params, metrics and artifacts, named how). A reader meets runs of a
+newer layout with one clear line, never a wrong report; runs without the tag were
+written before it existed, and are layout 1.
+
+    1  the first layout (no versweep.schema tag)
+    2  versweep.schema on every run; versweep.sweep_kind (grid | search) on parent runs;
+       versweep.workload_dir on the trial runs of a user's own workload
+
+Torch-free and mlflow-free: analysis/load.py reads SQLite stores without mlflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sweeps.errors import UserError
+
+SCHEMA_TAG = "versweep.schema"
+SCHEMA_VERSION = 2
+OLDEST_READABLE = 1
+
+
+def schema_of(tags: Mapping[str, str]) -> int | None:
+    """The layout version a run's tags say (1 where there is no tag), or None if unreadable."""
+    raw = str(tags.get(SCHEMA_TAG, OLDEST_READABLE)).strip()
+    return int(raw) if raw.isdigit() else None
+
+
+def check_schema(tags: Mapping[str, str], what: str) -> int:
+    """The run's layout version; UserError, one line, where this versweep cannot read it."""
+    version = schema_of(tags)
+    if version is None:
+        raise UserError(f"{what} has a {SCHEMA_TAG} tag of '{tags.get(SCHEMA_TAG)}', which is "
+                        "not a layout version; it was not written by versweep")
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{what} was written by a newer versweep (records layout {version}; "
+                        f"this one reads layouts {OLDEST_READABLE} to {SCHEMA_VERSION}): "
+                        "update versweep to read it")
+    return version
