@@ -32,7 +32,7 @@ import functools
 from typing import Any
 
 from sweeps.records.layout import SCHEMA_TAG, SCHEMA_VERSION
-from sweeps.records.store import MAX_TAG_VALUE_LENGTH, SweepRecords, retrying, quote, truncate
+from sweeps.records.store import MAX_TAG_VALUE_LENGTH, SweepRecords, quote, retrying, truncate
 
 SCHEDULE_EXPERIMENT = "versweep-schedule"
 
