@@ -393,8 +393,8 @@ def test_every_run_says_its_records_layout_and_a_newer_one_is_refused(tmp_path):
 
     client.set_tag(written.parent_run_id, SCHEMA_TAG, str(SCHEMA_VERSION + 1))
     for direct_sqlite in (True, False):
-        message = one_line_error(lambda: load_sweep_data(uri, VERSIONS,
-                                                         direct_sqlite=direct_sqlite))
+        message = one_line_error(lambda direct=direct_sqlite: load_sweep_data(
+            uri, VERSIONS, direct_sqlite=direct))
         assert message == (f"sweep {written.parent_run_id} of experiment '{VERSIONS}' was "
                            f"written by a newer versweep (records layout {SCHEMA_VERSION + 1}; "
                            f"this one reads layouts 1 to {SCHEMA_VERSION}): update versweep "
