@@ -45,7 +45,8 @@ from urllib.parse import unquote, urlparse
 
 from sweeps.errors import UserError
 from sweeps.paths import MATRIX_PATH
-from sweeps.records.layout import check_schema
+from sweeps.records.layout import check_schema, study_name
+from sweeps.versions import version_tuple
 
 SAMPLES_ARTIFACT = "samples.json"
 # A grid sweep's plan on its parent run: every trial it meant to decide (sweeps/records.py).
@@ -164,15 +165,6 @@ class SweepData:
     def trials_of(self, workload: str) -> list[Trial]:
         """The trials of one workload, in record order."""
         return [t for t in self.trials if t.workload == workload]
-
-
-def study_name(experiment: str, sweep_name: str, parent_run_id: str) -> str:
-    """The Optuna study name of one sweep run; the same as sweeps.execute.tune.study_name.
-
-    Repeated here because sweeps.execute.tune imports Ray, which a report does not need
-    (tests/test_analysis_load.py checks that the two agree).
-    """
-    return f"versweep/{experiment}/{sweep_name}/{parent_run_id}"
 
 
 # --------------------------------------------------------------------------- loading
@@ -637,11 +629,6 @@ def _parse_grid(text: str) -> dict:
 # --------------------------------------------------------------------------- image order
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    numbers = re.match(r"\d+(?:\.\d+)*", version or "")
-    return tuple(int(p) for p in numbers.group(0).split(".")) if numbers else ()
-
-
 def _matrix_order() -> dict[str, tuple[int, tuple[int, ...]]]:
     """Image name -> (position in images/matrix.toml, torch version); {} if unreadable."""
     try:
@@ -650,7 +637,7 @@ def _matrix_order() -> dict[str, tuple[int, tuple[int, ...]]]:
         matrix = load_matrix(MATRIX_PATH)
     except Exception:  # noqa: BLE001  (no matrix: order by torch version alone)
         return {}
-    return {name: (i, _version_key(image.torch)) for i, name in enumerate(matrix)
+    return {name: (i, version_tuple(image.torch)) for i, name in enumerate(matrix)
             for image in [matrix[name]]}
 
 
@@ -662,10 +649,10 @@ def order_images(images: set[str] | Sequence[str], torch_of: dict[str, str]) -> 
     def key(name: str) -> tuple:
         position, version = matrix.get(name, (len(matrix), ()))
         if not version:
-            version = _version_key(torch_of.get(name, ""))
+            version = version_tuple(torch_of.get(name, ""))
         if not version:
             in_name = _TORCH_IN_NAME.search(name)
-            version = _version_key(in_name.group(1)) if in_name else ()
+            version = version_tuple(in_name.group(1)) if in_name else ()
         return (version == (), version, position, name)
 
     return sorted(set(images), key=key)

@@ -36,6 +36,7 @@ from analysis.stats import (
 )
 from sweeps import workloads
 from sweeps.errors import UserError
+from sweeps.versions import version_tuple
 from sweeps.workloads import Workload
 
 # Params that differ between the repeats of one trial by design: not part of what is compared.
@@ -107,11 +108,6 @@ def format_ratio(comparison: Comparison) -> str:
 def format_mark(mark: str) -> str:
     """The verdict as the tables show it: significant changes in bold."""
     return f"**{mark}**" if mark in ("faster", "slower", "differs") else mark
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    """Sortable numbers of a version string: "2.5.1+cu124" -> (2, 5, 1)."""
-    return tuple(int(n) for n in re.findall(r"\d+", version.split("+", 1)[0]))
 
 
 def tag(trial: Trial, name: str) -> str | None:
@@ -512,7 +508,7 @@ def _references_by(context: ReportContext) -> dict[tuple[str, str], list[Referen
     for row in context.references:
         found[(row.bench, row.impl)].append(row)
     for rows in found.values():
-        rows.sort(key=lambda r: version_key(r.version))
+        rows.sort(key=lambda r: version_tuple(r.version))
     return found
 
 
@@ -539,7 +535,7 @@ def reference_sections(context: ReportContext) -> list[render.Section]:
     for bench in sorted(by_bench):
         rows = by_bench[bench]
         impls = sorted({r.impl for r in rows}, key=_impl_order)
-        versions = sorted({r.version for r in rows}, key=version_key)
+        versions = sorted({r.version for r in rows}, key=version_tuple)
         cell = {(r.impl, r.version): r for r in rows}
         table_rows = [[impl] + [format_interval(cell[(impl, v)].interval)
                                 if (impl, v) in cell else "not measured" for v in versions]

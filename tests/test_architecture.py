@@ -77,3 +77,18 @@ def test_every_stage_is_a_package_of_its_own():
     top = sorted(p.name for p in (ROOT / "sweeps").glob("*.py"))
     assert top == ["__init__.py", "cli.py", "datasets.py", "errors.py", "paths.py", "run.py",
                    "schedule.py", "versions.py"]
+
+
+def test_a_backend_must_implement_the_contract():
+    from sweeps.execute.backends import BACKENDS
+    from sweeps.execute.backends._base import Backend
+
+    class Half(Backend):
+        name = "half"
+
+        def preflight(self, sweep, *, on_this_node=True):
+            return None
+
+    with pytest.raises(TypeError, match="abstract method.* start"):
+        Half()
+    assert set(BACKENDS) == {"local", "docker"}

@@ -32,10 +32,10 @@ from sweeps.cluster.resources import (
     trial_routing,
     unplaceable,
 )
-from sweeps.execute.trial import trial_resources
 from sweeps.grid.load import MATRIX_PATH, load_sweep
 from sweeps.grid.matrix import load_matrix
 from sweeps.grid.spec import TrialSpec
+from sweeps.plan.resources import trial_resources
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -52,11 +52,13 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
         # before its images exist or where no Docker engine runs.
         if backend_name not in BACKENDS:
             get_backend(backend_name)  # the one-line error that lists the valid names
+        from sweeps.plan.table import format_trial_table
+
         out.write(format_trial_table(sweep, backend_name, max_concurrent) + "\n")
         return EXIT_OK
     runner = get_backend(backend_name, sweep)
     from sweeps.execute import tune as sweep_tune
-    from sweeps.execute.trial import address_given
+    from sweeps.plan.resources import address_given
 
     timings: dict[str, float] = {}
     # On a cluster whose nodes advertise images, those nodes must hold them, not this one
@@ -154,71 +156,3 @@ def _study_storage(tracking_uri: str, cwd: Path) -> str:
     if tracking_uri.startswith(prefix):
         return prefix + str(Path(tracking_uri[len(prefix):]).parent / "optuna.db")
     return prefix + str(cwd / "optuna.db")
-
-
-def _key_config(trials) -> dict[str, list[str]]:
-    """Per workload: its key columns (its plug-in's) plus every other config key that differs
-    between its trials."""
-    columns: dict[str, list[str]] = {}
-    for workload in sorted({t.workload for t in trials}):
-        of_workload = [t for t in trials if t.workload == workload]
-        configs = [t.config_dict for t in of_workload]
-        keys = sorted({k for c in configs for k in c})
-        varying = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-        first = [k for k in of_workload[0].plugin.key_columns if k in keys]
-        columns[workload] = first + [k for k in varying if k not in first]
-    return columns
-
-
-def format_trial_table(sweep, backend: str, max_concurrent: int | None) -> str:
-    """The dry run: every trial (or the search), and what each trial asks Ray for."""
-    from sweeps.execute.trial import describe_resources, describe_routing
-
-    resources = describe_resources(sweep)
-    routing = describe_routing(sweep)
-    lines = [f"sweep '{sweep.name}' from {sweep.path}",
-             f"backend {backend}, device {sweep.device}, trial timeout "
-             f"{sweep.trial_timeout_s:g} s, retries {sweep.retries}, max concurrent "
-             f"{max_concurrent or 'unlimited'}"]
-    if sweep.is_search:
-        search = sweep.search
-        lines.append(f"search: {search.num_samples} samples of {search.workload} on "
-                     f"{search.image}, {search.sampler} (seed {search.seed}), "
-                     f"{search.mode} {search.metric}; each trial asks for {resources}")
-        if routing:
-            lines.append(routing)
-        for param in search.space:
-            span = (", ".join(map(str, param.values)) if param.kind == "choice"
-                    else f"{param.low} .. {param.high}")
-            lines.append(f"  {param.name}: {param.kind} {span}")
-        if search.scheduler is not None:
-            s = search.scheduler
-            lines.append(f"  early stopping: {s.kind} on {search.metric}, grace {s.grace_period},"
-                         f" reduction factor {s.reduction_factor}, max_t {s.max_t}")
-        searched = {p.name for p in search.space}
-        lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in search.base_config
-                                             if k not in searched))
-        return "\n".join(lines)
-
-    lines.append(f"each trial asks Ray for {resources}")
-    if routing:
-        lines.append(routing)
-    columns = _key_config(sweep.trials)
-    short = {"1 CPU": "CPU 1", "1 GPU + 1 CPU": "GPU 1, CPU 1"}.get(resources, "GPU 1 or CPU 1")
-    header = ["#", "trial", "image", "config", "repeat", "resources"]
-    rows = []
-    for number, trial in enumerate(sweep.trials, 1):
-        config = trial.config_dict
-        shown = " ".join(f"{k}={_cell(config.get(k))}" for k in columns[trial.workload])
-        rows.append([str(number), trial.name, trial.image, shown, str(trial.repeat), short])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    lines.append(f"{len(sweep.trials)} trials; nothing started (dry run)")
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    return "-" if value is None else str(value)

@@ -46,9 +46,11 @@ from sweeps.cluster.resources import (
 from sweeps.errors import UserError
 from sweeps.execute.backends import get_backend
 from sweeps.execute.summary import TrialRecord
-from sweeps.execute.trial import routes_by_image, run_trial, trial_resources
+from sweeps.execute.trial import run_trial
 from sweeps.grid.spec import Sweep, TrialSpec
 from sweeps.paths import REPO_ROOT
+from sweeps.plan.resources import routes_by_image, trial_resources
+from sweeps.records.layout import study_name
 
 # Report keys the trainable adds to the worker's metrics.
 RUN_ID, TRIAL_KEY, STATUS, MESSAGE = (
@@ -620,11 +622,6 @@ def _optuna_searcher(sweep: Sweep, experiment: str, parent_run_id: str,
             asked = 0
     return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed + asked),
                         study_name=name, storage=storage)
-
-
-def study_name(experiment: str, sweep_name: str, parent_run_id: str) -> str:
-    """The Optuna study of one sweep run: ``--resume`` finds the same parent run, so this study."""
-    return f"versweep/{experiment}/{sweep_name}/{parent_run_id}"
 
 
 def shutdown() -> None:

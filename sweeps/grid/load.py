@@ -25,7 +25,16 @@ from typing import Any
 from sweeps import workloads
 from sweeps.errors import GridError, UserError
 from sweeps.grid.matrix import display_path, load_matrix, nearest, read_toml
-from sweeps.grid.spec import LOCAL_IMAGE, Image, Param, Scheduler, Search, Sweep, TrialSpec
+from sweeps.grid.spec import (
+    LOCAL_IMAGE,
+    Image,
+    Param,
+    Scheduler,
+    Search,
+    Sweep,
+    TrialSpec,
+    memory_size_problem,
+)
 from sweeps.paths import GRIDS_DIR, MATRIX_PATH
 from sweeps.workloads import Workload
 from workers.protocol import BadConfig
@@ -486,9 +495,9 @@ def _memory(check: _Checker, table: dict[str, Any]) -> str | None:
     if "container_memory" not in table:
         return None
     value = check.string("sweep.container_memory", table["container_memory"])
-    if not re.match(r"^[1-9]\d*[bkmg]$", value):
-        raise check.fail("sweep.container_memory", f"'{value}' is not a memory size like "
-                                                   "'16g' or '512m'")
+    problem = memory_size_problem(value)
+    if problem is not None:
+        raise check.fail("sweep.container_memory", problem)
     return value
 
 

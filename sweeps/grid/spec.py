@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,17 @@ if TYPE_CHECKING:
 
 # Trial statuses, as the `versweep.status` tag records them (DESIGN.md).
 STATUSES = ("ok", "unsupported", "failed", "diverged", "stopped")
+
+# A memory size as Docker takes it, with its unit: "16g", "512m" (sweep.container_memory).
+MEMORY_SIZE = re.compile(r"^[1-9]\d*[bkmg]$")
+
+
+def memory_size_problem(value: object) -> str | None:
+    """Why ``value`` is not a memory size like '16g' or '512m', or None if it is one."""
+    if isinstance(value, str) and MEMORY_SIZE.match(value):
+        return None
+    return f"'{value}' is not a memory size like '16g' or '512m'"
+
 
 # The image name the `local` backend runs on: the host's own interpreter and torch.
 LOCAL_IMAGE = "local"

@@ -41,3 +41,11 @@ def check_schema(tags: Mapping[str, str], what: str) -> int:
                         f"this one reads layouts {OLDEST_READABLE} to {SCHEMA_VERSION}): "
                         "update versweep to read it")
     return version
+
+
+def study_name(experiment: str, sweep_name: str, parent_run_id: str) -> str:
+    """The Optuna study of one sweep run (its storage: optuna.db beside a SQLite store).
+
+    ``--resume`` finds the same parent run, so the same study; the report finds it too.
+    """
+    return f"versweep/{experiment}/{sweep_name}/{parent_run_id}"

@@ -11,6 +11,7 @@ Ray, MLflow or torch.
 
 from __future__ import annotations
 
+import abc
 import collections
 import ctypes
 import json
@@ -255,18 +256,22 @@ def worker_args(python: str, spec: TrialSpec, *, config: dict | None = None,
     return args
 
 
-class Backend:
-    """Where a trial's worker runs. Subclasses set ``name`` and implement both methods."""
+class Backend(abc.ABC):
+    """Where a trial's worker runs: set ``name``, implement ``preflight`` and ``start``.
+
+    ``check`` may be overridden where the backend knows before a worker starts that a
+    trial cannot run (the docker backend: the image's kernels for the node's GPU).
+    """
 
     name = ""
 
+    @abc.abstractmethod
     def preflight(self, sweep: Sweep, *, on_this_node: bool = True) -> None:
         """Raise UserError (one line, what to do) if this backend cannot run ``sweep``.
 
         ``on_this_node=False``: the trials run on a cluster's other nodes; check only what
         does not depend on the node this driver runs on.
         """
-        raise NotImplementedError
 
     def check(self, spec: TrialSpec, *, gpu_ids: Sequence[str]) -> str | None:
         """Why ``spec`` cannot run on the GPUs ``gpu_ids`` of this node, or None if it can.
@@ -276,6 +281,6 @@ class Backend:
         """
         return None
 
+    @abc.abstractmethod
     def start(self, spec: TrialSpec, *, gpu_ids: Sequence[str], log_path: Path) -> WorkerHandle:
         """Start the worker for ``spec`` and return its handle."""
-        raise NotImplementedError

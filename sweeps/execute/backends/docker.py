@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 
 from sweeps.errors import UserError
 from sweeps.execute.backends._base import Backend, WorkerHandle, worker_args
-from sweeps.grid.spec import Image, Sweep, TrialSpec
+from sweeps.grid.spec import Image, Sweep, TrialSpec, memory_size_problem
 from sweeps.images.docker import docker_client, image_digest, local_tag
 from sweeps.paths import REPO_ROOT
 from sweeps.plan import compat
@@ -44,7 +43,6 @@ WORKLOAD_MOUNT = "/opt/versweep/workloads"  # a user's own workload at WORKLOAD_
 # works on a base image that has no such user).
 CONTAINER_USER = "10001:10001"
 DEFAULT_MEMORY = "16g"
-_MEMORY = re.compile(r"^\d+[bkmg]?$")
 PIDS_LIMIT = 4096
 # exec: torch.compile (inductor, Triton) loads the code it compiles from its caches there.
 TMPFS = {"/tmp": "rw,exec,nosuid,nodev,size=2g"}
@@ -56,8 +54,9 @@ LABEL_OWNER = "io.versweep.owner"
 
 def check_memory(value: str) -> str:
     """A Docker memory limit like "16g", or a UserError."""
-    if not _MEMORY.match(str(value)):
-        raise UserError(f"container memory '{value}' is not a size like '16g' or '512m'")
+    problem = memory_size_problem(value)
+    if problem is not None:
+        raise UserError(f"container memory {problem}")
     return str(value)
 
 
