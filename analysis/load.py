@@ -1,4 +1,4 @@
-"""A sweep's records read back from MLflow, in the layout sweeps/records.py writes (DESIGN.md).
+"""A sweep as a report needs it, from the records sweeps/records/ writes and reads (DESIGN.md).
 
     load_sweep_data(uri, "versions")          the newest sweep of experiment "versions"
     load_sweep_data(uri, "versions", "3f2a")  the sweep whose parent run id starts with 3f2a
@@ -28,9 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import difflib
-import functools
 import json
-import math
 import os
 import re
 import sqlite3
@@ -41,19 +39,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from sweeps.errors import UserError
 from sweeps.paths import MATRIX_PATH
 from sweeps.records.layout import check_schema, study_name
+from sweeps.records.read import (
+    ClientReader,
+    RunView,
+    StoreReader,
+    download_text,
+    local_artifact_dir,
+    open_reader,
+    reading_client,
+    shown_uri,
+    sqlite_file,
+)
 from sweeps.versions import version_tuple
 
 SAMPLES_ARTIFACT = "samples.json"
 # A grid sweep's plan on its parent run: every trial it meant to decide (sweeps/records.py).
 PLAN_ARTIFACT = "trials.json"
 
-# search_runs page size: MLflow's largest for SQL stores.
-PAGE_SIZE = 1000
 
 # Threads that download samples from a remote artifact store at once.
 DOWNLOAD_THREADS = 8
@@ -147,7 +153,7 @@ class SweepData:
         if not self.search:
             return None
         if storage is None:
-            db = _sqlite_file(self.tracking_uri)
+            db = sqlite_file(self.tracking_uri)
             if db is None or not (db.parent / OPTUNA_DB_NAME).exists():
                 return None
             storage = "sqlite:///" + str(db.parent / OPTUNA_DB_NAME)
@@ -168,20 +174,6 @@ class SweepData:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class _Run:
-    """What both readers return for one run: MLflow's run, without MLflow's classes."""
-
-    run_id: str
-    name: str
-    status: str  # MLflow's: RUNNING, FINISHED, KILLED, FAILED, SCHEDULED
-    start_time: int  # ms since the epoch
-    artifact_uri: str
-    tags: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def load_sweep_data(tracking_uri: str, experiment: str, sweep: str | None = None, *,
@@ -206,18 +198,18 @@ def load_sweep_data(tracking_uri: str, experiment: str, sweep: str | None = None
     with no sweep runs, an unknown sweep, a sweep with no decided trial, and a
     sweep whose kind cannot be told (above).
     """
-    reader = _reader(tracking_uri, direct_sqlite)
+    reader = open_reader(tracking_uri, direct_sqlite)
     try:
         return _load(reader, tracking_uri, experiment, sweep)
     except sqlite3.Error:
         # The file answered the schema check but not a query (locked for longer than
         # the timeout, damaged): MLflow's own reading retries and says what is wrong.
-        return _load(_ClientReader(tracking_uri), tracking_uri, experiment, sweep)
+        return _load(ClientReader(tracking_uri), tracking_uri, experiment, sweep)
     finally:
         reader.close()
 
 
-def _load(reader: _Reader, tracking_uri: str, experiment: str, sweep: str | None) -> SweepData:
+def _load(reader: StoreReader, tracking_uri: str, experiment: str, sweep: str | None) -> SweepData:
     found = reader.experiment(experiment)
     if found is None or found[1] == "deleted":
         names = reader.experiment_names()
@@ -226,7 +218,7 @@ def _load(reader: _Reader, tracking_uri: str, experiment: str, sweep: str | None
                 f"experiments there: {', '.join(names[:10])}" if names else
                 "the store holds no experiment yet; run a sweep first")
         state = "is deleted" if found is not None else "does not exist"
-        raise UserError(f"MLflow experiment '{experiment}' {state} in {_shown(tracking_uri)}; "
+        raise UserError(f"MLflow experiment '{experiment}' {state} in {shown_uri(tracking_uri)}; "
                         f"{hint}")
     experiment_id = found[0]
     parents = reader.sweep_parents(experiment_id)
@@ -285,24 +277,11 @@ def _load(reader: _Reader, tracking_uri: str, experiment: str, sweep: str | None
     )
 
 
-def _sqlite_file(tracking_uri: str) -> Path | None:
-    """The database of a ``sqlite:///`` URI (as records.store.sqlite_path, without mlflow)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(unquote(tracking_uri[len("sqlite:///"):]))
-
-
-def _shown(tracking_uri: str) -> str:
-    db = _sqlite_file(tracking_uri)
-    return str(db) if db is not None else re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@",
-                                                  tracking_uri)
-
-
-def _started(run: _Run) -> datetime.datetime:
+def _started(run: RunView) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(run.start_time / 1000.0, tz=datetime.UTC)
 
 
-def _pick_parent(parents: list[_Run], sweep: str | None, experiment: str) -> _Run:
+def _pick_parent(parents: list[RunView], sweep: str | None, experiment: str) -> RunView:
     """The parent run named by ``sweep`` (an id or unique prefix), or the newest (parents[0])."""
     if sweep is None:
         return parents[0]
@@ -322,7 +301,7 @@ def _pick_parent(parents: list[_Run], sweep: str | None, experiment: str) -> _Ru
                     f"first: {listed}{more}")
 
 
-def _trial(run: _Run, tracking_uri: str) -> Trial:
+def _trial(run: RunView, tracking_uri: str) -> Trial:
     tags = run.tags
     repeat = tags.get("versweep.repeat", "0")
     message = next((tags[key] for key in ("versweep.reason", "versweep.error",
@@ -348,200 +327,11 @@ def _trial(run: _Run, tracking_uri: str) -> Trial:
 # --------------------------------------------------------------------------- store readers
 
 
-class _Reader:
-    """The few questions a report asks a store; one implementation per way of asking."""
-
-    def experiment(self, name: str) -> tuple[str, str] | None:
-        """(experiment id, lifecycle stage) of the named experiment, or None."""
-        raise NotImplementedError
-
-    def experiment_names(self) -> list[str]:
-        raise NotImplementedError
-
-    def sweep_parents(self, experiment_id: str) -> list[_Run]:
-        """Active runs tagged versweep.kind=sweep, any status."""
-        raise NotImplementedError
-
-    def finished_children(self, experiment_id: str, parent_run_id: str) -> list[_Run]:
-        """Active FINISHED runs whose mlflow.parentRunId is ``parent_run_id``."""
-        raise NotImplementedError
-
-    def histories(self, run_ids: Sequence[str], key: str) -> dict[str, list]:
-        """run id -> [(timestamp, step, value)] of one metric, in logging order."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-def _reader(tracking_uri: str, direct_sqlite: bool = True) -> _Reader:
-    db = _sqlite_file(tracking_uri)
-    if db is not None and not db.exists():
-        # Opening it through MLflow would create an empty database; a report only reads.
-        raise UserError(f"no MLflow store at {db}: run a sweep there first "
-                        "(python sweeps/run.py --grid smoke) or point --tracking-uri / "
-                        "MLFLOW_TRACKING_URI at the store that holds it")
-    if db is not None and direct_sqlite:
-        reader = _SqliteReader.open(db)
-        if reader is not None:
-            return reader
-    return _ClientReader(tracking_uri)
-
-
-class _SqliteReader(_Reader):
-    """Reads MLflow's SQL schema from a SQLite file, read-only (mode=ro: no lock is taken
-    for writing, and a sweep still writing to the store is not disturbed)."""
-
-    # The tables and columns read; a store without all of them goes through MLflow.
-    SCHEMA = {
-        "experiments": {"experiment_id", "name", "lifecycle_stage"},
-        "runs": {"run_uuid", "name", "status", "start_time", "artifact_uri", "experiment_id",
-                 "lifecycle_stage"},
-        "tags": {"key", "value", "run_uuid"},
-        "params": {"key", "value", "run_uuid"},
-        "latest_metrics": {"key", "value", "is_nan", "run_uuid"},
-        "metrics": {"key", "value", "timestamp", "step", "is_nan", "run_uuid"},
-    }
-
-    def __init__(self, connection: sqlite3.Connection):
-        self.db = connection
-
-    @classmethod
-    def open(cls, path: Path) -> _SqliteReader | None:
-        try:
-            connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                         timeout=20.0)
-            for table, columns in cls.SCHEMA.items():
-                found = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
-                if not columns <= found:
-                    connection.close()
-                    return None
-        except sqlite3.Error:
-            return None
-        return cls(connection)
-
-    def experiment(self, name: str) -> tuple[str, str] | None:
-        rows = self.db.execute("SELECT experiment_id, lifecycle_stage FROM experiments "
-                               "WHERE name = ?", (name,)).fetchall()
-        if len(rows) > 1:  # the same name in several MLflow workspaces: take the default's
-            rows = self.db.execute("SELECT experiment_id, lifecycle_stage FROM experiments "
-                                   "WHERE name = ? AND workspace = 'default'",
-                                   (name,)).fetchall()
-        return (str(rows[0][0]), rows[0][1]) if rows else None
-
-    def experiment_names(self) -> list[str]:
-        return sorted(row[0] for row in self.db.execute(
-            "SELECT name FROM experiments WHERE lifecycle_stage = 'active'"))
-
-    def _runs(self, where: str, args: tuple) -> list[_Run]:
-        """The runs selected by ``where`` (over runs r), with tags, params, latest metrics."""
-        selected = f"SELECT r.run_uuid FROM runs r WHERE {where}"
-        runs = {row[0]: _Run(row[0], row[1] or "", row[2] or "", row[3] or 0, row[4] or "")
-                for row in self.db.execute(
-                    "SELECT run_uuid, name, status, start_time, artifact_uri FROM runs "
-                    f"WHERE run_uuid IN ({selected})", args)}
-        if not runs:
-            return []
-        for run_id, key, value in self.db.execute(
-                f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({selected})", args):
-            runs[run_id].tags[key] = value
-        for run_id, key, value in self.db.execute(
-                f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({selected})", args):
-            runs[run_id].params[key] = value
-        for run_id, key, value, is_nan in self.db.execute(
-                "SELECT run_uuid, key, value, is_nan FROM latest_metrics "
-                f"WHERE run_uuid IN ({selected})", args):
-            runs[run_id].metrics[key] = math.nan if is_nan else float(value)
-        return list(runs.values())
-
-    def sweep_parents(self, experiment_id: str) -> list[_Run]:
-        return self._runs(
-            "r.experiment_id = ? AND r.lifecycle_stage = 'active' AND EXISTS (SELECT 1 FROM "
-            "tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'versweep.kind' "
-            "AND t.value = 'sweep')", (int(experiment_id),))
-
-    def finished_children(self, experiment_id: str, parent_run_id: str) -> list[_Run]:
-        return self._runs(
-            "r.experiment_id = ? AND r.lifecycle_stage = 'active' AND r.status = 'FINISHED' "
-            "AND EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid "
-            "AND t.key = 'mlflow.parentRunId' AND t.value = ?)",
-            (int(experiment_id), parent_run_id))
-
-    def histories(self, run_ids: Sequence[str], key: str) -> dict[str, list]:
-        found: dict[str, list] = {run_id: [] for run_id in run_ids}
-        for start in range(0, len(run_ids), 500):  # SQLite's limit on bound parameters
-            chunk = list(run_ids[start:start + 500])
-            marks = ",".join("?" * len(chunk))
-            for run_id, stamp, step, value, is_nan in self.db.execute(
-                    "SELECT run_uuid, timestamp, step, value, is_nan FROM metrics "
-                    f"WHERE key = ? AND run_uuid IN ({marks}) ORDER BY timestamp, rowid",
-                    (key, *chunk)):
-                found[run_id].append((stamp or 0, int(step), math.nan if is_nan else value))
-        return found
-
-    def close(self) -> None:
-        self.db.close()
-
-
-class _ClientReader(_Reader):
-    """Asks MlflowClient: any store MLflow can open (a server, PostgreSQL, ...)."""
-
-    def __init__(self, tracking_uri: str):
-        self.client = _client(tracking_uri)
-
-    def experiment(self, name: str) -> tuple[str, str] | None:
-        found = self.client.get_experiment_by_name(name)
-        return (found.experiment_id, found.lifecycle_stage) if found is not None else None
-
-    def experiment_names(self) -> list[str]:
-        return sorted(e.name for e in self.client.search_experiments())
-
-    def _search(self, experiment_id: str, query: str) -> list[_Run]:
-        """Every run matching ``query``, page by page (search_runs returns one page)."""
-        runs: list[_Run] = []
-        token = None
-        while True:
-            page = self.client.search_runs([experiment_id], filter_string=query,
-                                           max_results=PAGE_SIZE, page_token=token)
-            runs.extend(_Run(run.info.run_id, run.info.run_name or "", run.info.status,
-                             run.info.start_time or 0, run.info.artifact_uri or "",
-                             dict(run.data.tags), dict(run.data.params),
-                             dict(run.data.metrics)) for run in page)
-            token = page.token
-            if not token:
-                return runs
-
-    def sweep_parents(self, experiment_id: str) -> list[_Run]:
-        return self._search(experiment_id, "tags.`versweep.kind` = 'sweep'")
-
-    def finished_children(self, experiment_id: str, parent_run_id: str) -> list[_Run]:
-        from sweeps.records.store import quote  # this reader imports mlflow anyway
-
-        return self._search(experiment_id, f"tags.`mlflow.parentRunId` = {quote(parent_run_id)} "
-                                           "and attributes.status = 'FINISHED'")
-
-    def histories(self, run_ids: Sequence[str], key: str) -> dict[str, list]:
-        def one(run_id: str) -> list:
-            return [(m.timestamp or 0, int(m.step), float(m.value))
-                    for m in self.client.get_metric_history(run_id, key)]
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
-            return dict(zip(run_ids, pool.map(one, run_ids), strict=True))
-
-
-@functools.lru_cache(maxsize=8)
-def _client(tracking_uri: str) -> Any:
-    """One opened MlflowClient per store and process (opening checks the store: not free)."""
-    from sweeps.records.store import open_client  # imports mlflow: seconds, only when needed
-
-    return open_client(tracking_uri)
-
-
-def _grid_text(tracking_uri: str, parent: _Run) -> tuple[str, str]:
+def _grid_text(tracking_uri: str, parent: RunView) -> tuple[str, str]:
     """(the grid file the parent run keeps as an artifact, "") or ("", why it cannot be read)."""
     grid_path = parent.tags.get("versweep.grid_path", "")
     name = Path(grid_path).name if grid_path else ""
-    local = _local_artifact_dir(parent.artifact_uri)
+    local = local_artifact_dir(parent.artifact_uri)
     if local is not None:
         candidates = [local / name] if name else []
         candidates += sorted(local.glob("*.toml"))
@@ -553,17 +343,17 @@ def _grid_text(tracking_uri: str, parent: _Run) -> tuple[str, str]:
                     return "", f"{path}: {exc.strerror or exc}"
         return "", f"it is not in {local}"
     try:
-        client = _client(tracking_uri)
+        client = reading_client(tracking_uri)
         names = [name] if name else [f.path for f in client.list_artifacts(parent.run_id)
                                      if f.path.endswith(".toml")][:1]
         if not names:
             return "", "the parent run has no .toml artifact"
-        return _download_text(client, parent.run_id, names[0]), ""
+        return download_text(client, parent.run_id, names[0]), ""
     except Exception as exc:  # noqa: BLE001  (MLflow raises several types for "no artifact")
         return "", f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
 
 
-def _kind_without_grid(tracking_uri: str, parent: _Run, experiment: str, why: str) -> bool:
+def _kind_without_grid(tracking_uri: str, parent: RunView, experiment: str, why: str) -> bool:
     """Whether a sweep whose grid file cannot be read (``why``) is a search; or UserError.
 
     A report must not quietly turn a search into a grid report. The parent run's tag
@@ -590,25 +380,19 @@ def _kind_without_grid(tracking_uri: str, parent: _Run, experiment: str, why: st
                     "versweep.sweep_kind=grid or =search in the MLflow UI")
 
 
-def _download_text(client: Any, run_id: str, name: str) -> str:
-    with tempfile.TemporaryDirectory() as scratch:
-        path = client.download_artifacts(run_id, name, scratch)
-        return Path(path).read_text(errors="replace")
-
-
-def _plan(tracking_uri: str, parent: _Run) -> tuple[PlannedTrial, ...]:
+def _plan(tracking_uri: str, parent: RunView) -> tuple[PlannedTrial, ...]:
     """The grid sweep's plan: trials.json of the parent run (sweeps/records.py open_sweep).
 
     () when the parent run has none (a search, or a sweep recorded before plans were
     kept) or it cannot be read: the report then knows only the decided trials.
     """
-    local = _local_artifact_dir(parent.artifact_uri)
+    local = local_artifact_dir(parent.artifact_uri)
     try:
         if local is not None:
             path = local / PLAN_ARTIFACT
             text = path.read_text(errors="replace") if path.is_file() else ""
         else:
-            text = _download_text(_client(tracking_uri), parent.run_id, PLAN_ARTIFACT)
+            text = download_text(reading_client(tracking_uri), parent.run_id, PLAN_ARTIFACT)
         entries = json.loads(text) if text else []
         return tuple(PlannedTrial(key=str(e["key"]), name=str(e.get("name", e["key"])),
                                   workload=str(e.get("workload", "")),
@@ -661,18 +445,6 @@ def order_images(images: set[str] | Sequence[str], torch_of: dict[str, str]) -> 
 # --------------------------------------------------------------------------- samples, history
 
 
-def _local_artifact_dir(artifact_uri: str) -> Path | None:
-    """The directory of a ``file:`` artifact URI (or a bare path); None for remote stores."""
-    if not artifact_uri:
-        return None
-    parsed = urlparse(artifact_uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" and artifact_uri.startswith("/"):
-        return Path(artifact_uri)
-    return None
-
-
 def _parse_samples(text: str) -> list[float] | None:
     try:
         values = json.loads(text)
@@ -686,7 +458,7 @@ def _parse_samples(text: str) -> list[float] | None:
 
 
 def _read_samples(tracking_uri: str, run_id: str, artifact_uri: str) -> list[float] | None:
-    local = _local_artifact_dir(artifact_uri)
+    local = local_artifact_dir(artifact_uri)
     if local is not None:
         try:
             return _parse_samples((local / SAMPLES_ARTIFACT).read_text())
@@ -694,7 +466,8 @@ def _read_samples(tracking_uri: str, run_id: str, artifact_uri: str) -> list[flo
             return None
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            path = _client(tracking_uri).download_artifacts(run_id, SAMPLES_ARTIFACT, scratch)
+            client = reading_client(tracking_uri)
+            path = client.download_artifacts(run_id, SAMPLES_ARTIFACT, scratch)
             return _parse_samples(Path(path).read_text())
     except Exception:  # noqa: BLE001  (MLflow raises several types for "no such artifact")
         return None
@@ -710,7 +483,7 @@ def load_samples(trials: Sequence[Trial]) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {}
     remote = []
     for trial in trials:
-        local = _local_artifact_dir(trial.artifact_uri)
+        local = local_artifact_dir(trial.artifact_uri)
         if local is None:
             remote.append(trial)
             continue
@@ -737,11 +510,11 @@ def metric_histories(tracking_uri: str, run_ids: Sequence[str],
     that is also a step metric (words_per_second) at the last step again. A SQLite
     store answers in one query; others through MLflow, several runs at a time.
     """
-    reader = _reader(tracking_uri)
+    reader = open_reader(tracking_uri)
     try:
         raw = reader.histories(list(run_ids), key)
     except sqlite3.Error:  # as in load_sweep_data: let MLflow read it
-        raw = _ClientReader(tracking_uri).histories(list(run_ids), key)
+        raw = ClientReader(tracking_uri).histories(list(run_ids), key)
     finally:
         reader.close()
     curves = {}

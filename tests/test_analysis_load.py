@@ -334,9 +334,9 @@ def test_the_study_name_is_the_one_the_sweep_uses():
 
 def lose_grid_file(client, run_id: str) -> str:
     """Delete the grid file a parent run keeps (as an artifact store may lose it); its name."""
-    from analysis.load import _local_artifact_dir
+    from sweeps.records.read import local_artifact_dir
 
-    directory = _local_artifact_dir(client.get_run(run_id).info.artifact_uri)
+    directory = local_artifact_dir(client.get_run(run_id).info.artifact_uri)
     (grid,) = directory.glob("*.toml")
     grid.unlink()
     return grid.name

@@ -92,3 +92,15 @@ def test_a_backend_must_implement_the_contract():
     with pytest.raises(TypeError, match="abstract method.* start"):
         Half()
     assert set(BACKENDS) == {"local", "docker"}
+
+
+def test_the_records_are_read_and_written_only_in_sweeps_records():
+    """One owner of the MLflow layout: no SQL, no MLflow search, tag or log call elsewhere."""
+    calls = ("SELECT ", "search_runs(", "set_tag(", "log_metric", "log_batch(", "create_run(")
+    found = sorted(
+        f"{path.relative_to(ROOT)}: {call}"
+        for folder in ("sweeps", "analysis")
+        for path in (ROOT / folder).rglob("*.py")
+        if "records" not in path.relative_to(ROOT).parts
+        for call in calls if call in path.read_text())
+    assert found == []
