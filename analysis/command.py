@@ -292,6 +292,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "report.py") -> int:
                        out=args.out, formats=parse_formats(args.format),
                        tracking_uri=args.tracking_uri, log=not args.no_log)
     except UserError as exc:
-        sys.stderr.write(f"report: error: {exc}\n")
+        # `python analysis/report.py` has always said "report: error:"; versweep its name.
+        shown = "report" if prog == "report.py" else prog
+        sys.stderr.write(f"{shown}: error: {exc}\n")
         return exc.exit_code
     return EXIT_OK
