@@ -165,3 +165,21 @@ def test_the_example_workload_runs_through_a_sweep_and_a_report(tmp_path, ray_tm
     rows = (tmp_path / "report" / "metrics_seq_copy.csv").read_text().splitlines()
     assert rows[0].startswith("variant,image,torch,n_ok,n_trials,loss_mean,loss_std,")
     assert len(rows) == 3 and all(",local," in row and ",2,2," in row for row in rows[1:])
+
+
+def test_the_docker_backend_mounts_a_users_workload_and_points_the_worker_at_it():
+    """No engine needed: the command and the options a container would be created with."""
+    from sweeps.execute.backends.docker import WORKLOAD_MOUNT, DockerBackend
+    from sweeps.grid.load import load_sweep
+
+    sweep = load_sweep(str(ROOT / "examples" / "seq_copy.toml"))
+    spec = sweep.trials[0]
+    assert spec.workload_dir == str(EXAMPLE) and spec.name == "seq_copy lstm @ local #0"
+    backend = DockerBackend({})
+    command = backend.command(spec)
+    at = command.index("--workload-dir")
+    assert command[:4] == ["python", "-m", "workers", "seq_copy"]
+    assert command[at + 1] == f"{WORKLOAD_MOUNT}/seq_copy"
+    mounts = {m["Target"]: m for m in backend.container_options(spec, [])["mounts"]}
+    mount = mounts[f"{WORKLOAD_MOUNT}/seq_copy"]
+    assert mount["Source"] == str(EXAMPLE) and mount["ReadOnly"] is True
