@@ -16,6 +16,7 @@ import textwrap
 import time
 
 import pytest
+from loopback_cluster import ray_cli
 from sweeping import (
     ENV_GRID,
     RUN,
@@ -138,7 +139,8 @@ def test_the_console_entry_point_takes_the_same_arguments(capsys):
 @pytest.mark.parametrize("args, message", [
     (["--grid", "{bad}"], r"bad\.toml: sweep\.bakend: unknown key \(did you mean 'backend'\?\)"),
     (["--grid", "smoke", "--backend", "lokal"], r"smoke\.toml: sweep\.backend: 'lokal' is not "
-                                                r"one of local, docker \(did you mean 'local'"),
+                                                r"one of local, docker, venv "
+                                                r"\(did you mean 'local'"),
     pytest.param(["--grid", "versions"],
                  r"image\(s\) versweep:torch-0\.4\.0-cu90, .* not on this node; "
                  r"get them with: python images/build\.py pull torch-0\.4\.0-cu90 ",
@@ -328,7 +330,7 @@ def test_address_joins_an_existing_ray_cluster_and_leaves_it_running(tmp_path, r
     # The cluster and the sweep agree on no token authentication (Ray's default is a
     # token only the starting user's processes know about).
     env = sweep_env(ray_tmp, RAY_AUTH_MODE="disabled")
-    started = subprocess.run(["ray", "start", "--head", "--port", str(port), "--num-cpus", "2",
+    started = subprocess.run([ray_cli(), "start", "--head", "--port", str(port), "--num-cpus", "2",
                               "--include-dashboard", "false", "--disable-usage-stats"],
                              env=env, capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stderr[-2000:]
@@ -341,7 +343,7 @@ def test_address_joins_an_existing_ray_cluster_and_leaves_it_running(tmp_path, r
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "trials: 2 ok" in done.stdout
-    status = subprocess.run(["ray", "status", "--address", address], env=env,
+    status = subprocess.run([ray_cli(), "status", "--address", address], env=env,
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "CPU" in status.stdout  # still there for the next sweep
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from loopback_cluster import ray_cli
 from sweeping import ENV_GRID, ROOT, end_processes_mentioning, free_port, sweep_runs
 
 SCHEDULE = ROOT / "sweeps" / "schedule.py"
@@ -47,8 +48,7 @@ def ray_head(tmp_path_factory):
     home = tmp_path_factory.mktemp("ray_head")
     temp_dir = tempfile.mkdtemp(prefix="vssch-", dir="/tmp")  # short: Unix socket paths
     dashboard = free_port()
-    ray = Path(sys.executable).with_name("ray")
-    command = [str(ray) if ray.exists() else "ray", "start", "--head",
+    command = [ray_cli(), "start", "--head",
                "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                "--dashboard-port", str(dashboard), "--num-cpus", "2", "--num-gpus", "0",
