@@ -5,6 +5,7 @@
     versweep images list | build | pull | verify | push            (python images/build.py)
     versweep schedule --grid nightly --cron ...  scheduled sweeps  (python sweeps/schedule.py)
     versweep datasets ptb --dest data/ptb        download a corpus (python -m sweeps.datasets)
+    versweep envs list | build | prune           the venv backend's environments
     versweep resources                           this node's Ray resources
                                                  (python -m sweeps.cluster.resources)
     versweep --grid smoke                        the same as `versweep run --grid smoke`
@@ -66,6 +67,12 @@ def _datasets(argv: list[str], prog: str) -> int:
     return main(argv, prog=prog)
 
 
+def _envs(argv: list[str], prog: str) -> int:
+    from sweeps.envs.command import main
+
+    return main(argv, prog=prog)
+
+
 def _resources(argv: list[str], prog: str) -> int:
     from sweeps.cluster.resources import main
 
@@ -82,6 +89,8 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str], str], int], str]] = {
                  "schedule.py"),
     "datasets": ("download a dataset and verify its checksums", _datasets,
                  "python -m sweeps.datasets"),
+    "envs": ("list, build and prune the venv backend's environments (one per matrix entry)",
+             _envs, "versweep envs"),
     "resources": ("print this node's versweep resources for `ray start --resources`",
                   _resources, "python -m sweeps.cluster.resources"),
 }
@@ -96,7 +105,7 @@ def build_parser(prog: str = "versweep run") -> argparse.ArgumentParser:
     parser.add_argument("--grid", required=True,
                         help="a grid name from sweeps/grids (smoke, versions, hparams, "
                              "nightly) or the path of a .toml grid file")
-    parser.add_argument("--backend", help="where workers run: local or docker "
+    parser.add_argument("--backend", help="where workers run: local, docker or venv "
                                           "(default: the grid's backend)")
     parser.add_argument("--experiment", help="MLflow experiment (default: the grid's name)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "

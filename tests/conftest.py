@@ -9,6 +9,7 @@ import pytest
 from dockerenv import docker_image, registry  # noqa: F401  (the tests' own image and registry)
 from needs import missing_parts, need
 from sweeping import ray_tmp  # noqa: F401  (a fixture for every sweep test)
+from venvenv import venv_store  # noqa: F401  (the venv backend's environment, built once)
 
 ROOT = Path(__file__).resolve().parent.parent
 

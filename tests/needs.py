@@ -4,8 +4,9 @@ Most parts the tests need they start themselves: a private local Ray, a loopback
 multi-node Ray cluster (tests/loopback_cluster.py, `ray start` from this environment),
 an MLflow tracking server (tests/sweeping.py, `mlflow server` from this environment) and
 a Docker registry (tests/dockerenv.py, Debian's `docker-registry` binary). What they
-cannot start is a part of the machine: the Docker engine, Chromium, and the programs
-the docker tests build their image with. For those, a test asks::
+cannot start is a part of the machine: the Docker engine, Chromium, the programs
+the docker tests build their image with, and the package index the venv backend's
+environments come from. For those, a test asks::
 
     need("docker")            # in a test or fixture
     @pytest.mark.needs("chromium")
@@ -59,6 +60,20 @@ def _docker_engine() -> str | None:
     return None
 
 
+def _package_index() -> str | None:
+    """The index uv installs from answers (the venv backend's builds and wheel checks)."""
+    import urllib.error
+    import urllib.request
+
+    url = (os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL")
+           or "https://pypi.org/simple").rstrip("/") + "/torch/"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=15):
+            return None
+    except (urllib.error.URLError, OSError) as exc:
+        return f"{url} cannot be reached ({getattr(exc, 'reason', exc)})"
+
+
 def _on_path(*names: str) -> Callable[[], str | None]:
     def probe() -> str | None:
         if any(shutil.which(name) for name in names):
@@ -77,6 +92,10 @@ NEEDS: dict[str, Need] = {
     "docker-registry": Need("a Docker registry binary (images/build.py push / pull)",
                             "apt-get install docker-registry", "VERSWEEP_REQUIRE_DOCKER",
                             _on_path("docker-registry")),
+    "package-index": Need("the package index (PyPI, or UV_DEFAULT_INDEX) for the venv "
+                          "backend's wheel checks and downloads beyond uv's cache",
+                          "network access to pypi.org (or set UV_DEFAULT_INDEX to a mirror)",
+                          "VERSWEEP_REQUIRE_INDEX", _package_index),
     "chromium": Need("Chromium (the HTML report, headless)", "apt-get install chromium",
                      "VERSWEEP_REQUIRE_CHROMIUM",
                      _on_path("chromium", "chromium-browser", "google-chrome")),

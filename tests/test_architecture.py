@@ -91,7 +91,7 @@ def test_a_backend_must_implement_the_contract():
 
     with pytest.raises(TypeError, match="abstract method.* start"):
         Half()
-    assert set(BACKENDS) == {"local", "docker"}
+    assert set(BACKENDS) == {"local", "docker", "venv"}
 
 
 def test_the_records_are_read_and_written_only_in_sweeps_records():

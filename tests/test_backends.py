@@ -4,8 +4,10 @@ Each test starts real workers (``python -m workers ...``) through a backend, as 
 does, and checks what a user of the sweep relies on: events in order, exit codes, a kill
 that leaves no process behind, the GPUs Ray gave the trial reaching the worker, and the
 status each way of ending maps to. The ``backend`` fixture is parametrised over the
-backends: ``local`` (a child process) and ``docker`` (a container of the tests' own
-image, on the real engine; see tests/dockerenv.py), so both pass one contract suite.
+backends: ``local`` (a child process), ``docker`` (a container of the tests' own
+image, on the real engine; see tests/dockerenv.py) and ``venv`` (a child process in the
+environment of torch 2.13.0's CUDA entry, built once per run; see tests/venvenv.py), so
+all pass one contract suite.
 What only a container promises (a read-only mount, no network, no privileges) is
 checked from inside a running container at the end.
 """
@@ -27,11 +29,13 @@ from pathlib import Path
 
 import pytest
 from dockerenv import TEST_IMAGE, require_engine
+from venvenv import VENV_CUDA_IMAGE, venv_backend
 
 from sweeps.errors import UserError
 from sweeps.execute.backends import BACKENDS, get_backend
 from sweeps.execute.backends.docker import DockerBackend
 from sweeps.execute.backends.local import LocalBackend
+from sweeps.execute.backends.venv import VenvBackend
 from sweeps.execute.trial import run_trial
 from sweeps.grid.load import MATRIX_PATH
 from sweeps.grid.matrix import load_matrix
@@ -87,6 +91,11 @@ def backend(request):
         request.getfixturevalue("docker_image")
         chosen = docker_backend()
         chosen.image = TEST_IMAGE
+    elif request.param == "venv":
+        # The CUDA entry, so that the GPUs Ray gives a trial reach its worker (a CPU-only
+        # entry gets none, as in its image); it shares the CPU entry's environment.
+        chosen = venv_backend(request.getfixturevalue("venv_store"), VENV_CUDA_IMAGE)
+        chosen.image = VENV_CUDA_IMAGE
     else:
         chosen = LocalBackend()
         chosen.image = LOCAL_IMAGE
@@ -230,18 +239,24 @@ def test_a_worker_dies_with_the_trial_process_that_started_it(backend, tmp_path)
     """A Ray trial process killed with SIGKILL gets no chance to clean up; its worker must
     not live on (kill -9 of a trial actor, of a driver's whole local cluster)."""
     script = tmp_path / "trial_process.py"
+    venv_root = str(backend.store.root) if isinstance(backend, VenvBackend) else ""
     script.write_text(textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
         from sweeps.execute.backends.docker import DockerBackend
         from sweeps.execute.backends.local import LocalBackend
+        from sweeps.execute.backends.venv import VenvBackend
+        from sweeps.envs.store import EnvStore
         from sweeps.grid.load import MATRIX_PATH
         from sweeps.grid.matrix import load_matrix
         from sweeps.grid.spec import TrialSpec
         image = {backend.image!r}
         if image == "local":
             chosen = LocalBackend()
+        elif {backend.name!r} == "venv":
+            chosen = VenvBackend({{image: load_matrix(MATRIX_PATH)[image]}},
+                                 store=EnvStore({venv_root!r}))
         else:
             chosen = DockerBackend({{image: load_matrix(MATRIX_PATH)[image]}}, memory="2g")
         spec = TrialSpec("ptb_lm", image, tuple(sorted({ENDLESS_LM!r}.items())), 0, 0)
@@ -280,7 +295,7 @@ def test_a_worker_dies_with_the_trial_process_that_started_it(backend, tmp_path)
 def test_backends_are_chosen_by_name_and_a_typo_lists_the_valid_names():
     assert isinstance(get_backend("local"), LocalBackend)
     with pytest.raises(UserError, match=r"backend 'lokal' is unknown; did you mean 'local'\? "
-                                        r"valid backends: docker, local"):
+                                        r"valid backends: docker, local, venv"):
         get_backend("lokal")
 
 
@@ -402,7 +417,7 @@ def test_a_crash_without_retries_left_fails_with_the_exit_code_and_stderr_tail(b
                         on_event=crash, log_dir=tmp_path)
     assert outcome.status == "failed" and outcome.attempts == 2
     # A killed child process exits -9; a container whose init was killed, 137 (128 + 9).
-    code = -9 if backend.name == "local" else 137
+    code = 137 if backend.name == "docker" else -9
     assert outcome.message.startswith(f"the worker exited with code {code} without a final "
                                       "event")
 

@@ -610,7 +610,7 @@ def build_parser(prog: str = "schedule.py") -> argparse.ArgumentParser:
     # Passed through to sweeps/run.py.
     parser.add_argument("--experiment", help="MLflow experiment of the sweep (default: the "
                                              "grid's name)")
-    parser.add_argument("--backend", help="where workers run: local or docker")
+    parser.add_argument("--backend", help="where workers run: local, docker or venv")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a grid value (repeatable)")
     parser.add_argument("--max-concurrent", type=_positive_int,

@@ -39,8 +39,10 @@ from sweeps.paths import GRIDS_DIR, MATRIX_PATH
 from sweeps.workloads import Workload
 from workers.protocol import BadConfig
 
-# Backends a grid may name (sweeps/backends/: the host's interpreter, or a container).
-KNOWN_BACKENDS = ("local", "docker")
+# Backends a grid may name (sweeps/execute/backends/: the host's interpreter, a container
+# of each matrix image, or an isolated environment per matrix entry). Every one but
+# "local" runs the matrix images the grid selects.
+KNOWN_BACKENDS = ("local", "docker", "venv")
 # What a trial asks Ray for: a GPU ("cuda"), a CPU ("cpu"), or a GPU when the cluster has one.
 DEVICES = ("auto", "cpu", "cuda")
 # Words that select images from the matrix instead of a list of names.
@@ -558,8 +560,9 @@ def _group_trials(check: _Checker, settings: _SweepSettings, index: int,
     else:
         value = table.get("images", settings.images)
         if value is None:
-            raise check.fail(f"{path}.images", "the docker backend runs each trial in an image; "
-                                               "set sweep.images or this group's images "
+            raise check.fail(f"{path}.images", f"the {settings.backend} backend runs each "
+                                               "trial in an image; set sweep.images or this "
+                                               "group's images "
                                                f"({', '.join(IMAGE_SELECTORS)} or a list of "
                                                "names from images/matrix.toml)")
         where = f"{path}.images" if "images" in table else "sweep.images"
@@ -711,8 +714,8 @@ def _search_sweep(check: _Checker, settings: _SweepSettings,
         image = _one_image(check, "search.image", table["image"], settings.matrix(),
                            settings.device)
     elif settings.backend != "local":
-        raise check.fail("search.image", "the docker backend runs the search in one image; "
-                                         "name one from images/matrix.toml")
+        raise check.fail("search.image", f"the {settings.backend} backend runs the search "
+                                         "in one image; name one from images/matrix.toml")
     images: tuple[Image, ...]
     if settings.backend == "local":
         image_name, images = LOCAL_IMAGE, ()

@@ -147,7 +147,7 @@ class Sweep:
     path: Path
     text: str  # the grid file as written, logged on the parent run
     description: str
-    backend: str  # "local" or "docker"
+    backend: str  # "local", "docker" or "venv"
     device: str  # "auto", "cpu" or "cuda": what trials ask Ray for
     trial_timeout_s: float
     retries: int  # how often a crashed trial is retried before it is recorded as failed

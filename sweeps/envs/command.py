@@ -1,0 +1,242 @@
+"""``versweep envs``: the venv backend's environments, listed, built ahead and pruned.
+
+    versweep envs list                      every matrix entry: its environment (path, size,
+                                            last used) or why none can be built here
+    versweep envs build torch-2.13.0-cpu    build (with progress lines) what these entries need
+    versweep envs build --grid versions     ... what a grid's images need (as --backend venv)
+    versweep envs prune                     delete leftovers and broken environments, evict
+                                            the least recently used beyond the budget
+    versweep envs prune --all               every environment no running trial uses
+
+Entries are matrix names or the selectors ``all``, ``cuda``, ``cpu`` (``--matrix`` for
+another matrix). Where they live and how much they may take: ``$VERSWEEP_ENVS_DIR``
+(default ``~/.cache/versweep/envs``) and ``$VERSWEEP_ENVS_BUDGET`` (default 100g); how they
+are built: sweeps/envs/store.py.
+
+Exit codes: 0 done; 1 an environment could not be built (the reason is printed, the other
+entries are still built); 2 bad input (a usage error, an unknown entry or grid, a budget
+that is no size or too small for one environment, no uv), as one line
+``versweep envs: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sweeps.envs.store import (
+    BUDGET_VAR,
+    BudgetError,
+    BuildError,
+    EnvStore,
+    disk_usage,
+    format_size,
+)
+from sweeps.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    ArgumentParser,
+    UserError,
+)
+from sweeps.grid.matrix import display_path, load_matrix, nearest
+from sweeps.grid.spec import Image
+from sweeps.paths import MATRIX_PATH
+
+SELECTORS = ("all", "cuda", "cpu")
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog=prog, description="The venv backend's environments: one per "
+                            "torch version and Python, built with uv from its shared cache.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=ArgumentParser)
+    listing = commands.add_parser("list", help="every matrix entry and its environment")
+    listing.add_argument("names", nargs="*", metavar="NAME",
+                         help="matrix entries or all / cuda / cpu (default: all)")
+    build = commands.add_parser("build", help="build the environments of entries or a grid")
+    build.add_argument("names", nargs="*", metavar="NAME",
+                       help="matrix entries or all / cuda / cpu")
+    build.add_argument("--grid", help="the images of this grid (a name of sweeps/grids or a "
+                                      ".toml file), as --backend venv runs them")
+    prune = commands.add_parser("prune", help="evict to the budget; --all: everything unused")
+    prune.add_argument("--all", action="store_true", dest="everything",
+                       help="delete every environment no running trial uses")
+    for sub in (listing, build):
+        sub.add_argument("--matrix", default=str(MATRIX_PATH),
+                         help="the image matrix (default: images/matrix.toml)")
+    return parser
+
+
+def select(matrix: dict[str, Image], names: Sequence[str], matrix_path: Path) -> list[Image]:
+    """The entries named (names or selectors), in matrix order; a UserError for a typo."""
+    chosen: set[str] = set()
+    for name in names:
+        if name == "all":
+            chosen.update(matrix)
+        elif name in ("cuda", "cpu"):
+            chosen.update(n for n, i in matrix.items() if (i.cuda is not None) == (name == "cuda"))
+        elif name in matrix:
+            chosen.add(name)
+        else:
+            raise UserError(f"image '{name}' is not in {display_path(matrix_path)}"
+                            f"{nearest(name, matrix)}; name entries of the matrix or one of "
+                            f"{', '.join(SELECTORS)}")
+    return [image for name, image in matrix.items() if name in chosen]
+
+
+def _grid_images(grid: str, matrix_path: Path) -> list[Image]:
+    from sweeps.grid.load import load_sweep
+
+    sweep = load_sweep(grid, ["sweep.backend=venv"], matrix_path=matrix_path)
+    return list(sweep.images)
+
+
+def _when(stamp: object) -> str:
+    return str(stamp).replace("T", " ").replace("Z", " UTC") if stamp else "-"
+
+
+def do_list(store: EnvStore, images: list[Image], out) -> int:
+    states = {s.key: s for s in store.states()}
+    whole = [s for s in states.values() if s.problem is None]
+    counted = sum(int((s.marker or {}).get("size_bytes", 0)) for s in whole)
+    on_disk, own = disk_usage(*(s.path for s in whole)) if whole else (0, 0)
+    print(f"environments in {store.root}: {len(whole)} built, {format_size(counted)} of "
+          f"{BUDGET_VAR}={store.budget_text} ({format_size(on_disk)} on disk counting shared "
+          f"files once, {format_size(own)} not shared with uv's cache)", file=out)
+    width = max([len(i.name) for i in images] + [5])
+    print(f"{'IMAGE':<{width}}  {'TORCH':<8} {'PYTHON':<7} {'SIZE':>8}  {'LAST USED':<23}  "
+          "ENVIRONMENT", file=out)
+    used: set[str] = set()
+    for image in images:
+        plan = store.plan(image)
+        if isinstance(plan, str):
+            print(f"{image.name:<{width}}  {image.torch:<8} {'-':<7} {'-':>8}  {'-':<23}  "
+                  f"cannot be built here: {plan}", file=out)
+            continue
+        used.add(plan.key)
+        state = states.get(plan.key)
+        note = f" ({plan.note})" if plan.note else ""
+        if state is not None and state.problem is None:
+            marker = state.marker or {}
+            busy = ", in use" if state.in_use else ""
+            print(f"{image.name:<{width}}  {image.torch:<8} {marker.get('python', '-'):<7} "
+                  f"{format_size(marker.get('size_bytes')):>8}  "
+                  f"{_when(marker.get('last_used')):<23}  {plan.path}{busy}{note}", file=out)
+        else:
+            why = "not built" if state is None else f"not whole, rebuilt on use: {state.problem}"
+            print(f"{image.name:<{width}}  {image.torch:<8} {plan.interpreter.full:<7} "
+                  f"{'-':>8}  {'-':<23}  {plan.path} ({why}; Python from "
+                  f"{plan.interpreter.path}){note}", file=out)
+    others = [s for key, s in states.items() if key not in used]
+    leftovers = store.leftovers()
+    if others or leftovers:
+        print("other directories (versweep envs prune deletes what no trial uses):", file=out)
+        for state in others:
+            what = "no entry listed uses it" if state.problem is None else \
+                f"not whole: {state.problem}"
+            print(f"  {state.path}: {what}" + (", in use" if state.in_use else ""), file=out)
+        for path in leftovers:
+            print(f"  {path}: a build or deletion in progress, or one that crashed", file=out)
+    return EXIT_OK
+
+
+def do_build(store: EnvStore, images: list[Image], out) -> int:
+    if not images:
+        raise UserError("nothing to build: name matrix entries, all / cuda / cpu, or --grid")
+    _ = store.uv  # one line at once where uv is missing
+    store.check_writable()
+    counts = {"built": 0, "there": 0, "cannot": 0, "failed": 0}
+    done: dict[str, str] = {}
+    started = time.monotonic()
+    for number, image in enumerate(images, 1):
+        head = f"[{number}/{len(images)}] {image.name}"
+        plan = store.plan(image)
+        if isinstance(plan, str):
+            counts["cannot"] += 1
+            print(f"{head}: cannot be built here: {plan}", file=out, flush=True)
+            continue
+        if plan.key in done:
+            print(f"{head}: shares {plan.key} ({done[plan.key]})", file=out, flush=True)
+            continue
+        print(f"{head}: {plan.key}, Python {plan.interpreter.full} ({plan.interpreter.path})"
+              + (f"; {plan.note}" if plan.note else ""), file=out, flush=True)
+        try:
+            env = store.ensure(plan, progress=lambda line: _progress(line, out))
+        except BudgetError:
+            raise
+        except BuildError as exc:
+            counts["failed"] += 1
+            done[plan.key] = "failed"
+            print(f"{head}: failed: {exc}", file=out, flush=True)
+            continue
+        size = format_size(env.marker.get("size_bytes"))
+        if env.built:
+            counts["built"] += 1
+            done[plan.key] = "built now"
+            print(f"{head}: built {plan.key} in {env.marker.get('build_seconds')} s, {size}, "
+                  f"torch {env.marker.get('torch_reported')}", file=out, flush=True)
+        else:
+            counts["there"] += 1
+            done[plan.key] = "already built"
+            print(f"{head}: {plan.key} is already built ({size}, built "
+                  f"{_when(env.marker.get('built_at'))})", file=out, flush=True)
+    print(f"done in {time.monotonic() - started:.1f} s: {counts['built']} built, "
+          f"{counts['there']} already built, {counts['cannot']} cannot be built here, "
+          f"{counts['failed']} failed", file=out)
+    return EXIT_FAILED if counts["cannot"] or counts["failed"] else EXIT_OK
+
+
+def _progress(line: str, out) -> None:
+    said = line.split(": ", 1)[-1].strip()
+    if said.startswith(("+ ", "- ", "Downloading ", "Downloaded ")):
+        return  # uv's lines per package: the marker's freeze has them
+    print(f"    {line}", file=out, flush=True)
+
+
+def do_prune(store: EnvStore, everything: bool, out) -> int:
+    removed = store.prune(everything=everything, progress=lambda line: print(line, file=out))
+    kept = [s for s in store.states() if s.problem is None]
+    size = sum(int((s.marker or {}).get("size_bytes", 0)) for s in kept)
+    busy = sum(1 for s in store.states() if s.in_use)
+    print(f"deleted {len(removed)} ({format_size(sum(r[1] for r in removed))}); kept "
+          f"{len(kept)} environment(s), {format_size(size)} of {BUDGET_VAR}="
+          f"{store.budget_text}" + (f", {busy} in use" if busy else ""), file=out)
+    return EXIT_OK
+
+
+def run(argv: Sequence[str] | None, prog: str, out=None) -> int:
+    out = out if out is not None else sys.stdout
+    args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    store = EnvStore()
+    if args.command == "prune":
+        return do_prune(store, args.everything, out)
+    matrix_path = Path(args.matrix)
+    matrix = load_matrix(matrix_path)
+    if args.command == "list":
+        return do_list(store, select(matrix, args.names or ["all"], matrix_path), out)
+    images = select(matrix, args.names, matrix_path)
+    if args.grid:
+        extra = {i.name for i in _grid_images(args.grid, matrix_path)}
+        images = [i for i in matrix.values() if i.name in extra or i in images]
+    return do_build(store, images, out)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "versweep envs") -> int:
+    """``versweep envs``: run, one line per user error."""
+    try:
+        return run(argv, prog)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
+        return EXIT_OK

@@ -1,0 +1,171 @@
+"""The `venv` backend: each trial's worker runs in an isolated environment of its matrix entry.
+
+    backend = VenvBackend({"torch-2.13.0-cpu": Image(...)})
+    backend.preflight(sweep)             # uv is here, every image is in the matrix (builds nothing)
+    backend.check(spec, gpu_ids=[])      # why no environment can be made for it here, or None
+    handle = backend.start(spec, gpu_ids=["0"], log_path=Path("trial.log"))
+
+For machines without Docker (HPC clusters often run Ray but forbid it): instead of a
+container of the entry's image, the worker runs in a virtual environment that holds that
+entry's torch, built on first use by sweeps/envs (one per torch version and Python minor
+version, from uv's shared cache; see sweeps/envs/store.py for where the Python comes from,
+the locks, the budget). ``start`` builds the environment under its lock when it is
+missing or not whole (the build is not counted in the trial's timeout), then runs
+``<env>/bin/python -m workers <workload> --config <json>`` as a child process exactly as
+the local backend does (its own process group, killed with the trial), with this
+checkout on PYTHONPATH, nothing of the host's Python on the path, and the GPUs Ray gave
+the trial as CUDA_VISIBLE_DEVICES (none for a CPU-only entry, as in its image). While the
+worker runs, the trial holds the environment's shared lock: no build or eviction can
+touch it. The environment's ``pip freeze`` heads the trial's log (an artifact of its run);
+the run's tags name the environment (``versweep.env_path``, ``versweep.env_python``, ...).
+
+What cannot run is decided before any worker starts (``check``): no environment can be
+made here (no interpreter, no such torch on the index, no wheel for this platform and
+these Pythons), or the entry's torch cannot run the workload (sweeps/plan/compat.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sweeps.envs.store import EnvLease, EnvPlan, EnvStore, worker_environment
+from sweeps.errors import UserError
+from sweeps.execute.backends._base import (
+    Backend,
+    ProcessHandle,
+    WorkerHandle,
+    worker_args,
+    worker_env,
+)
+from sweeps.grid.spec import Image, Sweep, TrialSpec
+from sweeps.paths import REPO_ROOT
+from sweeps.plan import compat
+
+
+class VenvBackend(Backend):
+    """Run ``python -m workers`` in the environment of the trial's matrix entry."""
+
+    name = "venv"
+
+    def __init__(self, images: Mapping[str, Image] | Sequence[Image] = (), *,
+                 store: EnvStore | None = None):
+        if isinstance(images, Mapping):
+            self.images = dict(images)
+        else:
+            self.images = {image.name: image for image in images}
+        self._store = store
+        self._plans: dict[str, EnvPlan | str] = {}
+
+    @classmethod
+    def for_sweep(cls, sweep: Sweep) -> VenvBackend:
+        return cls(sweep.images)
+
+    @property
+    def store(self) -> EnvStore:
+        """The environments ($VERSWEEP_ENVS_DIR, $VERSWEEP_ENVS_BUDGET), made when first used."""
+        if self._store is None:
+            self._store = EnvStore()
+        return self._store
+
+    def image_for(self, spec: TrialSpec) -> Image:
+        try:
+            return self.images[spec.image]
+        except KeyError:
+            raise UserError(f"image '{spec.image}' of trial '{spec.name}' is not in the image "
+                            "matrix of this sweep; name an image of images/matrix.toml"
+                            ) from None
+
+    def plan(self, image: Image) -> EnvPlan | str:
+        """The environment ``image`` gets here, or why none can be made (asked once)."""
+        if image.name not in self._plans:
+            self._plans[image.name] = self.store.plan(image)
+        return self._plans[image.name]
+
+    def preflight(self, sweep: Sweep, *, on_this_node: bool = True) -> None:
+        """Before Ray starts any trial: every image is a matrix entry and uv is here.
+
+        Builds nothing: each trial builds its environment when it first needs it (or
+        ``versweep envs build --grid NAME`` builds them ahead).
+        """
+        names = sorted({t.image for t in sweep.trials}
+                       | ({sweep.search.image} if sweep.search else set()))
+        unknown = [name for name in names if name not in self.images]
+        if unknown:
+            raise UserError(f"the venv backend builds an environment per image of "
+                            f"images/matrix.toml, but sweep '{sweep.name}' names "
+                            f"{', '.join(unknown)}; name matrix images (or use --backend "
+                            "local for the host's own torch)")
+        if not on_this_node:
+            return  # each node of the cluster builds what its trials need
+        store = self.store  # a UserError for a budget that is no size
+        _ = store.uv  # a UserError when uv is not installed
+        store.check_writable()
+
+    def check(self, spec: TrialSpec, *, gpu_ids: Sequence[str]) -> str | None:
+        """Why no environment can run the trial here, decided before any worker starts."""
+        image = self.image_for(spec)
+        plan = self.plan(image)
+        if isinstance(plan, str):
+            return plan
+        return compat.torch_reason(image, spec.workload, spec.config_dict, spec.workload_dir)
+
+    def start(self, spec: TrialSpec, *, gpu_ids: Sequence[str], log_path: Path) -> WorkerHandle:
+        image = self.image_for(spec)
+        plan = self.plan(image)
+        if isinstance(plan, str):
+            raise UserError(f"no environment for {image.name} here: {plan}")
+        log_path = Path(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log:
+            def progress(line: str) -> None:
+                log.write(f"venv: {line}\n")
+                log.flush()
+
+            lease = self.store.acquire(plan, progress=progress)
+            try:
+                marker = lease.env.marker
+                how = "built now" if lease.env.built else f"built {marker.get('built_at')}"
+                progress(f"environment {plan.key} at {plan.path} ({how}; torch "
+                         f"{marker.get('torch_reported')}, Python {marker.get('python')})"
+                         + (f"; {plan.note}" if plan.note else ""))
+                freeze = str(marker.get("freeze", "")).rstrip("\n")
+                progress(f"{marker.get('builder')} freeze of the environment:\n"
+                         + "\n".join(f"    {line}" for line in freeze.splitlines()))
+            except BaseException:
+                lease.release()
+                raise
+        try:
+            given = [] if image.cuda is None else list(gpu_ids)  # a CPU-only entry: no GPU
+            env = worker_environment(base=worker_env(spec, given))
+            env["VIRTUAL_ENV"] = str(plan.path)
+            handle = VenvHandle(worker_args(str(plan.python), spec), env=env, cwd=REPO_ROOT,
+                                log_path=log_path, lease=lease)
+        except BaseException:
+            lease.release()
+            raise
+        handle.tags = {
+            "versweep.backend": "venv",
+            "versweep.env_key": plan.key,
+            "versweep.env_path": str(plan.path),
+            "versweep.env_python": str(marker.get("interpreter", "")),
+            "versweep.env_python_version": str(marker.get("python", "")),
+            "versweep.env_builder": str(marker.get("builder", "")),
+            "versweep.env_built_at": str(marker.get("built_at", "")),
+        }
+        return handle
+
+
+class VenvHandle(ProcessHandle):
+    """A worker in a child process that holds its environment's use lock until closed."""
+
+    def __init__(self, args: Sequence[str], *, env: dict[str, str], cwd: Path | None,
+                 log_path: Path, lease: EnvLease):
+        self.lease = lease
+        super().__init__(args, env=env, cwd=cwd, log_path=log_path)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.lease.release()

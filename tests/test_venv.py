@@ -1,0 +1,478 @@
+"""The venv backend and its environments, for real: uv builds them, workers run in them.
+
+Every environment here is a real one (torch 2.13.0 on Python 3.11, from uv's shared cache:
+hard links plus the ``env`` workload that verifies it, seconds per build) in a temporary
+``VERSWEEP_ENVS_DIR``; trials run through ``run_trial`` as a sweep runs them; locks are
+real flocks, two builders are two processes. What needs the package index itself (the
+index's answer for a torch version or a Python it has no wheel for) is marked
+``needs("package-index")`` and skipped with one line where the index cannot be reached.
+The backend contract (events, kills, GPUs, statuses) runs over this backend too, in
+tests/test_backends.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from venvenv import VENV_CUDA_IMAGE, VENV_IMAGE, VENV_KEY, build_or_skip, venv_backend
+
+from sweeps.envs import command
+from sweeps.envs.store import (
+    MARKER,
+    BudgetError,
+    EnvState,
+    EnvStore,
+    eviction_order,
+)
+from sweeps.errors import UserError
+from sweeps.execute.backends import get_backend
+from sweeps.execute.backends.venv import VenvBackend
+from sweeps.execute.trial import run_trial
+from sweeps.grid.load import load_sweep
+from sweeps.grid.matrix import load_matrix
+from sweeps.grid.spec import TrialSpec
+from sweeps.paths import MATRIX_PATH, REPO_ROOT
+from workers.workloads import resolve_workload_config
+
+MATRIX = load_matrix(MATRIX_PATH)
+TINY_BENCH = {"bench": "1x320-ce-short", "impl": "cudnn", "batch_size": 2, "seq_len": 4,
+              "hidden_size": 8, "batches": 3, "warmup_batches": 1, "num_threads": 1,
+              "device": "cpu"}
+ENDLESS_LM = {"device": "cpu", "hidden_size": 16, "num_layers": 1, "num_steps": 5,
+              "batch_size": 4, "epochs": 100000, "max_steps_per_epoch": None,
+              "max_eval_steps": 3, "synthetic_words": 3000, "synthetic_vocab": 50,
+              "test_batch_size": 1, "test_num_steps": 5}
+
+
+def spec_of(workload: str, raw: dict, image: str = VENV_IMAGE, repeat: int = 0) -> TrialSpec:
+    """A TrialSpec as a grid makes it (env and ptb_lm configs resolved by the worker's rules)."""
+    config = resolve_workload_config(workload, raw) if workload in ("env", "ptb_lm") else raw
+    return TrialSpec(workload=workload, image=image, config=tuple(sorted(config.items())),
+                     repeat=repeat, group=0)
+
+
+def marker_of(store: EnvStore, key: str = VENV_KEY) -> dict:
+    return json.loads((store.path_of(key) / MARKER).read_text())
+
+
+def envs_command(args: list[str], monkeypatch, capsys, root: Path, **variables: str):
+    """``versweep envs ARGS`` in this process: (exit code, stdout, stderr)."""
+    monkeypatch.setenv("VERSWEEP_ENVS_DIR", str(root))
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    code = command.main(args, prog="versweep envs")
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ----------------------------------------------------------------- trials in an environment
+
+
+def test_an_env_trial_runs_in_the_environment_of_its_matrix_entry(venv_store, tmp_path):
+    backend = venv_backend(venv_store)
+    outcome = run_trial(backend, spec_of("env", {"device": "cpu"}), log_dir=tmp_path)
+    assert outcome.status == "ok", outcome.message
+    assert outcome.env["torch"].split("+")[0] == "2.13.0"
+    assert outcome.env["python"].startswith("3.11.")
+    path = venv_store.path_of(VENV_KEY)
+    assert outcome.tags["versweep.env_path"] == str(path)
+    assert outcome.tags["versweep.backend"] == "venv"
+    marker = marker_of(venv_store)
+    assert outcome.tags["versweep.env_python"] == marker["interpreter"]
+    assert Path(marker["interpreter"]).name.startswith("python3.11")
+    # The marker: what was asked, what was got, when, how big, and the freeze.
+    assert (marker["torch"], marker["python_minor"], marker["key"]) == ("2.13.0", "3.11", VENV_KEY)
+    assert marker["torch_reported"] == outcome.env["torch"]
+    assert marker["size_bytes"] > 500 * 2**20 and marker["builder"].startswith("uv ")
+    assert "torch==2.13.0" in marker["freeze"].splitlines()
+    assert marker["built_at"] <= marker["last_used"]
+    # The freeze heads the trial's log (an artifact of its run).
+    log = outcome.log_text()
+    assert f"venv: environment {VENV_KEY} at {path}" in log
+    assert "    torch==2.13.0" in log and f"{path}/bin/python -m workers env" in log
+
+
+def test_a_tiny_rnn_bench_trial_runs_in_the_environment(venv_store, tmp_path):
+    outcome = run_trial(venv_backend(venv_store), spec_of("rnn_bench", TINY_BENCH),
+                        log_dir=tmp_path)
+    assert outcome.status == "ok", outcome.message
+    assert outcome.env["torch"].split("+")[0] == "2.13.0"
+    assert outcome.result_metrics, outcome.result_metrics
+
+
+def test_a_second_start_reuses_the_environment_without_building(venv_store, tmp_path):
+    before = marker_of(venv_store)
+    inode = venv_store.path_of(VENV_KEY).stat().st_ino
+    time.sleep(1.1)  # last_used has whole seconds
+    outcome = run_trial(venv_backend(venv_store), spec_of("env", {"device": "cpu"}),
+                        log_dir=tmp_path)
+    assert outcome.status == "ok", outcome.message
+    after = marker_of(venv_store)
+    assert after["built_at"] == before["built_at"] and after["last_used"] > before["last_used"]
+    assert venv_store.path_of(VENV_KEY).stat().st_ino == inode
+    assert "built now" not in outcome.log_text() and "building" not in outcome.log_text()
+    assert venv_store.leftovers() == []
+
+
+def test_entries_that_differ_only_in_cuda_build_share_one_environment(venv_store):
+    backend = venv_backend(venv_store, VENV_IMAGE, VENV_CUDA_IMAGE)
+    cpu, cuda = backend.plan(MATRIX[VENV_IMAGE]), backend.plan(MATRIX[VENV_CUDA_IMAGE])
+    assert not isinstance(cpu, str) and not isinstance(cuda, str)
+    assert cpu.key == cuda.key == VENV_KEY and cpu.path == cuda.path
+
+
+@pytest.mark.parametrize("image, gpu_ids, expected", [
+    (VENV_IMAGE, ["3"], ""),  # a CPU-only entry gets no GPU, as in its image
+    (VENV_CUDA_IMAGE, ["0", "2"], "0,2"),
+])
+def test_the_worker_gets_the_trials_gpus_this_checkout_and_nothing_of_the_host(
+        venv_store, tmp_path, monkeypatch, image, gpu_ids, expected):
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    backend = venv_backend(venv_store, image)
+    handle = backend.start(spec_of("ptb_lm", ENDLESS_LM, image=image), gpu_ids=gpu_ids,
+                           log_path=tmp_path / "w.log")
+    try:
+        assert next(handle.events())["event"] == "env"
+        with open(f"/proc/{handle.pid}/environ", "rb") as environ:
+            variables = dict(item.decode().split("=", 1) for item in
+                             environ.read().split(b"\0") if b"=" in item)
+        assert variables["CUDA_VISIBLE_DEVICES"] == expected
+        assert variables["PYTHONPATH"] == str(REPO_ROOT)
+        assert variables["PYTHONNOUSERSITE"] == "1"
+        with open(f"/proc/{handle.pid}/cmdline", "rb") as cmdline:
+            argv = cmdline.read().split(b"\0")
+        assert argv[0].decode() == str(venv_store.path_of(VENV_KEY) / "bin" / "python")
+        # While it runs, the trial holds the environment: it cannot be evicted.
+        assert venv_store.in_use(VENV_KEY) and not venv_store.evict(VENV_KEY)
+    finally:
+        handle.close()
+    assert not venv_store.in_use(VENV_KEY)
+    assert venv_store.problem(VENV_KEY) is None
+
+
+# ----------------------------------------------------------------- builds: locked, atomic, whole
+
+
+_BUILDER = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from sweeps.envs.store import EnvStore
+    from sweeps.grid.matrix import load_matrix
+    from sweeps.paths import MATRIX_PATH
+    store = EnvStore({envs!r})
+    plan = store.plan(load_matrix(MATRIX_PATH)[{image!r}])
+    env = store.ensure(plan, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps({{"built": env.built, "path": str(env.path)}}), flush=True)
+""")
+
+
+def _builder(tmp_path: Path, envs: Path) -> list[str]:
+    script = tmp_path / "build_env.py"
+    script.write_text(_BUILDER.format(root=str(REPO_ROOT), envs=str(envs), image=VENV_IMAGE))
+    return [sys.executable, str(script)]
+
+
+def test_a_crashed_build_is_ignored_and_two_processes_build_one_environment_once(tmp_path):
+    envs = tmp_path / "envs"
+    args = _builder(tmp_path, envs)
+    # A build killed half-way leaves only its .building-* directory.
+    crashed = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(envs.glob(".building-*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    crashed.kill()
+    crashed.wait()
+    store = EnvStore(envs)
+    leftovers = store.leftovers()
+    assert [p.name.startswith(f".building-{VENV_KEY}-") for p in leftovers] == [True]
+    assert store.problem(VENV_KEY) == "not built"  # nothing half-made is taken for an env
+    assert store.states() == []
+
+    # Two processes at once: one builds (and deletes the crashed build's leftovers), the
+    # other waits for the lock and finds it built.
+    both = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results, logs = [], ""
+    for proc in both:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        logs += err
+    assert sorted(r["built"] for r in results) == [False, True]
+    assert {r["path"] for r in results} == {str(envs / VENV_KEY)}
+    assert logs.count(f"{VENV_KEY}: building torch 2.13.0") == 1
+    assert logs.count(f"deleting {leftovers[0].name}, left by a build") == 1, logs
+    assert store.leftovers() == [] and store.problem(VENV_KEY) is None
+
+
+@pytest.mark.parametrize("damage", ["marker removed", "torch deleted", "marker disagrees"])
+def test_a_corrupt_environment_is_rebuilt_and_never_used(tmp_path, damage):
+    store = EnvStore(tmp_path / "envs")
+    build_or_skip(store)
+    path = store.path_of(VENV_KEY)
+    marker = marker_of(store)
+    if damage == "marker removed":
+        (path / MARKER).unlink()
+        expected = "it has no marker"
+    elif damage == "torch deleted":
+        import shutil
+
+        shutil.rmtree(path / marker["site_packages"] / "torch")
+        expected = "torch is missing from it"
+    else:
+        (path / MARKER).write_text(json.dumps(dict(marker, torch="2.12.0")))
+        expected = "its marker says torch '2.12.0', not '2.13.0'"
+    assert store.problem(VENV_KEY).startswith(expected)
+    assert [s.problem for s in store.states()] == [store.problem(VENV_KEY)]
+
+    outcome = run_trial(venv_backend(store), spec_of("env", {"device": "cpu"}),
+                        log_dir=tmp_path / "logs")
+    assert outcome.status == "ok", outcome.message
+    assert outcome.env["torch"].split("+")[0] == "2.13.0"
+    log = outcome.log_text()
+    assert f"{VENV_KEY}: {expected}" in log and "deleting it and building it again" in log
+    assert "built now" in log
+    assert store.problem(VENV_KEY) is None and marker_of(store)["built_at"] >= marker["built_at"]
+    assert store.leftovers() == []
+
+
+@pytest.mark.needs("package-index")
+def test_an_old_torch_on_python_36_built_with_venv_and_pip_runs_a_trial(tmp_path):
+    """The standard library's venv and that environment's pip (what is used where uv cannot
+    serve an interpreter), forced here: torch 1.0.1 (PyPI's oldest) on Python 3.6, with the
+    NumPy 1.x it imports without declaring it, downloaded by pip from the index."""
+    store = EnvStore(tmp_path / "envs", builder="pip")
+    plan = store.plan(MATRIX["torch-1.0.1-cu100"])
+    if isinstance(plan, str) or plan.interpreter.minor != "3.6":
+        pytest.skip(f"no Python 3.6 here for torch 1.0.1: {plan}")
+    env = store.ensure(plan)
+    assert env.built and env.marker["builder"] == "venv+pip"
+    assert env.marker["requirements"] == ["torch==1.0.1", "numpy<2"]
+    assert {"torch==1.0.1", "numpy==1.19.5"} <= set(env.marker["freeze"].splitlines())
+    backend = VenvBackend({"torch-1.0.1-cu100": MATRIX["torch-1.0.1-cu100"]}, store=store)
+    outcome = run_trial(backend, spec_of("rnn_bench", dict(TINY_BENCH, impl="fused"),
+                                         image="torch-1.0.1-cu100"), log_dir=tmp_path)
+    assert outcome.status == "ok", outcome.message
+    assert (outcome.env["torch"], outcome.env["python"][:4]) == ("1.0.1", "3.6.")
+
+
+# ----------------------------------------------------------------- the budget
+
+
+def test_a_budget_too_small_for_one_environment_is_one_clear_error(tmp_path, monkeypatch,
+                                                                   capsys):
+    plan = EnvStore(tmp_path / "a").plan(MATRIX[VENV_IMAGE])
+    assert not isinstance(plan, str)
+    with pytest.raises(BudgetError, match=r"^the environments budget VERSWEEP_ENVS_BUDGET="
+                                          r"100m is too small for one environment \(each "
+                                          r"takes at least 256 MB\); raise it"):
+        EnvStore(tmp_path / "a", budget="100m").ensure(plan)
+    assert not (tmp_path / "a" / VENV_KEY).exists()
+
+    # Big enough to try, too small for what the build measures: nothing is kept, and the
+    # next attempt knows the size at once.
+    small = EnvStore(tmp_path / "b", budget="1g")
+    with pytest.raises(BudgetError, match=r"too small for one environment: "
+                                          r"torch-2\.13\.0-py3\.11 takes \d.* \(measured\); "
+                                          r"raise it to at least \d+g$"):
+        small.ensure(small.plan(MATRIX[VENV_IMAGE]))
+    assert not small.path_of(VENV_KEY).exists() and small.leftovers() == []
+    started = time.monotonic()
+    with pytest.raises(BudgetError, match=r"\(measured at its last build\)"):
+        small.ensure(small.plan(MATRIX[VENV_IMAGE]))
+    assert time.monotonic() - started < 5
+
+    code, out, err = envs_command(["build", VENV_IMAGE], monkeypatch, capsys, tmp_path / "c",
+                                  VERSWEEP_ENVS_BUDGET="1m")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("versweep envs: error: the environments budget "
+                          "VERSWEEP_ENVS_BUDGET=1m is too small for one environment")
+    code, out, err = envs_command(["list"], monkeypatch, capsys, tmp_path / "c",
+                                  VERSWEEP_ENVS_BUDGET="lots")
+    assert (code, err) == (2, "versweep envs: error: VERSWEEP_ENVS_BUDGET='lots' is not a "
+                              "size like '40g' or '512m'\n")
+
+
+def test_the_least_recently_used_environment_not_in_use_is_evicted(tmp_path):
+    store = EnvStore(tmp_path / "envs")
+    size = build_or_skip(store).marker["size_bytes"]
+    tight = EnvStore(tmp_path / "envs", budget=size + 2**20)
+    lease = tight.acquire(tight.plan(MATRIX[VENV_IMAGE]))
+    try:  # in use: it stays, and there is no room for another
+        with pytest.raises(BudgetError, match=r"is full: .* of environments in use "
+                                              rf"\({VENV_KEY}\) leave no room"):
+            tight.make_room(size)
+        assert tight.prune() == [] and tight.problem(VENV_KEY) is None
+    finally:
+        lease.release()
+    assert tight.make_room(size) == [VENV_KEY]  # no longer used: evicted
+    assert not tight.path_of(VENV_KEY).exists() and tight.leftovers() == []
+
+    def state(key, last_used, in_use=False):
+        return EnvState(key, Path(key), {"last_used": last_used}, None, in_use)
+
+    order = eviction_order([state("b", "2025-01-02T00:00:00Z"), state("a", "2025-01-03"),
+                            state("c", "2025-01-01T00:00:00Z", in_use=True),
+                            state("d", None)])
+    assert [s.key for s in order] == ["d", "b", "a"]
+
+
+def test_prune_deletes_leftovers_and_broken_environments_and_all_on_request(tmp_path,
+                                                                            monkeypatch, capsys):
+    root = tmp_path / "envs"
+    build_or_skip(EnvStore(root))
+    (root / f".building-{VENV_KEY}-deadbeef" / "bin").mkdir(parents=True)
+    (root / "torch-1.0.1-py3.6").mkdir()  # no marker: not whole
+    code, out, err = envs_command(["prune"], monkeypatch, capsys, root)
+    assert code == 0, err
+    assert f"deleted .building-{VENV_KEY}-deadbeef" in out
+    assert "deleted torch-1.0.1-py3.6" in out and "not whole: it has no marker" in out
+    assert out.splitlines()[-1].startswith("deleted 2 (") and "kept 1 environment(s)" in out
+    assert EnvStore(root).problem(VENV_KEY) is None
+    code, out, err = envs_command(["prune", "--all"], monkeypatch, capsys, root)
+    assert code == 0 and f"deleted {VENV_KEY}" in out and not (root / VENV_KEY).exists()
+
+
+# ----------------------------------------------------------------- what cannot be built here
+
+
+@pytest.mark.needs("package-index")
+def test_a_torch_on_no_index_is_an_unsupported_reason_before_any_trial_starts(venv_store,
+                                                                              tmp_path):
+    backend = venv_backend(venv_store, "torch-0.4.1-cu90")
+    spec = spec_of("env", {"device": "cpu"}, image="torch-0.4.1-cu90")
+    reason = "torch 0.4.1 is on no package index reachable here (PyPI has no torch==0.4.1)"
+    assert backend.check(spec, gpu_ids=[]) == reason
+    outcome = run_trial(backend, spec, log_dir=tmp_path)
+    assert (outcome.status, outcome.message) == ("unsupported", reason)
+    assert outcome.decided_before_start and outcome.attempts == 0
+
+    unknown = dataclasses.replace(MATRIX[VENV_IMAGE], name="torch-9.9.9-cpu", torch="9.9.9")
+    assert EnvStore(tmp_path / "envs").plan(unknown) == \
+        "torch 9.9.9 is on no package index reachable here (PyPI has no torch==9.9.9)"
+    # The index's answers are remembered: asked once per torch, Python and platform.
+    remembered = json.loads((tmp_path / "envs" / ".wheels.json").read_text())
+    assert [v["kind"] for k, v in remembered.items() if k.startswith("torch==9.9.9 ")] \
+        == ["missing"]
+
+
+@pytest.mark.needs("package-index")
+def test_a_missing_python_falls_back_or_is_an_unsupported_reason(tmp_path, monkeypatch):
+    this = os.path.realpath(sys.executable)  # Python 3.11: the only one it may use
+    monkeypatch.setenv("VERSWEEP_ENVS_PYTHONS", this)
+    store = EnvStore(tmp_path / "envs")
+    # The entry's Python is not here: the newest that has a wheel for its torch is used.
+    odd = dataclasses.replace(MATRIX[VENV_IMAGE], name="torch-2.13.0-py3.99", python="3.99")
+    plan = store.plan(odd)
+    assert not isinstance(plan, str)
+    assert (plan.key, plan.note) == (VENV_KEY, "Python 3.99 (the matrix's) is not here")
+    # torch 1.0.1 has wheels for Python <= 3.7 only, and only 3.11 is here.
+    reason = store.plan(MATRIX["torch-1.0.1-cu100"])
+    assert reason == ("no Python here has a torch 1.0.1 wheel for linux x86_64 on PyPI (it has "
+                      "wheels for cp27m, cp27mu, cp35m, cp36m, cp37m): Python 3.6 (the "
+                      "matrix's) is not here; tried 3.11")
+    backend = VenvBackend({"torch-1.0.1-cu100": MATRIX["torch-1.0.1-cu100"]}, store=store)
+    assert backend.check(spec_of("env", {"device": "cpu"}, image="torch-1.0.1-cu100"),
+                         gpu_ids=[]) == reason
+    # No interpreter at all.
+    monkeypatch.setenv("VERSWEEP_ENVS_PYTHONS", str(tmp_path / "no-such-python"))
+    assert store.plan(dataclasses.replace(odd, torch="2.12.0")) == (
+        "no Python >= 3.6 found here (PATH, pyenv, uv, conda); install one or name "
+        "interpreters in VERSWEEP_ENVS_PYTHONS")
+
+
+def test_a_workload_the_entrys_torch_cannot_run_is_unsupported_before_it_starts(venv_store):
+    backend = venv_backend(venv_store, "torch-1.13.1-cu116")
+    spec = spec_of("rnn_bench", dict(TINY_BENCH, impl="compiled"), image="torch-1.13.1-cu116")
+    # Decided from the entry's torch, without building its environment.
+    assert backend.check(spec, gpu_ids=[]) == \
+        "torch.compile needs torch>=2.0 (torch-1.13.1-cu116 has torch 1.13.1)"
+    assert not venv_store.path_of("torch-1.13.1-py3.10").exists()
+
+
+# ----------------------------------------------------------------- sweeps and the command
+
+
+def test_preflight_checks_the_matrix_and_uv_and_builds_nothing(tmp_path, monkeypatch):
+    sweep = load_sweep("smoke", ["sweep.backend=venv", f'sweep.images=["{VENV_IMAGE}"]'])
+    assert sweep.backend == "venv" and [i.name for i in sweep.images] == [VENV_IMAGE]
+    backend = get_backend("venv", sweep)
+    assert isinstance(backend, VenvBackend) and set(backend.images) == {VENV_IMAGE}
+    monkeypatch.setenv("VERSWEEP_ENVS_DIR", str(tmp_path / "envs"))
+    backend.preflight(sweep)
+    assert list((tmp_path / "envs").iterdir()) == [tmp_path / "envs" / ".locks"]
+    with pytest.raises(UserError, match=r"sweep 'smoke' names torch-2\.13\.0-cpu; name matrix "):
+        VenvBackend({}).preflight(sweep)
+    monkeypatch.setenv("VERSWEEP_UV", str(tmp_path / "no-uv"))
+    with pytest.raises(UserError, match=r"builds environments with uv, which is not installed "
+                                        r"here: pip install uv"):
+        get_backend("venv", sweep).preflight(sweep)
+
+
+@pytest.mark.needs("package-index")
+def test_envs_list_shows_each_entry_its_environment_or_why_not(venv_store, monkeypatch, capsys):
+    code, out, err = envs_command(["list", VENV_IMAGE, VENV_CUDA_IMAGE, "torch-0.4.1-cu90",
+                                   "torch-1.13.1-cu116"], monkeypatch, capsys, venv_store.root)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"environments in {venv_store.root}: 1 built, 4.")
+    assert "of VERSWEEP_ENVS_BUDGET=100g" in lines[0] and "not shared with uv's cache" in lines[0]
+    assert lines[1].split() == ["IMAGE", "TORCH", "PYTHON", "SIZE", "LAST", "USED",
+                                "ENVIRONMENT"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    path = str(venv_store.path_of(VENV_KEY))
+    for name in (VENV_IMAGE, VENV_CUDA_IMAGE):
+        words = rows[name].split()
+        assert words[1:3] == ["2.13.0", marker_of(venv_store)["python"]]
+        assert words[3:5] == [words[3], "GB"] and words[-1] == path and "UTC" in rows[name]
+    assert rows["torch-0.4.1-cu90"].endswith(
+        "cannot be built here: torch 0.4.1 is on no package index reachable here (PyPI has "
+        "no torch==0.4.1)")
+    assert "torch-1.13.1-py3.10 (not built; Python from " in rows["torch-1.13.1-cu116"]
+
+
+@pytest.mark.needs("package-index")
+def test_envs_build_says_what_it_did_and_what_cannot_be_built(venv_store, monkeypatch, capsys):
+    code, out, err = envs_command(["build", VENV_IMAGE, VENV_CUDA_IMAGE, "torch-0.4.1-cu90"],
+                                  monkeypatch, capsys, venv_store.root)
+    assert code == 1, err  # one entry cannot be built here
+    lines = out.splitlines()
+    assert lines[0] == "[1/3] torch-0.4.1-cu90: cannot be built here: torch 0.4.1 is on no " \
+                       "package index reachable here (PyPI has no torch==0.4.1)"
+    assert lines[1].startswith(f"[2/3] {VENV_CUDA_IMAGE}: {VENV_KEY}, Python 3.11.")
+    assert lines[2].startswith(f"[2/3] {VENV_CUDA_IMAGE}: {VENV_KEY} is already built (")
+    assert lines[3] == f"[3/3] {VENV_IMAGE}: shares {VENV_KEY} (already built)"
+    assert lines[4].startswith("done in ") and lines[4].endswith(
+        ": 0 built, 1 already built, 1 cannot be built here, 0 failed")
+
+
+def test_envs_command_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    for args, message in [
+        (["build", "torch-2.13.0-cpuu"], "image 'torch-2.13.0-cpuu' is not in "
+                                         "images/matrix.toml (did you mean 'torch-2.13.0-cpu'?)"),
+        (["build"], "nothing to build: name matrix entries, all / cuda / cpu, or --grid"),
+        (["build", "--grid", "nosuch"], "grid 'nosuch': no such grid"),
+        (["frob"], "argument COMMAND: invalid choice: 'frob'"),
+    ]:
+        code, out, err = envs_command(args, monkeypatch, capsys, tmp_path / "envs")
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"versweep envs: error: {message}"), err
+    assert not (tmp_path / "envs").exists()  # nothing made
+
+
+def test_versweep_envs_is_a_command_of_the_cli(tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import sys; from sweeps.cli import main; "
+                           "sys.exit(main())", "envs", "prune"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=120,
+                          env=dict(os.environ, VERSWEEP_ENVS_DIR=str(tmp_path / "envs")))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "deleted 0 (0 B); kept 0 environment(s), 0 B of " \
+                          "VERSWEEP_ENVS_BUDGET=100g\n"
