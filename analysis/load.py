@@ -57,7 +57,7 @@ from sweeps.records.read import (
 from sweeps.versions import version_tuple
 
 SAMPLES_ARTIFACT = "samples.json"
-# A grid sweep's plan on its parent run: every trial it meant to decide (sweeps/records.py).
+# A grid sweep's plan on its parent run: every trial it meant to decide (sweeps/records/store.py).
 PLAN_ARTIFACT = "trials.json"
 
 
@@ -357,7 +357,7 @@ def _kind_without_grid(tracking_uri: str, parent: RunView, experiment: str, why:
     """Whether a sweep whose grid file cannot be read (``why``) is a search; or UserError.
 
     A report must not quietly turn a search into a grid report. The parent run's tag
-    ``versweep.sweep_kind`` (sweeps/records.py) says which it is: a search is reported
+    ``versweep.sweep_kind`` (sweeps/records/store.py) says which it is: a search is reported
     as one, with a warning that its metric, mode and searched parameters are taken from
     its runs (the grid file named them). A parent run without the tag (recorded before
     it existed) that keeps a grid's plan (trials.json) is a grid. With neither, nothing
@@ -381,7 +381,7 @@ def _kind_without_grid(tracking_uri: str, parent: RunView, experiment: str, why:
 
 
 def _plan(tracking_uri: str, parent: RunView) -> tuple[PlannedTrial, ...]:
-    """The grid sweep's plan: trials.json of the parent run (sweeps/records.py open_sweep).
+    """The grid sweep's plan: trials.json of the parent run (sweeps/records/store.py open_sweep).
 
     () when the parent run has none (a search, or a sweep recorded before plans were
     kept) or it cannot be read: the report then knows only the decided trials.

@@ -2,7 +2,7 @@
 
 For each size N this fills a local MLflow store (SQLite + file artifacts, the
 embedded default) with one sweep of N decided trial runs in the layout of
-sweeps/records.py: a parent run, then child runs with the same tags, params,
+sweeps/records/store.py: a parent run, then child runs with the same tags, params,
 metrics and artifacts a real sweep writes. The mix is that of a large version
 sweep: 20 images x the four rnn_bench benchmarks x basic/fused/cudnn x several
 batch sizes x 3 repeats (400 per-batch samples each, as the seed's 500 batches
@@ -152,7 +152,7 @@ def _trial_specs(n_trials: int) -> list[tuple[str, str, int, dict]]:
 
 def _trial_record(index: int, spec: tuple[str, str, int, dict], parent_id: str,
                   rng: random.Random, now: int) -> dict:
-    """One child run as sweeps/records.py lays it out: tags, params, metrics, samples."""
+    """One child run as sweeps/records/store.py lays it out: tags, params, metrics, samples."""
     workload, image, repeat, params = spec
     generation = IMAGES.index(image)
     roll = rng.random()

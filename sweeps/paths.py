@@ -1,4 +1,4 @@
-"""Where things are in a checkout (or an installed copy), in one place.
+"""Where things are in the checkout versweep runs from (an editable install), in one place.
 
     REPO_ROOT     the directory holding sweeps/, workers/, analysis/, images/
     WORKERS_DIR   workers/: what every trial runs (mounted into containers as it is)

@@ -608,6 +608,23 @@ def test_a_worker_the_backend_cannot_start_fails_the_trial_once_with_the_reason(
     assert outcome.message in outcome.log_text()
 
 
+def test_a_backend_that_cannot_check_the_trial_fails_it_once_with_the_reason(tmp_path):
+    # backend.check raising a UserError (the venv backend on a node without uv) is a
+    # failed trial with its words, never an exception Tune would retry as a lost node.
+    from sweeps.errors import UserError
+    from sweeps.execute.backends.local import LocalBackend
+
+    class NoUv(LocalBackend):
+        def check(self, spec, *, gpu_ids):
+            raise UserError("uv is not installed on this node")
+
+    outcome = run_trial(NoUv(), spec_of("env", {"device": "cpu"}), retries=1, log_dir=tmp_path)
+    assert outcome.status == "failed" and outcome.attempts == 0
+    assert outcome.message == ("the backend could not check the trial: uv is not installed on "
+                               "this node")
+    assert outcome.message in outcome.log_text()
+
+
 def test_the_data_directory_is_mounted_read_only_and_the_trial_reads_it(docker_image, tmp_path):
     data = tmp_path / "ptb"
     data.mkdir()

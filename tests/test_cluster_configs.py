@@ -4,7 +4,7 @@ Nothing here starts a cloud node or a Kubernetes cluster; these checks are what 
 without one: the `ray up` file passes Ray's own schema (the launcher's validation), the
 manifests have the fields KubeRay and Kubernetes act on, the custom resources follow the
 shared naming scheme and promise only images that the pre-pull puts on the node and whose
-kernels the node's GPU can run (sweeps/compat.py), and every command of the README names
+kernels the node's GPU can run (sweeps/plan/compat.py), and every command of the README names
 files that exist.
 """
 

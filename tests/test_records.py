@@ -1,4 +1,4 @@
-"""A sweep's MLflow records, written by sweeps/records.py and read back as the MLflow UI reads them.
+"""A sweep's MLflow records, written by sweeps/records/store.py, read back as the MLflow UI does.
 
 Every test runs against a real store: the embedded SQLite file a user gets by
 default, and a real ``mlflow server`` on loopback started once per session.

@@ -3,8 +3,9 @@
 ``venv_store`` is a real EnvStore in a temporary directory of the test run, with the
 environment of the matrix entries ``torch-2.13.0-cpu`` and ``torch-2.13.0-cu130`` (they
 differ only in CUDA build, so they share ``torch-2.13.0-py3.11``) built in it by uv, as a
-trial would build it. torch 2.13.0 is what the host runs, so uv's cache holds it: the build
-is hard links plus the ``env`` workload that verifies it (seconds). Where uv's cache lacks a
+trial would build it. On a fresh machine uv downloads torch 2.13.0 and its CUDA libraries
+from PyPI once (about 3.5 GB, tens of seconds here); after that the build is hard links
+from uv's cache plus the ``env`` workload that verifies it (seconds). Where uv's cache lacks a
 package and the index cannot be reached, the tests that need the environment are skipped
 with one line (tests/needs.py, ``package-index``).
 """

@@ -3,7 +3,7 @@
 The scheduler (sweeps/schedule.py) talks to a cluster only through this module, over
 the cluster's job API (the dashboard address, ``http://HEAD:8265``), with Ray's own
 ``JobSubmissionClient``: the same calls as ``ray job submit|status|logs|list``. It is
-the second module of sweeps/ that imports Ray (sweeps/tune.py runs the trials; this
+the second module of sweeps/ that imports Ray (sweeps/execute/tune.py runs the trials; this
 one only submits and reads jobs, and never joins the cluster as a driver).
 
 Every job this module submits carries the grid's name in its metadata

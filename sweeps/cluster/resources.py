@@ -22,19 +22,18 @@ for resources, so the one with the most GPUs holding the image is chosen). A tri
 architecture can run is not constrained: wherever it lands, sweeps.plan.compat records it as
 ``unsupported`` with the reason, before any container starts.
 
-Nothing here imports Ray: the driver (sweeps/tune.py) passes the alive nodes' resources in.
+Nothing here imports Ray: the driver (sweeps/execute/tune.py) passes the alive nodes' resources in.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from sweeps.errors import UserError
+from sweeps.errors import ArgumentParser, UserError
 from sweeps.grid.spec import Image, TrialSpec
 from sweeps.paths import MATRIX_PATH
 from sweeps.plan import compat
@@ -219,15 +218,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     """Print this node's resources as JSON for ``ray start --resources``; notes on stderr."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Print this node's versweep resources (the matrix images it holds and can "
                     "run, its GPU architectures) as JSON for `ray start --resources`.")
     parser.add_argument("--matrix", default=str(MATRIX_PATH), metavar="PATH",
                         help="the image matrix (default: images/matrix.toml)")
-    args = parser.parse_args(argv)
     shown = "sweeps.cluster.resources" if prog.startswith("python -m ") else prog
     try:
+        args = parser.parse_args(argv)
         resources, notes = this_node(Path(args.matrix))
     except UserError as exc:
         print(f"{shown}: error: {exc}", file=err)

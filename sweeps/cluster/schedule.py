@@ -31,7 +31,7 @@ checkout already at DIR on the head node (e.g. baked into the node image). Eithe
 way the head node's ``python`` (``--python``) must have versweep's dependencies.
 
 Records: every firing is a run in the MLflow experiment ``versweep-schedule`` of the
-same tracking store the sweeps record into (sweeps/schedule_records.py): the job id,
+same tracking store the sweeps record into (sweeps/records/schedule.py): the job id,
 its status (updated when the job ends, and by ``list``), the schedule and the sweep's
 parent run. Across machines use an MLflow server (``--tracking-uri http://...``): a
 SQLite path means that file on the scheduler's machine and on the head node alike.

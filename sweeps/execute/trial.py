@@ -95,7 +95,19 @@ def run_trial(backend: Backend, spec: TrialSpec, *, gpu_ids: Sequence[str] = (),
     stop = stop if stop is not None else threading.Event()
     started = time.monotonic()
     outcome = Outcome(status="failed", log_path=log_path)
-    reason = backend.check(spec, gpu_ids=list(gpu_ids))
+    try:
+        reason = backend.check(spec, gpu_ids=list(gpu_ids))
+    except UserError as exc:
+        # The backend cannot even judge the trial here (the venv backend without uv on
+        # this node): a failed trial with its words, never an exception out of the trial
+        # process, which Ray Tune would take for a lost node and retry.
+        message = f"the backend could not check the trial: {exc}"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(message + "\n")
+        outcome.message = message
+        outcome.wall_seconds = time.monotonic() - started
+        return outcome
     if reason is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as log:

@@ -62,7 +62,7 @@ _TUNE_BOOKKEEPING = frozenset({
     "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid",
     "time_since_restore", "iterations_since_restore", "done", "step", "startup_seconds"})
 # How often Tune starts a trial again whose trial process was lost (its node died, or the
-# process was killed). A worker that fails is retried by the trial itself (sweeps/trial.py)
+# process was killed). A worker that fails is retried by the trial itself (sweeps/execute/trial.py)
 # and ends with a status, so only a lost trial process reaches Tune as a failure.
 LOST_TRIAL_RETRIES = 3
 
@@ -120,7 +120,7 @@ def search_space(sweep: Sweep) -> dict:
             space[param.name] = tune.choice(list(param.values))
             continue
         if param.kind not in ("uniform", "loguniform", "int"):
-            # grid.py validates kinds; reaching this is a programming error
+            # grid/load.py validates kinds; reaching this is a programming error
             raise ValueError(f"unknown search parameter kind {param.kind!r}")
         low, high = param.low, param.high
         assert low is not None and high is not None, f"{param.name}: a range needs bounds"

@@ -1,6 +1,6 @@
 """The validated shape of a sweep: frozen dataclasses that grid files are loaded into.
 
-Configuration is typed and checked at the edge (sweeps/grid.py turns a TOML grid
+Configuration is typed and checked at the edge (sweeps/grid/load.py turns a TOML grid
 into these); everything after that trusts them. Nothing here imports Ray, MLflow
 or torch.
 """

@@ -6,7 +6,7 @@
         ...
 
 The docker backend asks this (DockerBackend.check) before it creates a container, and
-sweeps/trial.py records the trial `unsupported` with the reason, without starting a
+sweeps/execute/trial.py records the trial `unsupported` with the reason, without starting a
 worker. The rules, in the order they are applied:
 
 1. torch version: what the workload and config need from the image's torch
@@ -415,7 +415,6 @@ def gpu_reason(image: Image, workload: str, config: Mapping[str, Any],
             return reason
     return workloads.get(workload, workload_dir).gpu_reason(
         config, gpu.capability, image.name, f"{gpu.describe()} is {gpu.sm}")
-    return None
 
 
 def unsupported_reason(image: Image, workload: str, config: Mapping[str, Any],

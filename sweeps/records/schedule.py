@@ -21,7 +21,7 @@ One experiment for every grid, so ``schedule.py list`` reads one place; each run
 names its sweep's experiment and parent run, where the trials are.
 
 This module writes through ``sweeps.records.store.open_client`` (the store opened safely,
-under the SQLite lock) and the client's own methods, so sweeps/records.py stays the
+under the SQLite lock) and the client's own methods, so sweeps/records/store.py stays the
 only module that imports mlflow.
 """
 

@@ -28,7 +28,7 @@ from typing import Any
 # Which way a metric is better.
 LOWER, HIGHER, NEITHER = "lower", "higher", ""
 
-# Report sections a workload can ask for (analysis/report.py builds them):
+# Report sections a workload can ask for (analysis/sections.py builds them):
 #   "speed":          time per batch per image, intervals over per-batch samples, ratios
 #                     to the baseline, and the seed's GTX 1080 reference where shapes match
 #   "language_model": perplexities over seeds per image, the parity check, learning curves

@@ -122,7 +122,11 @@ class VenvBackend(Backend):
                 log.write(f"venv: {line}\n")
                 log.flush()
 
-            lease = self.store.acquire(plan, progress=progress)
+            try:
+                lease = self.store.acquire(plan, progress=progress)
+            except OSError as exc:  # the disk, a lock file: a failed trial, never a lost node
+                raise UserError(f"the environment {plan.key} could not be prepared: "
+                                f"{exc.strerror or exc}") from None
             try:
                 marker = lease.env.marker
                 how = "built now" if lease.env.built else f"built {marker.get('built_at')}"
