@@ -118,11 +118,22 @@ def sweep_runs(tracking_uri: str, experiment: str):
 
 
 
+# Ports free_port() has handed out in this test run: the kernel may give a just-released
+# port again, and one `ray start` takes a dozen of them before it binds any (seen: the
+# dashboard and the metrics exporter both given 57111, so `ray start` refused).
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now, and not given out before here."""
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+    raise RuntimeError("no free TCP port on 127.0.0.1 that was not already handed out")
 
 
 @contextlib.contextmanager
