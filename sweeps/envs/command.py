@@ -44,11 +44,9 @@ from sweeps.errors import (
     ArgumentParser,
     UserError,
 )
-from sweeps.grid.matrix import display_path, load_matrix, nearest
+from sweeps.grid.matrix import SELECTORS, load_matrix, select_entries
 from sweeps.grid.spec import Image
 from sweeps.paths import MATRIX_PATH
-
-SELECTORS = ("all", "cuda", "cpu")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -75,19 +73,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def select(matrix: dict[str, Image], names: Sequence[str], matrix_path: Path) -> list[Image]:
     """The entries named (names or selectors), in matrix order; a UserError for a typo."""
-    chosen: set[str] = set()
-    for name in names:
-        if name == "all":
-            chosen.update(matrix)
-        elif name in ("cuda", "cpu"):
-            chosen.update(n for n, i in matrix.items() if (i.cuda is not None) == (name == "cuda"))
-        elif name in matrix:
-            chosen.add(name)
-        else:
-            raise UserError(f"image '{name}' is not in {display_path(matrix_path)}"
-                            f"{nearest(name, matrix)}; name entries of the matrix or one of "
-                            f"{', '.join(SELECTORS)}")
-    return [image for name, image in matrix.items() if name in chosen]
+    return select_entries(matrix, names, matrix_path,
+                          hint=f"name entries of the matrix or one of {', '.join(SELECTORS)}")
 
 
 def _grid_images(grid: str, matrix_path: Path) -> list[Image]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from sweeps import workloads
 from sweeps.errors import GridError, UserError
-from sweeps.grid.matrix import display_path, load_matrix, nearest, read_toml
+from sweeps.grid.matrix import SELECTORS, display_path, load_matrix, nearest, read_toml
 from sweeps.grid.spec import (
     LOCAL_IMAGE,
     Image,
@@ -46,7 +46,7 @@ KNOWN_BACKENDS = ("local", "docker", "venv")
 # What a trial asks Ray for: a GPU ("cuda"), a CPU ("cpu"), or a GPU when the cluster has one.
 DEVICES = ("auto", "cpu", "cuda")
 # Words that select images from the matrix instead of a list of names.
-IMAGE_SELECTORS = ("all", "cuda", "cpu")
+IMAGE_SELECTORS = SELECTORS
 SPACE_TYPES = ("uniform", "loguniform", "int", "choice")
 SAMPLERS = ("tpe",)
 SCHEDULERS = ("asha",)

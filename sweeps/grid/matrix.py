@@ -11,10 +11,11 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeps.errors import GridError
+from sweeps.errors import GridError, UserError
 from sweeps.grid.spec import LOCAL_IMAGE, Image
 
 # The keys of one [[image]] table; True marks the required ones.
@@ -207,6 +208,31 @@ def load_matrix(path: Path) -> dict[str, Image]:
                             "image names must be unique")
         images[image.name] = image
     return images
+
+
+# Words that select entries of the matrix instead of naming them (grids, versweep images/envs).
+SELECTORS = ("all", "cuda", "cpu")
+
+
+def select_entries(matrix: dict[str, Image], names: Sequence[str], matrix_path: Path, *,
+                   hint: str) -> list[Image]:
+    """The entries named by ``names`` (entry names or selectors), in matrix order.
+
+    A name that is neither is one UserError naming the nearest, then ``hint`` (what the
+    caller's user can do: "python images/build.py list shows them all").
+    """
+    chosen: set[str] = set()
+    for name in names:
+        if name == "all":
+            chosen.update(matrix)
+        elif name in ("cuda", "cpu"):
+            chosen.update(n for n, i in matrix.items() if (i.cuda is not None) == (name == "cuda"))
+        elif name in matrix:
+            chosen.add(name)
+        else:
+            raise UserError(f"image '{name}' is not in {display_path(matrix_path)}"
+                            f"{nearest(name, list(matrix) + list(SELECTORS))}; {hint}")
+    return [image for name, image in matrix.items() if name in chosen]
 
 
 def release_line(image: Image) -> str:

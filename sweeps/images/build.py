@@ -36,10 +36,9 @@ from typing import Any, NoReturn, TextIO
 
 from sweeps.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, UserError
 from sweeps.grid.matrix import (
-    display_path,
     env_differences,
     load_matrix,
-    nearest,
+    select_entries,
 )
 from sweeps.grid.spec import Image
 from sweeps.images.docker import (
@@ -55,7 +54,6 @@ from sweeps.paths import MATRIX_PATH
 
 IMAGES_DIR = MATRIX_PATH.parent
 DEFAULT_MATRIX = MATRIX_PATH
-SELECTORS = ("all", "cuda", "cpu")
 
 # Output lines of a failing build step shown with its error.
 BUILD_TAIL_LINES = 25
@@ -72,18 +70,8 @@ VERIFY_TIMEOUT_S = 600
 def select_images(matrix: dict[str, Image], names: Sequence[str], grid: str | None,
                   matrix_path: Path) -> list[Image]:
     """The matrix images named by ``names`` (names or selectors) and ``--grid``, in matrix order."""
-    chosen: set[str] = set()
-    for name in names:
-        if name == "all":
-            chosen.update(matrix)
-        elif name in ("cuda", "cpu"):
-            chosen.update(n for n, i in matrix.items() if (i.cuda is not None) == (name == "cuda"))
-        elif name in matrix:
-            chosen.add(name)
-        else:
-            raise UserError(f"image '{name}' is not in {display_path(matrix_path)}"
-                            f"{nearest(name, list(matrix) + list(SELECTORS))}; "
-                            "python images/build.py list shows them all")
+    chosen = {image.name for image in select_entries(
+        matrix, names, matrix_path, hint="python images/build.py list shows them all")}
     if grid is not None:
         from sweeps.grid.load import load_sweep
 

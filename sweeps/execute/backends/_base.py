@@ -20,10 +20,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from sweeps.grid.spec import Sweep, TrialSpec
+from sweeps.errors import UserError
+from sweeps.grid.spec import Image, Sweep, TrialSpec
 
 # prctl(2) option: the kernel sends a signal to the child when its parent thread dies.
 _PR_SET_PDEATHSIG = 1
@@ -254,6 +255,15 @@ def worker_args(python: str, spec: TrialSpec, *, config: dict | None = None,
     if directory is not None:
         args += ["--workload-dir", directory]
     return args
+
+
+def image_of(images: Mapping[str, Image], spec: TrialSpec) -> Image:
+    """The matrix entry a docker or venv trial runs; a UserError for one not in the sweep."""
+    try:
+        return images[spec.image]
+    except KeyError:
+        raise UserError(f"image '{spec.image}' of trial '{spec.name}' is not in the image "
+                        "matrix of this sweep; name an image of images/matrix.toml") from None
 
 
 class Backend(abc.ABC):

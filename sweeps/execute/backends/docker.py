@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.errors import UserError
-from sweeps.execute.backends._base import Backend, WorkerHandle, worker_args
+from sweeps.execute.backends._base import Backend, WorkerHandle, image_of, worker_args
 from sweeps.grid.spec import Image, Sweep, TrialSpec, memory_size_problem
 from sweeps.images.docker import docker_client, image_digest, local_tag
 from sweeps.paths import REPO_ROOT
@@ -89,12 +89,7 @@ class DockerBackend(Backend):
         return self._client
 
     def image_for(self, spec: TrialSpec) -> Image:
-        try:
-            return self.images[spec.image]
-        except KeyError:
-            raise UserError(f"image '{spec.image}' of trial '{spec.name}' is not in the image "
-                            "matrix of this sweep; name an image of images/matrix.toml"
-                            ) from None
+        return image_of(self.images, spec)
 
     def preflight(self, sweep: Sweep, *, on_this_node: bool = True) -> None:
         """Before Ray starts any trial: the engine answers and every image is on this node.

@@ -35,6 +35,7 @@ from sweeps.execute.backends._base import (
     Backend,
     ProcessHandle,
     WorkerHandle,
+    image_of,
     worker_args,
     worker_env,
 )
@@ -69,12 +70,7 @@ class VenvBackend(Backend):
         return self._store
 
     def image_for(self, spec: TrialSpec) -> Image:
-        try:
-            return self.images[spec.image]
-        except KeyError:
-            raise UserError(f"image '{spec.image}' of trial '{spec.name}' is not in the image "
-                            "matrix of this sweep; name an image of images/matrix.toml"
-                            ) from None
+        return image_of(self.images, spec)
 
     def plan(self, image: Image) -> EnvPlan | str:
         """The environment ``image`` gets here, or why none can be made (asked once)."""
