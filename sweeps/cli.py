@@ -22,7 +22,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from sweeps.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, ArgumentParser, UserError
+from sweeps.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    ArgumentParser,
+    UserError,
+    positive_int,
+)
 
 
 def _run(argv: list[str], prog: str) -> int:
@@ -120,24 +127,14 @@ def build_parser(prog: str = "versweep run") -> argparse.ArgumentParser:
                              "start nothing")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a grid value (repeatable)")
-    parser.add_argument("--max-concurrent", type=_positive_int,
+    parser.add_argument("--max-concurrent", type=positive_int,
                         help="at most this many trials at once (default: the grid's, else "
                              "as many as Ray's resources allow)")
     parser.add_argument("--matrix", help="the image matrix the grid's images come from "
                                          "(default: images/matrix.toml)")
-    parser.add_argument("--num-cpus", type=_positive_int,
+    parser.add_argument("--num-cpus", type=positive_int,
                         help="CPUs of the local Ray cluster (default: all of this machine's)")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
 
 
 def usage() -> str:

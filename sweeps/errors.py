@@ -7,6 +7,9 @@ traceback. Raise it with a message that says what is wrong and what to do.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 # The exit codes of every versweep command (run, report, images, schedule, datasets,
@@ -40,3 +43,31 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):  # raises instead of exiting
         raise UserError(f"{message} (see {self.help_hint or self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (--max-concurrent, --num-cpus, --limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def run_command(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's ``body``: a UserError is one line ``PROG: error: ...`` and exit 2,
+    Ctrl-C is ``PROG: interrupted`` and 130, a reader that left the pipe (``| head``) ends
+    it quietly."""
+    try:
+        return body()
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
+        return EXIT_OK

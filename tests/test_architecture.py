@@ -104,3 +104,43 @@ def test_the_records_are_read_and_written_only_in_sweeps_records():
         if "records" not in path.relative_to(ROOT).parts
         for call in calls if call in path.read_text())
     assert found == []
+
+
+def test_host_modules_import_no_circle():
+    """No two host modules import each other, directly or around a loop (the dispatching
+    CLI imports commands; a command needing something of the CLI's gets it from a third
+    module, e.g. sweeps/errors.py)."""
+    modules = {}
+    for folder in ("sweeps", "analysis"):
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join(parts)] = path
+    edges = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            found.update(t for t in targets if t in modules and t != name)
+        edges[name] = found
+
+    def loop_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in edges[node]:
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    loops = {" -> ".join(found) for name in modules if (found := loop_from(name))}
+    assert loops == set()

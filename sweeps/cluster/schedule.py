@@ -71,6 +71,7 @@ from sweeps.errors import (
     EXIT_USER_ERROR,
     ArgumentParser,
     UserError,
+    positive_int,
 )
 from sweeps.paths import REPO_ROOT
 
@@ -581,8 +582,6 @@ def _is_loopback(address: str) -> bool:
 
 
 def build_parser(prog: str = "schedule.py") -> argparse.ArgumentParser:
-    from sweeps.cli import _positive_int
-
     parser = ArgumentParser(
         help_hint=_hint(prog),
         prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -613,7 +612,7 @@ def build_parser(prog: str = "schedule.py") -> argparse.ArgumentParser:
     parser.add_argument("--backend", help="where workers run: local, docker or venv")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a grid value (repeatable)")
-    parser.add_argument("--max-concurrent", type=_positive_int,
+    parser.add_argument("--max-concurrent", type=positive_int,
                         help="at most this many trials at once")
     parser.add_argument("--matrix", help="the image matrix the grid's images come from")
     return parser
@@ -624,8 +623,6 @@ def _hint(prog: str) -> str:
 
 
 def build_list_parser(prog: str = "schedule.py") -> argparse.ArgumentParser:
-    from sweeps.cli import _positive_int
-
     parser = ArgumentParser(help_hint=_hint(prog), prog=f"{prog} list",
                              description="Show the recorded firings of scheduled sweeps, the "
                                          "newest last, with their jobs' status.")
@@ -634,7 +631,7 @@ def build_list_parser(prog: str = "schedule.py") -> argparse.ArgumentParser:
     parser.add_argument("--address", help="ask this cluster about jobs not yet ended (default: "
                                           "the address each firing recorded)")
     parser.add_argument("--grid", help="only this grid's firings (its sweep name)")
-    parser.add_argument("--limit", type=_positive_int, default=20,
+    parser.add_argument("--limit", type=positive_int, default=20,
                         help="show the last N firings (default 20)")
     return parser
 

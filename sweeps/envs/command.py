@@ -22,7 +22,6 @@ that is no size or too small for one environment, no uv), as one line
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -38,11 +37,10 @@ from sweeps.envs.store import (
 )
 from sweeps.errors import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_USER_ERROR,
     ArgumentParser,
     UserError,
+    run_command,
 )
 from sweeps.grid.matrix import SELECTORS, load_matrix, select_entries
 from sweeps.grid.spec import Image
@@ -216,14 +214,4 @@ def run(argv: Sequence[str] | None, prog: str, out=None) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = "versweep envs") -> int:
     """``versweep envs``: run, one line per user error."""
-    try:
-        return run(argv, prog)
-    except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
-        return EXIT_OK
+    return run_command(prog, lambda: run(argv, prog))

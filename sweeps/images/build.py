@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from sweeps.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, UserError
+from sweeps.errors import EXIT_FAILED, EXIT_OK, UserError, run_command
 from sweeps.grid.matrix import (
     env_differences,
     load_matrix,
@@ -627,17 +626,6 @@ def run(argv: Sequence[str] | None = None, out: TextIO | None = None,
 
 def main(argv: Sequence[str] | None = None, prog: str = "build.py") -> int:
     """``versweep images`` / ``python images/build.py``: run, one line per user error."""
-    try:
-        return run(argv, prog=prog)
-    except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # `build.py list | head`: the reader left; say nothing more.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
-        return EXIT_OK
+    return run_command(prog, lambda: run(argv, prog=prog))
 
 
