@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlparse
 
+from sweeps.columns import format_columns
 from sweeps.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -529,10 +530,7 @@ def list_firings(*, tracking_uri: str | None = None, address: str | None = None,
         rows.append([tags.get("versweep.fired_at") or iso_utc(firing["start_time"]),
                      tags.get("versweep.grid", "?"), status, tags.get("versweep.job_id", "-"),
                      tags.get("versweep.sweep_parent_run_id", "-"), note])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    out.write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip() + "\n")
-    for row in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    out.write(format_columns(header, rows) + "\n")
     for where in sorted(unreached):
         out.write(f"note: {clusters[where]}\n")
     return EXIT_OK

@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sweeps.columns import format_columns
 from sweeps.envs.store import (
     BUDGET_VAR,
     BudgetError,
@@ -94,15 +95,13 @@ def do_list(store: EnvStore, images: list[Image], out) -> int:
     print(f"environments in {store.root}: {len(whole)} built, {format_size(counted)} of "
           f"{BUDGET_VAR}={store.budget_text} ({format_size(on_disk)} on disk counting shared "
           f"files once, {format_size(own)} not shared with uv's cache)", file=out)
-    width = max([len(i.name) for i in images] + [5])
-    print(f"{'IMAGE':<{width}}  {'TORCH':<8} {'PYTHON':<7} {'SIZE':>8}  {'LAST USED':<23}  "
-          "ENVIRONMENT", file=out)
+    rows = []
     used: set[str] = set()
     for image in images:
         plan = store.plan(image)
         if isinstance(plan, str):
-            print(f"{image.name:<{width}}  {image.torch:<8} {'-':<7} {'-':>8}  {'-':<23}  "
-                  f"cannot be built here: {plan}", file=out)
+            rows.append([image.name, image.torch, "-", "-", "-",
+                         f"cannot be built here: {plan}"])
             continue
         used.add(plan.key)
         state = states.get(plan.key)
@@ -110,14 +109,15 @@ def do_list(store: EnvStore, images: list[Image], out) -> int:
         if state is not None and state.problem is None:
             marker = state.marker or {}
             busy = ", in use" if state.in_use else ""
-            print(f"{image.name:<{width}}  {image.torch:<8} {marker.get('python', '-'):<7} "
-                  f"{format_size(marker.get('size_bytes')):>8}  "
-                  f"{_when(marker.get('last_used')):<23}  {plan.path}{busy}{note}", file=out)
+            rows.append([image.name, image.torch, marker.get("python", "-"),
+                         format_size(marker.get("size_bytes")), _when(marker.get("last_used")),
+                         f"{plan.path}{busy}{note}"])
         else:
             why = "not built" if state is None else f"not whole, rebuilt on use: {state.problem}"
-            print(f"{image.name:<{width}}  {image.torch:<8} {plan.interpreter.full:<7} "
-                  f"{'-':>8}  {'-':<23}  {plan.path} ({why}; Python from "
-                  f"{plan.interpreter.path}){note}", file=out)
+            rows.append([image.name, image.torch, plan.interpreter.full, "-", "-",
+                         f"{plan.path} ({why}; Python from {plan.interpreter.path}){note}"])
+    print(format_columns(["IMAGE", "TORCH", "PYTHON", "SIZE", "LAST USED", "ENVIRONMENT"],
+                         rows, right={"SIZE"}), file=out)
     others = [s for key, s in states.items() if key not in used]
     leftovers = store.leftovers()
     if others or leftovers:

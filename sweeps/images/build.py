@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from sweeps.columns import format_columns
 from sweeps.errors import EXIT_FAILED, EXIT_OK, UserError, run_command
 from sweeps.grid.matrix import (
     env_differences,
@@ -146,7 +147,7 @@ def list_images(images: Sequence[Image], out: TextIO, err: TextIO) -> int:
     except UserError as exc:
         client = None
         print(f"note: {exc}; the 'local' column is '?'", file=err)
-    rows = [("name", "torch", "python", "cuda", "cudnn", "archs", "base", "local")]
+    rows = []
     for image in images:
         if client is None:
             local = "?"
@@ -155,10 +156,8 @@ def list_images(images: Sequence[Image], out: TextIO, err: TextIO) -> int:
             local = f"yes {found.short_id.split(':')[-1]}" if found is not None else "no"
         rows.append((image.name, image.torch, image.python, image.cuda or "-",
                      image.cudnn or "-", arch_summary(image), image.base, local))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        print("  ".join(cells).rstrip(), file=out)
+    print(format_columns(["name", "torch", "python", "cuda", "cudnn", "archs", "base",
+                          "local"], rows), file=out)
     return EXIT_OK
 
 

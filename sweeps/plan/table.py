@@ -7,6 +7,7 @@ trial names, images, configs and resources are the very ones the sweep then runs
 
 from __future__ import annotations
 
+from sweeps.columns import format_columns
 from sweeps.grid.spec import Sweep
 from sweeps.plan.resources import describe_resources, describe_routing
 
@@ -64,11 +65,7 @@ def format_trial_table(sweep: Sweep, backend: str, max_concurrent: int | None) -
         config = trial.config_dict
         shown = " ".join(f"{k}={_cell(config.get(k))}" for k in columns[trial.workload])
         rows.append([str(number), trial.name, trial.image, shown, str(trial.repeat), short])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    lines.append(format_columns(header, rows))
     lines.append(f"{len(sweep.trials)} trials; nothing started (dry run)")
     return "\n".join(lines)
 
