@@ -62,19 +62,21 @@ from analysis.sections import (
     summary_section,
     torch_version,
     trials_csv,
+    trials_for,
     workload_plugins,
 )
 from analysis.stats import (
     parity,
 )
 from sweeps.errors import EXIT_OK, ArgumentParser, UserError
+from sweeps.status import Status
 
 
 def build_report(data: SweepData, baseline: str | None = None) -> render.Report:
     """The whole report of one sweep, as plain data ready to render."""
     images = ordered_images(data)
     chosen = choose_baseline(data, images, baseline)
-    bench_ok = [t for t in data.trials if t.workload == "rnn_bench" and t.status == "ok"]
+    bench_ok = [t for t in trials_for(data.trials, "speed") if t.status == Status.OK]
     samples = load_samples(bench_ok) if bench_ok else {}
     context = ReportContext(data=data, images=images, baseline=chosen,
                             groups=speed_groups(data, images, chosen, samples),
@@ -116,7 +118,7 @@ def compare_rows(data: SweepData, before: str, after: str) -> list[terminal.Row]
         if name not in images:
             raise UserError(f"--compare: '{name}' is not an image of this sweep; its images: "
                             f"{', '.join(images)}")
-    bench_ok = [t for t in data.trials if t.workload == "rnn_bench" and t.status == "ok"
+    bench_ok = [t for t in trials_for(data.trials, "speed") if t.status == Status.OK
                 and t.image in (before, after)]
     samples = load_samples(bench_ok) if bench_ok else {}
     rows = []

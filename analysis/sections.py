@@ -36,8 +36,12 @@ from analysis.stats import (
 )
 from sweeps import workloads
 from sweeps.errors import UserError
+from sweeps.status import STATUSES, Status
 from sweeps.versions import version_tuple
 from sweeps.workloads import Workload
+
+# Trials whose steps are worth plotting: they trained, to the end or not.
+CURVE_STATUSES = frozenset(s.value for s in Status if s.has_curve)
 
 # Params that differ between the repeats of one trial by design: not part of what is compared.
 REPEAT_PARAMS = frozenset({"seed"})
@@ -228,11 +232,10 @@ def repeat_values(trial: Trial, samples: Mapping[str, list[float]]) -> list[floa
 
 def speed_groups(data: SweepData, images: Sequence[str], baseline: str,
                  samples: Mapping[str, list[float]]) -> list[SpeedGroup]:
-    """Every rnn_bench variant with its intervals per image and comparisons to ``baseline``."""
+    """Every variant of a speed workload (rnn_bench) with its intervals per image and
+    comparisons to ``baseline``."""
     found: dict[tuple, SpeedGroup] = {}
-    for trial in data.trials:
-        if trial.workload != "rnn_bench":
-            continue
+    for trial in trials_for(data.trials, "speed"):
         key = _variant(trial)
         group = found.get(key)
         if group is None:
@@ -309,7 +312,7 @@ def summary_section(context: ReportContext) -> render.Section:
     """What was compared: images with their versions, trials per status, how to read it."""
     data = context.data
     section = render.Section("Summary")
-    statuses = ["ok", "unsupported", "failed", "diverged", "stopped"]
+    statuses = list(STATUSES)
     statuses += sorted({t.status for t in data.trials} - set(statuses))
     counts: dict[str, Counter] = defaultdict(Counter)
     for trial in data.trials:
@@ -566,9 +569,8 @@ def _impl_order(impl: str) -> tuple[int, str]:
 
 def lm_variants(trials: Iterable[Trial]) -> dict[tuple, list[Trial]]:
     found: dict[tuple, list[Trial]] = defaultdict(list)
-    for trial in trials:
-        if trial.workload == "ptb_lm":
-            found[_variant(trial)].append(trial)
+    for trial in trials_for(trials, "language_model"):
+        found[_variant(trial)].append(trial)
     return found
 
 
@@ -700,6 +702,13 @@ def workload_plugins(trials: Iterable[Trial]) -> dict[str, Workload]:
     return found
 
 
+def trials_for(trials: Iterable[Trial], section: str) -> list[Trial]:
+    """The trials whose workload's plug-in asks for ``section`` (one of REPORT_SECTIONS)."""
+    trials = list(trials)
+    plugins = workload_plugins(trials)
+    return [t for t in trials if section in plugins[t.workload].report_sections]
+
+
 def metrics_sections(context: ReportContext, plugin: Workload) -> list[render.Section]:
     """Any workload: each result metric per image, mean ± std over repeats, per variant.
 
@@ -774,7 +783,7 @@ def _histories(context: ReportContext, trials: Sequence[Trial],
 def _curves(context: ReportContext, trials: Sequence[Trial], key: str,
             per_image: int) -> dict[str, list[list[tuple[int, float]]]]:
     chosen = {image: [t for t in trials if t.image == image
-                      and t.status in ("ok", "diverged", "stopped")][:per_image]
+                      and t.status in CURVE_STATUSES][:per_image]
               for image in context.images}
     histories = _histories(context, [t for runs in chosen.values() for t in runs], key)
     # Every image keeps its key (empty when nothing ran), so it keeps its colour: the
@@ -794,7 +803,8 @@ def _lower_is_better(metric: str) -> bool:
 def search_sections(context: ReportContext) -> list[render.Section]:
     """An Optuna search: best config per image, what each parameter does, early stops."""
     data = context.data
-    trials = [t for t in data.trials if t.workload == "ptb_lm" or t.params]
+    language_model = {id(t) for t in trials_for(data.trials, "language_model")}
+    trials = [t for t in data.trials if t.params or id(t) in language_model]
     if not trials:
         return []
     metric = (data.search_metric or data.parent_tags.get("versweep.best.metric")
