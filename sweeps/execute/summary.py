@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from sweeps import workloads
 from sweeps.errors import UserError
-from sweeps.grid.spec import STATUSES
+from sweeps.status import STATUSES, Status
 from sweeps.workloads import Workload
 
 
@@ -27,7 +27,7 @@ class TrialRecord:
     key: str
     name: str
     workload: str
-    status: str
+    status: Status
     message: str = ""
     config: dict = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # result metrics, else the last step's
@@ -116,7 +116,7 @@ def best_by_metric(records: Iterable[TrialRecord], metric: str, mode: str) -> Be
     chosen: Best | None = None
     for record in records:
         value = record.metrics.get(metric)
-        if record.status not in ("ok", "stopped") or value is None:
+        if not Status(record.status).has_figures or value is None:
             continue
         better = chosen is None or (value < chosen.value if mode == "min" else value > chosen.value)
         if better:

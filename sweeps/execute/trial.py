@@ -4,21 +4,13 @@
                         on_event=print, log_dir=Path("logs"))
     outcome.status   # "ok", "unsupported", "diverged", "failed" or "stopped"
 
-How a worker ends (protocol v1, DESIGN.md) becomes a status:
-
-    result      + exit 0          -> ok
-    unsupported + exit 3          -> unsupported   (a result, not a failure)
-    error diverged + exit 4       -> diverged      (a result)
-    error bad_config/data, exit 2 -> failed, not retried (it cannot get better)
-    anything else (a crash)       -> retried `retries` times, then failed with the stderr tail
-    timeout                       -> process group killed, failed "timed out after N s"
-    stop requested (ASHA, Ctrl-C) -> process group killed, stopped
-    backend.check gives a reason  -> unsupported, and no worker starts (an image without
-                                     kernels for this GPU, a torch too old for the benchmark)
-    backend.start refuses         -> failed with its UserError's words, not retried (an
-                                     image gone from the node since the preflight, an engine
-                                     that stopped answering); never an exception out of the
-                                     trial, which Ray Tune would take for a lost node
+How it ends becomes a status by the rules of sweeps/status.py (the only place that
+decides one): a result is ok, unsupported and diverged are results too, a crash is
+retried ``retries`` times and then failed with its stderr tail, a timeout kills the
+worker's process group and fails, a stop request kills it and stops; a reason from
+backend.check makes it unsupported before any worker starts, and a backend that cannot
+check or start it fails it with the backend's words (never an exception out of the
+trial, which Ray Tune would take for a lost node).
 """
 
 from __future__ import annotations
@@ -29,11 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweeps import status as rules
 from sweeps.errors import UserError
 from sweeps.execute.backends import Backend
 from sweeps.grid.spec import TrialSpec
+from sweeps.status import Decision, Status
 
-EXIT_OK, EXIT_BAD_CONFIG, EXIT_UNSUPPORTED, EXIT_DIVERGED, EXIT_MISMATCH = 0, 2, 3, 4, 5
 # How many stderr lines a failed trial's message keeps.
 STDERR_TAIL_IN_MESSAGE = 15
 
@@ -46,8 +39,9 @@ class Outcome:
     of the last attempt, the one that decided the trial; the log keeps every attempt.
     """
 
-    status: str  # one of spec.STATUSES
+    status: Status
     message: str = ""  # why it is not "ok": the reason, the error, the stderr tail
+    decided: bool = True  # False: interrupted, --resume runs it again (sweeps/status.py)
     exit_code: int | None = None
     attempts: int = 0
     env: dict | None = None  # the env event of the last attempt
@@ -60,6 +54,10 @@ class Outcome:
     log_path: Path | None = None
     tags: dict[str, str] = field(default_factory=dict)  # where it ran (image digest ...)
     decided_before_start: bool = False  # unsupported by backend.check: no worker ran
+
+    def take(self, decision: Decision) -> None:
+        self.status, self.message, self.decided = (decision.status, decision.message,
+                                                   decision.decided)
 
     def log_text(self) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -94,25 +92,19 @@ def run_trial(backend: Backend, spec: TrialSpec, *, gpu_ids: Sequence[str] = (),
     log_path = Path(log_dir) / (log_name or f"{spec.key}.log")
     stop = stop if stop is not None else threading.Event()
     started = time.monotonic()
-    outcome = Outcome(status="failed", log_path=log_path)
+    outcome = Outcome(status=Status.FAILED, log_path=log_path)
     try:
         reason = backend.check(spec, gpu_ids=list(gpu_ids))
     except UserError as exc:
         # The backend cannot even judge the trial here (the venv backend without uv on
-        # this node): a failed trial with its words, never an exception out of the trial
-        # process, which Ray Tune would take for a lost node and retry.
-        message = f"the backend could not check the trial: {exc}"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as log:
-            log.write(message + "\n")
-        outcome.message = message
+        # this node).
+        outcome.take(rules.backend_refused("the backend could not check the trial", exc))
+        _log_line(log_path, outcome.message)
         outcome.wall_seconds = time.monotonic() - started
         return outcome
     if reason is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as log:
-            log.write(f"not started: unsupported on this node: {reason}\n")
-        outcome.status, outcome.message = "unsupported", reason
+        _log_line(log_path, f"not started: unsupported on this node: {reason}")
+        outcome.take(rules.unsupported_here(reason))
         outcome.decided_before_start = True
         outcome.wall_seconds = time.monotonic() - started
         return outcome
@@ -135,13 +127,10 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
     try:
         handle = backend.start(spec, gpu_ids=list(gpu_ids), log_path=log_path)
     except UserError as exc:
-        # The backend cannot start a worker here, and starting again would fail the same
-        # way: a decision with the backend's words, so the trial process ends normally.
-        message = f"the worker did not start: {exc}"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as log:
-            log.write(message + "\n")
-        outcome.status, outcome.message, outcome.exit_code = "failed", message, None
+        # The backend cannot start a worker here (an image gone since the preflight).
+        outcome.take(rules.backend_refused("the worker did not start", exc))
+        _log_line(log_path, outcome.message)
+        outcome.exit_code = None
         outcome.env, outcome.tags, outcome.startup_seconds = None, {}, None
         outcome.last_metrics, outcome.last_step = {}, None
         return False, outcome
@@ -186,47 +175,24 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
     outcome.tags = dict(handle.tags)
     outcome.startup_seconds = handle.startup_seconds
     outcome.last_metrics, outcome.last_step = attempt.metrics, attempt.step
-    terminal = attempt.terminal or {}
-    kind = terminal.get("event")
-
-    if stop.is_set() and handle.killed:  # a worker that finished first keeps its result
-        outcome.status, outcome.message = "stopped", "stopped before it finished"
-        return False, outcome
-    if timed_out.is_set() and handle.killed:  # one that finished at the deadline keeps it
-        outcome.status, outcome.message = "failed", f"timed out after {timeout_s:g} s"
-        return False, outcome
-    if kind == "result" and exit_code == EXIT_OK:
-        outcome.status, outcome.message = "ok", ""
+    decision = rules.worker_end(
+        terminal=attempt.terminal, exit_code=exit_code, stop_requested=stop.is_set(),
+        timed_out=timed_out.is_set(), killed=handle.killed, timeout_s=timeout_s,
+        violation=attempt.violation,
+        stderr_tail=list(handle.stderr_tail)[-STDERR_TAIL_IN_MESSAGE:])
+    outcome.take(decision)
+    if decision.status == Status.OK:
+        terminal = attempt.terminal or {}
         outcome.result_metrics = {k: v for k, v in (terminal.get("metrics") or {}).items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         outcome.samples = terminal.get("samples")
-        return False, outcome
-    if kind == "unsupported" and exit_code == EXIT_UNSUPPORTED:
-        outcome.status, outcome.message = "unsupported", str(terminal.get("reason", ""))
-        return False, outcome
-    if kind == "error" and terminal.get("kind") == "diverged" and exit_code == EXIT_DIVERGED:
-        outcome.status, outcome.message = "diverged", str(terminal.get("message", ""))
-        return False, outcome
-    if kind == "error" and exit_code in (EXIT_BAD_CONFIG, EXIT_MISMATCH):
-        # bad_config / data, or implementations that disagree (the correctness gate):
-        # the same config fails the same way again, so no retry.
-        outcome.status = "failed"
-        outcome.message = f"{terminal.get('kind', 'error')}: {terminal.get('message', '')}"
-        return False, outcome
+    return decision.retry, outcome
 
-    # A crash: anything else. Keep what explains it.
-    if attempt.violation:
-        why = f"protocol violation: {attempt.violation}"
-    elif kind == "error":
-        why = f"{terminal.get('kind')}: {terminal.get('message', '')} (exit {exit_code})"
-    elif kind is None:
-        why = f"the worker exited with code {exit_code} without a final event"
-    else:
-        why = f"the worker sent '{kind}' but exited with code {exit_code}"
-    tail = "\n".join(list(handle.stderr_tail)[-STDERR_TAIL_IN_MESSAGE:])
-    outcome.status = "failed"
-    outcome.message = why + (f"\nstderr tail:\n{tail}" if tail else "")
-    return True, outcome
+
+def _log_line(log_path: Path, line: str) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(line + "\n")
 
 
 def _take_event(attempt: _Attempt, event: dict) -> None:

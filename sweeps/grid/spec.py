@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sweeps.workloads import Workload
 
-# Trial statuses, as the `versweep.status` tag records them (DESIGN.md).
-STATUSES = ("ok", "unsupported", "failed", "diverged", "stopped")
+# Trial statuses, as the `versweep.status` tag records them (the rules: sweeps/status.py).
 
 # A memory size as Docker takes it, with its unit: "16g", "512m" (sweep.container_memory).
 MEMORY_SIZE = re.compile(r"^[1-9]\d*[bkmg]$")

@@ -69,8 +69,9 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from sweeps.errors import UserError
-from sweeps.grid.spec import STATUSES, Sweep, TrialSpec
+from sweeps.grid.spec import Sweep, TrialSpec
 from sweeps.records.layout import SCHEMA_TAG, SCHEMA_VERSION, check_schema
+from sweeps.status import Status
 
 _log = logging.getLogger(__name__)
 
@@ -556,12 +557,12 @@ class SweepRecords:
 
     # ----------------------------------------------------------------- trials
 
-    def finished_trial_keys(self, parent_run_id: str) -> dict[str, str]:
+    def finished_trial_keys(self, parent_run_id: str) -> dict[str, Status]:
         """Trial key -> versweep.status for the child runs that reached a decision (FINISHED)."""
         decided = {}
         for trial in self.list_trials(parent_run_id, finished_only=True):
             if trial["key"]:
-                decided[trial["key"]] = trial["status"] or "ok"
+                decided[trial["key"]] = Status.parse(trial["status"] or "ok")
         return decided
 
     def start_trial(self, parent_run_id: str, spec: TrialSpec) -> str:
@@ -578,7 +579,7 @@ class SweepRecords:
             f"tags.`versweep.trial_key` = {quote(spec.key)} and attributes.status = 'RUNNING'")
         for run in stale:
             stale_id = run.info.run_id
-            self._set_tags(stale_id, {"versweep.status": "stopped",
+            self._set_tags(stale_id, {"versweep.status": Status.STOPPED.value,
                                       "versweep.message": "left running by a driver that "
                                                           "stopped; the trial was started again"})
             retrying(functools.partial(self.client.set_terminated, stale_id, "KILLED"),
@@ -686,8 +687,7 @@ class SweepRecords:
         ``samples`` (per-batch seconds; default: those of the result event)
         the artifact samples.json.
         """
-        if status not in STATUSES:
-            raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+        status = Status.parse(status).value  # ValueError for a status the rules do not know
         self.flush(run_id)
         current = retrying(lambda: self.client.get_run(run_id), "reading a trial run")
         if current.info.status == "KILLED":
