@@ -75,8 +75,30 @@ def test_every_stage_is_a_package_of_its_own():
                   "cluster", "images"):
         assert (ROOT / "sweeps" / stage / "__init__.py").is_file(), stage
     top = sorted(p.name for p in (ROOT / "sweeps").glob("*.py"))
-    assert top == ["__init__.py", "cli.py", "datasets.py", "errors.py", "paths.py", "run.py",
-                   "schedule.py", "versions.py"]
+    assert top == ["__init__.py", "cli.py", "columns.py", "datasets.py", "errors.py",
+                   "paths.py", "run.py", "schedule.py", "status.py", "versions.py"]
+
+
+def test_columns_are_printed_by_one_function():
+    """Every command's table goes through sweeps/columns.py: no hand-made column widths."""
+    made = sorted(f"{path.relative_to(ROOT)}" for folder in ("sweeps", "analysis")
+                  for path in (ROOT / folder).rglob("*.py")
+                  if path.name != "columns.py" and ".ljust(" in path.read_text())
+    assert made == []
+
+
+def test_format_columns_aligns_every_column_to_its_widest_cell():
+    from sweeps.columns import format_columns
+
+    text = format_columns(["name", "size", "note"],
+                          [["torch-2.3.1", "1.9 GB", ""], ["t", "12 MB", "in use"]],
+                          right={"size"})
+    assert text.splitlines() == ["name           size  note",
+                                 "torch-2.3.1  1.9 GB",
+                                 "t             12 MB  in use"]
+    assert format_columns(["a", "b"], []) == "a  b"
+    with pytest.raises(ValueError, match="a row has 1 cells for 2 columns"):
+        format_columns(["a", "b"], [["x"]])
 
 
 def test_a_backend_must_implement_the_contract():
