@@ -320,6 +320,22 @@ def test_local_preflight_needs_torch_in_the_interpreter_it_runs():
         LocalBackend(python=without_torch).preflight(sweep)
 
 
+def test_versweep_python_names_the_local_backends_interpreter(monkeypatch, tmp_path):
+    sweep = _sweep([spec_of("env", {})])
+    monkeypatch.setenv("VERSWEEP_PYTHON", sys.executable)
+    assert LocalBackend().python == sys.executable
+    LocalBackend().preflight(sweep)
+    missing = str(tmp_path / "no-such-python")
+    monkeypatch.setenv("VERSWEEP_PYTHON", missing)
+    assert LocalBackend().python == missing
+    with pytest.raises(UserError, match=r"^\$VERSWEEP_PYTHON is .*no-such-python, which is not "
+                                        r"an executable file; point it at a Python that has "
+                                        r"torch, or unset VERSWEEP_PYTHON$"):
+        LocalBackend().preflight(sweep)
+    # An explicit interpreter wins over the variable.
+    assert LocalBackend(python=sys.executable).python == sys.executable
+
+
 def test_local_preflight_refuses_docker_images():
     spec = TrialSpec("env", "torch-1.13.1-cu117", (("device", "cpu"),), 0, 0)
     with pytest.raises(UserError, match="names image.* torch-1.13.1-cu117; use --backend docker"):

@@ -1,7 +1,15 @@
-"""The `local` backend: the worker runs on the host's own interpreter, in a child process."""
+"""The `local` backend: the worker runs on the host's own interpreter, in a child process.
+
+The interpreter is this one (``sys.executable``), or the one $VERSWEEP_PYTHON names: a
+Python that has torch when the host's own has not (a conda environment, a system Python
+with a CUDA build), or a stand-in that speaks the worker protocol (the orchestration
+benchmarks use one, so that what they time is versweep, not torch's import).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -17,6 +25,9 @@ from sweeps.execute.backends._base import (
 )
 from sweeps.grid.spec import LOCAL_IMAGE, Sweep, TrialSpec
 
+# Names the interpreter the local backend runs instead of this one.
+PYTHON_VARIABLE = "VERSWEEP_PYTHON"
+
 # The checkout whose `workers` package the child runs (python -m workers needs it on the path).
 from sweeps.paths import REPO_ROOT  # noqa: E402
 
@@ -27,7 +38,7 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, python: str | None = None):
-        self.python = python or sys.executable
+        self.python = python or os.environ.get(PYTHON_VARIABLE) or sys.executable
 
     def preflight(self, sweep: Sweep, *, on_this_node: bool = True) -> None:
         """Check that every trial runs on the host image and that this interpreter has torch.
@@ -43,6 +54,11 @@ class LocalBackend(Backend):
                 f"image(s) {', '.join(foreign)}; use --backend docker for images")
         if not on_this_node:
             return  # the cluster's nodes run the workers, with their own torch
+        if shutil.which(self.python) is None:
+            source = (f"${PYTHON_VARIABLE}" if os.environ.get(PYTHON_VARIABLE) == self.python
+                      else "the local backend's interpreter")
+            raise UserError(f"{source} is {self.python}, which is not an executable file; "
+                            f"point it at a Python that has torch, or unset {PYTHON_VARIABLE}")
         try:
             probe = subprocess.run(
                 [self.python, "-c", "import torch; print(torch.__version__)"],
