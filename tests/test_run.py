@@ -358,3 +358,42 @@ def test_an_address_with_no_cluster_is_one_line_and_exit_2(tmp_path, ray_tmp):
     assert "Traceback" not in done.stderr
     assert re.search(r"^versweep: error: cannot join the Ray cluster at 127\.0\.0\.1:\d+: ",
                      done.stderr, re.MULTILINE)
+
+
+def test_a_grid_runs_in_batches_of_tune_experiments_each_trial_once(tmp_path, ray_tmp,
+                                                                    monkeypatch):
+    """Tune keeps every trial of an experiment in the driver: a grid runs in batches
+    (GRID_BATCH_TRIALS), and batching must neither lose nor repeat a trial."""
+    import io
+
+    from sweeps.execute import tune as sweep_tune
+    from sweeps.execute.sweep import run_sweep
+
+    monkeypatch.setattr(sweep_tune, "GRID_BATCH_TRIALS", 2)
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    grid = tmp_path / "batches.toml"
+    grid.write_text(textwrap.dedent("""
+        [sweep]
+        name = "batches"
+        backend = "local"
+        device = "cpu"
+
+        [[group]]
+        workload = "env"
+        axes.seed = [1, 2, 3, 4, 5]
+        """))
+    out = io.StringIO()
+    try:
+        assert run_sweep(str(grid), cwd=tmp_path, num_cpus=2, out=out) == 0, out.getvalue()
+    finally:
+        sweep_tune.shutdown()
+    assert "trials: 5 ok, 0 unsupported, 0 failed, 0 diverged, 0 stopped" in out.getvalue()
+    experiments = sorted(p.name for p in (tmp_path / "ray_results").iterdir()
+                         if p.name.startswith("batches-"))
+    assert len(experiments) == 3  # 2 + 2 + 1 trials
+    _, parents, children = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db", "batches")
+    assert len(parents) == 1 and parents[0].data.tags["versweep.summary.ok"] == "5"
+    keys = [c.data.tags["versweep.trial_key"] for c in children]
+    assert len(keys) == len(set(keys)) == 5
+    assert all(c.info.status == "FINISHED" for c in children)

@@ -21,6 +21,7 @@ from typing import TextIO
 
 from sweeps.errors import EXIT_FAILED as EXIT_TRIALS_FAILED
 from sweeps.errors import EXIT_INTERRUPTED, EXIT_OK
+from sweeps.status import Status
 
 
 def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None = None,
@@ -69,13 +70,7 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
         routed, timings["ray"] = sweep_tune.join_and_check_routing(address, num_cpus)
     runner.preflight(sweep, on_this_node=not routed)
 
-    from sweeps.execute.summary import TrialRecord, best_by_metric, best_of_sweep, format_summary
-    from sweeps.records.store import (
-        SweepRecords,
-        mlflow_ui_command,
-        records_location,
-        resolve_tracking_uri,
-    )
+    from sweeps.records.store import SweepRecords, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(tracking_uri, cwd)
     records = SweepRecords(tracking_uri, experiment)
@@ -103,24 +98,55 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
         sweep_tune.shutdown()
         raise
     sweep_tune.shutdown()
-    total = time.monotonic() - started
 
     trial_records = list(tune_run.records)
-    ran = {r.key for r in trial_records}
-    specs = {t.key: t for t in sweep.trials}
     if decided:
-        # Trials decided before this --resume: their records, for the counts and the best.
-        for trial in records.list_trials(parent_run_id, finished_only=True):
-            if trial["key"] in ran or trial["key"] not in decided:
-                continue
-            ran.add(trial["key"])
-            spec = specs.get(trial["key"])
-            config = spec.config_dict if spec else dict(trial["params"])
-            trial_records.append(TrialRecord(
-                key=trial["key"], name=trial["name"], workload=trial["workload"] or "",
-                status=decided[trial["key"]], config=config, metrics=trial["metrics"],
-                run_id=trial["run_id"], from_earlier_run=True,
-                workload_dir=spec.workload_dir if spec else None))
+        trial_records += _earlier_records(records, parent_run_id, sweep, decided,
+                                          ran={r.key for r in trial_records})
+    _close(sweep, records, parent_run_id, trial_records, tune_run, experiment=experiment,
+           tracking_uri=tracking_uri, out=out)
+    out.write(f"timings: ray start {tune_run.ray_start_seconds:.2f} s, trials "
+              f"{tune_run.tune_seconds:.2f} s (after Ray started), "
+              f"total {time.monotonic() - started:.2f} s\n")
+    out.flush()
+    if tune_run.interrupted:
+        return EXIT_INTERRUPTED
+    if any(r.status == Status.FAILED and not r.from_earlier_run for r in trial_records):
+        return EXIT_TRIALS_FAILED
+    return EXIT_OK
+
+
+def _earlier_records(records, parent_run_id: str, sweep, decided: dict,
+                     ran: set[str]) -> list:
+    """The records of the trials decided before this --resume, for the counts and the best."""
+    from sweeps.execute.summary import TrialRecord
+
+    specs = {t.key: t for t in sweep.trials}
+    found = []
+    for trial in records.list_trials(parent_run_id, finished_only=True):
+        if trial["key"] in ran or trial["key"] not in decided:
+            continue
+        ran.add(trial["key"])
+        spec = specs.get(trial["key"])
+        config = spec.config_dict if spec else dict(trial["params"])
+        found.append(TrialRecord(
+            key=trial["key"], name=trial["name"], workload=trial["workload"] or "",
+            status=decided[trial["key"]], config=config, metrics=trial["metrics"],
+            run_id=trial["run_id"], from_earlier_run=True,
+            workload_dir=spec.workload_dir if spec else None))
+    return found
+
+
+def _close(sweep, records, parent_run_id: str, trial_records: list, tune_run, *,
+           experiment: str, tracking_uri: str, out: TextIO) -> None:
+    """Tag the parent run with the counts and the best trial, end it, print the summary."""
+    from sweeps.execute.summary import (
+        best_by_metric,
+        best_of_sweep,
+        count_statuses,
+        format_summary,
+    )
+    from sweeps.records.store import mlflow_ui_command, records_location
 
     search_best = None
     if sweep.search is not None:
@@ -128,26 +154,14 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
         best = search_best
     else:
         best = best_of_sweep(trial_records)
-    counts = {status: 0 for status in ("ok", "unsupported", "diverged", "failed", "stopped")}
-    for record in trial_records:
-        counts[record.status] = counts.get(record.status, 0) + 1
-    records.close_sweep(parent_run_id, counts, best.as_tags() if best else None,
-                        interrupted=tune_run.interrupted)
-
+    records.close_sweep(parent_run_id, count_statuses(trial_records),
+                        best.as_tags() if best else None, interrupted=tune_run.interrupted)
     out.write(format_summary(trial_records, where=records_location(tracking_uri),
                              ui_command=mlflow_ui_command(tracking_uri), experiment=experiment,
                              parent_run_id=parent_run_id, search_best=search_best,
                              searched=tuple(p.name for p in sweep.search.space)
                              if sweep.search is not None else (),
                              interrupted=tune_run.interrupted) + "\n")
-    out.write(f"timings: ray start {tune_run.ray_start_seconds:.2f} s, trials "
-              f"{tune_run.tune_seconds:.2f} s (after Ray started), total {total:.2f} s\n")
-    out.flush()
-    if tune_run.interrupted:
-        return EXIT_INTERRUPTED
-    if any(r.status == "failed" and not r.from_earlier_run for r in trial_records):
-        return EXIT_TRIALS_FAILED
-    return EXIT_OK
 
 
 def _study_storage(tracking_uri: str, cwd: Path) -> str:

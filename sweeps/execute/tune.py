@@ -37,6 +37,7 @@ from ray import tune
 from ray.tune import PlacementGroupFactory
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
+from sweeps import status as rules
 from sweeps.cluster.resources import (
     IMAGE_PREFIX,
     launcher_node_types,
@@ -51,6 +52,7 @@ from sweeps.grid.spec import Sweep, TrialSpec
 from sweeps.paths import REPO_ROOT
 from sweeps.plan.resources import routes_by_image, trial_resources
 from sweeps.records.layout import study_name
+from sweeps.status import Decision, Status
 
 # Report keys the trainable adds to the worker's metrics.
 RUN_ID, TRIAL_KEY, STATUS, MESSAGE = (
@@ -172,16 +174,14 @@ def _trainable(config: dict, context: TrialContext) -> None:
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if gpu_ids:
         extra_tags["versweep.gpu_ids"] = ",".join(gpu_ids)
-    # A trial process only sees "stopped" when Tune shuts it down (Ctrl-C): not a
-    # decision, so --resume runs it again. ASHA's stops are recorded by the driver.
     records.finish_trial(run_id, outcome.status, message=outcome.message,
                          log_text=outcome.log_text(), samples=outcome.samples,
-                         extra_tags=extra_tags, decided=outcome.status != "stopped")
+                         extra_tags=extra_tags, decided=outcome.decided)
     # The final report: the last step's metrics (so the search metric is present),
     # the result metrics, and the decision.
     final = {**outcome.last_metrics, **outcome.result_metrics}
     final = {k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-    if outcome.status != "ok":
+    if outcome.status != Status.OK:
         # A diverged, failed or unsupported trial has no objective: without the metric
         # Optuna records it as pruned instead of learning from an epoch before the end.
         final = {}
@@ -295,15 +295,13 @@ class _RecordStops(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.scheduler is not None and trial.trial_id in self.scheduler.stopped:
-            step = self.scheduler.stopped[trial.trial_id]
-            self.finish_unreported(trial.trial_id, "stopped",
-                                   f"stopped early by ASHA at step {step}")
+            self.finish_unreported(trial.trial_id, rules.unreported(
+                asha_step=self.scheduler.stopped[trial.trial_id]))
 
-    def finish_unreported(self, trial_id: str, status: str, message: str, *,
-                          decided: bool = True) -> None:
+    def finish_unreported(self, trial_id: str, decision: Decision) -> None:
         """Finish the child run of a trial that could not finish it itself.
 
-        ``decided=False`` for an interruption: the run ends KILLED and --resume reruns it.
+        An undecided one (an interruption) ends KILLED, and --resume runs it again.
         """
         last = self.last.get(trial_id) or {}
         run_id = last.get(RUN_ID)
@@ -313,8 +311,8 @@ class _RecordStops(tune.Callback):
         log_path = Path(self.context.log_dir) / f"{last.get(TRIAL_KEY)}.log"
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
         records = _records_for(self.context.tracking_uri, self.context.experiment)
-        records.finish_trial(run_id, status, message=message, log_text=log_text,
-                             decided=decided)
+        records.finish_trial(run_id, decision.status, message=decision.message,
+                             log_text=log_text, decided=decision.decided)
 
 
 # Seconds the ray.init of this driver's connection took (None: not connected by start_ray).
@@ -461,78 +459,121 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
              max_concurrent: int | None, address: str | None = None,
              num_cpus: int | None = None, study_storage: str | None = None,
              samples_done: int = 0, verbose: int = 1,
-             on_ray_started: Callable[[float], object] | None = None) -> TuneRun:
+             on_ray_started: Callable[[float], object] | None = None,
+             batch_size: int | None = None) -> TuneRun:
     """Run the sweep's trials that are not in ``skip_keys`` under Ray Tune.
 
     For a search sweep, ``samples_done`` trials were decided by an earlier run and
-    ``study_storage`` is the Optuna RDB URL whose study the search continues.
+    ``study_storage`` is the Optuna RDB URL whose study the search continues. A grid runs
+    in batches of ``batch_size`` trials (default GRID_BATCH_TRIALS), one Tuner.fit each.
     """
     ray_seconds = start_ray(address, num_cpus)
     if on_ray_started is not None:
         on_ray_started(ray_seconds)
     log_dir = storage_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    nodes = alive_nodes() + nodes_to_come()
-    # device "auto" asks for a GPU when the cluster has one, or the autoscaler may start one.
-    cluster_gpus = max(ray.cluster_resources().get("GPU", 0.0),
-                       max((node.get("GPU", 0.0) for node in nodes), default=0.0))
-    resources = trial_resources(sweep, cluster_gpus)
     context = TrialContext(
         sweep=sweep, backend=backend, tracking_uri=tracking_uri, experiment=experiment,
         parent_run_id=parent_run_id, log_dir=str(log_dir),
         specs_by_key={t.key: t for t in sweep.trials if t.key not in skip_keys})
-    with_context = tune.with_parameters(_trainable, context=context)
-    if routes_by_image(sweep, nodes):
-        trainable = tune.with_resources(with_context, _routed_resources(context, cluster_gpus,
-                                                                        nodes))
-    else:
-        if backend == "docker" and len(nodes) > 1:
-            print("versweep: warning: no node of this Ray cluster advertises versweep_image "
-                  "resources, so trials may land on nodes without their image; start each "
-                  "node with --resources \"$(python -m sweeps.cluster.resources)\"",
-                  file=sys.stderr, flush=True)
-        trainable = tune.with_resources(with_context,
-                                        {k.lower(): v for k, v in resources.items()})
-
-    scheduler = None
-    search = sweep.search
-    if search is not None:
-        num_samples = max(search.num_samples - samples_done, 0)
-        if num_samples == 0:
-            return TuneRun(records=[], ray_start_seconds=ray_seconds)
-        param_space = search_space(sweep)
-        searcher = _optuna_searcher(sweep, experiment, parent_run_id, study_storage)
-        if max_concurrent:
-            from ray.tune.search import ConcurrencyLimiter
-
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-        if search.scheduler is not None:
-            # metric and mode come from TuneConfig (Tune refuses them in two places).
-            scheduler = _StopWatchingASHA(
-                time_attr="step", grace_period=search.scheduler.grace_period,
-                reduction_factor=search.scheduler.reduction_factor,
-                max_t=search.scheduler.max_t)
-        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                      num_samples=num_samples, metric=search.metric,
-                                      mode=search.mode, reuse_actors=True)
-        columns = {search.metric: search.metric, "step": "step"}
-    else:
-        if not context.specs_by_key:
-            return TuneRun(records=[], ray_start_seconds=ray_seconds)
-        param_space = {"trial_key": tune.grid_search(list(context.specs_by_key))}
+    trainable = _trainable_with_resources(context)
+    run = TuneRun(records=[], ray_start_seconds=ray_seconds)
+    if sweep.search is not None:
+        num_samples = max(sweep.search.num_samples - samples_done, 0)
+        if num_samples:
+            _fit(run, context, trainable, *_search_setup(context, num_samples, max_concurrent,
+                                                         study_storage),
+                 storage_dir=storage_dir, verbose=verbose)
+        return run
+    keys = list(context.specs_by_key)
+    size = batch_size or GRID_BATCH_TRIALS
+    for start in range(0, len(keys), size):
+        batch = keys[start:start + size]
+        param_space = {"trial_key": tune.grid_search(batch)}
         tune_config = tune.TuneConfig(max_concurrent_trials=max_concurrent or 0,
                                       reuse_actors=True)
-        columns = {"step": "step"}
-    columns.update({STATUS: "decision", "test_perplexity": "test_ppl",
-                    "ms_per_batch_median": "ms/batch"})
+        started = _fit(run, context, trainable, param_space, tune_config, None,
+                       storage_dir=storage_dir, verbose=verbose)
+        if started < len(batch):
+            run.interrupted = True  # some trials never started
+        if run.interrupted:
+            break  # Ctrl-C: the next batches do not start; --resume runs them
+    return run
 
+
+# A grid runs in batches of this many trials, one Tuner.fit each: Tune keeps every trial
+# of an experiment (its config, last result and metric statistics) in the driver until
+# the experiment ends, and saves them all to its experiment state again and again, so one
+# experiment of 5,000 trials makes the driver's memory and each save grow with the trials
+# done (docs/performance.md, "orchestration as the sweep grows"). A batch's trials are
+# released when it ends; the cost is one Tune start per batch and a few idle slots while
+# a batch's last trials finish.
+GRID_BATCH_TRIALS = 500
+
+
+def _trainable_with_resources(context: TrialContext):
+    """The trainable, with what each trial asks Ray for (routed to its image's nodes on a
+    cluster whose nodes advertise images)."""
+    sweep = context.sweep
+    nodes = alive_nodes() + nodes_to_come()
+    # device "auto" asks for a GPU when the cluster has one, or the autoscaler may start one.
+    cluster_gpus = max(ray.cluster_resources().get("GPU", 0.0),
+                       max((node.get("GPU", 0.0) for node in nodes), default=0.0))
+    with_context = tune.with_parameters(_trainable, context=context)
+    if routes_by_image(sweep, nodes):
+        return tune.with_resources(with_context, _routed_resources(context, cluster_gpus,
+                                                                   nodes))
+    if context.backend == "docker" and len(nodes) > 1:
+        print("versweep: warning: no node of this Ray cluster advertises versweep_image "
+              "resources, so trials may land on nodes without their image; start each "
+              "node with --resources \"$(python -m sweeps.cluster.resources)\"",
+              file=sys.stderr, flush=True)
+    resources = trial_resources(sweep, cluster_gpus)
+    return tune.with_resources(with_context, {k.lower(): v for k, v in resources.items()})
+
+
+def _search_setup(context: TrialContext, num_samples: int, max_concurrent: int | None,
+                  study_storage: str | None):
+    """(param space, TuneConfig, ASHA or None) of a search sweep: Optuna's TPE, a
+    persistent study, and ASHA when the grid asks for early stopping."""
+    sweep = context.sweep
+    search = sweep.search
+    assert search is not None, "a search setup is for search sweeps"
+    searcher = _optuna_searcher(sweep, context.experiment, context.parent_run_id,
+                                study_storage)
+    if max_concurrent:
+        from ray.tune.search import ConcurrencyLimiter
+
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    scheduler = None
+    if search.scheduler is not None:
+        # metric and mode come from TuneConfig (Tune refuses them in two places).
+        scheduler = _StopWatchingASHA(
+            time_attr="step", grace_period=search.scheduler.grace_period,
+            reduction_factor=search.scheduler.reduction_factor,
+            max_t=search.scheduler.max_t)
+    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                  num_samples=num_samples, metric=search.metric,
+                                  mode=search.mode, reuse_actors=True)
+    return search_space(sweep), tune_config, scheduler
+
+
+def _fit(run: TuneRun, context: TrialContext, trainable, param_space: dict,
+         tune_config: tune.TuneConfig, scheduler: _StopWatchingASHA | None, *,
+         storage_dir: Path, verbose: int) -> int:
+    """One Tuner.fit; its trials' records and timings go into ``run``; returns how many
+    trials it started."""
+    search = context.sweep.search
+    columns = {search.metric: search.metric} if search is not None else {}
+    columns.update({"step": "step", STATUS: "decision", "test_perplexity": "test_ppl",
+                    "ms_per_batch_median": "ms/batch"})
     callback = _RecordStops(context, scheduler)
     reporter = tune.CLIReporter(metric_columns=columns, max_report_frequency=10,
                                 parameter_columns=(["trial_key"] if search is None
                                                    else [p.name for p in search.space]),
                                 max_column_length=24)
     run_config = tune.RunConfig(
-        name=f"{sweep.name}-{parent_run_id[:8]}-{int(time.time())}",
+        name=f"{context.sweep.name}-{context.parent_run_id[:8]}-{time.time_ns()}",
         storage_path=str(storage_dir), callbacks=[callback], progress_reporter=reporter,
         verbose=verbose, failure_config=tune.FailureConfig(max_failures=LOST_TRIAL_RETRIES))
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
@@ -540,38 +581,52 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
     # Tune's own result files are off (MLflow is the record); it need not say so per trial.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     fit_started = time.monotonic()
-    interrupted = False
     try:
         grid = tuner.fit()
         # ResultGrid has __len__ and __getitem__ but no __iter__.
-        trials = [grid[i] for i in range(len(grid))]
+        results = [grid[i] for i in range(len(grid))]
     except KeyboardInterrupt:  # a second Ctrl-C: Tune gave up waiting for its trials
-        interrupted, trials = True, []
-    tune_seconds = time.monotonic() - fit_started
+        run.interrupted, results = True, []
+    run.tune_seconds += time.monotonic() - fit_started
+    records, interrupted = _records(context, callback, scheduler, results)
+    run.records += records
+    run.interrupted = run.interrupted or interrupted
+    return len(callback.started)
 
+
+def _records(context: TrialContext, callback: _RecordStops,
+             scheduler: _StopWatchingASHA | None, results: list) -> tuple[list[TrialRecord], bool]:
+    """Each started trial's record, and whether any was interrupted.
+
+    A trial decided itself (its final report carries the status); for one that did not,
+    the driver decides by the rules of sweeps/status.py and finishes its child run.
+    """
     def error_of(config: dict) -> str | None:
         """The first line of the error of a trial process that raised (a bug or a lost node)."""
-        for result in trials:
+        for result in results:
             if result.error is not None and (result.config or {}) == config:
                 return (str(result.error).strip().splitlines() or ["error"])[0][:300]
         return None
 
-    records = []
-    for trial_id, last in callback.last.items():
-        error = error_of(callback.started.get(trial_id, {}))
-        if STATUS in last:
-            status, message = last[STATUS], last.get(MESSAGE, "")
-        elif scheduler is not None and trial_id in scheduler.stopped:
-            status = "stopped"
-            message = f"stopped early by ASHA at step {scheduler.stopped[trial_id]}"
-        elif error is not None:
-            status, message = "failed", f"the trial process failed: {error}"
-            callback.finish_unreported(trial_id, status, message)
+    records, interrupted = [], False
+    for trial_id, config in callback.started.items():
+        last = callback.last.get(trial_id)
+        spec = _spec_for(context, (last or {}).get("config") or config)
+        if last is not None and STATUS in last:  # the trial decided itself
+            status = Status.parse(last[STATUS])
+            message = last.get(MESSAGE, "")
         else:
-            interrupted = True
-            status, message = "stopped", "interrupted before it finished"
-            callback.finish_unreported(trial_id, status, message, decided=False)
-        spec = _spec_for(context, last.get("config") or {})
+            asha_step = (scheduler.stopped.get(trial_id) if scheduler is not None
+                         else None)
+            decision = rules.unreported(asha_step=asha_step, process_error=error_of(config),
+                                        started=last is not None)
+            status, message = decision.status, decision.message
+            interrupted = interrupted or not decision.decided
+            if last is not None:
+                # Its child run exists (the report names it): finish it. One that never
+                # reported is left RUNNING and marked KILLED on --resume.
+                callback.finish_unreported(trial_id, decision)
+        last = last or {}
         metrics = {k: v for k, v in last.items() if isinstance(v, (int, float))
                    and not isinstance(v, bool) and k not in _TUNE_BOOKKEEPING}
         # Every report carries the trial's key: spec.key, read back from the report.
@@ -580,24 +635,7 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
             key=key, name=spec.name, workload=spec.workload, status=status, message=message,
             config=spec.config_dict, metrics=metrics, run_id=last.get(RUN_ID),
             workload_dir=spec.workload_dir))
-    for trial_id, config in callback.started.items():
-        if trial_id in callback.last:
-            continue
-        # Started but never reported: died (or was interrupted) before its first event
-        # reached Tune; its child run, if any, is left RUNNING and marked KILLED on --resume.
-        spec = _spec_for(context, config)
-        error = error_of(config)
-        interrupted = interrupted or error is None
-        message = (f"the trial process failed: {error}" if error is not None
-                   else "interrupted before it started")
-        records.append(TrialRecord(key=spec.key, name=spec.name, workload=spec.workload,
-                                   status="failed" if error is not None else "stopped",
-                                   message=message, config=spec.config_dict,
-                                   workload_dir=spec.workload_dir))
-    if not sweep.is_search and len(callback.started) < len(context.specs_by_key):
-        interrupted = True  # some trials never started
-    return TuneRun(records=records, interrupted=interrupted,
-                   ray_start_seconds=ray_seconds, tune_seconds=tune_seconds)
+    return records, interrupted
 
 
 def _optuna_searcher(sweep: Sweep, experiment: str, parent_run_id: str,
