@@ -369,7 +369,7 @@ def test_a_grid_runs_in_batches_of_tune_experiments_each_trial_once(tmp_path, ra
     from sweeps.execute import tune as sweep_tune
     from sweeps.execute.sweep import run_sweep
 
-    monkeypatch.setattr(sweep_tune, "GRID_BATCH_TRIALS", 2)
+    monkeypatch.setenv("VERSWEEP_GRID_BATCH", "2")
     monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     grid = tmp_path / "batches.toml"
@@ -397,3 +397,14 @@ def test_a_grid_runs_in_batches_of_tune_experiments_each_trial_once(tmp_path, ra
     keys = [c.data.tags["versweep.trial_key"] for c in children]
     assert len(keys) == len(set(keys)) == 5
     assert all(c.info.status == "FINISHED" for c in children)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "2.5"])
+def test_a_bad_grid_batch_is_one_line_before_anything_starts(tmp_path, ray_tmp, value):
+    done = versweep(["--grid", "smoke"], cwd=tmp_path, ray_tmp=ray_tmp,
+                    VERSWEEP_GRID_BATCH=value)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"versweep: error: VERSWEEP_GRID_BATCH={value!r} is not a whole number of trials "
+        "above 0; set it to e.g. 500, or unset it"]
+    assert os.listdir(tmp_path) == [] and os.listdir(ray_tmp) == []

@@ -61,6 +61,8 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
     from sweeps.execute import tune as sweep_tune
     from sweeps.plan.resources import address_given
 
+    sweep_tune.grid_batch_trials()  # a bad $VERSWEEP_GRID_BATCH is one line before anything
+
     timings: dict[str, float] = {}
     # On a cluster whose nodes advertise images, those nodes must hold them, not this one
     # (a KubeRay head may have no Docker at all): routing checks them before Tune starts.

@@ -486,7 +486,7 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
                  storage_dir=storage_dir, verbose=verbose)
         return run
     keys = list(context.specs_by_key)
-    size = batch_size or GRID_BATCH_TRIALS
+    size = batch_size or grid_batch_trials()
     for start in range(0, len(keys), size):
         batch = keys[start:start + size]
         param_space = {"trial_key": tune.grid_search(batch)}
@@ -509,6 +509,20 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
 # released when it ends; the cost is one Tune start per batch and a few idle slots while
 # a batch's last trials finish.
 GRID_BATCH_TRIALS = 500
+# Overrides it (a whole number of trials): larger batches start Tune less often and hold
+# more trials in the driver's memory.
+GRID_BATCH_VARIABLE = "VERSWEEP_GRID_BATCH"
+
+
+def grid_batch_trials() -> int:
+    """Trials per Tuner.fit of a grid: $VERSWEEP_GRID_BATCH, else GRID_BATCH_TRIALS."""
+    text = os.environ.get(GRID_BATCH_VARIABLE, "").strip()
+    if not text:
+        return GRID_BATCH_TRIALS
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{GRID_BATCH_VARIABLE}={text!r} is not a whole number of trials "
+                        f"above 0; set it to e.g. {GRID_BATCH_TRIALS}, or unset it")
+    return int(text)
 
 
 def _trainable_with_resources(context: TrialContext):
