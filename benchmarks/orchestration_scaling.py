@@ -1,7 +1,7 @@
 """What one trial costs the orchestration as the sweep grows: 100, 1,000, 5,000 trials.
 
     python benchmarks/orchestration_scaling.py [--trials 100 1000 5000]
-        [--out docs/bench/orchestration_scaling.txt]
+        [--compare 2000 --rounds 2] [--out docs/bench/orchestration_scaling.txt]
 
 Each size is one `python sweeps/run.py` of that many `env` trials on the local backend and
 a private local Ray cluster (2 CPUs, 2 trials at a time), recorded in a fresh SQLite
@@ -20,6 +20,10 @@ Reported per size:
   driver memory   RSS of the driver process (sweeps/run.py) when 25/50/75/100 % of the
                   trials had finished; goal: flat
   load            the 1-minute load average at start and end (the machine is shared)
+
+With --compare N, N trials run again as one Tune experiment ($VERSWEEP_GRID_BATCH above N)
+and in versweep's batches (the default), alternating which goes first round by round:
+the ratio of their costs per trial and their driver memory at the end, side by side.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import os
 import platform
 import re
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,14 +103,16 @@ def finished_runs(db: Path) -> int:
         return 0
 
 
-def one_size(trials: int, tmp: Path, python: Path) -> dict:
-    workdir = tmp / f"n{trials}"
-    workdir.mkdir()
+def one_size(trials: int, tmp: Path, python: Path, batch: int | None = None) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix=f"n{trials}-", dir=tmp))
     grid = workdir / "scaling.toml"
     grid.write_text(GRID.format(seeds=json.dumps(list(range(trials)))))
     env = dict(os.environ, VERSWEEP_PYTHON=str(python),
                RAY_TMPDIR=tempfile.mkdtemp(prefix="vsscale-", dir="/tmp"))
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("VERSWEEP_GRID_BATCH", None)
+    if batch is not None:
+        env["VERSWEEP_GRID_BATCH"] = str(batch)
     load_before = load()
     started = time.monotonic()
     driver = subprocess.Popen([sys.executable, str(ROOT / "sweeps" / "run.py"), "--grid",
@@ -161,11 +168,15 @@ def one_size(trials: int, tmp: Path, python: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--compare", type=int, metavar="N",
+                        help="also run N trials as one experiment and in batches, interleaved")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare")
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args()
     report = [f"# orchestration scaling, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
               "# command: python benchmarks/orchestration_scaling.py --trials "
-              + " ".join(map(str, args.trials)),
+              + " ".join(map(str, args.trials))
+              + (f" --compare {args.compare} --rounds {args.rounds}" if args.compare else ""),
               f"# machine: {os.cpu_count()} CPUs, {platform.platform()}, "
               f"python {platform.python_version()}",
               "# trials: the env workload, stand-in worker ($VERSWEEP_PYTHON), local backend, "
@@ -189,14 +200,35 @@ def main() -> None:
         python = tmp / "standin-python"
         python.write_text(STANDIN.format(python=sys.executable))
         python.chmod(0o755)
-        for trials in args.trials:
-            r = one_size(trials, tmp, python)
-            say(f"{trials} trials: {r['ok']} ok; per trial {r['fit'] / trials:.3f} s "
+        def show(label: str, r: dict) -> None:
+            trials = r["trials"]
+            say(f"{label}: {r['ok']} ok; per trial {r['fit'] / trials:.3f} s "
                 f"(Tuner.fit {r['fit']:.1f} s, Ray start {r['ray']:.1f} s, whole command "
                 f"{r['wall']:.1f} s); s/trial by quarter "
                 f"{' '.join(seconds(q) for q in r['quarters'])}; driver RSS MiB at 25/50/75/"
                 f"100 % {' '.join(mib(m) for m in r['memory'])} (peak {r['peak']:.0f}); "
                 f"load {r['load'][0]} -> {r['load'][1]}")
+
+        for trials in args.trials:
+            show(f"{trials} trials", one_size(trials, tmp, python))
+        ratios, memory = [], []
+        for round_number in range(1, (args.rounds if args.compare else 0) + 1):
+            n = args.compare
+            order = [("batched", None), ("one experiment", n + 1)]
+            if round_number % 2 == 0:
+                order.reverse()
+            runs = {}
+            for label, batch in order:
+                runs[label] = one_size(n, tmp, python, batch)
+                show(f"round {round_number}, {n} trials, {label}", runs[label])
+            ratios.append(runs["batched"]["fit"] / runs["one experiment"]["fit"])
+            memory.append((runs["batched"]["peak"], runs["one experiment"]["peak"]))
+            say(f"round {round_number}: cost per trial batched / one experiment = "
+                f"{ratios[-1]:.3f}; peak driver RSS {memory[-1][0]:.0f} vs "
+                f"{memory[-1][1]:.0f} MiB")
+        if ratios:
+            say(f"--compare {args.compare}: ratio batched / one experiment, per round: "
+                f"{' '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(report) + "\n")

@@ -21,6 +21,43 @@ def test_env_workload_reports_versions_and_flags(worker):
                 "deterministic_algorithms"):
         assert key in flags, key
     assert flags["tf32_matmul"] is False  # the worker turns TF32 off unless asked
+    # What a CPU speed figure depends on besides torch: the CPU and the wheel's libraries.
+    with open("/proc/cpuinfo") as handle:
+        vendor = next((line.split(":", 1)[1].strip() for line in handle
+                       if line.startswith("vendor_id")), None)
+    assert env["cpu"]["vendor"] == vendor and env["cpu"]["logical_cpus"] >= 1
+    assert env["build"]["parallel_backend"] in ("OpenMP", "native thread pool", "TBB")
+    assert set(env["build"]) == {"blas", "mkl", "onednn", "openmp", "cpu_capability",
+                                 "parallel_backend"}
+
+
+OLD_CONFIG = """PyTorch built with:
+  - GCC 7.3
+  - Intel(R) Math Kernel Library Version 2019.0.4 Product Build 20190411 for Intel(R) 64 architecture applications
+  - Intel(R) MKL-DNN v0.21.1 (Git Hash 7d2fd500bc78936d1d648ca713b901012f470dbc)
+  - OpenMP 201511 (a.k.a. OpenMP 4.5)
+  - NNPACK is enabled
+  - CUDA Runtime 10.1
+  - Build settings: BLAS=MKL, BUILD_NAMEDTENSOR=OFF, CXX_FLAGS= -Wno-deprecated, USE_CUDA=True,
+"""
+
+
+def test_the_build_report_of_an_old_torch_is_read_and_a_torch_without_one_reports_none(
+        monkeypatch):
+    import torch
+
+    from workers import runtime
+
+    monkeypatch.setattr(torch.__config__, "show", lambda: OLD_CONFIG)
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "")
+    old = runtime.build_info()
+    assert old["blas"] == "MKL"
+    assert old["mkl"].startswith("Intel(R) Math Kernel Library Version 2019.0.4")
+    assert old["onednn"].startswith("Intel(R) MKL-DNN v0.21.1")
+    assert old["openmp"] == "OpenMP 201511 (a.k.a. OpenMP 4.5)"
+    assert old["cpu_capability"] is None and old["parallel_backend"] is None
+    monkeypatch.delattr(torch, "__config__")  # torch 0.4 has no build report
+    assert set(runtime.build_info().values()) == {None}
 
 
 def test_every_line_is_versioned_json(worker):

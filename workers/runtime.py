@@ -116,6 +116,72 @@ def _driver_version():
         return None
 
 
+def _cpu_info():
+    """The CPU's model and vendor (from /proc/cpuinfo on Linux), and how many it has."""
+    info = {"model": platform.processor() or None, "vendor": None,
+            "logical_cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name" and value:
+                    info["model"] = value
+                elif key == "vendor_id" and value:
+                    info["vendor"] = value
+                if info["vendor"] and key == "model name":
+                    break
+    except (IOError, OSError):
+        pass
+    return info
+
+
+# What torch.__config__ says about the libraries inside the wheel: a label and the start of
+# the line that names it (torch >= 1.1; older ones report none of it).
+_BUILD_LINES = (
+    ("mkl", ("Intel(R) Math Kernel Library", "Intel(R) oneAPI Math Kernel Library")),
+    ("onednn", ("Intel(R) MKL-DNN", "Intel(R) oneDNN")),
+    ("openmp", ("OpenMP",)),
+    ("cpu_capability", ("CPU capability usage:",)),
+)
+
+
+def build_info():
+    """BLAS, MKL, oneDNN, OpenMP and the parallel backend of this torch, as far as it says.
+
+    A speed figure depends on them as much as on torch itself (MKL takes a slow path on
+    AMD CPUs in some versions): the env event carries them beside every figure.
+    """
+    info = {"blas": None, "mkl": None, "onednn": None, "openmp": None,
+            "cpu_capability": None, "parallel_backend": None}
+    config = getattr(torch, "__config__", None)
+    try:
+        shown = config.show() if config is not None and hasattr(config, "show") else ""
+    except Exception:  # a torch whose build report itself fails: report nothing of it
+        shown = ""
+    for line in shown.splitlines():
+        text = line.strip().lstrip("- ").strip()
+        for label, starts in _BUILD_LINES:
+            if info[label] is None and any(text.startswith(start) for start in starts):
+                # "CPU capability usage: AVX2" -> "AVX2"; the others keep their whole line.
+                info[label] = (text.split(":", 1)[1].strip() if label == "cpu_capability"
+                               else text)
+        if text.startswith("Build settings:"):
+            settings = dict(item.strip().partition("=")[::2]
+                            for item in text[len("Build settings:"):].split(","))
+            # BLAS_INFO since torch 1.5 or so; BLAS before it.
+            info["blas"] = settings.get("BLAS_INFO") or settings.get("BLAS") or None
+    try:
+        parallel = config.parallel_info() if config is not None and hasattr(
+            config, "parallel_info") else ""
+    except Exception:
+        parallel = ""
+    for line in parallel.splitlines():
+        if line.startswith("ATen parallel backend:"):
+            info["parallel_backend"] = line.split(":", 1)[1].strip()
+    return info
+
+
 def environment(device):
     """What the env event reports about this process: versions, device and flags.
 
@@ -135,6 +201,8 @@ def environment(device):
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "flags": numeric_flags(),
+        "cpu": _cpu_info(),
+        "build": build_info(),
     }
     if device is not None and device.type == "cuda":
         index = device.index or 0
