@@ -33,7 +33,8 @@ def test_env_workload_reports_versions_and_flags(worker):
 
 OLD_CONFIG = """PyTorch built with:
   - GCC 7.3
-  - Intel(R) Math Kernel Library Version 2019.0.4 Product Build 20190411 for Intel(R) 64 architecture applications
+  - Intel(R) Math Kernel Library Version 2019.0.4 Product Build 20190411 for Intel(R) 64 \
+architecture applications
   - Intel(R) MKL-DNN v0.21.1 (Git Hash 7d2fd500bc78936d1d648ca713b901012f470dbc)
   - OpenMP 201511 (a.k.a. OpenMP 4.5)
   - NNPACK is enabled
