@@ -347,6 +347,9 @@ def summary_section(context: ReportContext) -> render.Section:
             f"Every image is compared with the baseline **{context.baseline}** ({why})."
             + (f" Older, but without a single finished trial: {', '.join(skipped)}."
                if skipped and not context.chosen_by_user else "")))
+    order = data.parent_tags.get("versweep.trial_order")
+    if order and order != "sampled":
+        section.blocks.append(render.Paragraph(f"Trial order: {order}."))
     incomplete = completeness_caveat(context)
     if incomplete:
         section.blocks.append(render.Caveat(incomplete))

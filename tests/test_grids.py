@@ -104,6 +104,34 @@ def test_repeats_are_queued_repeat_by_repeat():
     assert repeats == sorted(repeats)
 
 
+def test_within_a_repeat_each_variant_runs_on_every_image_back_to_back_in_turning_order(
+        tmp_path):
+    """Drift on a shared machine must not pass for a version effect (sweeps/grid/load.py)."""
+    grid = tmp_path / "order.toml"
+    grid.write_text("""
+[sweep]
+backend = "docker"
+device = "cpu"
+repeats = 2
+images = ["torch-1.13.1-cu116", "torch-2.0.1-cu118", "torch-2.13.0-cpu"]
+
+[[group]]
+workload = "rnn_bench"
+axes.bench = ["1x320-ce-short", "1x320-ce-long"]
+""")
+    order = [(t.repeat, t.config_dict["bench"], t.image.split("-")[1])
+             for t in load_sweep(str(grid)).trials]
+    assert order == [
+        (0, "1x320-ce-short", "1.13.1"), (0, "1x320-ce-short", "2.0.1"),
+        (0, "1x320-ce-short", "2.13.0"),
+        (0, "1x320-ce-long", "1.13.1"), (0, "1x320-ce-long", "2.0.1"),
+        (0, "1x320-ce-long", "2.13.0"),
+        (1, "1x320-ce-short", "2.13.0"), (1, "1x320-ce-short", "2.0.1"),
+        (1, "1x320-ce-short", "1.13.1"),
+        (1, "1x320-ce-long", "2.13.0"), (1, "1x320-ce-long", "2.0.1"),
+        (1, "1x320-ce-long", "1.13.1")]
+
+
 def test_smoke_is_tiny_and_local():
     sweep = load_sweep("smoke")
     assert sweep.backend == "local" and sweep.device == "auto"

@@ -604,18 +604,20 @@ def _group_sweep(check: _Checker, settings: _SweepSettings,
                        settings.device)
     per_group = [_group_trials(check, settings, i, t) for i, t in enumerate(groups)]
 
-    # Repeat-major order: every variant's repeat 0 is queued before any repeat 1, so slow
-    # drift on a node (thermals, other load) spreads over all variants instead of
-    # landing on whichever ran last.
+    # Interleaved order (spec.TRIAL_ORDER): repeat-major, so every variant's repeat 0 is queued
+    # before any repeat 1; within a repeat, variant by variant with every image of the
+    # variant back to back, the images in matrix order on even repeats and reversed on odd
+    # ones. Slow drift on a node (thermals, other load) then spreads over all versions
+    # alike instead of passing for a version effect.
     trials: list[TrialSpec] = []
     seen: dict[str, int] = {}
     most = max(repeat for _, templates in per_group for repeat, _, _ in templates)
     for repeat in range(most + 1):
         for group_index, (images, templates) in enumerate(per_group):
-            for image in images:
-                for rep, workload, resolved in templates:
-                    if rep != repeat:
-                        continue
+            for rep, workload, resolved in templates:
+                if rep != repeat:
+                    continue
+                for image in (images if repeat % 2 == 0 else images[::-1]):
                     spec = TrialSpec(workload=workload.name, image=image,
                                      config=tuple(sorted(resolved.items())), repeat=repeat,
                                      group=group_index, workload_dir=_source(workload))

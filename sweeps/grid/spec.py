@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 
 # Trial statuses, as the `versweep.status` tag records them (the rules: sweeps/status.py).
 
+# The order a grid's trials are queued in (sweeps/grid/load.py), as a report states it.
+TRIAL_ORDER = ("interleaved: repeat by repeat; within a repeat, each variant on every image "
+               "back to back, the images in matrix order on even repeats and reversed on odd "
+               "ones")
+
 # A memory size as Docker takes it, with its unit: "16g", "512m" (sweep.container_memory).
 MEMORY_SIZE = re.compile(r"^[1-9]\d*[bkmg]$")
 
