@@ -267,12 +267,17 @@ def test_embedded_store_keeps_artifacts_next_to_the_database(tmp_path, experimen
     records = SweepRecords(uri, experiment)
     parent = records.open_sweep(make_sweep(tmp_path, (env_trial(0),)), resume=False)
     run_id = records.start_trial(parent, env_trial(0))
-    records.finish_trial(run_id, "ok", log_text="hello from the worker\n", samples=[1.0])
+    records.finish_trial(run_id, "ok", log_text="hello from the worker\n", samples=[1.0],
+                         artifacts={"environment.txt": "torch==2.13.0\n"})
 
     location = MlflowClient(uri).get_experiment_by_name(experiment).artifact_location
     assert location.startswith((tmp_path / "mlartifacts").as_uri())
     logs = list((tmp_path / "mlartifacts").rglob("worker.log"))
     assert [p.read_text() for p in logs] == ["hello from the worker\n"]
+    freezes = list((tmp_path / "mlartifacts").rglob("environment.txt"))
+    assert [p.read_text() for p in freezes] == ["torch==2.13.0\n"]
+    parent_tags = MlflowClient(uri).get_run(parent).data.tags
+    assert parent_tags["versweep.trial_order"].startswith("interleaved: repeat by repeat")
     assert str(tmp_path / "mlflow.db") in records_location(uri)
     assert mlflow_ui_command(uri) == f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db"
 

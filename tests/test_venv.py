@@ -98,6 +98,8 @@ def test_an_env_trial_runs_in_the_environment_of_its_matrix_entry(venv_store, tm
     log = outcome.log_text()
     assert f"venv: environment {VENV_KEY} at {path}" in log
     assert "    torch==2.13.0" in log and f"{path}/bin/python -m workers env" in log
+    # ... and is an artifact of its own, environment.txt, for the run's records.
+    assert outcome.artifacts["environment.txt"] == marker["freeze"].rstrip("\n") + "\n"
 
 
 def test_a_tiny_rnn_bench_trial_runs_in_the_environment(venv_store, tmp_path):
@@ -362,6 +364,33 @@ def test_a_torch_on_no_index_is_an_unsupported_reason_before_any_trial_starts(ve
     remembered = json.loads((tmp_path / "envs" / ".wheels.json").read_text())
     assert [v["kind"] for k, v in remembered.items() if k.startswith("torch==9.9.9 ")] \
         == ["missing"]
+
+
+def test_the_dry_run_shows_which_trials_are_unsupported_here_and_why(venv_store, tmp_path,
+                                                                     monkeypatch, capsys):
+    from sweeps.execute.sweep import run_sweep
+
+    monkeypatch.setenv("VERSWEEP_ENVS_DIR", str(venv_store.root))
+    grid = tmp_path / "old.toml"
+    grid.write_text("""
+[sweep]
+backend = "venv"
+device = "cpu"
+images = ["torch-0.4.1-cu90", "torch-2.13.0-cpu"]
+
+[[group]]
+workload = "env"
+""")
+    assert run_sweep(str(grid), dry_run=True) == 0
+    out = capsys.readouterr().out
+    rows = [line.rstrip() for line in out.splitlines() if line[:1].isdigit()]
+    old = [row for row in rows if "@ torch-0.4.1-cu90" in row]
+    new = [row for row in rows if "@ torch-2.13.0-cpu" in row]
+    assert len(old) == len(new) == 1
+    assert old[0].endswith("unsupported: no environment here: torch 0.4.1 is on no package "
+                           "index reachable here (PyPI has no torch==0.4.1)")
+    assert new[0].endswith("CPU 1")  # nothing decided: it runs
+    assert "1 of 2 trials are unsupported here, decided before any worker starts" in out
 
 
 @pytest.mark.needs("package-index")

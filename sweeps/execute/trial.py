@@ -53,6 +53,7 @@ class Outcome:
     wall_seconds: float = 0.0
     log_path: Path | None = None
     tags: dict[str, str] = field(default_factory=dict)  # where it ran (image digest ...)
+    artifacts: dict[str, str] = field(default_factory=dict)  # file name -> text (backend's)
     decided_before_start: bool = False  # unsupported by backend.check: no worker ran
 
     def take(self, decision: Decision) -> None:
@@ -132,6 +133,7 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
         _log_line(log_path, outcome.message)
         outcome.exit_code = None
         outcome.env, outcome.tags, outcome.startup_seconds = None, {}, None
+        outcome.artifacts = {}
         outcome.last_metrics, outcome.last_step = {}, None
         return False, outcome
     timed_out = threading.Event()
@@ -173,6 +175,7 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
     outcome.exit_code = exit_code
     outcome.env = attempt.env
     outcome.tags = dict(handle.tags)
+    outcome.artifacts = dict(handle.artifacts)
     outcome.startup_seconds = handle.startup_seconds
     outcome.last_metrics, outcome.last_step = attempt.metrics, attempt.step
     decision = rules.worker_end(

@@ -176,7 +176,8 @@ def _trainable(config: dict, context: TrialContext) -> None:
         extra_tags["versweep.gpu_ids"] = ",".join(gpu_ids)
     records.finish_trial(run_id, outcome.status, message=outcome.message,
                          log_text=outcome.log_text(), samples=outcome.samples,
-                         extra_tags=extra_tags, decided=outcome.decided)
+                         extra_tags=extra_tags, decided=outcome.decided,
+                         artifacts=outcome.artifacts)
     # The final report: the last step's metrics (so the search metric is present),
     # the result metrics, and the decision.
     final = {**outcome.last_metrics, **outcome.result_metrics}

@@ -69,7 +69,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from sweeps.errors import UserError
-from sweeps.grid.spec import Sweep, TrialSpec
+from sweeps.grid.spec import TRIAL_ORDER, Sweep, TrialSpec
 from sweeps.records.layout import SCHEMA_TAG, SCHEMA_VERSION, check_schema
 from sweeps.status import Status
 
@@ -463,6 +463,7 @@ class SweepRecords:
             "versweep.device": sweep.device,
             # What the sweep is, for a reader that cannot read the grid file (a report).
             "versweep.sweep_kind": "grid" if sweep.search is None else "search",
+            "versweep.trial_order": TRIAL_ORDER if sweep.search is None else "sampled",
             "versweep.trials_planned": str(len(sweep.trials)) if sweep.search is None
             else str(sweep.search.num_samples),
         }
@@ -675,7 +676,8 @@ class SweepRecords:
 
     def finish_trial(self, run_id: str, status: str, *, message: str = "", log_text: str = "",
                      samples: list[float] | None = None,
-                     extra_tags: dict[str, str] | None = None, decided: bool = True) -> None:
+                     extra_tags: dict[str, str] | None = None, decided: bool = True,
+                     artifacts: dict[str, str] | None = None) -> None:
         """Record how the trial ended and end its run FINISHED ("finished" means "decided").
 
         ``decided=False`` (a trial interrupted by Ctrl-C or a lost driver, not by a
@@ -685,7 +687,8 @@ class SweepRecords:
         ``message`` (e.g. the stderr tail of a crash) keeps its end if it is too
         long for a tag; ``log_text`` becomes the artifact worker.log and
         ``samples`` (per-batch seconds; default: those of the result event)
-        the artifact samples.json.
+        the artifact samples.json; ``artifacts`` are more texts by file name (the
+        venv backend's environment.txt).
         """
         status = Status.parse(status).value  # ValueError for a status the rules do not know
         self.flush(run_id)
@@ -707,6 +710,8 @@ class SweepRecords:
         self._set_tags(run_id, tags)
         if log_text:
             self._log_text(run_id, log_text, "worker.log")
+        for name, text in (artifacts or {}).items():
+            self._log_text(run_id, text, name)
         if samples is None:
             samples = self._result_samples.get(run_id)
         if samples is not None:

@@ -60,7 +60,8 @@ class WorkerHandle:
 
     ``pid`` is the worker's process id as this host sees it (a container's main
     process has one too), so "is it gone?" has one answer for every backend. ``tags``
-    are facts about where it ran (an image digest) for the trial's MLflow run.
+    are facts about where it ran (an image digest) for the trial's MLflow run, and
+    ``artifacts`` texts to keep with it, by file name (an environment's package list).
     """
 
     pid: int | None = None
@@ -76,6 +77,7 @@ class WorkerHandle:
         self.first_event_at: float | None = None
         self.killed = False
         self.tags: dict[str, str] = {}
+        self.artifacts: dict[str, str] = {}
         self._write_log(f"$ {' '.join(self.args)}\n")
 
     def _write_log(self, text: str) -> None:

@@ -43,6 +43,9 @@ from sweeps.grid.spec import Image, Sweep, TrialSpec
 from sweeps.paths import REPO_ROOT
 from sweeps.plan import compat
 
+# The environment's package list (its builder's freeze), an artifact of every venv trial.
+FREEZE_ARTIFACT = "environment.txt"
+
 
 class VenvBackend(Backend):
     """Run ``python -m workers`` in the environment of the trial's matrix entry."""
@@ -153,6 +156,8 @@ class VenvBackend(Backend):
             "versweep.env_builder": str(marker.get("builder", "")),
             "versweep.env_built_at": str(marker.get("built_at", "")),
         }
+        if freeze:
+            handle.artifacts[FREEZE_ARTIFACT] = freeze + "\n"
         return handle
 
 
