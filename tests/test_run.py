@@ -115,6 +115,13 @@ def test_a_dry_run_of_the_versions_grid_prints_every_trial_and_starts_nothing(tm
     assert f"{len(expected)} trials; nothing started (dry run)" in done.stdout
     assert "each trial asks Ray for 1 GPU + 1 CPU" in done.stdout
     assert expected[0].name in rows[0] and expected[-1].name in rows[-1]
+    # What the plan already knows is unsupported is shown, with the worker's own words.
+    old_ctc = [row for row in rows if "4x320-ctc-long" in row and "@ torch-0.4." in row]
+    assert old_ctc and all(row.rstrip().endswith(
+        "unsupported: nn.CTCLoss needs torch>=1.0 and warpctc_pytorch is not installed "
+        f"(torch-0.4.{row.split('@ torch-0.4.')[1][0]}-cu90 has torch "
+        f"0.4.{row.split('@ torch-0.4.')[1][0]})") for row in old_ctc)
+    assert f"{len(old_ctc)} of {len(expected)} trials are unsupported here" in done.stdout
     assert os.listdir(tmp_path) == []  # no MLflow store, no Ray results
     assert os.listdir(ray_tmp) == []  # no Ray session
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sweeps.columns import format_columns
 from sweeps.grid.spec import Sweep
+from sweeps.plan import compat
 from sweeps.plan.resources import describe_resources, describe_routing
 
 
@@ -59,15 +60,56 @@ def format_trial_table(sweep: Sweep, backend: str, max_concurrent: int | None) -
         lines.append(routing)
     columns = _key_config(sweep.trials)
     short = {"1 CPU": "CPU 1", "1 GPU + 1 CPU": "GPU 1, CPU 1"}.get(resources, "GPU 1 or CPU 1")
+    reasons = reasons_before_start(sweep, backend)
     header = ["#", "trial", "image", "config", "repeat", "resources"]
+    if reasons:
+        header.append("decided before start")
     rows = []
     for number, trial in enumerate(sweep.trials, 1):
         config = trial.config_dict
         shown = " ".join(f"{k}={_cell(config.get(k))}" for k in columns[trial.workload])
-        rows.append([str(number), trial.name, trial.image, shown, str(trial.repeat), short])
+        row = [str(number), trial.name, trial.image, shown, str(trial.repeat), short]
+        if reasons:
+            reason = reasons.get(trial.key)
+            row.append(f"unsupported: {reason}" if reason else "")
+        rows.append(row)
     lines.append(format_columns(header, rows))
+    if reasons:
+        lines.append(f"{len(reasons)} of {len(sweep.trials)} trials are unsupported here, "
+                     "decided before any worker starts (their reasons above)")
     lines.append(f"{len(sweep.trials)} trials; nothing started (dry run)")
     return "\n".join(lines)
+
+
+def reasons_before_start(sweep: Sweep, backend: str) -> dict[str, str]:
+    """Trial key -> why it is `unsupported` before any worker starts, as far as the plan
+    can tell without a node: the image's torch cannot run the workload (its plug-in says),
+    or, for the venv backend, no environment can be made here (no wheel on the index for
+    this platform, no interpreter for it). GPU rules need the node's GPUs: a trial learns
+    those where it runs. The local backend runs the host's torch: nothing to say here.
+    """
+    if backend == "local":
+        return {}
+    images = {image.name: image for image in sweep.images}
+    no_environment: dict[str, str] = {}
+    if backend == "venv":
+        from sweeps.envs.store import EnvStore
+
+        store = EnvStore()
+        for name, image in images.items():
+            plan = store.plan(image)
+            if isinstance(plan, str):
+                no_environment[name] = f"no environment here: {plan}"
+    reasons = {}
+    for trial in sweep.trials:
+        entry = images.get(trial.image)
+        if entry is None:
+            continue
+        reason = no_environment.get(trial.image) or compat.torch_reason(
+            entry, trial.workload, trial.config_dict, trial.workload_dir)
+        if reason:
+            reasons[trial.key] = reason
+    return reasons
 
 
 def _cell(value) -> str:
