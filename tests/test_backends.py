@@ -354,6 +354,11 @@ def test_a_result_is_ok_with_its_metrics_and_start_up_latency(backend, tmp_path)
     assert outcome.result_metrics["test_perplexity"] > 1
     assert outcome.last_step == 3 and "valid_perplexity" in outcome.last_metrics
     assert 0 < outcome.startup_seconds < outcome.wall_seconds
+    # How busy the machine was: the load when it started, the CPUs busy while it ran (the
+    # worker's own thread at least, never more than the machine has).
+    cpus = int(outcome.tags["versweep.cpus"])
+    assert cpus == os.cpu_count() and float(outcome.tags["versweep.load_before"]) >= 0
+    assert 0.2 < float(outcome.tags["versweep.busy_cpus"]) <= cpus
 
 
 def test_a_bad_config_fails_once_without_retry(backend, tmp_path):

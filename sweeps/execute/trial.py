@@ -15,6 +15,7 @@ trial, which Ray Tune would take for a lost node).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -111,12 +112,55 @@ def run_trial(backend: Backend, spec: TrialSpec, *, gpu_ids: Sequence[str] = (),
         return outcome
     for attempt_number in range(1, retries + 2):
         outcome.attempts = attempt_number
+        load = MachineLoad.now()
         retry, outcome = _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop,
                                       log_path, outcome, attempt_number)
+        outcome.tags.update(load.tags())  # the attempt that decided the trial
         if not retry or attempt_number > retries:
             break
     outcome.wall_seconds = time.monotonic() - started
     return outcome
+
+
+class MachineLoad:
+    """How busy this node was before and during a trial (Linux; elsewhere nothing).
+
+    A timing measured while other work competed for the CPUs is not comparable with one
+    measured on a quiet machine: the trial records the 1-minute load average when its
+    worker started, and how many CPUs were busy on average while it ran (from
+    /proc/stat, everything on the node: the worker, versweep, and anything else). A
+    report compares the second with the CPUs the trial itself uses.
+    """
+
+    def __init__(self):
+        self.load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        self.cpu = _cpu_jiffies()
+
+    @classmethod
+    def now(cls) -> MachineLoad:
+        return cls()
+
+    def tags(self) -> dict[str, str]:
+        found = {}
+        if self.load is not None:
+            found["versweep.load_before"] = f"{self.load:.2f}"
+        end = _cpu_jiffies()
+        if self.cpu is not None and end is not None and end[1] > self.cpu[1]:
+            busy = (end[0] - self.cpu[0]) / (end[1] - self.cpu[1])
+            found["versweep.busy_cpus"] = f"{busy * (os.cpu_count() or 1):.2f}"
+            found["versweep.cpus"] = str(os.cpu_count() or 1)
+        return found
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole node so far, in clock ticks; None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, outcome,
