@@ -56,6 +56,7 @@ from analysis.sections import (
     provenance_sections,
     reference_sections,
     search_sections,
+    series_sections,
     slug,
     speed_groups,
     speed_sections,
@@ -97,6 +98,7 @@ def build_report(data: SweepData, baseline: str | None = None) -> render.Report:
     for _, plugin in sorted(plugins.items()):
         if "metrics" in plugin.report_sections and not data.search:
             sections += metrics_sections(context, plugin)
+    sections += series_sections(context)
     sections += did_not_run_sections(context)
     sections += provenance_sections(context)
     trials_csv(context)

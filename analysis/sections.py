@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from analysis import plots, render
+from analysis.compare import format_number
 from analysis.load import (
     PlannedTrial,
     SweepData,
@@ -1170,3 +1171,112 @@ def trials_csv(context: ReportContext) -> None:
 
 
 # --------------------------------------------------------------------------- --compare
+
+
+# --------------------------------------------------------------------------- series view
+
+
+# The env event's facts that a CPU speed figure depends on besides torch (workers/runtime.py).
+BUILD_FIELDS = (("CPU", "cpu.model"), ("vendor", "cpu.vendor"), ("BLAS", "build.blas"),
+                ("MKL", "build.mkl"), ("oneDNN", "build.onednn"),
+                ("capability", "build.cpu_capability"), ("threads", "build.parallel_backend"))
+
+
+def _short_library(text: str | None) -> str:
+    """'Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build ...' -> '2024.2'."""
+    if not text:
+        return "-"
+    found = re.search(r"(?:Version |v)(\d[\w.]*)", text)
+    return found.group(1).rstrip("-") if found else text[:24]
+
+
+def build_rows(context: ReportContext) -> list[list[str]]:
+    """Per image: torch, Python and the libraries inside it, from its trials' env events."""
+    rows = []
+    for image in context.images:
+        trial = next((t for t in context.data.trials if t.image == image
+                      and env_value(t, "torch")), None)
+        if trial is None:
+            continue
+        cells = [image, env_value(trial, "torch") or "-", env_value(trial, "python") or "-"]
+        for label, name in BUILD_FIELDS:
+            value = env_value(trial, name)
+            cells.append(_short_library(value) if label in ("MKL", "oneDNN") else value or "-")
+        rows.append(cells)
+    return rows
+
+
+def _series_points(context: ReportContext) -> list[tuple[str, str, str, list]]:
+    """(metric, unit, variant label, [(image, repeat values)]) of every series to search."""
+    found = []
+    for group in context.groups:
+        points = [(image, [statistics.median(r) for r in group.repeats.get(image, []) if r])
+                  for image in context.images]
+        found.append(("ms per batch", "ms", group.label, points))
+    for key, trials in sorted(lm_variants(context.data.trials).items()):
+        label = lm_label(dict(key), [])
+        for metric, unit in (("test_perplexity", ""), ("words_per_second", "words/s")):
+            points = [(image, [t.metrics[metric] for t in trials
+                               if t.image == image and t.status == Status.OK
+                               and finite(t.metrics.get(metric))])
+                      for image in context.images]
+            found.append((metric.replace("_", " "), unit, label, points))
+    return found
+
+
+def series_sections(context: ReportContext) -> list[render.Section]:
+    """Each metric against the torch version in release order, and the steps in it."""
+    from analysis.series import PENALTY_FACTOR, find_steps
+
+    if len(context.images) < 3:
+        return []
+    section = render.Section("Series: each metric across the versions, and its steps")
+    section.blocks.append(render.Paragraph(
+        "Each benchmark variant and language-model figure against the torch version, "
+        "oldest first. A **step** is a place between two consecutive measured versions "
+        "where the series changes by more than its repeats vary and by at least "
+        f"{SPEED_THRESHOLD:.0%}: PELT (`ruptures`) on the logarithm of the per-version "
+        "means, with a penalty of "
+        f"{PENALTY_FACTOR:g} ln(n) times the noise of a version's mean, measured from "
+        "the repeats (`analysis/series.py` says why this method and how often it errs). "
+        "The ratio is after / before, over the segments on each side of the step."))
+    csv = context.csv_table("steps", ["metric", "variant", "before", "torch_before", "after",
+                                      "torch_after", "ratio", "before_value", "after_value",
+                                      "noise"])
+    rows, notes = [], []
+    for metric, unit, label, points in _series_points(context):
+        found = find_steps(points)
+        if found.note and len(found.points) >= 1:
+            notes.append(f"{label} ({metric}): {found.note}")
+        for step in found.steps:
+            before_torch = context.torch.get(step.before) or step.before
+            after_torch = context.torch.get(step.after) or step.after
+            rows.append([metric, label, f"{before_torch} → {after_torch}",
+                         f"{step.ratio:.2f}x",
+                         f"{format_number(step.before_value)} → "
+                         f"{format_number(step.after_value)} {unit}".rstrip(),
+                         f"±{step.noise:.1%}"])
+            csv.rows.append([metric, label, step.before, before_torch, step.after,
+                             after_torch, step.ratio, step.before_value, step.after_value,
+                             step.noise])
+    if rows:
+        section.blocks.append(render.Table(
+            ["metric", "variant", "step (torch)", "ratio", "before → after",
+             "noise of a mean"], rows, caption="Steps across versions",
+            numeric=frozenset(["ratio"])))
+    else:
+        section.blocks.append(render.Paragraph(
+            "No step: every series stays within its repeats' noise, or changes by less "
+            f"than {SPEED_THRESHOLD:.0%}, from version to version."))
+    for note in notes:
+        section.blocks.append(render.Caveat(note))
+    builds = build_rows(context)
+    if builds:
+        section.blocks.append(render.Paragraph(
+            "A CPU speed figure depends on the CPU and on the libraries inside each wheel as "
+            "much as on torch: the MKL of some versions takes a slow path on AMD CPUs, and "
+            "newer wheels use oneDNN kernels for the LSTM. What each image reported:"))
+        section.blocks.append(render.Table(
+            ["image", "torch", "python", *(label for label, _ in BUILD_FIELDS)], builds,
+            caption="What each image's torch was built with (its env event)"))
+    return [section]

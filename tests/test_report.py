@@ -486,3 +486,20 @@ def test_every_image_of_the_sweep_is_in_the_report(versions_report):
     summary = (versions_report / "report.md").read_text().split("## Speed", 1)[0]
     for image in IMAGES:
         assert f"| {image}" in summary
+
+
+def test_the_series_view_names_each_step_with_the_versions_around_it(versions_report):
+    """1x320-ce-long cudnn: 80 -> 60 -> 81.2 ms over torch 1.13.1, 2.0.1, 2.13.0, repeats
+    within 0.2%: two steps, 0.75x and 81.2/60; series of two measured versions: none."""
+    steps = {(r["variant"], r["torch_before"], r["torch_after"]): float(r["ratio"])
+             for r in read_csv(versions_report / "steps.csv") if r["metric"] == "ms per batch"}
+    cudnn = {k[1:]: v for k, v in steps.items() if k[0] == "1x320-ce-long cudnn"}
+    assert cudnn == pytest.approx({("1.13.1+cu116", "2.0.1+cu118"): 0.75,
+                                   ("2.0.1+cu118", "2.13.0+cu130"): 81.2 / 60})
+    assert not [k for k in steps if k[0] == "1x320-ce-long fused"]  # 2 measured versions
+    assert not [k for k in steps if k[0] == "4x320-ctc-long cudnn"]  # 600, 660 (noisy), 590
+    markdown = (versions_report / "report.md").read_text()
+    assert "## Series: each metric across the versions, and its steps" in markdown
+    assert ("| ms per batch | 1x320-ce-long cudnn | 1.13.1+cu116 → 2.0.1+cu118 | 0.75x | "
+            "80.0 → 60.0 ms |") in markdown
+    assert "1x320-ce-long fused (ms per batch): fewer than three versions measured" in markdown
