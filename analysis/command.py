@@ -73,14 +73,16 @@ from sweeps.errors import EXIT_OK, ArgumentParser, UserError
 from sweeps.status import Status
 
 
-def build_report(data: SweepData, baseline: str | None = None) -> render.Report:
+def build_report(data: SweepData, baseline: str | None = None, *,
+                 include_busy: bool = False) -> render.Report:
     """The whole report of one sweep, as plain data ready to render."""
     images = ordered_images(data)
     chosen = choose_baseline(data, images, baseline)
     bench_ok = [t for t in trials_for(data.trials, "speed") if t.status == Status.OK]
     samples = load_samples(bench_ok) if bench_ok else {}
     context = ReportContext(data=data, images=images, baseline=chosen,
-                            groups=speed_groups(data, images, chosen, samples),
+                            groups=speed_groups(data, images, chosen, samples,
+                                                include_busy=include_busy),
                             references=reference_rows(), chosen_by_user=baseline is not None,
                             undecided=data.undecided())
     context.torch = {image: torch_version(data, image) for image in all_images(context)}
@@ -204,6 +206,9 @@ def build_parser(prog: str = "report.py") -> argparse.ArgumentParser:
                              "the report")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
                                                "$MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    parser.add_argument("--include-busy", action="store_true",
+                        help="keep timing trials measured while other work kept the node's "
+                             "CPUs busy (left out by default, and listed)")
     parser.add_argument("--no-log", action="store_true",
                         help="do not log the report files as artifacts of the sweep's run")
     return parser
@@ -252,11 +257,11 @@ def log_report(data: SweepData, out_dir: Path, files: Sequence[Path]) -> None:
 def run_report(experiment: str, *, sweep: str | None = None, baseline: str | None = None,
                out: str | Path | None = None, formats: Sequence[str] = render.FORMATS,
                tracking_uri: str | None = None, log: bool = True,
-               stdout: TextIO | None = None) -> list[Path]:
+               stdout: TextIO | None = None, include_busy: bool = False) -> list[Path]:
     """Write the report of one sweep; return the files written. UserError for user mistakes."""
     stdout = stdout if stdout is not None else sys.stdout
     data = load_sweep_data(_tracking_uri(tracking_uri), experiment, sweep)
-    report = build_report(data, baseline)
+    report = build_report(data, baseline, include_busy=include_busy)
     out_dir = Path(out) if out else Path.cwd() / (
         f"report-{slug(data.experiment_name)}-{data.parent_run_id[:8]}")
     files = render.write_report(report, out_dir, formats)
@@ -294,7 +299,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "report.py") -> int:
         else:
             run_report(args.experiment, sweep=args.sweep, baseline=args.baseline,
                        out=args.out, formats=parse_formats(args.format),
-                       tracking_uri=args.tracking_uri, log=not args.no_log)
+                       tracking_uri=args.tracking_uri, log=not args.no_log,
+                       include_busy=args.include_busy)
     except UserError as exc:
         # `python analysis/report.py` has always said "report: error:"; versweep its name.
         shown = "report" if prog == "report.py" else prog

@@ -192,6 +192,7 @@ class SpeedGroup:
     repeats: dict[str, list[list[float]]] = field(default_factory=dict)  # image -> ms per batch
     intervals: dict[str, Interval] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)  # vs the baseline
+    busy: list[Trial] = field(default_factory=list)  # ok, but measured on a busy node: left out
 
     @property
     def shape_matches_seed(self) -> bool:
@@ -231,10 +232,28 @@ def repeat_values(trial: Trial, samples: Mapping[str, list[float]]) -> list[floa
     return [median] if median is not None and math.isfinite(median) else []
 
 
+# A timing trial is "busy" when the CPUs busy on its node while it ran exceed the threads it
+# used itself by more than this (versweep's own processes use a little, other work more).
+BUSY_MARGIN_CPUS = 0.75
+
+
+def busy(trial: Trial) -> bool:
+    """Whether other work competed with this trial for its node's CPUs while it ran."""
+    text = tag(trial, "versweep.busy_cpus")
+    if text is None:
+        return False  # recorded before versweep measured it, or not on Linux
+    threads = trial.params.get("num_threads")
+    own = float(threads) if threads not in (None, "", "None") else float(
+        tag(trial, "versweep.cpus") or 1)
+    return float(text) > own + BUSY_MARGIN_CPUS
+
+
 def speed_groups(data: SweepData, images: Sequence[str], baseline: str,
-                 samples: Mapping[str, list[float]]) -> list[SpeedGroup]:
+                 samples: Mapping[str, list[float]], *,
+                 include_busy: bool = False) -> list[SpeedGroup]:
     """Every variant of a speed workload (rnn_bench) with its intervals per image and
-    comparisons to ``baseline``."""
+    comparisons to ``baseline``. Trials measured on a busy node are left out of the
+    figures (kept in ``busy``) unless ``include_busy``."""
     found: dict[tuple, SpeedGroup] = {}
     for trial in trials_for(data.trials, "speed"):
         key = _variant(trial)
@@ -245,7 +264,9 @@ def speed_groups(data: SweepData, images: Sequence[str], baseline: str,
                 bench=params.get("bench", "?"), impl=params.get("impl", "?"),
                 cell=params.get("cell", "lstm"), params=params)
         group.trials.setdefault(trial.image, []).append(trial)
-        if trial.status == "ok":
+        if trial.status == Status.OK and busy(trial) and not include_busy:
+            group.busy.append(trial)
+        elif trial.status == Status.OK:
             values = repeat_values(trial, samples)
             if values:
                 group.repeats.setdefault(trial.image, []).append(values)
@@ -421,6 +442,15 @@ def speed_sections(context: ReportContext) -> list[render.Section]:
     section.blocks.append(render.Paragraph(
         "rnn_bench (stefbraun/rnn_benchmarks' LSTM benchmarks): time per training batch "
         "(forward, backward, Adam step) after the warm-up batches. Lower is better."))
+    left_out = [t for g in context.groups for t in g.busy]
+    if left_out:
+        section.blocks.append(render.Caveat(
+            f"{len(left_out)} timing trial(s) ran while other work kept the node's CPUs busy "
+            f"(more than {BUSY_MARGIN_CPUS:g} CPU beyond their own threads, the "
+            "versweep.busy_cpus tag) and are left out of every figure below: "
+            + ", ".join(sorted(f"`{t.name}`" for t in left_out)[:12])
+            + (" ..." if len(left_out) > 12 else "")
+            + ". `--include-busy` keeps them."))
     csv = context.csv_table("speed", [
         "bench", "impl", "cell", "variant", "image", "torch", "baseline", "n_repeats",
         "n_samples", "median_ms", "ci_low_ms", "ci_high_ms", "ratio", "ratio_low",

@@ -52,3 +52,44 @@ def test_gaps_are_skipped_and_without_repeats_no_step_is_claimed():
     single = find_steps(series([30.0] * 4 + [10.0] * 4, repeats=1))
     assert single.steps == [] and single.note.startswith("one run per version")
     assert find_steps(series([1.0, 2.0])).note.startswith("fewer than three versions")
+
+
+def _timing_trial(busy_cpus, threads="1", cpus="2", image="torch-2.0.1-cu118", ms=10.0,
+                  run_id=None):
+    from analysis.load import Trial
+
+    tags = {"versweep.cpus": cpus}
+    if busy_cpus is not None:
+        tags["versweep.busy_cpus"] = busy_cpus
+    run_id = run_id or f"r{busy_cpus}"
+    return Trial(run_id=run_id, name=f"rnn_bench @ {image} ({run_id})", status="ok",
+                 workload="rnn_bench", image=image, repeat=0, trial_key=f"k{run_id}",
+                 params={"bench": "1x320-ce-short", "impl": "cudnn", "num_threads": threads},
+                 tags=tags, metrics={"ms_per_batch_median": ms}, message="")
+
+
+def test_a_timing_trial_is_busy_when_other_work_used_the_cpus_beyond_its_own_threads():
+    from analysis.sections import busy
+
+    assert not busy(_timing_trial("1.30"))  # its thread and versweep's own processes
+    assert busy(_timing_trial("1.90"))  # another core mostly busy with something else
+    assert not busy(_timing_trial("1.90", threads="2"))  # its own two threads
+    assert not busy(_timing_trial("2.00", threads="None"))  # all cores its own
+    assert not busy(_timing_trial(None))  # not measured (older records)
+
+
+def test_busy_trials_are_left_out_of_the_speed_figures_unless_asked(monkeypatch):
+    from analysis import sections
+    from analysis.load import SweepData
+
+    quiet = _timing_trial("1.2", ms=10.0, run_id="quiet")
+    noisy = _timing_trial("1.95", ms=30.0, run_id="noisy")
+    data = SweepData(tracking_uri="", experiment_id="1", experiment_name="x",
+                     parent_run_id="p", parent_run_name="p", parent_tags={}, started=None,
+                     trials=[quiet, noisy], images=["torch-2.0.1-cu118"], search=False)
+    monkeypatch.setattr(sections, "trials_for", lambda trials, section: list(trials))
+    images = ["torch-2.0.1-cu118"]
+    [group] = sections.speed_groups(data, images, images[0], {})
+    assert group.busy == [noisy] and group.repeats[images[0]] == [[10.0]]
+    [group] = sections.speed_groups(data, images, images[0], {}, include_busy=True)
+    assert group.busy == [] and sorted(group.repeats[images[0]]) == [[10.0], [30.0]]
