@@ -505,3 +505,14 @@ def test_versweep_envs_is_a_command_of_the_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == "deleted 0 (0 B); kept 0 environment(s), 0 B of " \
                           "VERSWEEP_ENVS_BUDGET=100g\n"
+
+
+def test_an_environment_installs_what_its_torchs_import_needs_undeclared():
+    from sweeps.envs.store import requirements
+
+    assert requirements("1.0.1") == ["torch==1.0.1", "numpy<2"]
+    assert requirements("1.10.0") == ["torch==1.10.0", "numpy<2", "setuptools<70"]
+    assert requirements("1.11.0") == ["torch==1.11.0", "numpy<2", "setuptools<70"]
+    assert requirements("1.12.1") == ["torch==1.12.1", "numpy<2"]
+    assert requirements("2.3.1") == ["torch==2.3.1"]
+    assert requirements("2.15.0") == ["torch==2.15.0"]

@@ -185,17 +185,24 @@ def env_key(torch: str, python_minor: str) -> str:
 
 
 def requirements(torch: str) -> list[str]:
-    """What an environment of ``torch`` installs: torch, and NumPy 1.x where torch needs it.
+    """What an environment of ``torch`` installs: torch, and what its import needs undeclared.
 
-    torch 1.0-1.2 import NumPy at start-up without declaring it (``import torch`` fails
-    with "numpy.core.multiarray failed to import" without it), and every torch before 2.3
-    was compiled against NumPy 1.x and breaks under NumPy 2; the images of those lines ship
-    NumPy 1.x too. Nothing else: the workers are the standard library plus torch.
+    - NumPy 1.x: torch 1.0-1.2 import NumPy at start-up without declaring it (``import
+      torch`` fails with "numpy.core.multiarray failed to import" without it), and every
+      torch before 2.3 was compiled against NumPy 1.x and breaks under NumPy 2; the images
+      of those lines ship NumPy 1.x too.
+    - setuptools < 70: torch 1.10 and 1.11 import ``pkg_resources.packaging`` in
+      torch/torch_version.py at start-up (pytorch#76864 removed it in 1.12) without
+      declaring it; pip's venvs bring setuptools, uv's do not, and setuptools 70 dropped
+      that module. Found by versions-cpu: torch 1.10.0 failed to build without it.
+    Nothing else: the workers are the standard library plus torch.
     """
     wanted = [f"torch=={torch}"]
-    numbers = [int(part) for part in re.findall(r"\d+", torch)[:2]]
-    if len(numbers) == 2 and tuple(numbers) < (2, 3):
+    numbers = tuple(int(part) for part in re.findall(r"\d+", torch)[:2])
+    if len(numbers) == 2 and numbers < (2, 3):
         wanted.append("numpy<2")
+    if len(numbers) == 2 and (1, 10) <= numbers < (1, 12):
+        wanted.append("setuptools<70")
     return wanted
 
 
