@@ -1,6 +1,7 @@
-"""What a container costs a trial: start-up latency, and rnn_bench throughput against `local`.
+"""What a backend costs a trial: start-up latency, and rnn_bench throughput against `local`.
 
-    python benchmarks/docker_overhead.py [--image torch-2.13.0-cpu] [--rounds 6]
+    python benchmarks/backend_overhead.py [--backend docker|venv] [--image torch-2.13.0-cpu]
+                                          [--rounds 6]
                                          [--startup-trials 10] [--batches 40] [--warmup 5]
                                          [--batch-size 32] [--seq-len 50] [--hidden-size 320]
                                          [--impl cudnn] [--threads 1]
@@ -10,18 +11,20 @@ does (no Ray: Ray's share is benchmarks/orchestration_overhead.py).
 
 1. Start-up latency: ``env`` trials, one after another, on each backend. For docker, the
    time from asking the engine to create the container to the worker's first protocol
-   event (create + start + Python + ``import torch``); for local, from spawning the child
-   process to its first event. Medians and ranges over --startup-trials.
+   event (create + start + Python + ``import torch``); for venv and local, from spawning
+   the child process to its first event (venv: in the entry's environment, already built
+   or built before the first timed trial). Medians and ranges over --startup-trials.
 2. Throughput: rnn_bench (1x320-ce-short shape at a CPU-friendly size, one thread) on the
-   same host in the image's container and in the local interpreter, alternating which goes
-   first in each round, so drift on a shared machine falls on both. The figure is the ratio
-   of the medians of the per-round ms_per_batch_median: docker / local. The goal is a
-   container that costs no measurable throughput (within 2%). The image must hold the same
-   torch as the host for that ratio to mean "the container", not "another torch": the
-   script refuses to compare different torch builds.
+   same host in the image's container (or environment) and in the local interpreter,
+   alternating which goes first in each round, so drift on a shared machine falls on both.
+   The figure is the ratio of the medians of the per-round ms_per_batch_median: backend /
+   local. The goal is a backend that costs no measurable throughput (within 2%). The entry
+   must hold the same torch as the host for that ratio to mean "the backend", not "another
+   torch": the script refuses to compare different torch builds.
 
-Needs a running Docker engine and the image ``versweep:<image>`` (python images/build.py
-build torch-2.13.0-cpu, or the tests' own image).
+docker needs a running engine and the image ``versweep:<image>`` (python images/build.py
+build torch-2.13.0-cpu, or the tests' own image); venv needs uv and the package index (or
+the environment built already: versweep envs build <image>).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sweeps.execute.backends.docker import DockerBackend  # noqa: E402
 from sweeps.execute.backends.local import LocalBackend  # noqa: E402
+from sweeps.execute.backends.venv import VenvBackend  # noqa: E402
 from sweeps.execute.trial import run_trial  # noqa: E402
 from sweeps.grid.load import MATRIX_PATH  # noqa: E402
 from sweeps.grid.matrix import load_matrix  # noqa: E402
@@ -48,6 +52,7 @@ from workers.workloads import resolve_workload_config  # noqa: E402
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="docker", choices=("docker", "venv"))
     parser.add_argument("--image", default="torch-2.13.0-cpu")
     parser.add_argument("--matrix", default=str(MATRIX_PATH))
     parser.add_argument("--rounds", type=int, default=6)
@@ -84,28 +89,29 @@ def spread(values: list[float]) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     image = load_matrix(Path(args.matrix))[args.image]
-    docker = DockerBackend({image.name: image})
+    other = args.backend
+    chosen = (DockerBackend if other == "docker" else VenvBackend)({image.name: image})
     local = LocalBackend()
-    backends = {"local": (local, LOCAL_IMAGE), "docker": (docker, image.name)}
-    log_dir = Path(tempfile.mkdtemp(prefix="vs-docker-bench-"))
+    backends = {"local": (local, LOCAL_IMAGE), other: (chosen, image.name)}
+    log_dir = Path(tempfile.mkdtemp(prefix=f"vs-{other}-bench-"))
     print(f"# {' '.join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}")
     print(f"# host: {platform.node()}  {platform.platform()}  cpus={os.cpu_count()}  "
           f"python {platform.python_version()}")
-    print(f"# image: versweep:{image.name}  (matrix: torch {image.torch}, python "
-          f"{image.python})")
+    print(f"# {other}: {image.name}  (matrix: torch {image.torch}, python {image.python})")
+    print(f"# load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     # Same torch on both sides, or the ratio would measure a version, not a container.
     envs = {name: run(b, spec("env", img, {"device": "cpu"}), log_dir).env or {}
             for name, (b, img) in backends.items()}
     torches = {name: env.get("torch") for name, env in envs.items()}
-    print(f"# torch: local {torches['local']}  docker {torches['docker']}; python: local "
-          f"{envs['local'].get('python')}  docker {envs['docker'].get('python')}")
-    if torches["local"] != torches["docker"]:
-        raise SystemExit("the image's torch differs from the host's: the throughput ratio "
-                         "would compare torch builds, not the container")
+    print(f"# torch: local {torches['local']}  {other} {torches[other]}; python: local "
+          f"{envs['local'].get('python')}  {other} {envs[other].get('python')}")
+    if torches["local"] != torches[other]:
+        raise SystemExit(f"the {other} entry's torch differs from the host's: the throughput "
+                         "ratio would compare torch builds, not the backend")
 
     print("\n## 1. start-up latency: start of the worker to its first event (seconds)")
-    startup: dict[str, list[float]] = {"local": [], "docker": []}
+    startup: dict[str, list[float]] = {"local": [], other: []}
     for _ in range(args.startup_trials):
         for name, (backend, img) in backends.items():
             outcome = run(backend, spec("env", img, {"device": "cpu", "num_threads": 1}),
@@ -113,18 +119,18 @@ def main(argv=None) -> int:
             startup[name].append(outcome.startup_seconds or float("nan"))
     for name, values in startup.items():
         print(f"{name:>7}: {spread(values)}")
-    extra = statistics.median(startup["docker"]) - statistics.median(startup["local"])
-    print(f"  container adds {extra:+.3f} s per trial (median against median)")
+    extra = statistics.median(startup[other]) - statistics.median(startup["local"])
+    print(f"  {other} adds {extra:+.3f} s per trial (median against median)")
 
-    print("\n## 2. rnn_bench throughput in the container against local (ms per batch)")
+    print(f"\n## 2. rnn_bench throughput in {other} against local (ms per batch)")
     raw = {"bench": "1x320-ce-short", "impl": args.impl, "batch_size": args.batch_size,
            "seq_len": args.seq_len, "hidden_size": args.hidden_size, "batches": args.batches,
            "warmup_batches": args.warmup, "num_threads": args.threads, "device": "cpu",
            "chunk_batches": args.batches}
-    per_round: dict[str, list[float]] = {"local": [], "docker": []}
+    per_round: dict[str, list[float]] = {"local": [], other: []}
     ratios = []
     for round_index in range(args.rounds):
-        order = ["local", "docker"] if round_index % 2 == 0 else ["docker", "local"]
+        order = ["local", other] if round_index % 2 == 0 else [other, "local"]
         this_round = {}
         for name in order:
             backend, img = backends[name]
@@ -134,12 +140,13 @@ def main(argv=None) -> int:
             per_round[name].append(this_round[name])
             print(f"  round {round_index + 1} {name:>6}: {this_round[name]:8.3f} ms/batch "
                   f"(trial wall {time.monotonic() - started:5.1f} s)")
-        ratios.append(this_round["docker"] / this_round["local"])
+        ratios.append(this_round[other] / this_round["local"])
     local_ms = statistics.median(per_round["local"])
-    docker_ms = statistics.median(per_round["docker"])
+    other_ms = statistics.median(per_round[other])
     print(f"\nlocal : {spread(per_round['local'])} ms/batch")
-    print(f"docker: {spread(per_round['docker'])} ms/batch")
-    print(f"ratio docker/local of the medians: {docker_ms / local_ms:.4f}")
+    print(f"{other}: {spread(per_round[other])} ms/batch")
+    print(f"ratio {other}/local of the medians: {other_ms / local_ms:.4f}")
+    print(f"# load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"per-round ratios: median {statistics.median(ratios):.4f}  "
           f"min {min(ratios):.4f}  max {max(ratios):.4f}")
     return 0
