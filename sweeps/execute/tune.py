@@ -1,6 +1,7 @@
 """Ray Tune around trials: the only module of versweep that imports Ray.
 
-A grid sweep is one Tune trial per TrialSpec (``tune.grid_search`` over trial keys);
+A grid sweep is one Tune trial per TrialSpec (``tune.grid_search`` over trial keys, in
+batches of GRID_BATCH_TRIALS per Tuner.fit, so the driver's memory stays flat);
 a search sweep samples configs with OptunaSearch (TPE, a persistent study so
 ``--resume`` continues it) and stops poor trials with ASHA. Every Tune trial runs the
 same function trainable: open the child run, run the worker through sweeps.execute.trial,
