@@ -91,6 +91,9 @@ def test_an_env_trial_runs_in_the_environment_of_its_matrix_entry(venv_store, tm
     # The marker: what was asked, what was got, when, how big, and the freeze.
     assert (marker["torch"], marker["python_minor"], marker["key"]) == ("2.13.0", "3.11", VENV_KEY)
     assert marker["torch_reported"] == outcome.env["torch"]
+    # ... and the wheel's own CUDA and GPU architectures, for the GPU rules.
+    assert marker["cuda_reported"] == outcome.env["cuda"]
+    assert marker["archs_reported"] == outcome.env["compiled_archs"]
     assert marker["size_bytes"] > 500 * 2**20 and marker["builder"].startswith("uv ")
     assert "torch==2.13.0" in marker["freeze"].splitlines()
     assert marker["built_at"] <= marker["last_used"]
@@ -516,3 +519,26 @@ def test_an_environment_installs_what_its_torchs_import_needs_undeclared():
     assert requirements("1.12.1") == ["torch==1.12.1", "numpy<2"]
     assert requirements("2.3.1") == ["torch==2.3.1"]
     assert requirements("2.15.0") == ["torch==2.15.0"]
+
+
+def test_on_a_gpu_the_rules_apply_to_the_wheel_the_environment_really_holds():
+    """PyPI's torch 1.10.0 is a CUDA 10.2 build for sm_37..sm_70 whatever the entry says:
+    on an sm_80 GPU its trials are unsupported, with that reason, before any worker."""
+    from sweeps.execute.backends.venv import wheel_image
+    from sweeps.plan.compat import Gpu, unsupported_reason
+
+    entry = MATRIX["torch-1.10.0-cu113"]
+    marker = {"cuda_reported": "10.2", "archs_reported": ["sm_37", "sm_50", "sm_60", "sm_70"]}
+    wheel = wheel_image(entry, marker)
+    assert (wheel.cuda, wheel.archs, wheel.ptx) == ("10.2", ("sm_37", "sm_50", "sm_60",
+                                                             "sm_70"), ())
+    a100 = Gpu(index="0", name="NVIDIA A100-SXM4-80GB", capability=(8, 0), driver="550.54")
+    v100 = Gpu(index="0", name="Tesla V100-SXM2-16GB", capability=(7, 0), driver="550.54")
+    config = {"device": "cuda", "bench": "1x320-ce-short", "impl": "cudnn"}
+    reason = unsupported_reason(wheel, "rnn_bench", config, [a100])
+    assert reason is not None and "sm_80" in reason and entry.name in reason
+    assert unsupported_reason(wheel, "rnn_bench", config, [v100]) is None
+    # Where the wheel's torch did not say (torch < 1.7), the entry's own lists stand.
+    old = MATRIX["torch-1.4.0-cu101"]
+    assert wheel_image(old, {"cuda_reported": "10.1", "archs_reported": None}).archs \
+        == old.archs

@@ -29,6 +29,14 @@ def test_env_workload_reports_versions_and_flags(worker):
     assert env["build"]["parallel_backend"] in ("OpenMP", "native thread pool", "TBB")
     assert set(env["build"]) == {"blas", "mkl", "onednn", "openmp", "cpu_capability",
                                  "parallel_backend"}
+    # The GPU architectures this torch has code for, known without a GPU (CUDA builds).
+    import torch
+
+    if torch.version.cuda:
+        assert env["compiled_archs"] and all(a.startswith(("sm_", "compute_"))
+                                             for a in env["compiled_archs"])
+    else:
+        assert env["compiled_archs"] is None
 
 
 OLD_CONFIG = """PyTorch built with:

@@ -182,6 +182,24 @@ def build_info():
     return info
 
 
+def compiled_archs():
+    """The GPU architectures this torch has native code for, known without a GPU.
+
+    ``torch._C._cuda_getArchFlags`` (torch >= 1.7 CUDA builds: "sm_37 sm_50 ...") is read even
+    where no GPU is visible, so an environment built on a CPU node says which GPUs it can
+    serve; None where torch does not say (older or CPU-only builds).
+    """
+    flags = getattr(torch._C, "_cuda_getArchFlags", None)
+    if flags is None:
+        return None
+    try:
+        text = flags()
+    except Exception:  # a CPU-only build may raise instead of returning nothing
+        return None
+    archs = [word for word in (text or "").split() if word.startswith(("sm_", "compute_"))]
+    return archs or None
+
+
 def environment(device):
     """What the env event reports about this process: versions, device and flags.
 
@@ -203,6 +221,7 @@ def environment(device):
         "flags": numeric_flags(),
         "cpu": _cpu_info(),
         "build": build_info(),
+        "compiled_archs": compiled_archs(),
     }
     if device is not None and device.type == "cuda":
         index = device.index or 0

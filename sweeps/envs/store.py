@@ -630,7 +630,8 @@ class EnvStore:
         try:
             builder = self._install(plan, tmp, progress)
             progress(f"{plan.key}: verifying (python -m workers env)")
-            reported = self._verify(plan, tmp)
+            event = self._verify(plan, tmp)
+            reported = str(event.get("torch"))
             freeze = self._freeze(tmp, builder)
             size, own = disk_usage(tmp)
             sites = sorted(tmp.glob("lib/python*/site-packages"))
@@ -639,6 +640,10 @@ class EnvStore:
             marker = {
                 "format": MARKER_FORMAT, "key": plan.key, "torch": plan.torch,
                 "torch_reported": reported, "python": interpreter.full,
+                # What the wheel really is (PyPI's default CUDA build, not the entry's):
+                # the venv backend's GPU rules read these (sweeps/execute/backends/venv.py).
+                "cuda_reported": event.get("cuda"), "cudnn_reported": event.get("cudnn"),
+                "archs_reported": event.get("compiled_archs"),
                 "python_minor": interpreter.minor, "interpreter": interpreter.path,
                 "builder": builder, "requirements": requirements(plan.torch),
                 "site_packages": str(sites[0].relative_to(tmp)),
@@ -718,8 +723,8 @@ class EnvStore:
                                                     else ""))
         raise BuildError(f"cannot build {plan.key}: {_first_error(out)}")
 
-    def _verify(self, plan: EnvPlan, tmp: Path) -> str:
-        """Run the env workload in the new environment; return the torch it reports."""
+    def _verify(self, plan: EnvPlan, tmp: Path) -> dict:
+        """Run the env workload in the new environment; return its env event."""
         args = [str(tmp / "bin" / "python"), "-m", "workers", "env", "--config",
                 '{"device":"cpu"}']
         env = worker_environment({"CUDA_VISIBLE_DEVICES": ""})
@@ -740,7 +745,7 @@ class EnvStore:
         if _base_version(reported) != plan.torch:
             raise BuildError(f"cannot build {plan.key}: it was to hold torch {plan.torch} but "
                             f"the env workload reports torch {reported}")
-        return reported
+        return found[0]
 
     def _freeze(self, tmp: Path, builder: str) -> str:
         python = str(tmp / "bin" / "python")

@@ -26,6 +26,7 @@ these Pythons), or the entry's torch cannot run the workload (sweeps/plan/compat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -60,6 +61,7 @@ class VenvBackend(Backend):
             self.images = {image.name: image for image in images}
         self._store = store
         self._plans: dict[str, EnvPlan | str] = {}
+        self._gpus: dict[str, compat.Gpu] | None = None
 
     @classmethod
     def for_sweep(cls, sweep: Sweep) -> VenvBackend:
@@ -102,12 +104,37 @@ class VenvBackend(Backend):
         store.check_writable()
 
     def check(self, spec: TrialSpec, *, gpu_ids: Sequence[str]) -> str | None:
-        """Why no environment can run the trial here, decided before any worker starts."""
+        """Why no environment can run the trial here, decided before any worker starts.
+
+        On GPUs the GPU rules of sweeps/plan/compat.py apply to the wheel the environment
+        really holds (PyPI's default CUDA build of that torch, which need not be the
+        entry's): its CUDA version and the architectures it has code for, as its own env
+        event reported them when it was built. So the environment is built here, by the
+        first trial that needs it on this node, if it was not yet.
+        """
         image = self.image_for(spec)
         plan = self.plan(image)
         if isinstance(plan, str):
             return plan
-        return compat.torch_reason(image, spec.workload, spec.config_dict, spec.workload_dir)
+        gpus = self.node_gpus()
+        given = [gpus[str(i)] for i in gpu_ids if str(i) in gpus]
+        if not given or image.cuda is None:
+            return compat.torch_reason(image, spec.workload, spec.config_dict,
+                                       spec.workload_dir)
+        try:
+            with self.store.acquire(plan) as env:
+                marker = dict(env.marker)
+        except OSError as exc:
+            raise UserError(f"the environment {plan.key} could not be prepared: "
+                            f"{exc.strerror or exc}") from None
+        return compat.unsupported_reason(wheel_image(image, marker), spec.workload,
+                                         spec.config_dict, given, spec.workload_dir)
+
+    def node_gpus(self) -> dict[str, compat.Gpu]:
+        """This node's GPUs by index (empty without nvidia-smi), asked once per backend."""
+        if self._gpus is None:
+            self._gpus = {gpu.index: gpu for gpu in compat.node_gpus()}
+        return self._gpus
 
     def start(self, spec: TrialSpec, *, gpu_ids: Sequence[str], log_path: Path) -> WorkerHandle:
         image = self.image_for(spec)
@@ -160,6 +187,23 @@ class VenvBackend(Backend):
             handle.artifacts[FREEZE_ARTIFACT] = freeze + "\n"
         return handle
 
+
+
+def wheel_image(image: Image, marker: dict) -> Image:
+    """The matrix entry as the environment's wheel really is: its CUDA version and the
+    architectures it has code for, native (sm_XY) and PTX (compute_XY), where its torch
+    said (torch >= 1.7); else the entry's own lists.
+
+    ``torch-1.10.0-cu113`` gets PyPI's torch 1.10.0, a CUDA 10.2 build for sm_37..sm_70:
+    a trial on an sm_80 GPU is `unsupported` with that reason, not a crash in the worker.
+    """
+    archs = marker.get("archs_reported")
+    cuda = marker.get("cuda_reported") or image.cuda
+    if not archs:
+        return dataclasses.replace(image, cuda=cuda)
+    sass = tuple(a for a in archs if a.startswith("sm_"))
+    ptx = tuple(a for a in archs if a.startswith("compute_"))
+    return dataclasses.replace(image, cuda=cuda, archs=sass, ptx=ptx)
 
 class VenvHandle(ProcessHandle):
     """A worker in a child process that holds its environment's use lock until closed."""
