@@ -91,7 +91,7 @@ class LoopbackCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _start(self, name: str, args: list[str], num_cpus: int,
-               resources: dict[str, float]) -> Node:
+               resources: dict[str, float], env: dict[str, str] | None = None) -> Node:
         temp_dir = tempfile.mkdtemp(prefix=f"vs{name}-", dir="/tmp")
         node = Node(name=name, temp_dir=temp_dir, node_manager_port=free_port(),
                     resources=dict(resources))
@@ -105,7 +105,8 @@ class LoopbackCluster:
                    "--dashboard-agent-listen-port", str(free_port()),
                    "--dashboard-agent-grpc-port", str(free_port()),
                    "--runtime-env-agent-port", str(free_port())]
-        done = subprocess.run(command, env=cluster_env(temp_dir), capture_output=True,
+        done = subprocess.run(command, env={**cluster_env(temp_dir), **(env or {})},
+                              capture_output=True,
                               text=True, timeout=START_TIMEOUT_S)
         if done.returncode != 0:
             raise RuntimeError(f"ray start of node {name} failed:\n{done.stdout[-2000:]}\n"
@@ -113,7 +114,7 @@ class LoopbackCluster:
         return node
 
     def start_head(self, *, num_cpus: int, resources: dict[str, float],
-                   dashboard: bool = True) -> Node:
+                   dashboard: bool = True, env: dict[str, str] | None = None) -> Node:
         """The head node (GCS, and the dashboard that Ray Jobs are submitted to)."""
         args = ["--head", "--port", str(self.port),
                 "--ray-client-server-port", str(free_port())]
@@ -122,12 +123,12 @@ class LoopbackCluster:
                      "--dashboard-port", str(self.dashboard_port)]
         else:
             args += ["--include-dashboard", "false"]
-        return self._start("head", args, num_cpus, resources)
+        return self._start("head", args, num_cpus, resources, env)
 
     def add_node(self, *, num_cpus: int, resources: dict[str, float],
-                 name: str = "node") -> Node:
+                 name: str = "node", env: dict[str, str] | None = None) -> Node:
         """A worker node joining the head; returns once Ray lists it alive."""
-        node = self._start(name, ["--address", self.address], num_cpus, resources)
+        node = self._start(name, ["--address", self.address], num_cpus, resources, env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while node not in self.node_ids():
             if time.monotonic() > deadline:

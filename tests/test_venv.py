@@ -542,3 +542,40 @@ def test_on_a_gpu_the_rules_apply_to_the_wheel_the_environment_really_holds():
     old = MATRIX["torch-1.4.0-cu101"]
     assert wheel_image(old, {"cuda_reported": "10.1", "archs_reported": None}).archs \
         == old.archs
+
+
+@pytest.mark.needs("package-index")
+def test_envs_build_with_an_address_builds_on_every_node_of_the_cluster(tmp_path):
+    """Two real Ray nodes, each with its own environment directory: one pinned task per node
+    builds there, and each node's report comes back under its name."""
+    from loopback_cluster import cluster_env, loopback_cluster
+
+    from sweeps.envs.store import MARKER
+
+    dirs = {"head": tmp_path / "head-envs", "node": tmp_path / "node-envs"}
+    with loopback_cluster() as cluster:
+        cluster.start_head(num_cpus=1, resources={}, dashboard=False,
+                           env={"VERSWEEP_ENVS_DIR": str(dirs["head"])})
+        cluster.add_node(num_cpus=1, resources={}, env={"VERSWEEP_ENVS_DIR": str(dirs["node"])})
+        done = subprocess.run(
+            [sys.executable, "-m", "sweeps.cli", "envs", "build", VENV_IMAGE, "--address",
+             cluster.address], env=cluster_env(), capture_output=True, text=True,
+            timeout=900, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    heads = [line for line in done.stdout.splitlines() if line.startswith("== node ")]
+    assert len(heads) == 2 and all(line.endswith(": ok") for line in heads)
+    assert done.stdout.rstrip().endswith("2 node(s): every environment built")
+    for where in dirs.values():
+        marker = json.loads((where / VENV_KEY / MARKER).read_text())
+        assert marker["torch"] == "2.13.0"
+
+
+def test_envs_build_address_errors_are_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "envs", "build", VENV_IMAGE,
+                           "--address", "http://127.0.0.1:8265"], capture_output=True,
+                          text=True, timeout=120, cwd=REPO_ROOT,
+                          env={**os.environ, "VERSWEEP_ENVS_DIR": str(tmp_path)})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "versweep envs: error: 'http://127.0.0.1:8265' is the dashboard (Ray Jobs) address; "
+        "this joins the cluster itself: give the head's GCS address, HEAD:6379"]

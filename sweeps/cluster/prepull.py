@@ -210,8 +210,13 @@ def _check_names(image_names: Sequence[str], matrix_path: Path) -> list[str]:
     return list(dict.fromkeys(image_names))
 
 
-def _join(address: str | None) -> bool:
-    """Join the cluster at ``address``; True when this call started the connection."""
+def join_cluster(address: str | None, *,
+                 alone: str = "python images/build.py pull") -> bool:
+    """Join the cluster at ``address``; True when this call started the connection.
+
+    ``alone`` is the command that does the same on this node only, for the error that
+    names no cluster.
+    """
     import ray
 
     if ray.is_initialized():
@@ -219,9 +224,9 @@ def _join(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise UserError("name the cluster with --address HEAD:6379 (or set RAY_ADDRESS); "
-                        "a pre-pull on this node alone is: python images/build.py pull")
+                        f"the same on this node alone is: {alone}")
     if address.startswith(("http://", "https://")):
-        raise UserError(f"'{address}' is the dashboard (Ray Jobs) address; pre-pull joins the "
+        raise UserError(f"'{address}' is the dashboard (Ray Jobs) address; this joins the "
                         "cluster itself: give the head's GCS address, HEAD:6379")
     host, _, port = address.rpartition(":")
     if address != "auto" and "://" not in address and host and port.isdigit():
@@ -262,7 +267,7 @@ def prepull(address: str | None, image_names: Sequence[str], *, registry: str | 
     matrix = load_matrix(Path(matrix_path))
     entries = {name: matrix[name] for name in names}  # each node checks its pulls against
     registry = check_registry(registry) if registry is not None else None
-    started_here = _join(address)
+    started_here = join_cluster(address)
     try:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         # num_cpus=0: the task needs no CPU slot, so it runs on a busy node too; no

@@ -61,6 +61,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                        help="matrix entries or all / cuda / cpu")
     build.add_argument("--grid", help="the images of this grid (a name of sweeps/grids or a "
                                       ".toml file), as --backend venv runs them")
+    build.add_argument("--address", metavar="HEAD:6379",
+                       help="build on every alive node of this Ray cluster (one task pinned "
+                            "to each node), not on this machine")
     prune = commands.add_parser("prune", help="evict to the budget; --all: everything unused")
     prune.add_argument("--all", action="store_true", dest="everything",
                        help="delete every environment no running trial uses")
@@ -209,6 +212,13 @@ def run(argv: Sequence[str] | None, prog: str, out=None) -> int:
     if args.grid:
         extra = {i.name for i in _grid_images(args.grid, matrix_path)}
         images = [i for i in matrix.values() if i.name in extra or i in images]
+    if args.address:
+        if not images:
+            raise UserError("nothing to build: name matrix entries, all / cuda / cpu, or "
+                            "--grid")
+        from sweeps.cluster.envbuild import build_on_cluster
+
+        return build_on_cluster(args.address, images, out)
     return do_build(store, images, out)
 
 
