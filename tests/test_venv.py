@@ -579,3 +579,18 @@ def test_envs_build_address_errors_are_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "versweep envs: error: 'http://127.0.0.1:8265' is the dashboard (Ray Jobs) address; "
         "this joins the cluster itself: give the head's GCS address, HEAD:6379"]
+
+
+def test_an_environment_of_an_older_marker_format_is_rebuilt_not_trusted(venv_store):
+    """A format-1 marker has no wheel CUDA or architectures to judge GPUs by."""
+    from sweeps.envs.store import MARKER
+
+    path = venv_store.path_of(VENV_KEY)
+    venv_store.ensure(venv_store.plan(MATRIX[VENV_IMAGE]))
+    marker = json.loads((path / MARKER).read_text())
+    old = {k: v for k, v in marker.items() if k not in ("cuda_reported", "archs_reported")}
+    old["format"] = 1
+    (path / MARKER).write_text(json.dumps(old))
+    assert venv_store.problem(VENV_KEY) == "its marker says format 1, not 2"
+    env = venv_store.ensure(venv_store.plan(MATRIX[VENV_IMAGE]))
+    assert env.built and env.marker["format"] == 2 and "archs_reported" in env.marker

@@ -90,7 +90,10 @@ BUDGET_VAR = "VERSWEEP_ENVS_BUDGET"
 UV_VAR = "VERSWEEP_UV"
 DEFAULT_BUDGET = "100g"
 MARKER = "versweep-env.json"
-MARKER_FORMAT = 1
+# 2: the marker also holds the wheel's own CUDA version and GPU architectures (what the GPU
+# rules judge); an environment with a format-1 marker is rebuilt on use (seconds, from
+# uv's cache) rather than judged by its matrix entry's lists.
+MARKER_FORMAT = 2
 # No environment with a torch in it is smaller than this (the smallest CPU wheels unpack to
 # more): a budget below it is refused before anything is built.
 MIN_ENV_BYTES = 256 * 2**20
