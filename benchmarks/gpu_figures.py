@@ -9,15 +9,17 @@ goes, ``figures.json`` (every worker's env and result events) and ``figures.md``
 per workload, next to the seed's GTX 1080 / torch 0.4 figures from
 analysis/data/rnn_benchmarks_pytorch_gtx1080.csv) into OUT_DIR.
 
-What runs (about 6 minutes on an H100; each worker has a time limit, so a slow one cannot
-take the rest with it):
+What runs (sized for under 8 minutes on an H100, not yet measured on one: the Python-loop
+cells cost about a kernel launch per operation, some 0.3 ms per cell step forward and
+backward, so their batch counts are cut where a batch has thousands of steps; each worker
+also has a time limit, so a slow one cannot take the rest with it):
 
 - ``env``: torch, CUDA, cuDNN, the GPU, its driver and architecture.
 - ``rnn_bench``, the seed's four benchmarks at their own sizes (64 x 100 and 32 x 1000 steps,
-  123 inputs, 320 hidden): 1x320-ce-short and 1x320-ce-long with basic, fused and cudnn;
-  4x320-ce-long and 4x320-ctc-long with cudnn by the seed's method (500 batches, the first
-  100 dropped) and with basic and fused on 60 batches (10 dropped), as the versions grid
-  runs them (8,000 cell steps from Python per batch).
+  123 inputs, 320 hidden), every implementation. cudnn (nn.LSTM) everywhere, and basic and
+  fused on 1x320-ce-short, by the seed's method: 500 batches, the first 100 dropped. basic
+  and fused on 1x320-ce-long: 100 batches (20 dropped). On 4x320 (8,000 cell steps from
+  Python per batch): 12 batches (2 dropped).
 - ``ptb_lm large`` (2x1500, 35 x 20) for 300 training steps on the synthetic corpus: words
   per second.
 
@@ -45,13 +47,17 @@ def plan(quick):
     """(label, workload, config) of every figure, in the order they run."""
     figures = [("env", "env", {})]
     full = {"batches": 500, "warmup_batches": 100}
-    python_loop = {"batches": 60, "warmup_batches": 10, "chunk_batches": 10}
+    long_loop = {"batches": 100, "warmup_batches": 20, "chunk_batches": 20}
+    deep_loop = {"batches": 12, "warmup_batches": 2, "chunk_batches": 10}
     for bench in ("1x320-ce-short", "1x320-ce-long", "4x320-ce-long", "4x320-ctc-long"):
         for impl in ("basic", "fused", "cudnn"):
             if quick and bench != "1x320-ce-short" and impl != "cudnn":
                 continue  # a check of the script: every implementation once is enough
             config = {"bench": bench, "impl": impl}
-            config.update(full if bench.startswith("1x") or impl == "cudnn" else python_loop)
+            if impl == "cudnn" or bench == "1x320-ce-short":
+                config.update(full)
+            else:
+                config.update(long_loop if bench.startswith("1x") else deep_loop)
             if quick:
                 config.update({"batch_size": 4, "seq_len": 20, "batches": 6,
                                "warmup_batches": 2, "chunk_batches": 4})
