@@ -17,8 +17,10 @@ def imported_top_modules(path):
 
 
 @pytest.mark.parametrize("library, only_in", [
-    # Tune around trials; Ray Jobs for schedules; one pinned task per node for pre-pulls.
-    ("ray", ["sweeps/cluster/jobs.py", "sweeps/cluster/prepull.py", "sweeps/execute/tune.py"]),
+    # Tune around trials; Ray Jobs for schedules; one pinned task per node for pre-pulls and
+    # for building the venv backend's environments ahead.
+    ("ray", ["sweeps/cluster/envbuild.py", "sweeps/cluster/jobs.py", "sweeps/cluster/prepull.py",
+             "sweeps/execute/tune.py"]),
     # Every MLflow write and read of sweeps/ goes through records/store.py (analysis/ reads
     # the store through it, or straight from a SQLite store's tables, read-only).
     ("mlflow", ["sweeps/records/store.py"]),
@@ -29,6 +31,8 @@ def imported_top_modules(path):
                 "sweeps/execute/backends/reaper.py", "sweeps/images/build.py",
                 "sweeps/images/docker.py"]),
     ("matplotlib", ["analysis/plots.py"]),
+    # The change-point search of the report's series view.
+    ("ruptures", ["analysis/series.py"]),
 ])
 def test_each_service_is_reached_from_the_modules_named_for_it(library, only_in):
     importers = sorted(
