@@ -29,7 +29,7 @@ from sweeps.grid.spec import Image
 
 def build_here(entries: Sequence[Image]) -> dict[str, Any]:
     """``versweep envs build`` of ``entries`` on this node; its exit code and its report."""
-    from sweeps.envs.command import do_build
+    from sweeps.envs.build import do_build
     from sweeps.envs.store import EnvStore
     from sweeps.errors import UserError
 
