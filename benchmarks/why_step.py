@@ -1,19 +1,29 @@
 """Why a step between two torch versions: the same rnn_bench config in variants, interleaved.
 
-    python benchmarks/why_step.py [--rounds 5] [--bench 1x320-ce-short] [--impl cudnn]
-        [--old torch-1.13.1-py3.10] [--new torch-2.13.0-py3.11] [--out FILE]
+    python benchmarks/why_step.py [--question mkl|cpu-capability] [--rounds 5]
+        [--bench 1x320-ce-short] [--impl cudnn] [--old torch-1.13.1-py3.10]
+        [--new torch-2.13.0-py3.11] [--out FILE]
 
 Runs the worker (python -m workers rnn_bench, this checkout) in the venv backend's built
 environments ($VERSWEEP_ENVS_DIR, default ~/.cache/versweep/envs), one thread, in four
 variants, round by round in turning order, and prints each variant's median ms per batch
-and its ratio to the new version:
+and its ratio to the new version. The variants answer one question each:
 
+--question mkl (the default: is the step MKL's or oneDNN's?)
   old                 the old environment as it is
   old, MKL as Intel   the same with MKL_DEBUG_CPU_TYPE=5 (MKL 2020.0 and older take their
                       generic code path on AMD CPUs unless told the CPU is an Intel one)
   new                 the new environment as it is
   new, no oneDNN      the same with torch.backends.mkldnn.enabled = False, which turns off
                       oneDNN's fused LSTM kernel (aten::mkldnn_rnn_layer) on the CPU
+
+--question cpu-capability (is the step the vectorised kernels ATen dispatches to?)
+  old                 the old environment as it is
+  old as AVX2         the same with ATEN_CPU_CAPABILITY=avx2
+  new                 the new environment as it is
+  new as AVX512       the same with ATEN_CPU_CAPABILITY=avx512 (torch picks its kernels per
+                      CPU capability at start-up; the variable overrides the choice, down
+                      to what the CPU has)
 
 The size is the versions-cpu grid's (batch 16 x 50 steps, hidden 320, 24 batches of which
 8 are dropped). Needs the two environments built (versweep envs build torch-1.13.1-cu116
@@ -52,8 +62,21 @@ def run_variant(python: Path, config: dict, *, env: dict[str, str], prelude: str
     return float(results[-1]["metrics"]["ms_per_batch_median"])
 
 
+def capability(python: Path, env: dict[str, str]) -> str:
+    """The CPU capability the variant's torch dispatches to, as it reports it."""
+    probe = ("import torch\n"
+             "lines = [line.split(':', 1)[1].strip() for line in "
+             "torch.__config__.show().splitlines() if 'CPU capability usage:' in line]\n"
+             "print(lines[0] if lines else 'unknown')")
+    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **env})
+    return done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() \
+        else f"unknown (exit {done.returncode})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--question", choices=("mkl", "cpu-capability"), default="mkl")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bench", default="1x320-ce-short")
     parser.add_argument("--impl", default="cudnn", choices=("basic", "fused", "cudnn"))
@@ -70,17 +93,29 @@ def main() -> None:
         config.update(batch_size=4, seq_len=20, batches=10, warmup_batches=3,
                       chunk_batches=7)
     variants = {
-        "old": (old, {}, ""),
-        "old, MKL as Intel": (old, {"MKL_DEBUG_CPU_TYPE": "5"}, ""),
-        "new": (new, {}, ""),
-        "new, no oneDNN": (new, {}, "torch.backends.mkldnn.enabled = False"),
-    }
+        "mkl": {
+            "old": (old, {}, ""),
+            "old, MKL as Intel": (old, {"MKL_DEBUG_CPU_TYPE": "5"}, ""),
+            "new": (new, {}, ""),
+            "new, no oneDNN": (new, {}, "torch.backends.mkldnn.enabled = False"),
+        },
+        "cpu-capability": {
+            "old": (old, {}, ""),
+            "old as AVX2": (old, {"ATEN_CPU_CAPABILITY": "avx2"}, ""),
+            "new": (new, {}, ""),
+            "new as AVX512": (new, {"ATEN_CPU_CAPABILITY": "avx512"}, ""),
+        },
+    }[args.question]
+    capabilities = {name: capability(python, env) for name, (python, env, _) in variants.items()}
     lines = [f"# why_step, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-             f"# command: python benchmarks/why_step.py --rounds {args.rounds} --bench "
+             f"# command: python benchmarks/why_step.py --question {args.question} "
+             f"--rounds {args.rounds} --bench "
              f"{args.bench} --impl {args.impl} --old {args.old} --new {args.new}",
              f"# machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
              f"load at start {os.getloadavg()[0]:.2f}",
-             f"# config: {json.dumps(config, sort_keys=True)}"]
+             f"# config: {json.dumps(config, sort_keys=True)}",
+             "# CPU capability each variant's torch reports: " + ", ".join(
+                 f"{name} {value}" for name, value in capabilities.items())]
     for line in lines:
         print(line, flush=True)
     measured: dict[str, list[float]] = {name: [] for name in variants}
