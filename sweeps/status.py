@@ -9,7 +9,9 @@ reports only carry the status they were given.
     ok            yes          the worker sent its result and exited 0
     unsupported   yes          this torch / image / GPU cannot run the config (a result:
                                reports show it, it is not retried, not a failure)
-    diverged      yes          the loss became NaN or inf (a result about the config)
+    diverged      yes          the loss became NaN or inf, or a figure passed the workload's
+                               bound (ptb_lm: perplexity > 10 x vocabulary): a result
+                               about the config
     failed        yes          a crash (retried first), a bad config, a timeout, a
                                protocol violation, a backend that could not start it
     stopped       ASHA: yes    stopped early by ASHA (a decision: the search moved on);
@@ -19,6 +21,8 @@ The rules, in the order they are tried:
 
     worker end (worker_end)
       stop requested and the worker was killed     -> stopped, not decided
+      the host found a figure past the workload's bound (a metric event: the worker is
+        killed; or the result)                     -> diverged
       the timeout passed and the worker was killed -> failed "timed out after N s"
       result          + exit 0                     -> ok
       unsupported     + exit 3                     -> unsupported
@@ -91,17 +95,21 @@ class Decision:
 
 def worker_end(*, terminal: dict | None, exit_code: int | None, stop_requested: bool,
                timed_out: bool, killed: bool, timeout_s: float | None = None,
-               violation: str = "", stderr_tail: Sequence[str] = ()) -> Decision:
+               violation: str = "", stderr_tail: Sequence[str] = (),
+               diverged: str | None = None) -> Decision:
     """The decision for one run of the worker, from its last event and its exit code.
 
     ``terminal`` is its result / unsupported / error event (None: it sent none);
     ``killed`` whether the host killed it (a worker that finished first, at the moment of
-    a stop or the deadline, keeps its own ending).
+    a stop or the deadline, keeps its own ending); ``diverged`` why the host found its
+    figures past the workload's bound (Workload.diverged_reason), or None.
     """
     if stop_requested and killed:
         # In a trial process a stop comes from Tune shutting it down (Ctrl-C): not a
         # decision. ASHA's stops are recorded as decisions by the driver (``unreported``).
         return Decision(Status.STOPPED, "stopped before it finished", decided=False)
+    if diverged and not violation:
+        return Decision(Status.DIVERGED, diverged)
     if timed_out and killed:
         return Decision(Status.FAILED, f"timed out after {timeout_s:g} s")
     terminal = terminal or {}

@@ -7,6 +7,7 @@ Runs use the synthetic corpus or a tiny data directory made here, tiny models
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 
 import pytest
@@ -28,7 +29,7 @@ TINY = {
 TINY_SEED = TINY["seed"]
 
 EPOCH_METRICS = {"train_perplexity", "valid_perplexity", "words_per_second", "learning_rate",
-                 "epoch_seconds"}
+                 "epoch_seconds", "perplexity_bound"}
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +174,11 @@ def test_a_tiny_synthetic_run_reports_env_two_epochs_and_a_result(tiny_run):
     result = run.one("result")["metrics"]
     assert {"test_perplexity", "best_valid_perplexity", "train_perplexity",
             "valid_perplexity", "words_per_second", "epochs_run"} <= set(result)
+    # The divergence bound is in the record: ten times the vocabulary, every epoch and at
+    # the end.
+    bound = 10 * result["vocab_size"]
+    assert result["perplexity_bound"] == bound and 100 < bound <= 1000
+    assert [m["metrics"]["perplexity_bound"] for m in metrics] == [bound, bound]
     assert all(math.isfinite(v) for v in result.values())
     assert result["epochs_run"] == 2
     assert result["best_valid_perplexity"] == min(m["metrics"]["valid_perplexity"]
@@ -280,12 +286,45 @@ def test_a_nan_loss_ends_the_run_as_diverged(worker):
     assert_one_line_error(run, "diverged", 4, "training loss became nan")
 
 
-def test_an_exploding_but_finite_loss_ends_the_run_as_diverged(worker):
+def test_an_exploding_but_finite_loss_stops_the_run_early_as_diverged(worker):
     # lr 1e6 blows the softmax layer up while the LSTM saturates: the losses stay
-    # finite in float32 (about 1e7 nats) but exp() of them cannot be represented.
+    # finite in float32 (about 1e7 nats, a perplexity exp() cannot even represent), far
+    # beyond 10 x the vocabulary; five such steps in a row stop the run in its first epoch.
     run = worker("ptb_lm", tiny(learning_rate=1e6, clip_norm=1e9))
-    assert_one_line_error(run, "diverged", 4, "training perplexity overflows")
+    message = assert_one_line_error(run, "diverged", 4, "training perplexity beyond the bound ",
+                                    " (10 x the vocabulary) for 5 steps in a row")
+    found = re.match(r"epoch 1 step (\d+): ", message)
+    assert found and 5 <= int(found.group(1)) < TINY["max_steps_per_epoch"], message
     assert run.of("metric") == []
+
+
+def test_a_finite_perplexity_beyond_the_bound_is_diverged_not_a_result(worker):
+    # The review's case: a trial whose perplexity reached 1.47e18 was recorded as ok. A
+    # learning rate of 30 without clipping sends the tiny model far past 10 x its
+    # vocabulary (a perplexity no model reaches) without any non-finite loss.
+    run = worker("ptb_lm", tiny(learning_rate=30.0, clip_norm=1e9, max_epochs=1))
+    message = assert_one_line_error(run, "diverged", 4, "beyond the bound ",
+                                    "10 x the vocabulary")
+    assert "nan" not in message and "inf" not in message
+
+
+@pytest.mark.parametrize("mean_loss, diverged", [(4.0, False), (math.log(859), False),
+                                                 (math.log(861), True), (41.8, True),
+                                                 (1e7, True)])
+def test_an_epoch_perplexity_beyond_the_bound_is_diverged(mean_loss, diverged):
+    # The epoch's and the evaluations' perplexity, against 10 x the vocabulary (86 words):
+    # 1.47e18 (a mean loss of 41.8 nats) and one exp() cannot represent are both diverged.
+    from workers import ptb_lm
+    from workers.protocol import Diverged
+
+    bound = ptb_lm.perplexity_bound(86)
+    config = {"learning_rate": 1.0, "clip_norm": 5.0}
+    if not diverged:
+        assert ptb_lm._perplexity(mean_loss * 3, 3, "test", config, bound) <= bound
+        return
+    with pytest.raises(Diverged, match=r"^test perplexity \S+ is beyond the bound 860 \(10 x "
+                                       r"the vocabulary: worse than guessing\); lower "):
+        ptb_lm._perplexity(mean_loss * 3, 3, "test", config, bound)
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -125,23 +125,47 @@ def detach_hidden(hidden):
     return tuple(h.detach() for h in hidden)
 
 
+# A language model whose perplexity is this many times the vocabulary (ten times worse than
+# guessing every word uniformly) is no model: the trial has diverged. Real models end far
+# below the vocabulary (PTB: 10,000 words, perplexities of 80 to 150); an untrained one
+# starts near it.
+DIVERGED_FACTOR = 10
+# Training steps in a row whose loss is above the bound's before the trial stops early: one
+# spike is not a divergence, a run of them is.
+DIVERGED_STEPS = 5
+
+
+def perplexity_bound(vocab_size):
+    """The perplexity beyond which a trial counts as diverged."""
+    return float(DIVERGED_FACTOR * vocab_size)
+
+
 def _advice(config):
     return "lower learning_rate (%g) or clip_norm (%g)" % (config["learning_rate"],
                                                             config["clip_norm"])
 
 
-def _perplexity(total_loss, steps, what, config):
+def _perplexity(total_loss, steps, what, config, bound):
     """exp(mean per-token cross-entropy), from the sum of the per-window mean losses.
 
     A finite float32 loss can still be far too large for exp (an exploded softmax
-    layer with a saturated LSTM gives losses of 1e6 nats): that run has diverged too.
+    layer with a saturated LSTM gives losses of 1e6 nats), or give a perplexity no model
+    reaches: past ``bound``, that run has diverged too.
     """
     mean = total_loss / steps
+    if mean > math.log(bound):
+        raise Diverged("%s perplexity %s is beyond the bound %.4g (%d x the vocabulary: "
+                       "worse than guessing); %s"
+                       % (what, _shown(mean), bound, DIVERGED_FACTOR, _advice(config)))
+    return math.exp(mean)
+
+
+def _shown(mean_loss):
+    """A perplexity for a message, also one too large for a float: 'exp(1.2e+07)'."""
     try:
-        return math.exp(mean)
+        return "%.4g" % math.exp(mean_loss)
     except OverflowError:
-        raise Diverged("%s perplexity overflows (mean loss %.3g nats per token); %s"
-                       % (what, mean, _advice(config))) from None
+        return "exp(%.4g)" % mean_loss
 
 
 def _check_finite(value, what, config):
@@ -149,13 +173,18 @@ def _check_finite(value, what, config):
         raise Diverged("%s loss became %s; %s" % (what, value, _advice(config)))
 
 
-def train_epoch(model, data, config, rate, device, epoch=1):
-    """One training pass (``epoch`` is 1-based, for messages); returns (perplexity, words/s)."""
+def train_epoch(model, data, config, rate, device, epoch=1, bound=float("inf")):
+    """One training pass (``epoch`` is 1-based, for messages); returns (perplexity, words/s).
+
+    Stops early (Diverged) once DIVERGED_STEPS training steps in a row have a loss beyond
+    ``bound``'s, and at the end if the epoch's perplexity is beyond it.
+    """
     model.train()
     num_steps = config["num_steps"]
     batch_size = data.size(1)
     hidden = model.initial_hidden(batch_size, device)
     total_loss, steps = 0.0, 0
+    log_bound, above = math.log(bound), 0
     synchronize(device)
     start = clock()
     for inputs, targets in windows(data, num_steps, config["max_steps_per_epoch"]):
@@ -169,6 +198,12 @@ def train_epoch(model, data, config, rate, device, epoch=1):
         loss.backward()
         value = mean_loss.item()  # reads the device, like the seed's loss.data[0]
         _check_finite(value, "epoch %d step %d: training" % (epoch, steps + 1), config)
+        above = above + 1 if value > log_bound else 0
+        if above >= DIVERGED_STEPS:
+            raise Diverged("epoch %d step %d: training perplexity beyond the bound %.4g (%d x "
+                           "the vocabulary) for %d steps in a row (now %s); %s"
+                           % (epoch, steps + 1, bound, DIVERGED_FACTOR, above, _shown(value),
+                              _advice(config)))
         _clip_grad_norm(model.parameters(), config["clip_norm"])
         for parameter in model.parameters():
             # p -= lr * grad: a form every torch version accepts.
@@ -178,11 +213,11 @@ def train_epoch(model, data, config, rate, device, epoch=1):
     synchronize(device)
     seconds = clock() - start
     words_per_second = steps * num_steps * batch_size / seconds
-    return (_perplexity(total_loss, steps, "epoch %d: training" % epoch, config),
+    return (_perplexity(total_loss, steps, "epoch %d: training" % epoch, config, bound),
             words_per_second)
 
 
-def evaluate(model, data, num_steps, config, device, what):
+def evaluate(model, data, num_steps, config, device, what, bound=float("inf")):
     """Perplexity over a split without dropout and without gradients."""
     model.eval()
     hidden = model.initial_hidden(data.size(1), device)
@@ -194,7 +229,7 @@ def evaluate(model, data, num_steps, config, device, what):
             _check_finite(value, what, config)
             total_loss += value
             steps += 1
-    return _perplexity(total_loss, steps, what, config)
+    return _perplexity(total_loss, steps, what, config, bound)
 
 
 def _describe(corpus, split):
@@ -245,6 +280,7 @@ def run(config, device, emitter):
     valid_data = batchify(corpus.valid, config["batch_size"], device)
     test_data = batchify(corpus.test, config["test_batch_size"], device)
     model = build_model(config, corpus.vocab_size).to(device)
+    bound = perplexity_bound(corpus.vocab_size)
 
     epochs = config["epochs"]
     if config["max_epochs"] is not None:
@@ -256,9 +292,9 @@ def run(config, device, emitter):
         rate = learning_rate(config, epoch)
         start = clock()
         train_perplexity, words_per_second = train_epoch(model, train_data, config, rate,
-                                                         device, epoch + 1)
+                                                         device, epoch + 1, bound)
         valid_perplexity = evaluate(model, valid_data, config["num_steps"], config, device,
-                                    "epoch %d: validation" % (epoch + 1))
+                                    "epoch %d: validation" % (epoch + 1), bound)
         synchronize(device)
         best_valid = min(best_valid, valid_perplexity)
         speeds.append(words_per_second)
@@ -269,10 +305,11 @@ def run(config, device, emitter):
             "learning_rate": rate,
             # the training and the validation pass of this epoch
             "epoch_seconds": clock() - start,
+            "perplexity_bound": bound,
         })
 
     test_perplexity = evaluate(model, test_data, config["test_num_steps"], config, device,
-                               "test")
+                               "test", bound)
     emitter.result({
         "test_perplexity": test_perplexity,
         "best_valid_perplexity": best_valid,
@@ -281,4 +318,5 @@ def run(config, device, emitter):
         "words_per_second": sum(speeds) / len(speeds),
         "epochs_run": epochs,
         "vocab_size": corpus.vocab_size,
+        "perplexity_bound": bound,
     })

@@ -76,6 +76,7 @@ class _Attempt:
         self.violation = ""  # a protocol violation, if any
         self.metrics: dict[str, float] = {}
         self.step: int | None = None
+        self.diverged: str | None = None  # the host found a figure past the workload's bound
 
 
 def run_trial(backend: Backend, spec: TrialSpec, *, gpu_ids: Sequence[str] = (),
@@ -200,6 +201,7 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
     guard = threading.Thread(target=watchdog, daemon=True)
     guard.start()
     attempt = _Attempt()
+    diverged_reason = spec.plugin.diverged_reason
     try:
         for event in handle.events():
             _take_event(attempt, event)
@@ -208,6 +210,14 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
             if attempt.violation:
                 handle.kill()
                 break
+            if event.get("event") in ("metric", "result") and attempt.diverged is None:
+                attempt.diverged = diverged_reason(event.get("metrics") or {},
+                                                   spec.config_dict)
+                if attempt.diverged is not None:
+                    if event.get("event") == "metric":
+                        attempt.diverged += f" (at step {event.get('step')}; stopped there)"
+                        handle.kill()
+                        break
         exit_code = handle.wait()
     finally:
         finished.set()
@@ -226,7 +236,8 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
         terminal=attempt.terminal, exit_code=exit_code, stop_requested=stop.is_set(),
         timed_out=timed_out.is_set(), killed=handle.killed, timeout_s=timeout_s,
         violation=attempt.violation,
-        stderr_tail=list(handle.stderr_tail)[-STDERR_TAIL_IN_MESSAGE:])
+        stderr_tail=list(handle.stderr_tail)[-STDERR_TAIL_IN_MESSAGE:],
+        diverged=attempt.diverged)
     outcome.take(decision)
     if decision.status == Status.OK:
         terminal = attempt.terminal or {}

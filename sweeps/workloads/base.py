@@ -13,7 +13,9 @@ torch-free, that everything on the host reads instead of knowing workload names:
 - the summary and the parent run: the metric a trial is judged by and the comparison
   group it competes in (``best_metric``, ``best_group``);
 - the report: which sections show it (``report_sections``), and every metric's unit and
-  direction (``metrics``).
+  direction (``metrics``);
+- the status: whether a trial's figures show it diverged although the worker went on
+  (``diverged_reason``: ptb_lm's perplexity beyond its bound), the host's own check.
 
 Adding a metric or a workload touches its plug-in file (and its worker half) only.
 """
@@ -57,6 +59,16 @@ class Metric:
     def shown(self) -> str:
         """The name with its unit, for tables: 'ms_per_batch_median (ms)'."""
         return f"{self.name} ({self.unit})" if self.unit else self.name
+
+
+# Why a trial's figures (one metric event's, or the result's) show it diverged, or None:
+# (metrics, config) -> reason. The worker checks its own bound; this is the host's check of
+# the same, for a worker that did not (sweeps/status.py: diverged, stopped early).
+DivergedReason = Callable[[Mapping[str, Any], Mapping[str, Any]], str | None]
+
+
+def _never_diverged(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    return None
 
 
 # The image facts a workload's requirements are judged on (a matrix entry, or the
@@ -107,6 +119,9 @@ class Workload:
     cudnn_reason: Callable[[Mapping[str, Any]], str | None] = _no_cudnn
     # What else the trial needs of the GPU (rnn_bench 'compiled': Triton, capability >= 7.0).
     gpu_reason: GpuReason = _no_gpu_reason
+    # Whether the figures so far show the trial diverged (checked on every metric event and
+    # on the result).
+    diverged_reason: DivergedReason = _never_diverged
     # The worker half: the torch-free config module (SCHEMA, optional expand / check) and
     # the runner module (run(config, device, emitter)). Shipped workloads: in workers/
     # (both None here; workers/workloads.py knows them). A user's own: files in ``source``.

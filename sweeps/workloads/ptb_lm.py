@@ -7,6 +7,7 @@ perplexity at the end. Judged by test perplexity; reported as a language model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,35 @@ from sweeps.workloads.base import HIGHER, LOWER, NEITHER, Metric, Workload
 
 def _cudnn(config: Mapping[str, Any]) -> str | None:
     return "ptb_lm's nn.LSTM runs on cuDNN"
+
+
+# workers/ptb_lm.py: a perplexity beyond this many times the vocabulary is no model.
+DIVERGED_FACTOR = 10
+PERPLEXITIES = ("train_perplexity", "valid_perplexity", "test_perplexity",
+                "best_valid_perplexity")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
+def _diverged(metrics: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    """A perplexity that is not finite or beyond the bound the worker sent (or 10 x vocab)."""
+    bound = _number(metrics.get("perplexity_bound"))
+    vocab = _number(metrics.get("vocab_size"))
+    if bound is None and vocab is not None:
+        bound = DIVERGED_FACTOR * vocab
+    for name in PERPLEXITIES:
+        value = _number(metrics.get(name))
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            return f"{name} is {value}"
+        if bound is not None and value > bound:
+            return (f"{name} {value:.4g} is beyond the bound {bound:.4g} ({DIVERGED_FACTOR} x "
+                    "the vocabulary: worse than guessing)")
+    return None
 
 
 WORKLOAD = Workload(
@@ -38,6 +68,9 @@ WORKLOAD = Workload(
                description="the lowest validation perplexity of any epoch"),
         Metric("epochs_run", "", NEITHER, description="epochs trained"),
         Metric("vocab_size", "", NEITHER, description="words in the corpus's vocabulary"),
+        Metric("perplexity_bound", "", NEITHER, per_step=True,
+               description=f"the perplexity beyond which the trial counts as diverged "
+                           f"({DIVERGED_FACTOR} x the vocabulary)"),
     ),
     label_keys=("preset",),
     key_columns=("preset", "hidden_size", "num_layers", "max_epochs", "learning_rate",
@@ -45,4 +78,5 @@ WORKLOAD = Workload(
     best_metric="test_perplexity",
     report_sections=("language_model",),
     cudnn_reason=_cudnn,
+    diverged_reason=_diverged,
 )
