@@ -206,6 +206,15 @@ def test_a_sweep_reads_back_as_the_design_lays_it_out(tracking_uri, experiment, 
     assert sweep_run.data.tags["versweep.best.run_id"] == ok_run
     assert json.loads(sweep_run.data.tags["versweep.best.config"]) == ok.config_dict
     assert sweep_run.data.metrics["best_test_perplexity"] == 91.5
+    # Described in words for the MLflow UI: the sweep's description, then its counts.
+    note = sweep_run.data.tags["mlflow.note.content"]
+    assert note.startswith("records test grid\n\n**Trials** (finished ")
+    assert note.endswith(": 4 trials: 1 ok, 1 unsupported, 1 diverged, 1 failed.")
+    described = client.get_experiment_by_name(experiment)
+    assert described.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert described.tags["mlflow.note.content"].startswith(
+        f"**versweep** experiment `{experiment}`: the records of the grid `recordtest` "
+        "(recordtest.toml).\n\nrecords test grid\n\nEach **parent run**")
     planned = json.loads(artifact_text(client, parent, "trials.json", tmp_path / "plan"))
     assert [t["key"] for t in planned] == [t.key for t in sweep.trials]
 
@@ -614,3 +623,26 @@ def test_every_mlflow_filter_value_goes_through_quote():
             if by_hand.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_descriptions_keep_a_users_own_and_count_each_run_of_the_sweep(tracking_uri, experiment,
+                                                                      tmp_path):
+    """The experiment's description is written once (a user's own stays); a resumed sweep's
+    counts replace the earlier ones, and an interrupted one says how to go on."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment(experiment)
+    client.set_experiment_tag(experiment_id, "mlflow.note.content", "our nightly numbers")
+    sweep = make_sweep(tmp_path, (env_trial(0),))
+    records = SweepRecords(tracking_uri, experiment)
+    parent = records.open_sweep(sweep, resume=False)
+    records.close_sweep(parent, {"ok": 0, "failed": 0}, None, interrupted=True)
+    note = client.get_run(parent).data.tags["mlflow.note.content"]
+    assert note.startswith("records test grid\n\n**Trials** (interrupted (resume it with "
+                           "--resume) ") and note.endswith(": 0 trials: 0 ok, 0 failed.")
+    assert records.open_sweep(sweep, resume=True) == parent
+    records.close_sweep(parent, {"ok": 1, "failed": 0}, None)
+    note = client.get_run(parent).data.tags["mlflow.note.content"]
+    assert note.count("**Trials**") == 1 and note.endswith(": 1 trials: 1 ok, 0 failed.")
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.note.content"] == "our nightly numbers"
+    assert tags["mlflow.experimentKind"] == "custom_model_development"

@@ -84,6 +84,10 @@ MAX_TAG_VALUE_LENGTH = 8000
 MAX_KEY_LENGTH = 250
 MAX_RUN_NAME_LENGTH = 250
 TRUNCATED_MARKER = "...[truncated]"
+# MLflow's own tags: an experiment's kind (MLflow 3 opens one without a kind on its GenAI
+# overview; this kind gives the runs table) and the description of an experiment or run.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
 
 # Metric names MLflow accepts: letters, digits, and _ - . space / (no "..", no leading "/").
 _BAD_METRIC_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -452,6 +456,7 @@ class SweepRecords:
             return self._reopen_sweep(sweep)
         experiment_id = self.experiment_id(create=True)
         assert experiment_id is not None, "experiment_id(create=True) returns an id"
+        self._describe_experiment(experiment_id, sweep)
         started = datetime.datetime.now(datetime.UTC)
         tags = {
             SCHEMA_TAG: str(SCHEMA_VERSION),
@@ -472,7 +477,7 @@ class SweepRecords:
             # Submitted as a Ray Job by sweeps/schedule.py: its firing's record finds it by this.
             tags["versweep.job_id"] = job_id
         if sweep.description:
-            tags["mlflow.note.content"] = sweep.description  # the run's description in the UI
+            tags[NOTE_TAG] = sweep.description  # the run's description in the UI
         tags = {k: truncate(v, MAX_TAG_VALUE_LENGTH) for k, v in tags.items()}
         run = retrying(
             lambda: self.client.create_run(
@@ -496,6 +501,26 @@ class SweepRecords:
                            "trials.json")
         self._experiment_of_parent[parent_run_id] = experiment_id
         return parent_run_id
+
+    def _describe_experiment(self, experiment_id: str, sweep: Sweep) -> None:
+        """Make the experiment open on MLflow's runs table, with a description.
+
+        MLflow 3 opens an experiment without a kind on its GenAI overview; the kind
+        ``custom_model_development`` gives the classic runs view. The description
+        (``mlflow.note.content``) is set once: a user's own stays.
+        """
+        found = retrying(lambda: self.client.get_experiment(experiment_id),
+                         "reading the experiment's tags")
+        tags = found.tags or {}
+        wanted = {}
+        if tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            wanted[EXPERIMENT_KIND_TAG] = EXPERIMENT_KIND
+        if not tags.get(NOTE_TAG):
+            wanted[NOTE_TAG] = truncate(experiment_note(self.experiment, sweep),
+                                        MAX_TAG_VALUE_LENGTH)
+        for key, value in wanted.items():
+            retrying(functools.partial(self.client.set_experiment_tag, experiment_id, key,
+                                       value), "describing the experiment")
 
     def _reopen_sweep(self, sweep: Sweep) -> str:
         experiment_id = self.experiment_id(create=False)
@@ -543,6 +568,10 @@ class SweepRecords:
         """
         tags = {f"versweep.summary.{status}": str(int(count))
                 for status, count in summary.items()}
+        run = retrying(lambda: self.client.get_run(parent_run_id), "reading the sweep's run")
+        tags[NOTE_TAG] = truncate(
+            sweep_note(run.data.tags.get(NOTE_TAG, ""), summary, interrupted=interrupted),
+            MAX_TAG_VALUE_LENGTH)
         metrics = []
         if best:
             tags.update({f"versweep.best.{field}": text_value(value)
@@ -813,6 +842,40 @@ class SweepRecords:
     def _log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         retrying(lambda: self.client.log_text(run_id, text, artifact_file),
                   f"logging {artifact_file}")
+
+
+SWEEP_NOTE_COUNTS = "**Trials**"
+
+
+def sweep_note(note: str, summary: dict[str, int], *, interrupted: bool) -> str:
+    """A parent run's description with the counts of each status (replacing earlier ones)."""
+    kept = note.split("\n\n" + SWEEP_NOTE_COUNTS, 1)[0]
+    kept = "" if kept.startswith(SWEEP_NOTE_COUNTS) else kept
+    total = sum(int(count) for count in summary.values())
+    counts = ", ".join(f"{int(count)} {status}" for status, count in summary.items())
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    ending = "interrupted (resume it with --resume)" if interrupted else "finished"
+    line = f"{SWEEP_NOTE_COUNTS} ({ending} {when}): {total} trials: {counts}."
+    return f"{kept}\n\n{line}" if kept else line
+
+
+def experiment_note(experiment: str, sweep: Sweep) -> str:
+    """The experiment's description in the MLflow UI (Markdown)."""
+    kind = "search" if sweep.search is not None else "grid"
+    lines = [f"**versweep** experiment `{experiment}`: the records of the {kind} "
+             f"`{sweep.name}` ({sweep.path.name or 'grid.toml'})."]
+    if sweep.description:
+        lines += ["", sweep.description]
+    lines += ["",
+              "Each **parent run** is one run of the sweep (`python sweeps/run.py --grid "
+              f"{sweep.name}`): its description counts the trials of each status, its tags "
+              "hold the best result per workload and its artifacts the grid and the planned "
+              "trials. Its **child runs** are the trials, one per workload, config, image and "
+              "repeat, each with the torch, CUDA and cuDNN it really ran (tags "
+              "`versweep.torch`, ...), its metrics, `worker.log` and `environment.txt`.",
+              "",
+              f"The version comparison: `versweep report --experiment {experiment}`."]
+    return "\n".join(lines)
 
 
 def env_tags(event: dict) -> dict[str, str]:
