@@ -42,7 +42,7 @@ from typing import Any
 
 from sweeps.errors import UserError
 from sweeps.paths import MATRIX_PATH
-from sweeps.records.layout import check_schema, study_name
+from sweeps.records.layout import check_schema, study_name, trial_name
 from sweeps.records.read import (
     ClientReader,
     RunView,
@@ -308,7 +308,7 @@ def _trial(run: RunView, tracking_uri: str) -> Trial:
                                           "versweep.message") if tags.get(key)), "")
     return Trial(
         run_id=run.run_id,
-        name=run.name,
+        name=trial_name(run.name, tags.get("mlflow.parentRunId", "")),
         status=tags.get("versweep.status", "ok"),
         workload=tags.get("versweep.workload", ""),
         image=tags.get("versweep.image", ""),
@@ -445,11 +445,25 @@ def order_images(images: set[str] | Sequence[str], torch_of: dict[str, str]) -> 
 # --------------------------------------------------------------------------- samples, history
 
 
+# samples.json's units (sweeps/records/store.py, layout 3) -> seconds.
+_SAMPLE_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
 def _parse_samples(text: str) -> list[float] | None:
+    """Per-batch seconds from samples.json: an object with its unit (layout 3) or a bare
+    list of seconds (layouts 1 and 2); None for anything else."""
     try:
         values = json.loads(text)
     except ValueError:
         return None
+    if isinstance(values, dict):
+        scale = _SAMPLE_UNITS.get(values.get("unit", "s"))
+        values = values.get("values")
+        if scale is None or not isinstance(values, list):
+            return None
+        if scale != 1.0:
+            values = [v * scale for v in values
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if not isinstance(values, list):
         return None
     if all(type(v) is float for v in values):  # what records.py writes: the fast case

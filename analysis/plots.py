@@ -202,34 +202,56 @@ def lines_across_versions(title: str, versions: Sequence[str],
     return _png(figure)
 
 
+# Line styles that tell the runs (seeds, repeats) of one colour apart, in run order.
+RUN_STYLES = ("-", "--", ":", "-.")
+# A y range wider than this ratio is drawn on a log scale (a diverging run next to
+# converging ones would flatten them all into the x axis).
+LOG_SCALE_SPAN = 100.0
+
+
+def spans_orders_of_magnitude(values: Sequence[float]) -> bool:
+    """Whether positive finite ``values`` span more than LOG_SCALE_SPAN (min to max)."""
+    positive = [v for v in values if math.isfinite(v) and v > 0]
+    return bool(positive) and max(positive) / min(positive) > LOG_SCALE_SPAN
+
+
 def learning_curves(title: str, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], *,
-                    ylabel: str, xlabel: str = "epoch", log_y: bool = False) -> bytes:
+                    ylabel: str, xlabel: str = "epoch", log_y: bool | None = None,
+                    legend_title: str = "image") -> bytes:
     """A metric per step: one colour per key of ``curves`` (e.g. image), one line per run (seed).
 
     Several seeds of one image share its colour, so the spread between seeds
-    reads directly as the noise a version change has to beat. A key with no runs
-    draws nothing but keeps its colour slot, so an image has the same colour here as
-    in the speed figures.
+    reads directly as the noise a version change has to beat; their line styles tell
+    them apart (RUN_STYLES: solid, dashed, dotted, dash-dot, in run order). A key with no
+    runs draws nothing but keeps its colour slot, so an image has the same colour here as
+    in the speed figures. ``log_y`` None: a log scale where the values span more than
+    LOG_SCALE_SPAN.
     """
     figure, axes = plt.subplots(figsize=(7.0, 4.2))
     palette = colours(len(curves))
+    drawn: list[float] = []
     for index, (label, runs) in enumerate(curves.items()):
         for number, points in enumerate(runs):
             finite = [(step, value) for step, value in points if math.isfinite(value)]
             if not finite:
                 continue
             steps, values = zip(*finite, strict=True)
+            drawn.extend(values)
             axes.plot(steps, values, marker="." if len(steps) < 30 else None,
                       color=palette[index], alpha=0.85,
+                      linestyle=RUN_STYLES[number % len(RUN_STYLES)],
                       label=f"{label} ({len(runs)} run{'s' if len(runs) != 1 else ''})"
                       if number == 0 else None)
     axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    if log_y is None:
+        log_y = spans_orders_of_magnitude(drawn)
     if log_y:
         axes.set_yscale("log")
+        ylabel += " (log scale)"
+    axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     if curves:
-        axes.legend(fontsize=8, title="image", title_fontsize=8)
+        axes.legend(fontsize=8, title=legend_title, title_fontsize=8)
     return _png(figure)

@@ -122,8 +122,10 @@ def tag(trial: Trial, name: str) -> str | None:
 
 
 def env_value(trial: Trial, field_name: str) -> str | None:
-    """What the worker's env event said about ``field_name`` (tags versweep.env.*)."""
-    return tag(trial, f"versweep.env.{field_name}")
+    """What the worker's env event said about ``field_name``: tags versweep.env.*, or for
+    torch, cuda, cudnn, gpu, host, python and device the shortcut versweep.<name> (layout 3
+    writes those once)."""
+    return tag(trial, f"versweep.env.{field_name}") or tag(trial, f"versweep.{field_name}")
 
 
 def slug(text: str) -> str:
@@ -550,21 +552,28 @@ def _references_by(context: ReportContext) -> dict[tuple[str, str], list[Referen
 
 
 def reference_sections(context: ReportContext) -> list[render.Section]:
-    """The seed's own figures: PyTorch 0.1.12 to 0.4.0 on a GTX 1080, with their source."""
-    if not context.references:
+    """The seed's own figures: PyTorch 0.1.12 to 0.4.0 on a GTX 1080, with their source.
+
+    Only for the benchmarks this sweep ran at the seed's own shapes: anywhere else they
+    compare with nothing here.
+    """
+    matched = {g.bench for g in context.groups if g.shape_matches_seed}
+    references = [row for row in context.references if row.bench in matched]
+    if not references:
         return []
     section = render.Section("Reference: the seed's GTX 1080 figures")
-    source = context.references[0].source
+    source = references[0].source
     section.blocks.append(render.Paragraph(
         f"Measured by the seed project, not by this sweep: {source}. Median milliseconds per "
         "batch after its 100 warm-up batches, with a 95% bootstrap interval over the 400 "
         "timed batches. A different GPU and different versions: read them as orientation, "
-        "not as a baseline. Where this sweep ran the seed's own shapes, the rows also appear "
-        "in the speed tables above."))
+        "not as a baseline. Shown for the benchmarks this sweep ran at the seed's own "
+        f"shapes ({', '.join(sorted(matched))}), whose speed tables above also carry the "
+        "rows."))
     csv = context.csv_table("reference", ["bench", "impl", "version", "gpu", "n_samples",
                                           "median_ms", "ci_low_ms", "ci_high_ms", "source"])
     by_bench: dict[str, list[ReferenceRow]] = defaultdict(list)
-    for row in context.references:
+    for row in references:
         by_bench[row.bench].append(row)
         csv.rows.append([row.bench, row.impl, row.version, row.gpu, row.interval.n_samples,
                          row.interval.estimate, row.interval.low, row.interval.high,
@@ -712,7 +721,8 @@ def language_model_sections(context: ReportContext) -> list[render.Section]:
                                           ylabel="validation perplexity"),
                 filename=f"learning_curves_{slug(label)}.png",
                 caption=f"One line per run (at most {MAX_CURVES_PER_IMAGE} seeds per image), "
-                        "one colour per image."))
+                        "one colour per image; the seeds of one image in turn solid, dashed, "
+                        "dotted, dash-dot."))
     return sections
 
 
@@ -925,9 +935,12 @@ def search_sections(context: ReportContext) -> list[render.Section]:
         section.blocks.append(render.Figure(
             title=f"search: {metric} per epoch",
             png=plots.learning_curves(f"Search: {metric} per epoch, finished and stopped trials",
-                                      curves, ylabel=metric.replace("_", " ")),
+                                      curves, ylabel=metric.replace("_", " "),
+                                      legend_title="trials"),
             filename="search_curves.png",
-            caption=f"At most {MAX_SEARCH_CURVES} runs per kind; stopped runs end early."))
+            caption=f"At most {MAX_SEARCH_CURVES} runs per kind; stopped runs end early. Where "
+                    f"the values span more than {plots.LOG_SCALE_SPAN:g}x, the scale is "
+                    "logarithmic."))
     return sections
 
 

@@ -114,7 +114,7 @@ def test_what_ran_where_is_in_the_tags(versions):
     assert all(not any(k.startswith("versweep.env.") for k in t.tags) for t in old)
     ran = [t for t in versions.trials if t.image == MID and t.status == "ok"]
     assert {t.tags["versweep.torch"] for t in ran} == {"2.0.1+cu118"}
-    assert {t.tags["versweep.env.cudnn"] for t in ran} == {"8700"}
+    assert {t.tags["versweep.cudnn"] for t in ran} == {"8700"}
     assert {t.tags["versweep.env.flags.tf32_matmul"] for t in ran} == {"false"}
     assert {t.tags["versweep.gpu"] for t in ran} == {"NVIDIA H100 80GB HBM3",
                                                      "NVIDIA A100-SXM4-80GB"}
@@ -155,6 +155,22 @@ def test_samples_are_the_per_batch_seconds_written(store, versions):
     one = next(t for t in versions.trials if t.run_id in with_samples)
     assert one.samples() == samples[one.run_id]
     assert next(t for t in versions.trials if t.status == "failed").samples() is None
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ('{"unit": "s", "description": "...", "values": [0.5, 0.25]}', [0.5, 0.25]),  # layout 3
+    ('{"unit": "ms", "values": [500, 250.0]}', [0.5, 0.25]),
+    ("[0.5, 0.25]", [0.5, 0.25]),  # layouts 1 and 2: a bare list of seconds
+    ('[0.5, "x", true, 1]', [0.5, 1.0]),
+    ('{"unit": "furlongs", "values": [1.0]}', None),
+    ('{"unit": "s"}', None),
+    ('"0.5"', None),
+    ("not json", None),
+])
+def test_samples_json_of_every_layout_reads_as_seconds(text, seconds):
+    from analysis.load import _parse_samples
+
+    assert _parse_samples(text) == seconds
 
 
 # --------------------------------------------------------------------------- golden figures

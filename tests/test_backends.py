@@ -157,7 +157,11 @@ def test_events_arrive_in_order_and_a_result_exits_zero(backend, tmp_path):
     assert events[0]["config"]["hidden_size"] == 16
     assert events[-1]["metrics"]["test_perplexity"] > 1
     assert handle.startup_seconds is not None and handle.startup_seconds > 0
-    assert "-m workers ptb_lm --config" in (tmp_path / "w.log").read_text()
+    # The log is everything the worker printed: the command, then every event line.
+    log = (tmp_path / "w.log").read_text().splitlines()
+    assert "-m workers ptb_lm --config" in log[0]
+    assert [json.loads(line)["event"] for line in log[1:] if line.startswith("{")] == \
+        ["env", "metric", "metric", "metric", "result"]
 
 
 def test_bad_config_exits_two_with_an_error_event_and_the_stderr_line_in_the_log(backend,
@@ -172,7 +176,7 @@ def test_bad_config_exits_two_with_an_error_event_and_the_stderr_line_in_the_log
     assert "did you mean 'hidden_size'" in events[1]["message"]
     log = (tmp_path / "bad.log").read_text()
     assert "worker: bad config: config key 'hiden_size' is unknown" in log
-    assert '"event": "error"' not in log  # protocol lines are events, not log lines
+    assert '"event": "error"' in log  # the log holds the events too, in the order printed
 
 
 def test_kill_ends_the_whole_process_group(backend, tmp_path):

@@ -74,10 +74,10 @@ def test_a_docker_sweep_runs_every_trial_in_the_image_and_records_it(docker_imag
         assert tags["versweep.image"] == docker_image
         assert tags["versweep.image_id"] == image.id
         assert tags["versweep.backend"] == "docker"
-        assert tags["versweep.env.torch"] == "2.13.0+cpu"
+        assert tags["versweep.torch"] == "2.13.0+cpu"
         # The image's Python (Debian bookworm's), not the host's interpreter.
-        assert tags["versweep.env.python"].startswith("3.11.")
-        assert tags["versweep.env.python"] != host_python
+        assert tags["versweep.python"].startswith("3.11.")
+        assert tags["versweep.python"] != host_python
     benches = [r for r in children if r.data.tags["versweep.workload"] == "rnn_bench"]
     assert all(r.data.metrics["ms_per_batch_median"] > 0 for r in benches)
     lm = next(r for r in children if r.data.tags["versweep.workload"] == "ptb_lm")

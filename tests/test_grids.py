@@ -132,6 +132,52 @@ axes.bench = ["1x320-ce-short", "1x320-ce-long"]
         (1, "1x320-ce-long", "1.13.1")]
 
 
+def test_every_trial_name_in_every_shipped_grid_is_unique():
+    for name in SHIPPED:
+        trials = load_sweep(name).trials
+        assert len({t.name for t in trials}) == len(trials), name
+
+
+def test_names_show_the_config_keys_that_tell_trials_apart(tmp_path):
+    grid = tmp_path / "names.toml"
+    grid.write_text("""
+[sweep]
+backend = "local"
+device = "cpu"
+repeats = 2
+
+[[group]]
+workload = "ptb_lm"
+axes.learning_rate = [0.5, 1.0]
+axes.keep_prob = [0.35, 1.0]
+
+[[group]]
+workload = "rnn_bench"
+axes.bench = ["1x320-ce-short", "1x320-ce-long"]
+axes.impl = ["basic", "cudnn"]
+""")
+    names = [t.name for t in load_sweep(str(grid)).trials]
+    assert len(set(names)) == len(names) == 16
+    # The axes that vary within a label, the workload's key columns first; the seed, which
+    # follows the repeat, and the label's own keys are not repeated.
+    assert "ptb_lm small learning_rate=0.5 keep_prob=0.35 @ local #0" in names
+    assert "ptb_lm small learning_rate=1 keep_prob=1 @ local #1" in names
+    assert "rnn_bench 1x320-ce-long cudnn @ local #1" in names
+
+
+def test_a_search_trial_is_named_by_its_sampled_values():
+    from sweeps.execute.tune import search_spec
+
+    sweep = load_sweep("hparams")
+    sampled = {p.name: (p.values[0] if p.values else int(p.low) if p.kind == "int" else p.low)
+               for p in sweep.search.space}
+    spec = search_spec(sweep, sampled)
+    for param in sweep.search.space:
+        assert f" {param.name}=" in spec.name
+    assert spec.name.startswith("ptb_lm ") and spec.name.endswith(" #0")
+    assert spec.key == search_spec(sweep, sampled).key
+
+
 def test_smoke_is_tiny_and_local():
     sweep = load_sweep("smoke")
     assert sweep.backend == "local" and sweep.device == "auto"

@@ -29,6 +29,7 @@ from sweeping import free_port, running_mlflow_server
 
 from sweeps.errors import UserError
 from sweeps.grid.spec import Sweep, TrialSpec
+from sweeps.records.layout import trial_name
 from sweeps.records.store import (
     SweepRecords,
     default_tracking_uri,
@@ -223,7 +224,8 @@ def test_a_sweep_reads_back_as_the_design_lays_it_out(tracking_uri, experiment, 
     assert set(children) == {t.key for t in sweep.trials}
     for spec in sweep.trials:
         child = children[spec.key]
-        assert child.info.run_name == spec.name
+        assert child.info.run_name == f"{spec.name} · {parent[:6]}"
+        assert trial_name(child.info.run_name, parent) == spec.name  # what readers show
         assert child.info.status == "FINISHED"  # every decided trial, whatever its result
         assert child.data.tags["versweep.workload"] == spec.workload
         assert child.data.tags["versweep.image"] == "local"
@@ -231,16 +233,23 @@ def test_a_sweep_reads_back_as_the_design_lays_it_out(tracking_uri, experiment, 
         assert child.data.params == {k: v if isinstance(v, str) else json.dumps(v)
                                      for k, v in spec.config_dict.items()}
     assert children[unsupported.key].info.run_name == \
-        "rnn_bench 1x320-ce-short cudnn @ local #0"
+        f"rnn_bench 1x320-ce-short cudnn @ local #0 · {parent[:6]}"
 
     good = children[ok.key]
     assert good.data.tags["versweep.status"] == "ok"
     assert good.data.tags["versweep.torch"] == env_event["torch"]
     assert good.data.tags["versweep.host"] == env_event["host"]
-    assert good.data.tags["versweep.env.python"] == env_event["python"]
+    assert good.data.tags["versweep.python"] == env_event["python"]
     assert good.data.tags["versweep.env.flags.num_threads"] == \
         str(env_event["flags"]["num_threads"])
     assert good.data.tags["versweep.env.flags.tf32_matmul"] == "false"
+    # Tag hygiene: nothing empty, nothing said twice (a shortcut is not also versweep.env.*).
+    for child in children.values():
+        tags = child.data.tags
+        assert not [k for k, v in tags.items() if v in ("", "null", "None", "{}", "[]")], tags
+        shortcuts = {k[len("versweep."):] for k in tags if k.count(".") == 1}
+        assert not [k for k in tags if k.startswith("versweep.env.")
+                    and k[len("versweep.env."):] in shortcuts | {"workload"}], tags
     history = client.get_metric_history(ok_run, "valid_perplexity")
     assert sorted((m.step, m.value) for m in history) == [(s, 100.0 - s) for s in range(10)]
     assert good.data.metrics["test_perplexity"] == 91.5
@@ -249,7 +258,9 @@ def test_a_sweep_reads_back_as_the_design_lays_it_out(tracking_uri, experiment, 
     log = artifact_text(client, ok_run, "worker.log", tmp_path / "ok")
     assert '"event": "env"' in log
     samples = json.loads(artifact_text(client, ok_run, "samples.json", tmp_path / "ok"))
-    assert samples == [0.5, 0.25, 0.125]
+    assert samples == {"unit": "s", "values": [0.5, 0.25, 0.125],
+                       "description": "seconds per measured batch (forward, backward and "
+                                      "update), in the order run, the warm-up batches dropped"}
 
     skipped = children[unsupported.key]
     assert skipped.data.tags["versweep.status"] == "unsupported"

@@ -33,6 +33,7 @@ from analysis_store import (
     OLD,
     OLD_REASON,
     OTHER_GPU,
+    SPEED,
     UNFINISHED,
     VERSIONS,
     FilledStore,
@@ -224,10 +225,20 @@ def test_speed_tables_carry_the_gtx_1080_reference_rows(versions_report):
         assert (f"| GTX 1080 reference: PyTorch {row.version} | {row.version} | "
                 f"{sections.format_interval(row.interval)} |  | reference |") in markdown
     assert "stefbraun/rnn_benchmarks results/10/pytorch_comparison/results.csv" in markdown
+    # The reference section: only the benchmarks this sweep ran at the seed's shapes (the
+    # store ran all three the seed's figures cover).
+    ran = {bench for bench, _ in SPEED}
+    expected = [r for r in reference_rows() if r.bench in ran]
+    assert ran == {r.bench for r in reference_rows()} and expected
     reference = read_csv(versions_report / "reference.csv")
-    assert len(reference) == len(reference_rows())
-    assert {float(r["median_ms"]) for r in reference} == {
-        r.interval.estimate for r in reference_rows()}
+    assert len(reference) == len(expected)
+    assert {r["bench"] for r in reference} == ran
+    assert {float(r["median_ms"]) for r in reference} == {r.interval.estimate for r in expected}
+
+
+def test_no_reference_section_where_no_seed_shape_ran(search_report):
+    assert "GTX 1080" not in (search_report / "report.md").read_text()
+    assert not (search_report / "reference.csv").exists()
 
 
 # --------------------------------------------------------------------------- language model

@@ -91,9 +91,16 @@ def test_the_smoke_grid_runs_end_to_end_into_a_local_store(tmp_path, ray_tmp):
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.tags["versweep.status"] == "ok"
-        assert child.data.tags["versweep.env.device"] == "cpu"
+        assert child.data.tags["versweep.device"] == "cpu"
         assert float(child.data.tags["versweep.startup_seconds"]) > 0
         assert "worker.log" in artifact_names(client, child.info.run_id)
+        # The run's duration in the MLflow UI is at least the trial's own wall time (the
+        # run is created while the worker starts, but dated from the trial's start).
+        duration = (child.info.end_time - child.info.start_time) / 1000
+        assert duration >= float(child.data.tags["versweep.wall_seconds"]) - 0.01
+        # Named by the trial and its sweep's run.
+        assert child.info.run_name.endswith(f" · {parent.info.run_id[:6]}")
+    assert "_trainable_" not in done.stdout  # Tune's table shows the trials' own names
     lm = [c for c in children if c.data.tags["versweep.workload"] == "ptb_lm"]
     assert len(lm) == 1 and lm[0].data.metrics["test_perplexity"] > 1
     history = client.get_metric_history(lm[0].info.run_id, "valid_perplexity")
@@ -204,6 +211,15 @@ def test_a_search_records_its_best_trial_and_resume_continues_the_same_study(tmp
     storage = f"sqlite:///{tmp_path}/optuna.db"
     studies = optuna.get_all_study_summaries(storage)
     assert len(studies) == 1 and studies[0].n_trials == 2
+    # Every trial named by its searched value and its sweep's run, in MLflow and in Tune's
+    # progress table (not Tune's '_trainable_<id>').
+    short = parents[0].info.run_id[:6]
+    for child in children:
+        rate = float(child.data.params["learning_rate"])
+        assert child.info.run_name == f"ptb_lm small learning_rate={rate:.4g} @ local #0 · {short}"
+        assert f"ptb_lm small learning_rate={rate:.4g} @ local #0" in first.stdout
+    assert len({c.info.run_name for c in children}) == 2
+    assert "_trainable_" not in first.stdout
 
     more = versweep(["--grid", str(grid), "--resume", "--set", "search.num_samples=4"],
                     cwd=tmp_path, ray_tmp=ray_tmp)

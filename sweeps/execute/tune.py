@@ -22,6 +22,7 @@ again by Tune on another node (its stale run ends KILLED, the new one is the rec
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import math
@@ -105,7 +106,8 @@ def search_spec(sweep: Sweep, sampled: dict) -> TrialSpec:
     config = workloads.resolve_config(plugin, raw)
     return TrialSpec(workload=search.workload, image=search.image,
                      config=tuple(sorted(config.items())), repeat=0, group=0,
-                     workload_dir=search.workload_dir)
+                     workload_dir=search.workload_dir,
+                     name_keys=tuple(param.name for param in search.space))
 
 
 def _plain(value):
@@ -153,11 +155,13 @@ def _spec_for(context: TrialContext, config: dict) -> TrialSpec:
 def _trainable(config: dict, context: TrialContext) -> None:
     """Run one trial in a Ray trial process; report to Tune, record to MLflow."""
     spec = _spec_for(context, config)
+    started_ms = int(time.time() * 1000)
     # The child run is created (and, in a fresh trial process, mlflow imported) while
     # the worker starts and imports torch: the first event waits for it, so no event is
-    # lost and little time either.
+    # lost and little time either. Its start time is the trial's, not the moment it was
+    # created.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        opening = pool.submit(_open_trial_run, context, spec)
+        opening = pool.submit(_open_trial_run, context, spec, started_ms)
         try:
             outcome, (records, run_id) = _run_and_stream(context, spec, opening)
         except _AlreadyDecided as decided:
@@ -200,7 +204,7 @@ class _AlreadyDecided(Exception):
         self.records, self.run_id = records, run_id
 
 
-def _open_trial_run(context: TrialContext, spec: TrialSpec):
+def _open_trial_run(context: TrialContext, spec: TrialSpec, started_ms: int | None = None):
     """(SweepRecords, child run id) of a trial: its run in MLflow, created now, tagged with
     the Ray node it runs on; or _AlreadyDecided.
 
@@ -211,7 +215,7 @@ def _open_trial_run(context: TrialContext, spec: TrialSpec):
     decided = records.decided_run(context.parent_run_id, spec.key)
     if decided is not None:
         raise _AlreadyDecided(records, decided)
-    run_id = records.start_trial(context.parent_run_id, spec)
+    run_id = records.start_trial(context.parent_run_id, spec, started_ms=started_ms)
     # Tagged at the start, so a run left by a node that died still says where it was.
     records.tag_run(run_id, where_this_runs())
     return records, run_id
@@ -574,6 +578,30 @@ def _search_setup(context: TrialContext, num_samples: int, max_concurrent: int |
     return search_space(sweep), tune_config, scheduler
 
 
+# The sweep whose trials Tune is creating now, for _display_name (Tune calls the name
+# creators in the driver). A module-level function is pickled by reference with every
+# trial's state, where a closure would carry the sweep into each checkpoint.
+_naming: list[TrialContext] = []
+
+
+def _display_name(trial) -> str:
+    """A Tune trial's name in its progress table: the trial's own ('ptb_lm small @ ... #0')."""
+    config = dict(trial.config)
+    context = _naming[-1] if _naming else None
+    try:
+        if context is not None and (context.sweep.is_search
+                                    or config.get("trial_key") in context.specs_by_key):
+            return _spec_for(context, config).name
+    except Exception:  # noqa: BLE001 - a name must never stop a trial; Tune's own then
+        pass
+    return f"trial {trial.trial_id}"
+
+
+def _dirname(trial) -> str:
+    """A Tune trial's directory: its id (names have spaces and '@', and may be long)."""
+    return f"trial_{trial.trial_id}"
+
+
 def _fit(run: TuneRun, context: TrialContext, trainable, param_space: dict,
          tune_config: tune.TuneConfig, scheduler: _StopWatchingASHA | None, *,
          storage_dir: Path, verbose: int) -> int:
@@ -592,6 +620,9 @@ def _fit(run: TuneRun, context: TrialContext, trainable, param_space: dict,
         name=f"{context.sweep.name}-{context.parent_run_id[:8]}-{time.time_ns()}",
         storage_path=str(storage_dir), callbacks=[callback], progress_reporter=reporter,
         verbose=verbose, failure_config=tune.FailureConfig(max_failures=LOST_TRIAL_RETRIES))
+    tune_config = dataclasses.replace(tune_config, trial_name_creator=_display_name,
+                                      trial_dirname_creator=_dirname)
+    _naming[:] = [context]
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                        run_config=run_config)
     # Tune's own result files are off (MLflow is the record); it need not say so per trial.

@@ -14,7 +14,9 @@ workload's plug-in in sweeps/workloads says where it is). A mistake is one
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import re
 import tomllib
 from collections.abc import Sequence
@@ -629,7 +631,32 @@ def _group_sweep(check: _Checker, settings: _SweepSettings,
                     trials.append(spec)
     used = {trial.image for trial in trials}
     used_images = tuple(i for i in settings.matrix_if_read().values() if i.name in used)
-    return tuple(trials), used_images
+    return _named(trials), used_images
+
+
+def _named(trials: list[TrialSpec]) -> tuple[TrialSpec, ...]:
+    """The trials with the config keys their names must show to tell them apart.
+
+    Trials whose workload label and repeat agree ('ptb_lm medium', repeat 0) are named by
+    the keys whose values differ among them (a grid's axes over learning_rate and
+    keep_prob: both), the workload's key columns first; with the image and the repeat,
+    that makes every name in the sweep unique.
+    """
+    group_of = [(t.workload, t.workload_dir, t.plugin.label(t.config_dict), t.repeat)
+                for t in trials]
+    groups: dict[tuple, list[TrialSpec]] = {}
+    for trial, group in zip(trials, group_of, strict=True):
+        groups.setdefault(group, []).append(trial)
+    keys_of: dict[tuple, tuple[str, ...]] = {}
+    for group, members in groups.items():
+        configs = [m.config_dict for m in members]
+        every = sorted(set().union(*configs))
+        varying = [k for k in every
+                   if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+        first = [k for k in members[0].plugin.key_columns if k in varying]
+        keys_of[group] = tuple(first + [k for k in varying if k not in first])
+    return tuple(dataclasses.replace(t, name_keys=keys_of[group]) if keys_of[group] else t
+                 for t, group in zip(trials, group_of, strict=True))
 
 
 # ---------------------------------------------------------------- [search]

@@ -83,6 +83,10 @@ class TrialSpec:
     # A user's own workload: its directory (sweeps/workloads); None for a shipped one.
     # Where the plug-in lives, not what the trial computes: not part of the key.
     workload_dir: str | None = None
+    # Config keys whose values the name shows beside the workload's label: those that tell
+    # this trial from the sweep's others (sweeps/grid/load.py), a search's sampled ones.
+    # How the trial is named, not what it computes: not part of the key.
+    name_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -101,8 +105,24 @@ class TrialSpec:
 
     @property
     def name(self) -> str:
-        """A name a person reads in the MLflow UI: 'rnn_bench 1x320-ce-short cudnn @ local #0'."""
-        return f"{self.plugin.label(self.config_dict)} @ {self.image} #{self.repeat}"
+        """A name a person reads in the MLflow UI: 'rnn_bench 1x320-ce-short cudnn @ local #0',
+        'ptb_lm medium learning_rate=0.0316 keep_prob=0.5 @ local #0'."""
+        config = self.config_dict
+        shown = [f"{key}={short_value(config.get(key))}" for key in self.name_keys]
+        return " ".join([self.plugin.label(config), *shown, "@", self.image, f"#{self.repeat}"])
+
+
+def short_value(value: Any) -> str:
+    """A config value as a trial's name shows it: 4 significant digits, true/false, none."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(short_value(v) for v in value)
+    return str(value)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ written before it existed, and are layout 1.
     1  the first layout (no versweep.schema tag)
     2  versweep.schema on every run; versweep.sweep_kind (grid | search) on parent runs;
        versweep.workload_dir on the trial runs of a user's own workload
+    3  samples.json is {"unit": "s", "description": ..., "values": [...]} (a bare list of
+       seconds before); trial runs are named '<trial name> · <sweep run id[:6]>'
 
 Torch-free and mlflow-free: analysis/load.py reads SQLite stores without mlflow.
 """
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from sweeps.errors import UserError
 
 SCHEMA_TAG = "versweep.schema"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 OLDEST_READABLE = 1
 
 
@@ -49,3 +51,14 @@ def study_name(experiment: str, sweep_name: str, parent_run_id: str) -> str:
     ``--resume`` finds the same parent run, so the same study; the report finds it too.
     """
     return f"versweep/{experiment}/{sweep_name}/{parent_run_id}"
+
+
+def sweep_suffix(parent_run_id: str) -> str:
+    """What a trial run's name ends with (layout 3): its sweep's short run id, ' · 3f9a1c'."""
+    return f" · {parent_run_id[:6]}"
+
+
+def trial_name(run_name: str, parent_run_id: str) -> str:
+    """The trial's own name (TrialSpec.name) from its run's name: the sweep suffix taken off."""
+    suffix = sweep_suffix(parent_run_id)
+    return run_name[:-len(suffix)] if parent_run_id and run_name.endswith(suffix) else run_name

@@ -70,7 +70,7 @@ from mlflow.protos.databricks_pb2 import (
 
 from sweeps.errors import UserError
 from sweeps.grid.spec import TRIAL_ORDER, Sweep, TrialSpec
-from sweeps.records.layout import SCHEMA_TAG, SCHEMA_VERSION, check_schema
+from sweeps.records.layout import SCHEMA_TAG, SCHEMA_VERSION, check_schema, sweep_suffix
 from sweeps.status import Status
 
 _log = logging.getLogger(__name__)
@@ -595,8 +595,13 @@ class SweepRecords:
                 decided[trial["key"]] = Status.parse(trial["status"] or "ok")
         return decided
 
-    def start_trial(self, parent_run_id: str, spec: TrialSpec) -> str:
+    def start_trial(self, parent_run_id: str, spec: TrialSpec, *,
+                    started_ms: int | None = None) -> str:
         """Create the trial's child run: readable name, identity tags, flattened config params.
+
+        ``started_ms`` is when the trial itself started (ms since the epoch; default now):
+        the run is created while the worker starts, and its duration in the MLflow UI is
+        the trial's own.
 
         A RUNNING child run with the same key under this parent was left by a
         driver that died; it is marked KILLED first, so that every key ends with
@@ -628,8 +633,8 @@ class SweepRecords:
             tags["versweep.workload_dir"] = spec.workload_dir
         run = retrying(
             lambda: self.client.create_run(experiment_id,
-                                           run_name=truncate(spec.name, MAX_RUN_NAME_LENGTH),
-                                           tags=tags),
+                                           run_name=run_name(spec, parent_run_id),
+                                           start_time=started_ms, tags=tags),
             "creating a trial run")
         run_id = run.info.run_id
         self._log_params(run_id, spec.config_dict)
@@ -744,7 +749,7 @@ class SweepRecords:
         if samples is None:
             samples = self._result_samples.get(run_id)
         if samples is not None:
-            self._log_text(run_id, json.dumps([float(s) for s in samples]), "samples.json")
+            self._log_text(run_id, json.dumps(samples_document(samples)), "samples.json")
         end_state = "FINISHED" if decided else "KILLED"
         retrying(lambda: self.client.set_terminated(run_id, end_state), "finishing a trial")
         for state in (self._pending, self._last_flush, self._last_step, self._result_samples):
@@ -844,6 +849,24 @@ class SweepRecords:
                   f"logging {artifact_file}")
 
 
+SAMPLES_UNIT = "s"
+
+
+def samples_document(samples: list[float]) -> dict[str, Any]:
+    """samples.json (layout 3): the per-batch times with their unit and what they are."""
+    return {"unit": SAMPLES_UNIT,
+            "description": "seconds per measured batch (forward, backward and update), in "
+                           "the order run, the warm-up batches dropped",
+            "values": [float(s) for s in samples]}
+
+
+def run_name(spec: TrialSpec, parent_run_id: str) -> str:
+    """A trial run's name: the trial's, and the short id of its sweep's run, so that two
+    runs of one grid in an experiment are told apart ('... @ local #0 · 3f9a1c')."""
+    suffix = sweep_suffix(parent_run_id)
+    return truncate(spec.name, MAX_RUN_NAME_LENGTH - len(suffix)) + suffix
+
+
 SWEEP_NOTE_COUNTS = "**Trials**"
 
 
@@ -883,11 +906,16 @@ def env_tags(event: dict) -> dict[str, str]:
 
     The resolved config in the event is left out: it is already the run's params.
     """
-    fields = {k: v for k, v in event.items() if k not in ("v", "event", "config")}
+    # The workload is the run's versweep.workload already; the shortcuts (versweep.torch,
+    # ...) are written once, not also as versweep.env.<name>; a fact the worker did not
+    # have (None: no GPU, no cuDNN) is left out rather than written as "null".
+    fields = {k: v for k, v in event.items()
+              if k not in ("v", "event", "config", "workload", *_ENV_SHORTCUTS)}
     tags = {f"versweep.env.{name}": text_value(value)
-            for name, value in flatten(fields, lists=False).items()}
+            for name, value in flatten(fields, lists=False).items()
+            if value is not None and value not in ("", {}, [])}
     for name in _ENV_SHORTCUTS:
-        if event.get(name) is not None:
+        if event.get(name) is not None and event.get(name) != "":
             tags[f"versweep.{name}"] = text_value(event[name])
     return tags
 

@@ -4,9 +4,9 @@ A backend is one small class (asv's "environments"): ``preflight`` says whether 
 run a sweep at all, ``start`` launches ``python -m workers <workload> --config <json>``
 somewhere (the host's interpreter, a container) and returns a ``WorkerHandle``. The
 handle is the same for every backend: it reads protocol v1 lines from the worker's
-stdout as they arrive, sends every other line (stdout and stderr) to the trial's log
-file, and kills the worker's whole process group when asked. Nothing here imports
-Ray, MLflow or torch.
+stdout as they arrive, writes every line the worker printed (its events, any other
+stdout, its stderr) to the trial's log file, and kills the worker's whole process group
+when asked. Nothing here imports Ray, MLflow or torch.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class WorkerHandle:
     """A running worker: its protocol events as they arrive, its log, its exit code.
 
     The part every backend shares: protocol lines from the worker's stdout become
-    events, every other line (stdout and stderr) goes to the trial's log, the last
+    events, every line it printed (stdout and stderr) goes to the trial's log, the last
     stderr lines are kept for a failure message. Subclasses say how lines arrive and
     how the worker is waited for and killed (a child process, a container).
 
@@ -98,13 +98,13 @@ class WorkerHandle:
     def events(self) -> Iterator[dict]:
         """Yield the worker's protocol events in order until its stdout closes.
 
-        A line is an event when it is a JSON object with ``"v"`` and ``"event"``; every
-        other stdout line goes to the log, as the protocol says.
+        A line is an event when it is a JSON object with ``"v"`` and ``"event"``. Every
+        line goes to the log, events too: the log is everything the worker printed.
         """
         for line in self._stdout_lines():
+            self._write_log(line if line.endswith("\n") else line + "\n")
             event = _parse_event(line)
             if event is None:
-                self._write_log(line if line.endswith("\n") else line + "\n")
                 continue
             if self.first_event_at is None:
                 self.first_event_at = time.monotonic()

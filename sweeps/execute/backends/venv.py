@@ -174,15 +174,17 @@ class VenvBackend(Backend):
         except BaseException:
             lease.release()
             raise
-        handle.tags = {
+        # The environment's Python version is the worker's own (versweep.python, from its
+        # env event): not repeated here. Facts the marker lacks are left out, not empty.
+        tags = {
             "versweep.backend": "venv",
             "versweep.env_key": plan.key,
             "versweep.env_path": str(plan.path),
-            "versweep.env_python": str(marker.get("interpreter", "")),
-            "versweep.env_python_version": str(marker.get("python", "")),
-            "versweep.env_builder": str(marker.get("builder", "")),
-            "versweep.env_built_at": str(marker.get("built_at", "")),
+            "versweep.env_python": str(marker.get("interpreter") or ""),
+            "versweep.env_builder": str(marker.get("builder") or ""),
+            "versweep.env_built_at": str(marker.get("built_at") or ""),
         }
+        handle.tags = {key: value for key, value in tags.items() if value}
         if freeze:
             handle.artifacts[FREEZE_ARTIFACT] = freeze + "\n"
         return handle
