@@ -157,11 +157,12 @@ def test_events_arrive_in_order_and_a_result_exits_zero(backend, tmp_path):
     assert events[0]["config"]["hidden_size"] == 16
     assert events[-1]["metrics"]["test_perplexity"] > 1
     assert handle.startup_seconds is not None and handle.startup_seconds > 0
-    # The log is everything the worker printed: the command, then every event line.
+    # The log is everything the worker printed: after the command (and what the backend
+    # says of where it runs), every event line in order.
     log = (tmp_path / "w.log").read_text().splitlines()
-    assert "-m workers ptb_lm --config" in log[0]
-    assert [json.loads(line)["event"] for line in log[1:] if line.startswith("{")] == \
-        ["env", "metric", "metric", "metric", "result"]
+    command = next(i for i, line in enumerate(log) if "-m workers ptb_lm --config" in line)
+    assert [json.loads(line)["event"] for line in log[command + 1:] if line.startswith("{")] \
+        == ["env", "metric", "metric", "metric", "result"]
 
 
 def test_bad_config_exits_two_with_an_error_event_and_the_stderr_line_in_the_log(backend,
