@@ -705,8 +705,19 @@ def _optuna_searcher(sweep: Sweep, experiment: str, parent_run_id: str,
             asked = len(optuna.load_study(study_name=name, storage=storage).trials)
         except KeyError:  # no such study yet: a new sweep
             asked = 0
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed + asked),
-                        study_name=name, storage=storage)
+    class _Searcher(OptunaSearch):
+        """OptunaSearch that takes a trial's report without the objective as no progress.
+
+        A diverged, failed or unsupported trial's final report carries no objective (it
+        has none: sweeps/status.py), and OptunaSearch.on_trial_result reads it
+        unconditionally; its on_trial_complete then records the trial as pruned."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    return _Searcher(sampler=optuna.samplers.TPESampler(seed=search.seed + asked),
+                     study_name=name, storage=storage)
 
 
 def shutdown() -> None:
