@@ -27,7 +27,7 @@ from .ptb_data import (
     load_corpus,
     synthetic_source,
 )
-from .ptb_lm_config import PUBLISHED_PERPLEXITY, learning_rate
+from .ptb_lm_config import DIVERGED_FACTOR, PUBLISHED_PERPLEXITY, learning_rate
 from .runtime import clock, synchronize
 
 # torch 0.4.0 renamed clip_grad_norm to clip_grad_norm_; keep the old name as a fallback.
@@ -125,11 +125,6 @@ def detach_hidden(hidden):
     return tuple(h.detach() for h in hidden)
 
 
-# A language model whose perplexity is this many times the vocabulary (ten times worse than
-# guessing every word uniformly) is no model: the trial has diverged. Real models end far
-# below the vocabulary (PTB: 10,000 words, perplexities of 80 to 150); an untrained one
-# starts near it.
-DIVERGED_FACTOR = 10
 # Training steps in a row whose loss is above the bound's before the trial stops early: one
 # spike is not a divergence, a run of them is.
 DIVERGED_STEPS = 5

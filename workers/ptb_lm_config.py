@@ -68,6 +68,13 @@ PUBLISHED_PERPLEXITY = {
                      "source": "deeplearningathome/pytorch-language-model README (~78.04)"},
 }
 
+# A language model whose perplexity is this many times the vocabulary (ten times worse than
+# guessing every word uniformly) is no model: the trial has diverged. Real models end far
+# below the vocabulary (PTB: 10,000 words, perplexities of 80 to 150); an untrained one
+# starts near it. The worker stops on it (ptb_lm.py), the host checks it too
+# (sweeps/workloads/ptb_lm.py).
+DIVERGED_FACTOR = 10
+
 _SMALL = PRESETS[DEFAULT_PRESET]
 
 SCHEMA = {

@@ -12,14 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from sweeps.workloads.base import HIGHER, LOWER, NEITHER, Metric, Workload
+from workers.ptb_lm_config import DIVERGED_FACTOR
 
 
 def _cudnn(config: Mapping[str, Any]) -> str | None:
     return "ptb_lm's nn.LSTM runs on cuDNN"
 
 
-# workers/ptb_lm.py: a perplexity beyond this many times the vocabulary is no model.
-DIVERGED_FACTOR = 10
 PERPLEXITIES = ("train_perplexity", "valid_perplexity", "test_perplexity",
                 "best_valid_perplexity")
 
