@@ -28,6 +28,7 @@ from sweeps.errors import (
     EXIT_USER_ERROR,
     ArgumentParser,
     UserError,
+    one_line,
     positive_int,
 )
 
@@ -43,7 +44,7 @@ def _run(argv: list[str], prog: str) -> int:
                          max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
                          matrix=args.matrix)
     except UserError as exc:
-        sys.stderr.write(f"versweep: error: {exc}\n")
+        sys.stderr.write(f"versweep: error: {one_line(exc)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("versweep: interrupted\n")

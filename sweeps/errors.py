@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -44,16 +45,70 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # raises instead of exiting
         raise UserError(f"{message} (see {self.help_hint or self.prog} --help)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse takes "--every -5m" for two options and says "expected one argument";
+        # passed as "--every=-5m", the value reaches its check, which says what is wrong.
+        if args is not None:
+            args = _join_negative_values(self, list(args))
+        return super().parse_known_args(args, namespace)
+
+
+_NEGATIVE = re.compile(r"^-\.?\d")
+
+
+def _join_negative_values(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
+    """``--opt -5m`` -> ``--opt=-5m`` for each option of ``parser`` that takes one value."""
+    takes_value = {option for action in parser._actions  # argparse has no public list
+                   if action.nargs is None and action.option_strings
+                   and not isinstance(action, (argparse._StoreConstAction,
+                                               argparse._CountAction))
+                   for option in action.option_strings}
+    joined: list[str] = []
+    index = 0
+    while index < len(args):
+        item = args[index]
+        if (item in takes_value and index + 1 < len(args)
+                and _NEGATIVE.match(args[index + 1])):
+            joined.append(f"{item}={args[index + 1]}")
+            index += 2
+            continue
+        if item == "--":
+            joined.extend(args[index:])
+            break
+        joined.append(item)
+        index += 1
+    return joined
+
+
+# The most a count on the command line takes (--max-concurrent, --num-cpus, --limit): far
+# beyond any machine or cluster, so only a typo is refused.
+MAX_COUNT = 1_000_000
+
 
 def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (--max-concurrent, --num-cpus, --limit)."""
+    """An argparse type: a whole number from 1 to MAX_COUNT (--max-concurrent, --num-cpus,
+    --limit)."""
     try:
-        value = int(text)
+        value = int(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"'{one_line(text)}' is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_COUNT:,}")
     return value
+
+
+# Characters that would break a message's one line (or hide in it): C0 and C1 controls,
+# and Unicode's line and paragraph separators.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: object) -> str:
+    """A message as one line: line breaks and other control characters escaped (a value a
+    user typed on several lines shows as 'a\\nb')."""
+    return CONTROL_CHARACTERS.sub(
+        lambda found: found.group(0).encode("unicode_escape").decode("ascii"), str(text).strip())
 
 
 def run_command(prog: str, body: Callable[[], int]) -> int:
@@ -63,7 +118,7 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
     try:
         return body()
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -129,7 +132,8 @@ def test_cli_refuses_files_whose_checksum_differs_and_writes_nothing(server, tmp
     assert "checksum mismatch" in lines[0] and "expected" in lines[0]
     assert "Traceback" not in proc.stderr
     assert requested, "the server was never asked: the test did not exercise the download"
-    assert list(dest.iterdir()) == []  # neither the file nor its temporary copy is left
+    # Neither the file nor its temporary copy is left, nor the directory the command made.
+    assert not dest.exists()
 
 
 def test_a_mismatch_leaves_an_existing_file_untouched(server, tmp_path):
@@ -173,3 +177,121 @@ def test_cli_names_the_known_datasets_for_an_unknown_one(tmp_path):
 
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: dataset 'imagenet' is unknown; known datasets: ptb"
+
+
+# ---------------------------------------------------------------- progress of long downloads
+
+BIG = "ptb.train.txt"
+PIECE = 64 * 1024  # the server writes the file in pieces of this size, with a pause between
+
+
+class _ChunkedHandler(http.server.BaseHTTPRequestHandler):
+    """Serves one file slowly, in pieces: with its Content-Length, or (``length=False``)
+    without one, as a server that streams it; ``stall`` seconds of silence half-way."""
+
+    body = b""
+    pause = 0.0
+    stall = 0.0
+    length = True
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        if self.path != f"/{BIG}":
+            self.send_error(404, "File not found")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        if self.length:
+            self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        for start in range(0, len(self.body), PIECE):
+            if self.stall and start == len(self.body) // 2:
+                time.sleep(self.stall)
+            self.wfile.write(self.body[start:start + PIECE])
+            self.wfile.flush()
+            time.sleep(self.pause)
+
+
+@pytest.fixture
+def slow_server():
+    """(base URL, handler class): set the class's body, pause, stall, length per test."""
+    handler = type("Handler", (_ChunkedHandler,), {})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/", handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def corpus(size: int) -> bytes:
+    words = b" the cat sat on the mat \n a dog sat \n"
+    return (words * (size // len(words) + 1))[:size]
+
+
+PROGRESS_LINE = re.compile(rf"^{re.escape(BIG)}: (\d+\.\d|\d+) kB of 512 kB \((\d+)%\), "
+                           r"[\d.]+ (B|kB|MB)/s$")
+
+
+def test_a_long_download_says_how_far_it_is_every_few_seconds(slow_server, tmp_path,
+                                                            monkeypatch):
+    base_url, handler = slow_server
+    handler.body, handler.pause = corpus(512 * 1024), 0.15  # 8 pieces over about 1.2 s
+    monkeypatch.setenv("VERSWEEP_PROGRESS_EVERY_S", "0.3")
+    lines = []
+    datasets.fetch_dataset("ptb", tmp_path, base_url=base_url,
+                           blob_ids={BIG: git_blob_sha1_of(handler.body)}, say=lines.append)
+
+    progress = [line for line in lines if PROGRESS_LINE.match(line)]
+    assert len(progress) >= 2, lines  # a download of about 1.2 s, a line per 0.3 s
+    percents = [int(PROGRESS_LINE.match(line).group(2)) for line in progress]
+    assert percents == sorted(percents) and 0 < percents[0] and percents[-1] < 100, lines
+    assert re.fullmatch(rf"{re.escape(str(tmp_path / BIG))}: downloaded 512 kB in \d s "
+                        rf"\([\d.]+ kB/s\), git blob id [0-9a-f]{{40}} ok", lines[-1]), lines
+    assert len(lines) == len(progress) + 1  # nothing else
+    assert (tmp_path / BIG).read_bytes() == handler.body
+
+
+def test_a_stalled_download_says_so_and_one_without_a_length_counts_bytes(
+        slow_server, tmp_path, monkeypatch):
+    base_url, handler = slow_server
+    handler.body, handler.pause, handler.stall = corpus(256 * 1024), 0.0, 1.5
+    handler.length = False
+    monkeypatch.setenv("VERSWEEP_PROGRESS_EVERY_S", "0.4")
+    lines = []
+    datasets.fetch_dataset("ptb", tmp_path, base_url=base_url,
+                           blob_ids={BIG: git_blob_sha1_of(handler.body)}, say=lines.append)
+
+    # Half the file, then 1.5 s of silence: the heartbeat repeats the count, its rate 0.
+    assert f"{BIG}: 128 kB, 0 B/s" in lines, lines
+    assert not any("%" in line for line in lines), lines  # no length: no percentage
+    assert lines[-1].startswith(f"{tmp_path / BIG}: downloaded 256 kB in 2 s ("), lines
+
+
+def test_the_command_prints_progress_as_plain_lines_on_a_pipe(slow_server, tmp_path):
+    base_url, handler = slow_server
+    handler.body, handler.pause = corpus(512 * 1024), 0.15
+    # Through the real command, with the dataset's checksums replaced by the served file's.
+    script = ("import sys; from sweeps import datasets; "
+              "datasets.DATASETS['ptb'] = datasets.Dataset('ptb', sys.argv[1], "
+              "{'ptb.train.txt': sys.argv[2]}, 'test'); "
+              "sys.exit(datasets.main(['ptb', '--dest', sys.argv[3]]))")
+    done = subprocess.run([sys.executable, "-c", script, base_url,
+                           git_blob_sha1_of(handler.body), str(tmp_path / "ptb")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "VERSWEEP_PROGRESS_EVERY_S": "0.3"})
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stdout and "\033" not in done.stdout
+    lines = done.stdout.splitlines()
+    assert sum(bool(PROGRESS_LINE.match(line)) for line in lines) >= 2, done.stdout
+    assert lines[-1].endswith("ok") and "downloaded 512 kB" in lines[-1], done.stdout
+
+
+def git_blob_sha1_of(body: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()

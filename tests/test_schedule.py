@@ -269,7 +269,7 @@ def test_an_unreachable_cluster_is_one_line_exit_2_and_submits_nothing(tmp_path)
     (["--cron", "0 3 * *"], r"--cron '0 3 \* \*': a cron expression has 5 fields"),
     (["--cron", "0 25 * * *"], r"--cron '0 25 \* \* \*': hour field '25': 25 is outside 0-23"),
     (["--cron", "0 0 30 feb *"], r"never fires"),
-    (["--every", "0s"], r"--every '0s': give a whole number of at least 1"),
+    (["--every", "0s"], r"--every '0s': an interval must be at least 1 s"),
     (["--once", "--cron", "0 3 * * *"], r"argument --cron: not allowed with argument --once"),
     (["--once", "--grid", "nightlee"], r"grid 'nightlee': no such grid"),
     (["--once", "--grid", "{bad}"], r"bad\.toml: sweep\.bakend: unknown key"),

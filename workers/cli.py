@@ -10,12 +10,13 @@ import importlib
 import json
 import sys
 
-from . import protocol
+from . import memory, protocol
 from .config import describe
 from .protocol import BadConfig, Emitter, Unsupported, WorkerError
 from .workloads import (
     WORKLOADS,
     check_workload,
+    config_module,
     import_path,
     register_external,
     resolve_workload_config,
@@ -44,20 +45,34 @@ def _parser():
     return parser
 
 
+# A config is a few hundred bytes; a file far beyond this is not one (a data file, a device).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config_text(text):
-    """Parse the --config value: inline JSON or @file.json."""
+    """Parse the --config value: inline JSON or @file.json (UTF-8, a byte-order mark allowed)."""
     if text.startswith("@"):
         path = text[1:]
         try:
-            with open(path) as handle:
-                text = handle.read()
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_CONFIG_BYTES + 1)
         except (IOError, OSError) as exc:
             reason = exc.strerror or exc
             raise BadConfig("cannot read config file '%s': %s" % (path, reason)) from None
+        if len(data) > MAX_CONFIG_BYTES:
+            raise BadConfig("config file '%s' is larger than %s; a config is one JSON object"
+                            % (path, memory.format_bytes(MAX_CONFIG_BYTES)))
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise BadConfig("config file '%s' is not UTF-8 text (byte %d); give a JSON file"
+                            % (path, exc.start)) from None
     try:
         return json.loads(text)
     except ValueError as exc:
         raise BadConfig("the config is not valid JSON: %s" % exc) from None
+    except RecursionError:
+        raise BadConfig("the config is not valid JSON: nested too deeply") from None
 
 
 def load_runner(name):
@@ -109,6 +124,13 @@ def main(argv=None, stdout=None, stderr=None):
         config = resolve_workload_config(args.workload, load_config_text(args.config))
         module = load_runner(args.workload)
         device = runtime.resolve_device(config["device"])
+        # Before anything is built: a config this device cannot hold is refused with the
+        # estimate, instead of the worker dying in an allocation (or the kernel's OOM killer).
+        available, whose = runtime.device_memory(device)
+        too_big = memory.problem(config_module(args.workload), config, available, whose)
+        if too_big is not None:
+            send_env(device, config)
+            raise Unsupported(too_big)
         runtime.apply_numerics(config, device)
         extras = module.env_extras(config) if hasattr(module, "env_extras") else {}
         send_env(device, config, extras)

@@ -16,6 +16,7 @@ so the host can show them without torch.
 import difflib
 
 from .config import Field
+from .memory import FLOAT_BYTES, INDEX_BYTES
 from .protocol import BadConfig
 
 # The keys a preset sets. The user may override each of them.
@@ -77,23 +78,44 @@ DIVERGED_FACTOR = 10
 
 _SMALL = PRESETS[DEFAULT_PRESET]
 
+# The largest value each size or count takes. Far beyond any published model, so they only
+# stop a typo (an extra 0, a seed pasted into a size) before it hangs a dry run or makes a
+# worker die in an allocation; what a config needs in memory is checked on top of them
+# (memory_estimate below, workers/memory.py).
+MAX_SIZE = 65536  # hidden (and embedding) units
+MAX_LAYERS = 64
+MAX_STEPS = 100000  # BPTT length
+MAX_BATCH = 1000000
+MAX_EPOCHS = 10000
+MAX_COUNT = 10 ** 9  # steps per epoch or evaluation
+MAX_SYNTHETIC_WORDS = 10 ** 8  # PTB has about 1.04 million; the generator is pure Python
+MAX_SYNTHETIC_VOCAB = 10 ** 6
+
+# The real PTB (ptb.*.txt of a data_dir): its vocabulary and tokens (<eos> included), for
+# the memory estimate without reading the files.
+PTB_VOCAB = 10000
+PTB_WORDS = 1036580
+# Bytes per word the pure-Python synthetic generator holds at its peak (the sentences as
+# lists, the texts, the ids): measured at 73 with CPython 3.11, so 64 stays below it.
+SYNTHETIC_BYTES_PER_WORD = 64
+
 SCHEMA = {
     # Which published configuration to start from; every other key overrides it.
     "preset": Field("str", DEFAULT_PRESET, choices=sorted(PRESETS)),
     # A directory with ptb.train.txt, ptb.valid.txt, ptb.test.txt; null: the synthetic corpus.
     "data_dir": Field("str", None, nullable=True),
     # LSTM hidden size, also the embedding size (as in both seeds).
-    "hidden_size": Field("int", _SMALL["hidden_size"], positive=True),
-    "num_layers": Field("int", _SMALL["num_layers"], positive=True),
+    "hidden_size": Field("int", _SMALL["hidden_size"], positive=True, maximum=MAX_SIZE),
+    "num_layers": Field("int", _SMALL["num_layers"], positive=True, maximum=MAX_LAYERS),
     # Truncated-BPTT length: tokens per row per training step.
-    "num_steps": Field("int", _SMALL["num_steps"], positive=True),
-    "batch_size": Field("int", _SMALL["batch_size"], positive=True),
+    "num_steps": Field("int", _SMALL["num_steps"], positive=True, maximum=MAX_STEPS),
+    "batch_size": Field("int", _SMALL["batch_size"], positive=True, maximum=MAX_BATCH),
     # The preset's full number of epochs (the schedule is defined over these).
-    "epochs": Field("int", _SMALL["epochs"], positive=True),
+    "epochs": Field("int", _SMALL["epochs"], positive=True, maximum=MAX_EPOCHS),
     "learning_rate": Field("float", _SMALL["learning_rate"], positive=True),
     "lr_decay": Field("float", _SMALL["lr_decay"], positive=True, maximum=1.0),
     # Epochs trained at the initial learning rate before the decay starts.
-    "lr_flat_epochs": Field("int", _SMALL["lr_flat_epochs"], minimum=0),
+    "lr_flat_epochs": Field("int", _SMALL["lr_flat_epochs"], minimum=0, maximum=MAX_EPOCHS),
     # "tf": lr0 * decay ** max(epoch + 1 - flat, 0); "compound": the port's running product.
     "lr_schedule": Field("str", _SMALL["lr_schedule"], choices=("tf", "compound")),
     # Dropout keep probability (dropout p = 1 - keep_prob); 1.0 turns dropout off.
@@ -107,16 +129,17 @@ SCHEMA = {
     # "sum_steps": TF's cost (batch mean summed over num_steps); "mean": mean over B*T tokens.
     "loss": Field("str", _SMALL["loss"], choices=("sum_steps", "mean")),
     # The test pass's batch layout (TF: 1 x 1; the port: 1 x 35).
-    "test_batch_size": Field("int", _SMALL["test_batch_size"], positive=True),
-    "test_num_steps": Field("int", _SMALL["test_num_steps"], positive=True),
+    "test_batch_size": Field("int", _SMALL["test_batch_size"], positive=True,
+                             maximum=MAX_BATCH),
+    "test_num_steps": Field("int", _SMALL["test_num_steps"], positive=True, maximum=MAX_STEPS),
     # Limits for quick runs; null = the full run.
-    "max_epochs": Field("int", None, nullable=True, positive=True),
-    "max_steps_per_epoch": Field("int", None, nullable=True, positive=True),
-    "max_eval_steps": Field("int", None, nullable=True, positive=True),
+    "max_epochs": Field("int", None, nullable=True, positive=True, maximum=MAX_EPOCHS),
+    "max_steps_per_epoch": Field("int", None, nullable=True, positive=True, maximum=MAX_COUNT),
+    "max_eval_steps": Field("int", None, nullable=True, positive=True, maximum=MAX_COUNT),
     # Size of the synthetic corpus (used when data_dir is null): tokens over all three
     # splits including <eos>, and the number of word types including <eos> and <unk>.
-    "synthetic_words": Field("int", 60000, positive=True),
-    "synthetic_vocab": Field("int", 1000, minimum=3),
+    "synthetic_words": Field("int", 60000, positive=True, maximum=MAX_SYNTHETIC_WORDS),
+    "synthetic_vocab": Field("int", 1000, minimum=3, maximum=MAX_SYNTHETIC_VOCAB),
 }
 
 
@@ -141,6 +164,38 @@ def check(config):
     if config["data_dir"] is not None and not config["data_dir"].strip():
         raise BadConfig("config key 'data_dir' is an empty string; give a directory or null "
                         "for the synthetic corpus")
+
+
+# The keys that drive each part of memory_estimate (named when a config cannot fit).
+MEMORY_KEYS = {"parameters": ("hidden_size", "num_layers", "synthetic_vocab"),
+               "activations": ("batch_size", "num_steps", "hidden_size", "synthetic_vocab"),
+               "data": ("synthetic_words",)}
+
+
+def memory_estimate(config):
+    """What a resolved config holds at its peak, as (part, bytes) pairs (workers/memory.py).
+
+    parameters: embedding V x H, the LSTM's 4H x 2H weights and two biases per layer, the
+    decoder H x V + V, each with its gradient (plain SGD keeps no other state).
+    activations: what one training step keeps for the backward pass: the embedded input, each
+    layer's four gates, cell and output state, and the decoder's logits with their gradient,
+    for num_steps x batch_size tokens.
+    data: the corpus as int64 ids, and for the synthetic corpus its pure-Python generation.
+    """
+    hidden, layers = config["hidden_size"], config["num_layers"]
+    if config["data_dir"] is None:
+        vocab, words = config["synthetic_vocab"], config["synthetic_words"]
+        data = words * (INDEX_BYTES + SYNTHETIC_BYTES_PER_WORD)
+    else:
+        vocab, words = PTB_VOCAB, PTB_WORDS
+        data = words * INDEX_BYTES
+    parameters = 2 * hidden * vocab + vocab + layers * (8 * hidden * hidden + 8 * hidden)
+    tokens = max(config["num_steps"] * config["batch_size"],
+                 config["test_num_steps"] * config["test_batch_size"])
+    activations = tokens * (hidden * (2 + 6 * layers) + 2 * vocab)
+    return [("parameters", 2 * parameters * FLOAT_BYTES),
+            ("activations", activations * FLOAT_BYTES),
+            ("data", data)]
 
 
 def learning_rate(config, epoch):

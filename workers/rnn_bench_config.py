@@ -6,6 +6,7 @@ size"; ``expand`` writes the benchmark's sizes into the config before validation
 so the resolved config (the env event, the MLflow params) shows what really ran.
 """
 from .config import Field
+from .memory import FLOAT_BYTES, INDEX_BYTES
 from .protocol import BadConfig
 
 # name -> the benchmark's own sizes, as in seed-facts.md §3.2/3.3. The input is
@@ -29,6 +30,16 @@ CTC_LABELS_PER_SAMPLE = 100
 
 IMPLEMENTATIONS = ("basic", "fused", "cudnn", "compiled")
 CELLS = ("lstm", "gru", "rnn")
+# Gates per cell: the rows of its weight matrices are GATES x hidden_size.
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+# The largest value each size or count takes: far beyond the seed's, so they only stop a
+# typo before it hangs or kills a worker in an allocation; what a config needs in memory
+# is checked on top of them (memory_estimate below, workers/memory.py).
+MAX_SIZE = 1 << 20  # batch, sequence length, input features, classes, labels
+MAX_HIDDEN = 65536
+MAX_LAYERS = 64
+MAX_BATCHES = 10 ** 7
 
 SCHEMA = {
     # Which of seed 004's four benchmarks: its shapes, layers, direction and loss.
@@ -40,24 +51,25 @@ SCHEMA = {
     # The recurrent cell (seed 002 adds GRU and the plain tanh RNN to the seed's LSTM).
     "cell": Field("str", "lstm", choices=CELLS),
     # Batches run in all, warm-up included (the seed: 500).
-    "batches": Field("int", 500, positive=True),
+    "batches": Field("int", 500, positive=True, maximum=MAX_BATCHES),
     # Leading batches left out of the statistics "to let the loop settle" (the seed: 100).
-    "warmup_batches": Field("int", 100, minimum=0),
+    "warmup_batches": Field("int", 100, minimum=0, maximum=MAX_BATCHES),
     # Sizes; null = the benchmark's own (see BENCHMARKS). Tiny values make CPU tests fast.
-    "batch_size": Field("int", None, positive=True, nullable=True),
-    "seq_len": Field("int", None, positive=True, nullable=True),
-    "input_size": Field("int", None, positive=True, nullable=True),
-    "hidden_size": Field("int", None, positive=True, nullable=True),
-    "num_layers": Field("int", None, positive=True, nullable=True),
+    "batch_size": Field("int", None, positive=True, nullable=True, maximum=MAX_SIZE),
+    "seq_len": Field("int", None, positive=True, nullable=True, maximum=MAX_SIZE),
+    "input_size": Field("int", None, positive=True, nullable=True, maximum=MAX_SIZE),
+    "hidden_size": Field("int", None, positive=True, nullable=True, maximum=MAX_HIDDEN),
+    "num_layers": Field("int", None, positive=True, nullable=True, maximum=MAX_LAYERS),
     # Output classes; null = the benchmark's (10 for CE, 59 with the CTC blank).
-    "classes": Field("int", None, positive=True, nullable=True),
+    "classes": Field("int", None, positive=True, nullable=True, maximum=MAX_SIZE),
     # CTC only: labels per sequence; null = the seed's 100.
-    "labels_per_sample": Field("int", None, positive=True, nullable=True),
+    "labels_per_sample": Field("int", None, positive=True, nullable=True,
+                               maximum=MAX_SIZE),
     # Adam's learning rate (the seed: 1e-3). Adam's first step is 10 x the rate, which
     # must fit in float32 (3.4e38) or torch stops with an overflow instead of a loss.
     "learning_rate": Field("float", 1e-3, positive=True, maximum=3e37),
     # A metric event (that chunk's median ms and the loss) every this many timed batches.
-    "chunk_batches": Field("int", 50, positive=True),
+    "chunk_batches": Field("int", 50, positive=True, maximum=MAX_BATCHES),
     # Run the correctness gate (basic, fused and cudnn agree on shared weights) before timing.
     "check": Field("bool", True),
     # The gate's largest allowed absolute difference in outputs and gradients (fp32).
@@ -83,6 +95,43 @@ def expand(raw):
     if bench["loss"] == "ctc" and expanded.get("labels_per_sample") is None:
         expanded["labels_per_sample"] = CTC_LABELS_PER_SAMPLE
     return expanded
+
+
+# The keys that drive each part of memory_estimate (named when a config cannot fit).
+MEMORY_KEYS = {"parameters": ("hidden_size", "num_layers", "input_size", "classes"),
+               "activations": ("batch_size", "seq_len", "hidden_size", "num_layers"),
+               "data": ("batch_size", "seq_len", "input_size")}
+
+
+def memory_estimate(config):
+    """What a resolved config holds at its peak, as (part, bytes) pairs (workers/memory.py).
+
+    parameters: every layer's and direction's GATES*H x (input + H) weights and two biases,
+    and the output layer, each with its gradient and Adam's two moments; the correctness gate
+    (``check``) holds up to three more copies of the weights while it runs.
+    activations: what the backward pass keeps per time step, layer and direction (the
+    gates' pre-activations and activations, the state), and the output's logits.
+    data: the fixed batch (inputs, labels).
+    """
+    bench = BENCHMARKS[config["bench"]]
+    hidden, layers = config["hidden_size"], config["num_layers"]
+    steps, batch = config["seq_len"], config["batch_size"]
+    directions = 2 if bench["bidirectional"] else 1
+    gates = GATES[config["cell"]]
+    parameters = 0
+    features = config["input_size"]
+    for _ in range(layers):
+        parameters += directions * gates * hidden * (features + hidden + 2)
+        features = hidden * directions
+    parameters += features * config["classes"]
+    copies = 4 + (3 if config["check"] else 0)
+    outputs = (steps if bench["loss"] == "ctc" else 1) * batch * config["classes"]
+    activations = steps * batch * layers * directions * hidden * (2 * gates + 2) + 3 * outputs
+    labels = batch * (config["labels_per_sample"] or 1)
+    data = steps * batch * config["input_size"] * FLOAT_BYTES + labels * INDEX_BYTES
+    return [("parameters", copies * parameters * FLOAT_BYTES),
+            ("activations", activations * FLOAT_BYTES),
+            ("data", data)]
 
 
 def ctc_lengths(seq_len, batch_size):

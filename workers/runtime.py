@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from . import memory
 from .protocol import BadConfig
 
 
@@ -37,6 +38,16 @@ def resolve_device(name):
                                 % (name, torch.cuda.device_count()))
         return torch.device("cuda:%d" % index)
     raise BadConfig("config key 'device' is '%s'; choose auto, cpu, cuda or cuda:N" % name)
+
+
+def device_memory(device):
+    """(bytes, who) of the memory a config must fit in on ``device``: a GPU's own, or this
+    machine's (its cgroup's limit in a container); bytes None where unknown."""
+    if device.type == "cuda":
+        index = device.index or 0
+        properties = torch.cuda.get_device_properties(index)
+        return properties.total_memory, "cuda:%d (%s) has" % (index, properties.name)
+    return memory.machine_memory(), "this machine has"
 
 
 def apply_numerics(config, device):

@@ -9,6 +9,8 @@ A workload has a torch-free config module with:
     SCHEMA                    dict of config.Field: the keys it accepts besides COMMON_SCHEMA
     expand(raw) -> raw        optional: fill in a preset before validation (raw keys win)
     check(config)             optional: cross-key checks on the resolved config (BadConfig)
+    memory_estimate(config)   optional: [(part, bytes)], what the config needs at its peak;
+    MEMORY_KEYS               {part: the keys that drive it} (workers/memory.py)
 
 and a runner module (imports torch) with:
 
@@ -26,13 +28,18 @@ from . import ptb_lm_config, rnn_bench_config
 from .config import Field, resolve
 from .protocol import BadConfig
 
+# The largest seed a config takes (numpy.random.seed's and old torch's limit).
+MAX_SEED = 2 ** 32 - 1
+
 # Keys every workload accepts, merged into its own schema.
 COMMON_SCHEMA = {
     # "auto" takes the first CUDA device when there is one (inside a Ray trial
     # CUDA_VISIBLE_DEVICES already narrows that to the GPU Ray gave the trial).
     "device": Field("str", "auto", help="auto, cpu, cuda or cuda:N"),
     # Seeds torch's CPU and CUDA generators, so two runs on the CPU agree exactly.
-    "seed": Field("int", 1234, minimum=0),
+    # At most 2**32 - 1: torch.manual_seed takes 0..2**64 - 1, but NumPy's generators (in
+    # users' workloads) and old torch builds take 32 bits, and repeat r runs with seed + r.
+    "seed": Field("int", 1234, minimum=0, maximum=MAX_SEED),
     # TF32 changes fp32 math on Ampere and newer; off by default so "fp32" means
     # the same thing on every torch version (the default flipped in 1.12).
     "tf32": Field("bool", False),
@@ -41,7 +48,7 @@ COMMON_SCHEMA = {
     # Ask for deterministic algorithms where torch can (cudnn.deterministic always).
     "deterministic": Field("bool", False),
     # CPU threads for intra-op parallelism; null leaves torch's default.
-    "num_threads": Field("int", None, nullable=True, positive=True),
+    "num_threads": Field("int", None, nullable=True, positive=True, maximum=4096),
 }
 
 
@@ -71,6 +78,12 @@ def schema_for(name):
     if module is not None:
         schema.update(module.SCHEMA)
     return schema
+
+
+def config_module(name):
+    """The torch-free config module of a registered workload (None for ``env``)."""
+    check_workload(name)
+    return WORKLOADS[name][0]
 
 
 def resolve_workload_config(name, raw):

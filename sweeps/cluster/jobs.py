@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from ray.job_submission import JobDetails, JobSubmissionClient
 
+from sweeps import validate
 from sweeps.errors import UserError
 
 # The metadata key that names a job's grid, and the prefix of its submission id.
@@ -84,10 +85,9 @@ def dashboard_url(address: str) -> str:
     address = address.strip().rstrip("/")
     if "://" not in address:
         address = "http://" + address
+    validate.url(address, "--address (the Ray dashboard's)",
+                 example=f"http://HEAD:{DEFAULT_DASHBOARD_PORT}")
     parsed = urlparse(address)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise UserError(f"--address '{address}': give the Ray dashboard's address, "
-                        f"e.g. http://HEAD:{DEFAULT_DASHBOARD_PORT}")
     if parsed.port is None:
         address = address.replace(parsed.netloc, f"{parsed.netloc}:{DEFAULT_DASHBOARD_PORT}", 1)
     return address

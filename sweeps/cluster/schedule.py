@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlparse
 
+from sweeps import validate
 from sweeps.columns import format_columns
 from sweeps.errors import (
     EXIT_FAILED,
@@ -72,6 +73,7 @@ from sweeps.errors import (
     EXIT_USER_ERROR,
     ArgumentParser,
     UserError,
+    one_line,
     positive_int,
 )
 from sweeps.paths import REPO_ROOT
@@ -213,13 +215,25 @@ def _cron_field(text: str, raw: str, name: str, low: int, high: int,
     return frozenset(chosen)
 
 
+# The longest --every: a year (a rarer sweep is a cron line, or --once from a calendar).
+MAX_EVERY_S = 366 * 86400
+
+
 def parse_every(text: str) -> float:
     """``20s``, ``15m``, ``6h``, ``1d`` (or plain seconds) -> seconds; UserError otherwise."""
-    found = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
-    if not found or int(found.group(1)) < 1:
-        raise UserError(f"--every '{text}': give a whole number of at least 1 with a unit, "
+    found = re.fullmatch(r"\s*(-?\d+)\s*([smhd]?)\s*", text)
+    if not found:
+        raise UserError(f"--every {validate.shown(text)}: give a whole number with a unit, "
                         "e.g. 20s, 15m, 6h or 1d")
-    return int(found.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
+    seconds = int(found.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600,
+                                     "d": 86400}[found.group(2)]
+    if seconds < 1:
+        raise UserError(f"--every '{text.strip()}': an interval must be at least 1 s "
+                        "(a negative or zero one never fires); e.g. 20s, 15m, 6h or 1d")
+    if seconds > MAX_EVERY_S:
+        raise UserError(f"--every '{text.strip()}': at most 366d; for rarer sweeps use "
+                        "--cron")
+    return seconds
 
 
 # --------------------------------------------------------------------------- one firing
@@ -480,12 +494,19 @@ def list_firings(*, tracking_uri: str | None = None, address: str | None = None,
                  grid: str | None = None, limit: int = 20, out: TextIO | None = None,
                  cwd: Path | None = None) -> int:
     """Print the recorded firings, the newest last; jobs not yet ended are asked about first."""
-    from sweeps.cluster.jobs import RayJobs
+    from sweeps.cluster.jobs import RayJobs, dashboard_url
     from sweeps.records.schedule import ScheduleRecords, iso_utc
-    from sweeps.records.store import resolve_tracking_uri
+    from sweeps.records.store import resolve_tracking_uri, store_exists
 
     out = out if out is not None else sys.stdout
     uri = resolve_tracking_uri(tracking_uri, Path(cwd) if cwd is not None else Path.cwd())
+    if address is not None:
+        address = address.strip()
+        dashboard_url(address)  # a malformed one is one line before the store is read
+    if not store_exists(uri):  # listing reads; it never creates a store to find it empty
+        out.write(f"no scheduled runs{f' of grid {grid!r}' if grid else ''} recorded in "
+                  f"{uri} (no MLflow store there)\n")
+        return EXIT_OK
     records = ScheduleRecords(uri)
     firings = records.firings(grid)[-limit:]
     clusters: dict[str, RayJobs | str] = {}  # address -> its job API, or why not
@@ -647,7 +668,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "schedule.py") -> int:
         return _schedule_command(build_parser(prog).parse_args(argv),
                                  lambda: bool(stop_requested))
     except UserError as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
+        sys.stderr.write(f"{prog}: error: {one_line(exc)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted; submitted jobs keep running on the cluster\n")

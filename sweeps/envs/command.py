@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sweeps import validate
 from sweeps.columns import format_columns
 from sweeps.envs.build import do_build, shown_time
 from sweeps.envs.store import (
@@ -141,6 +142,8 @@ def do_prune(store: EnvStore, everything: bool, out) -> int:
 def run(argv: Sequence[str] | None, prog: str, out=None) -> int:
     out = out if out is not None else sys.stdout
     args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    if getattr(args, "address", None) is not None:  # before the store or a build
+        args.address = validate.ray_address(args.address, "--address")
     store = EnvStore()
     if args.command == "prune":
         return do_prune(store, args.everything, out)
@@ -152,7 +155,7 @@ def run(argv: Sequence[str] | None, prog: str, out=None) -> int:
     if args.grid:
         extra = {i.name for i in _grid_images(args.grid, matrix_path)}
         images = [i for i in matrix.values() if i.name in extra or i in images]
-    if args.address:
+    if args.address is not None:
         if not images:
             raise UserError("nothing to build: name matrix entries, all / cuda / cpu, or "
                             "--grid")

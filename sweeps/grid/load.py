@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
+import os
 import re
 import tomllib
 from collections.abc import Sequence
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps import workloads
+from sweeps import validate, workloads
 from sweeps.errors import GridError, UserError
 from sweeps.grid.matrix import SELECTORS, display_path, load_matrix, nearest, read_toml
 from sweeps.grid.spec import (
@@ -40,6 +42,7 @@ from sweeps.grid.spec import (
 from sweeps.paths import GRIDS_DIR, MATRIX_PATH
 from sweeps.workloads import Workload
 from workers.protocol import BadConfig
+from workers.workloads import MAX_SEED as WORKER_MAX_SEED
 
 # Backends a grid may name (sweeps/execute/backends/: the host's interpreter, a container
 # of each matrix image, or an isolated environment per matrix entry). Every one but
@@ -73,8 +76,28 @@ DEFAULT_NUM_SAMPLES = 20
 DEFAULT_REDUCTION_FACTOR = 4  # Ray Tune's ASHA default
 DEFAULT_GRACE_PERIOD = 1
 
+# Bounds of the [sweep], [[group]] and [search] numbers: far beyond any real sweep, so they
+# only stop a typo (an extra 0, a seed pasted into a count) before it hangs the dry run or a
+# trial. The worker configs carry their own (workers/*_config.py), and what a config needs in
+# memory is checked against this machine's (workers/memory.py).
+MAX_REPEATS = 10_000
+MAX_TRIALS = 100_000  # trials a grid expands to, over all its groups
+MAX_SAMPLES = 100_000  # a search's num_samples
+MAX_TIMEOUT_S = 30 * 86400.0  # a trial's timeout: 30 days
+MAX_RETRIES = 100
+MAX_CONCURRENT = 1_000_000
+MAX_SEED = WORKER_MAX_SEED  # numpy's and old torch's limit (workers/workloads.py)
+MAX_STEPS = 1_000_000  # ASHA's max_t and grace_period: steps (epochs) of a trial
+MAX_REDUCTION = 1_000
+MAX_INTEGER = 2 ** 62  # anything else (an int range of a search space)
+
 # Keys the sweep sets in every trial config; a group may not set them itself.
 SWEEP_OWNED_KEYS = {"device": "sweep.device"}
+
+# How a sweep's grid text (logged on its parent run) lists the --set overrides applied to it:
+# the note, then one OVERRIDE_LINE + "key.path=value" per override, at the end of the text.
+OVERRIDES_NOTE = "# versweep --set overrides applied to this grid:"
+OVERRIDE_LINE = "#   "
 
 # Quoted words in a worker's BadConfig message; those that are config keys locate it.
 _KEY_IN_MESSAGE = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
@@ -115,11 +138,13 @@ class _Checker:
                                   f"{nearest(value, choices)}")
         return value
 
-    def integer(self, path: str, value: Any, minimum: int) -> int:
+    def integer(self, path: str, value: Any, minimum: int, maximum: int = MAX_INTEGER) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(path, f"must be an integer, not {_describe(value)}")
         if value < minimum:
             raise self.fail(path, f"is {value}; it must be at least {minimum}")
+        if value > maximum:
+            raise self.fail(path, f"is {value}; it must be at most {maximum:,}")
         return value
 
     def number(self, path: str, value: Any) -> float:
@@ -129,10 +154,12 @@ class _Checker:
             raise self.fail(path, "must be a finite number")
         return float(value)
 
-    def positive(self, path: str, value: Any) -> float:
+    def positive(self, path: str, value: Any, maximum: float = float("inf")) -> float:
         number = self.number(path, value)
         if number <= 0:
             raise self.fail(path, f"is {value}; it must be greater than 0")
+        if number > maximum:
+            raise self.fail(path, f"is {value}; it must be at most {maximum:,.0f}")
         return number
 
 
@@ -150,9 +177,10 @@ def _describe(value: Any) -> str:
 
 def grid_path(name_or_path: str) -> Path:
     """The file of a grid: a shipped grid's name ("smoke") or a path to a .toml file."""
+    validate.path_text(name_or_path, "--grid")  # too long, several lines, empty: one line
     candidate = Path(name_or_path).expanduser()
     looks_like_path = (name_or_path.endswith(".toml") or "/" in name_or_path
-                       or candidate.is_file())
+                       or os.path.isfile(candidate))
     if looks_like_path:
         return candidate
     shipped = GRIDS_DIR / f"{name_or_path}.toml"
@@ -178,6 +206,14 @@ def parse_override_value(text: str) -> Any:
     return text
 
 
+def _one_toml_value(text: str) -> bool:
+    """Whether ``text`` is exactly one TOML value (a multi-line string may span lines)."""
+    try:
+        return set(tomllib.loads(f"value = {text}")) == {"value"}
+    except tomllib.TOMLDecodeError:
+        return False
+
+
 def apply_overrides(document: dict[str, Any], overrides: Sequence[str], shown: str,
                     grid_dir: Path | None = None) -> None:
     """Apply ``--set key.path=value`` strings to the parsed grid, in place, in order.
@@ -195,7 +231,13 @@ def apply_overrides(document: dict[str, Any], overrides: Sequence[str], shown: s
         parts = path_text.split(".")
         if any(not part for part in parts):
             raise GridError(f"{shown}: --set {path_text}: empty part in the key path")
-        value = parse_override_value(value_text.strip())
+        value_text = value_text.strip()
+        if validate.has_control(value_text) and not _one_toml_value(value_text):
+            # TOML would read "2\nfoo=3" as 2 and drop the rest without a word.
+            raise GridError(f"{shown}: --set {path_text}: the value {validate.shown(value_text)} "
+                            "runs over several lines or holds control characters; give it on "
+                            "one line (a text of several lines as a TOML \"\"\"string\"\"\")")
+        value = parse_override_value(value_text)
         if parts[:2] == ["group", "*"] and len(parts) >= 4 and parts[2] in ("config", "axes"):
             _set_worker_key_in_groups(document, parts, value, shown, path_text, grid_dir)
         else:
@@ -363,11 +405,16 @@ def _bad_config_path(message: str, sources: list[dict[str, str]], fallback: str)
 
 def _resolve(check: _Checker, workload: Workload, raw: dict[str, Any],
              sources: list[dict[str, str]], fallback: str) -> dict[str, Any]:
-    """The worker's own resolution of a config; BadConfig becomes a GridError at the key path."""
+    """The worker's own resolution of a config; BadConfig becomes a GridError at the key path,
+    and so does a config that cannot fit in this machine's memory (the worker's estimate)."""
     try:
-        return workloads.resolve_config(workload, raw)
+        resolved = workloads.resolve_config(workload, raw)
     except BadConfig as exc:
         raise check.fail(_bad_config_path(exc.message, sources, fallback), exc.message) from None
+    too_big = workloads.memory_problem(workload, resolved)
+    if too_big is not None:
+        raise check.fail(fallback, too_big)
+    return resolved
 
 
 def _workload(check: _Checker, settings: _SweepSettings, path: str, value: Any) -> Workload:
@@ -423,10 +470,14 @@ def _absolute_data_dir(check: _Checker, path: str, value: Any) -> Any:
     directory = Path(value).expanduser()
     if not directory.is_absolute():
         directory = Path.cwd() / directory
-    if not directory.is_dir():
-        raise check.fail(path, f"directory '{value}' does not exist; give the directory "
+    try:
+        validate.input_dir(directory)
+    except validate.InputError as exc:
+        said = ("does not exist" if exc.problem.startswith("no such directory")
+                else exc.problem.split(";")[0])
+        raise check.fail(path, f"directory '{value}' {said}; give the directory "
                                "holding ptb.train.txt, ptb.valid.txt and ptb.test.txt, or leave "
-                               "it out for the synthetic corpus")
+                               "it out for the synthetic corpus") from None
     return str(directory.resolve())
 
 
@@ -467,9 +518,15 @@ def _sweep_settings(check: _Checker, document: dict[str, Any], default_name: str
                     matrix_path: Path, grid_dir: Path) -> _SweepSettings:
     table = check.keys("sweep", document.get("sweep", {}), SWEEP_KEYS)
     name = check.string("sweep.name", table.get("name", default_name))
+    try:
+        validate.name(name, "")
+    except validate.InputError as exc:
+        raise check.fail("sweep.name", f"{validate.shown(name)} {exc.problem}") from None
     if not _SWEEP_NAME.match(name):
-        raise check.fail("sweep.name", f"'{name}' must start with a letter or digit and hold "
-                                       "only letters, digits, spaces, dots, dashes, underscores")
+        raise check.fail("sweep.name", f"{validate.shown(name)} must start with a letter or "
+                                       "digit and hold only ASCII letters, digits, spaces, "
+                                       "dots, dashes and underscores (it names runs, folders "
+                                       "and jobs); e.g. 'versions-2024'")
     data_dir = None
     if "data_dir" in table:
         check.string("sweep.data_dir", table["data_dir"])
@@ -479,12 +536,16 @@ def _sweep_settings(check: _Checker, document: dict[str, Any], default_name: str
         description=check.string("sweep.description", table.get("description", "")),
         backend=check.string("sweep.backend", table.get("backend", "local"), KNOWN_BACKENDS),
         device=check.string("sweep.device", table.get("device", "auto"), DEVICES),
-        repeats=check.integer("sweep.repeats", table.get("repeats", 1), 1),
-        seed=check.integer("sweep.seed", table["seed"], 0) if "seed" in table else None,
+        repeats=check.integer("sweep.repeats", table.get("repeats", 1), 1, MAX_REPEATS),
+        seed=(check.integer("sweep.seed", table["seed"], 0, MAX_SEED) if "seed" in table
+              else None),
         trial_timeout_s=check.positive("sweep.trial_timeout_s",
-                                       table.get("trial_timeout_s", DEFAULT_TIMEOUT_S)),
-        retries=check.integer("sweep.retries", table.get("retries", DEFAULT_RETRIES), 0),
-        max_concurrent=(check.integer("sweep.max_concurrent", table["max_concurrent"], 1)
+                                       table.get("trial_timeout_s", DEFAULT_TIMEOUT_S),
+                                       MAX_TIMEOUT_S),
+        retries=check.integer("sweep.retries", table.get("retries", DEFAULT_RETRIES), 0,
+                              MAX_RETRIES),
+        max_concurrent=(check.integer("sweep.max_concurrent", table["max_concurrent"], 1,
+                                      MAX_CONCURRENT)
                         if "max_concurrent" in table else None),
         data_dir=data_dir,
         container_memory=_memory(check, table),
@@ -529,7 +590,8 @@ def _group_trials(check: _Checker, settings: _SweepSettings, index: int,
         raise check.fail(f"{path}.workload", f"missing; name one of "
                                              f"{', '.join(sorted(known))}")
     workload = _workload(check, settings, f"{path}.workload", table["workload"])
-    repeats = check.integer(f"{path}.repeats", table.get("repeats", settings.repeats), 1)
+    repeats = check.integer(f"{path}.repeats", table.get("repeats", settings.repeats), 1,
+                            MAX_REPEATS)
     config = _config_table(check, f"{path}.config", table.get("config"))
     axes: dict[str, list[Any]] = {}
     for key, values in check.table(f"{path}.axes", table.get("axes", {})).items():
@@ -581,6 +643,10 @@ def _group_trials(check: _Checker, settings: _SweepSettings, index: int,
         base_seed = workloads.schema(workload)["seed"].default
 
     keys = list(axes)
+    count = math.prod(len(values) for values in axes.values()) * repeats * len(images)
+    if count > MAX_TRIALS:  # said before the expansion, which would take minutes or memory
+        raise check.fail(path, f"expands to {count:,} trials (axes x repeats x images); a "
+                               f"grid runs at most {MAX_TRIALS:,}: split it or shorten axes")
     templates = []
     for combo in itertools.product(*(axes[key] for key in keys)):
         raw = dict(config)
@@ -605,6 +671,10 @@ def _group_sweep(check: _Checker, settings: _SweepSettings,
         _select_images(check, "sweep.images", settings.images, settings.matrix(),
                        settings.device)
     per_group = [_group_trials(check, settings, i, t) for i, t in enumerate(groups)]
+    count = sum(len(images) * len(templates) for images, templates in per_group)
+    if count > MAX_TRIALS:
+        raise check.fail("group", f"the groups expand to {count:,} trials; a grid runs at most "
+                                  f"{MAX_TRIALS:,}: split it into several grids")
 
     # Interleaved order (spec.TRIAL_ORDER): repeat-major, so every variant's repeat 0 is queued
     # before any repeat 1; within a repeat, variant by variant with every image of the
@@ -662,10 +732,12 @@ def _named(trials: list[TrialSpec]) -> tuple[TrialSpec, ...]:
 # ---------------------------------------------------------------- [search]
 
 
-def _param(check: _Checker, workload: Workload, name: str, table: Any) -> Param:
+def _param(check: _Checker, workload: Workload | None, name: str, table: Any) -> Param:
+    """One [search.space.<name>] table; ``workload`` None (a user's own workload that is not
+    here to ask) skips the checks against its config schema."""
     path = f"search.space.{name}"
-    schema = workloads.schema(workload)
-    if name not in schema:
+    schema = workloads.schema(workload) if workload is not None else {}
+    if workload is not None and name not in schema:
         raise check.fail(path, f"config key '{name}' is unknown for {workload.name}"
                                f"{nearest(name, schema)}; the space samples worker config keys")
     if name in SWEEP_OWNED_KEYS:
@@ -677,7 +749,7 @@ def _param(check: _Checker, workload: Workload, name: str, table: Any) -> Param:
         raise check.fail(f"{path}.type", f"missing; one of {', '.join(SPACE_TYPES)}")
     kind = check.string(f"{path}.type", table["type"], SPACE_TYPES)
     check.keys(path, table, PARAM_KEYS[kind])
-    field = schema[name]
+    field = schema.get(name)
     if kind == "choice":
         values = table.get("values")
         if not isinstance(values, list) or not values:
@@ -692,10 +764,10 @@ def _param(check: _Checker, workload: Workload, name: str, table: Any) -> Param:
     low: float
     high: float
     if kind == "int":
-        low = check.integer(f"{path}.low", table["low"], -(2 ** 62))
-        high = check.integer(f"{path}.high", table["high"], -(2 ** 62))
+        low = check.integer(f"{path}.low", table["low"], -MAX_INTEGER)
+        high = check.integer(f"{path}.high", table["high"], -MAX_INTEGER)
     else:
-        if field.kind == "int":
+        if field is not None and field.kind == "int":
             raise check.fail(f"{path}.type", f"'{kind}' samples fractional numbers but '{name}' "
                                              "takes integers; use type = \"int\" or \"choice\"")
         low = check.number(f"{path}.low", table["low"])
@@ -801,9 +873,9 @@ def _search_sweep(check: _Checker, settings: _SweepSettings,
         metric=metric,
         mode=mode,
         num_samples=check.integer("search.num_samples",
-                                  table.get("num_samples", DEFAULT_NUM_SAMPLES), 1),
+                                  table.get("num_samples", DEFAULT_NUM_SAMPLES), 1, MAX_SAMPLES),
         sampler=check.string("search.sampler", table.get("sampler", "tpe"), SAMPLERS),
-        seed=check.integer("search.seed", table.get("seed", 0), 0),
+        seed=check.integer("search.seed", table.get("seed", 0), 0, MAX_SEED),
         scheduler=scheduler,
         workload_dir=_source(workload),
     ), images
@@ -815,13 +887,14 @@ def _scheduler(check: _Checker, table: Any, base: dict[str, Any]) -> Scheduler:
         raise check.fail("search.scheduler.type", f"missing; one of {', '.join(SCHEDULERS)}")
     kind = check.string("search.scheduler.type", table["type"], SCHEDULERS)
     grace = check.integer("search.scheduler.grace_period",
-                          table.get("grace_period", DEFAULT_GRACE_PERIOD), 1)
+                          table.get("grace_period", DEFAULT_GRACE_PERIOD), 1, MAX_STEPS)
     factor = check.integer("search.scheduler.reduction_factor",
-                           table.get("reduction_factor", DEFAULT_REDUCTION_FACTOR), 2)
+                           table.get("reduction_factor", DEFAULT_REDUCTION_FACTOR), 2,
+                           MAX_REDUCTION)
     # A trial reports one step per epoch; it cannot run more than its epochs.
     epochs = base.get("max_epochs") or base.get("epochs")
     if "max_t" in table:
-        max_t = check.integer("search.scheduler.max_t", table["max_t"], 1)
+        max_t = check.integer("search.scheduler.max_t", table["max_t"], 1, MAX_STEPS)
         if epochs is not None and max_t > epochs:
             raise check.fail("search.scheduler.max_t", f"is {max_t} but each trial runs "
                                                        f"{epochs} epochs; use at most {epochs}")
@@ -852,8 +925,8 @@ def load_sweep(name_or_path: str, overrides: Sequence[str] = (), *,
     apply_overrides(document, list(overrides), shown, path.resolve().parent)
     if overrides:
         # The parent run logs this text: keep what was really run next to the file.
-        text = text.rstrip("\n") + "\n\n# versweep --set overrides applied to this grid:\n" + \
-            "".join(f"#   {item}\n" for item in overrides)
+        text = text.rstrip("\n") + f"\n\n{OVERRIDES_NOTE}\n" + \
+            "".join(f"{OVERRIDE_LINE}{item}\n" for item in overrides)
 
     check = _Checker(shown)
     check.keys("", document, TOP_KEYS)
@@ -888,6 +961,44 @@ def load_sweep(name_or_path: str, overrides: Sequence[str] = (), *,
         images=tuple(images),
         container_memory=settings.container_memory,
     )
+
+
+def recorded_overrides(text: str) -> list[str]:
+    """The --set overrides a sweep's grid text lists at its end (load_sweep writes them)."""
+    lines = text.splitlines()
+    if OVERRIDES_NOTE not in lines:
+        return []
+    note = len(lines) - 1 - lines[::-1].index(OVERRIDES_NOTE)  # the last note
+    return [line[len(OVERRIDE_LINE):] for line in lines[note + 1:]
+            if line.startswith(OVERRIDE_LINE)]
+
+
+def search_space_of(text: str, shown: str = "the sweep's grid file") -> tuple[Param, ...]:
+    """The [search] space of a sweep's grid text, as its parent run keeps it.
+
+    The text is parsed with the --set overrides it lists re-applied, and each dimension
+    is read by the same code load_sweep reads it with (so a report draws the space the
+    search sampled). Only the space is read: the images, data and the rest of the grid
+    may belong to another machine. A shipped workload's config schema checks the keys; a
+    user's own workload is not loaded (its code is not run to read a record), so its
+    keys are taken as they are. GridError when the text has no [search] space or a
+    dimension is wrong.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise GridError(f"{shown}: not valid TOML: {exc}") from None
+    apply_overrides(document, recorded_overrides(text), shown)
+    check = _Checker(shown)
+    search = document.get("search")
+    if not isinstance(search, dict):
+        raise check.fail("search", "missing; the grid is not a search")
+    name = search.get("workload")
+    workload = workloads.SHIPPED.get(name) if isinstance(name, str) else None
+    space = check.table("search.space", search.get("space", {}))
+    if not space:
+        raise check.fail("search.space", "is empty")
+    return tuple(_param(check, workload, key, spec) for key, spec in space.items())
 
 
 def shipped_grids() -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sweeps.errors import GridError, UserError
 from sweeps.grid.spec import LOCAL_IMAGE, Image
+from sweeps.validate import InputError, path_text, read_text
 
 # The keys of one [[image]] table; True marks the required ones.
 IMAGE_KEYS = {
@@ -58,7 +59,7 @@ def display_path(path: Path) -> str:
     path = Path(path)
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # outside it; too long; a loop of links
         return str(path)
 
 
@@ -69,14 +70,17 @@ def nearest(word: str, choices) -> str:
 
 
 def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
-    """Read a TOML file; a missing file or a syntax error is one GridError line."""
+    """Read a TOML file (UTF-8, a byte-order mark allowed); a file that is missing, not a
+    file, unreadable, binary or too large, or a syntax error, is one GridError line."""
+    try:
+        path_text(path, "")
+    except InputError as exc:
+        raise GridError(str(exc)) from None
     shown = display_path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GridError(f"{shown}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GridError(f"{shown}: cannot read it: {exc}") from None
+        text = read_text(path, "")
+    except InputError as exc:
+        raise GridError(f"{shown}: {exc.problem}") from None
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
