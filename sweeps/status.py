@@ -35,6 +35,8 @@ The rules, in the order they are tried:
       backend.check or backend.start raises        -> failed with its words, not retried
     a trial that never sent its final report (unreported, on the driver)
       ASHA stopped it                              -> stopped, decided
+      its records store gave up waiting for the tracking server ($VERSWEEP_STORE_WAIT_S)
+                                                   -> stopped, not decided
       its trial process raised (a bug, a lost node) -> failed, decided
       otherwise (Ctrl-C, a driver that stopped)    -> stopped, not decided
 """
@@ -155,11 +157,19 @@ def backend_refused(what: str, error: Exception) -> Decision:
     return Decision(Status.FAILED, f"{what}: {error}")
 
 
+# The start of the one line a records store call gives up with (sweeps/records/store.py).
+STORE_UNAVAILABLE_PREFIX = "the MLflow store was unavailable"
+
+
 def unreported(*, asha_step: float | None = None, process_error: str | None = None,
                started: bool = True) -> Decision:
     """The decision for a trial that never sent its final report (decided by the driver)."""
     if asha_step is not None:
         return Decision(Status.STOPPED, f"stopped early by ASHA at step {asha_step}")
+    if process_error is not None and STORE_UNAVAILABLE_PREFIX in process_error:
+        # Not the trial's doing: its records could not be written (the store gave up
+        # waiting for a tracking server). Interrupted, so --resume runs it again.
+        return Decision(Status.STOPPED, f"interrupted: {process_error}", decided=False)
     if process_error is not None:
         return Decision(Status.FAILED, f"the trial process failed: {process_error}")
     when = "finished" if started else "started"

@@ -49,16 +49,21 @@ class Node:
     resources: dict[str, float] = field(default_factory=dict)
 
 
-def cluster_env(temp_dir: str | None = None) -> dict[str, str]:
+def cluster_env(temp_dir: str | None = None, token: str | None = None) -> dict[str, str]:
     """The environment of the cluster's processes and of drivers joining it.
 
-    No token authentication (Ray's default token lives in the starting user's home;
-    the loopback cluster and its drivers agree on none), no inherited cluster address.
+    With ``token``, Ray's token authentication as a user's cluster runs it (every node
+    ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN``); without, none (Ray's default token
+    lives in the starting user's home; the loopback cluster and its drivers agree on
+    none). No inherited cluster address.
     """
     env = dict(os.environ)
-    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(name, None)
     env["RAY_AUTH_MODE"] = "disabled"
+    if token is not None:
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN"] = token
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     if temp_dir is not None:
         env["RAY_TMPDIR"] = temp_dir
@@ -77,7 +82,8 @@ def ray_cli() -> str:
 class LoopbackCluster:
     """Start, inspect and break a Ray cluster whose nodes all run on 127.0.0.1."""
 
-    def __init__(self):
+    def __init__(self, token: str | None = None):
+        self.token = token  # Ray's token authentication on, with this token
         self.nodes: list[Node] = []
         self.port = free_port()
         self.dashboard_port = free_port()
@@ -105,7 +111,7 @@ class LoopbackCluster:
                    "--dashboard-agent-listen-port", str(free_port()),
                    "--dashboard-agent-grpc-port", str(free_port()),
                    "--runtime-env-agent-port", str(free_port())]
-        done = subprocess.run(command, env={**cluster_env(temp_dir), **(env or {})},
+        done = subprocess.run(command, env={**cluster_env(temp_dir, self.token), **(env or {})},
                               capture_output=True,
                               text=True, timeout=START_TIMEOUT_S)
         if done.returncode != 0:
@@ -141,7 +147,8 @@ class LoopbackCluster:
         script = ("import json, ray\n"
                   f"ray.init(address={self.address!r}, logging_level='ERROR')\n"
                   "print('NODES', json.dumps([n for n in ray.nodes() if n['Alive']]))\n")
-        done = subprocess.run([sys.executable, "-c", script], env=cluster_env(),
+        done = subprocess.run([sys.executable, "-c", script],
+                              env=cluster_env(token=self.token),
                               capture_output=True, text=True, timeout=180)
         if done.returncode != 0:
             raise RuntimeError(f"cannot list the cluster's nodes:\n{done.stderr[-2000:]}")
@@ -180,9 +187,10 @@ class LoopbackCluster:
 
 
 @contextlib.contextmanager
-def loopback_cluster() -> Iterator[LoopbackCluster]:
-    """A LoopbackCluster that is always taken down afterwards, whatever happened."""
-    cluster = LoopbackCluster()
+def loopback_cluster(token: str | None = None) -> Iterator[LoopbackCluster]:
+    """A LoopbackCluster that is always taken down afterwards, whatever happened; with
+    ``token``, every node requires it (Ray's token authentication)."""
+    cluster = LoopbackCluster(token)
     try:
         yield cluster
     finally:

@@ -45,6 +45,9 @@ SHARED = "torch-2.13.0-cpu"  # the tests' own image (tests/dockerenv.py), on bot
 ONLY_A = f"{SHARED}-only-a{os.getpid()}"
 ONLY_B = f"{SHARED}-only-b{os.getpid()}"
 NOWHERE = f"{SHARED}-nowhere{os.getpid()}"
+# The cluster runs with Ray's token authentication on, as a user's does (sweeps/cluster/
+# configs turn it on); its drivers are given the token (docs/reliability.md, "Security").
+TOKEN = f"versweep-test-token-{os.getpid()}-0123456789abcdef"
 
 
 def matrix_with(path: Path, *names: str) -> Path:
@@ -79,7 +82,7 @@ def docker_tag(source: str, *names: str):
 @pytest.fixture(scope="module")
 def cluster():
     """The two-node loopback cluster of this module (node B is lost in the last test)."""
-    with loopback_cluster() as started:
+    with loopback_cluster(token=TOKEN) as started:
         started.start_head(num_cpus=1, resources={image_resource(SHARED): 1000,
                                                   image_resource(ONLY_A): 1000})
         started.add_node(num_cpus=1, name="b",
@@ -109,7 +112,7 @@ ROUTED_GRID = textwrap.dedent("""
 
 
 def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_only_where_its_image_is(
-        cluster, docker_image, tmp_path, monkeypatch):
+        cluster, docker_image, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     undo = docker_tag(docker_image, ONLY_A, ONLY_B)
@@ -118,8 +121,10 @@ def test_a_sweep_submitted_as_a_ray_job_runs_on_both_nodes_and_only_where_its_im
         (tmp_path / "routed.toml").write_text(ROUTED_GRID.format(
             name="routed", images=json.dumps([SHARED, ONLY_A, ONLY_B])))
         names = node_names(cluster)
-        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-        client = JobSubmissionClient(cluster.dashboard_url)
+        # The token as the scheduler sends it (sweeps/cluster/jobs.py): this process's Ray
+        # read RAY_AUTH_MODE when it was imported, so setting it now would not count.
+        client = JobSubmissionClient(cluster.dashboard_url,
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
         # As a user submits it: the job's driver runs on the head and finds the cluster
         # through RAY_ADDRESS, which Ray sets for it.
         job_id = client.submit_job(entrypoint=(
@@ -161,7 +166,7 @@ def test_an_image_no_node_advertises_fails_before_any_trial_with_the_pull_comman
         done = subprocess.run(
             [sys.executable, str(RUN), "--grid", "nowhere.toml", "--matrix", "matrix.toml",
              "--address", cluster.address, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
-            cwd=tmp_path, env=cluster_env(), capture_output=True, text=True, timeout=600)
+            cwd=tmp_path, env=cluster_env(token=TOKEN), capture_output=True, text=True, timeout=600)
     finally:
         undo()
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
@@ -289,7 +294,7 @@ def test_a_driver_that_joined_the_cluster_before_tune_reports_the_time_it_took(
     # finding Ray already connected when Tune starts.
     (tmp_path / "again.toml").write_text(AGAIN_GRID)
     done = subprocess.run([sys.executable, "-c", JOIN_DRIVER, str(tmp_path / "again.toml"),
-                           cluster.address, str(tmp_path)], cwd=ROOT, env=cluster_env(),
+                           cluster.address, str(tmp_path)], cwd=ROOT, env=cluster_env(token=TOKEN),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     joined, reported = (float(s) for s in re.search(r"^SECONDS (\S+) (\S+)$", done.stdout,
@@ -308,7 +313,7 @@ def test_losing_a_node_mid_sweep_reruns_its_trials_on_the_other_node_and_loses_n
     head_id = next(node_id for node_id, name in names.items() if name == "head")
     driver = subprocess.Popen(
         [sys.executable, str(RUN), "--grid", "loss.toml", "--address", cluster.address,
-         "--tracking-uri", uri], cwd=tmp_path, env=cluster_env(),
+         "--tracking-uri", uri], cwd=tmp_path, env=cluster_env(token=TOKEN),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # Wait until a trial on node B is part-way (it has logged an epoch), then lose B.

@@ -1,0 +1,316 @@
+"""Fault: the MLflow tracking server stops in the middle of a real sweep, then starts again.
+
+The real parts: a real ``mlflow server`` on a SQLite store (a free loopback port), a real
+sweep (``python sweeps/run.py``, Ray Tune, the local backend) of ``--trials`` trials of a
+few seconds each. The worker is a torch-free stand-in for the ``env`` workload
+($VERSWEEP_PYTHON, as tests/test_mlflow_ui.py does) that sends its env event, one metric
+event a second for ``--trial-seconds`` seconds and its result, so every trial writes to the
+store while it runs. Once ``--after`` trials have finished, the server is killed (its whole
+process group, SIGKILL: nothing answers, connections are refused) or, with ``--mode stop``,
+frozen with SIGSTOP (connections hang); ``--outage`` seconds later it is started again on
+the same port and store (or sent SIGCONT), and the sweep is left to finish. If the sweep
+fails instead, the same command with ``--resume`` is run once.
+
+Then the figures, counted from the store: trials finished (keys with one FINISHED run),
+lost (planned keys with no FINISHED run), duplicated (keys with more than one FINISHED
+run), inconsistent records (a FINISHED trial run without versweep.status, an ok trial
+without its result metric, a run left RUNNING, a parent run not FINISHED or more than one,
+a child run of no planned key), with the outage's length and the sweep's wall time.
+
+    python benchmarks/fault_mlflow_outage.py --trials 10 --outage 30
+
+tests/test_faults.py runs ``measure`` and asserts lost, duplicated and inconsistent are 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+EXPERIMENT = "outage"
+RESULT_METRIC = "device_check_value"
+
+GRID = textwrap.dedent("""
+    [sweep]
+    name = "outage"
+    backend = "local"
+    device = "cpu"
+    trial_timeout_s = 300
+    max_concurrent = 1
+
+    [[group]]
+    workload = "env"
+    axes.seed = {seeds}
+    config.num_threads = 1
+""")
+
+# The env workload's worker, without torch: env, one metric a second, the result.
+STANDIN = r'''#!{python} -S
+import json, sys, time
+if sys.argv[1:2] == ["-c"]:
+    print("2.99.0+standin")
+    sys.exit(0)
+workload, config = sys.argv[3], json.loads(sys.argv[5])
+def send(event):
+    event["v"] = 1
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+send({{"event": "env", "torch": "2.99.0+standin", "cuda": None, "cudnn": None,
+      "python": "%d.%d.%d" % sys.version_info[:3], "device": "cpu",
+      "workload": workload, "config": config}})
+for step in range({seconds}):
+    time.sleep(1.0)
+    send({{"event": "metric", "step": step, "metrics": {{"device_check_seconds": 0.001}}}})
+send({{"event": "result", "metrics": {{"device_check_seconds": 0.001,
+                                     "device_check_value": 64.0}}}})
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A real ``mlflow server`` on one port and one SQLite store, that can be stopped and
+    started again on both."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.home / f"server-{self.starts}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server",
+             "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}",
+             "--artifacts-destination", str(self.home / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            cwd=self.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        log.close()
+        deadline = time.monotonic() + 120
+        while not self.healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not start:\n" + (
+                    self.home / f"server-{self.starts}.log").read_text()[-3000:])
+            time.sleep(0.3)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def _finished_children(url: str) -> int:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is None:
+        return 0
+    runs = client.search_runs([found.experiment_id],
+                              "tags.`versweep.kind` = 'trial' and attributes.status = 'FINISHED'",
+                              max_results=1000)
+    return len(runs)
+
+
+def planned_keys(grid: Path) -> list[str]:
+    from sweeps.grid.load import load_sweep
+
+    return [trial.key for trial in load_sweep(str(grid)).trials]
+
+
+def count(url: str, planned: list[str]) -> dict:
+    """The figures, read from the store through the (running) server."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("versweep.kind") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    problems = []
+    if len(parents) != 1:
+        problems.append(f"{len(parents)} parent runs")
+    problems += [f"parent run {p.info.run_id} is {p.info.status}" for p in parents
+                 if p.info.status != "FINISHED"]
+    finished_by_key: dict[str, list] = {}
+    for child in children:
+        key = child.data.tags.get("versweep.trial_key")
+        tags, status = child.data.tags, child.info.status
+        if key not in planned:
+            problems.append(f"run {child.info.run_id}: no planned trial key ({key!r})")
+        if status == "RUNNING":
+            problems.append(f"run {child.info.run_id} ({key}) left RUNNING")
+        if status != "FINISHED":
+            continue
+        finished_by_key.setdefault(key, []).append(child)
+        if "versweep.status" not in tags:
+            problems.append(f"run {child.info.run_id} ({key}) FINISHED without versweep.status")
+        elif tags["versweep.status"] == "ok" and RESULT_METRIC not in child.data.metrics:
+            problems.append(f"run {child.info.run_id} ({key}) ok without {RESULT_METRIC}")
+    return {
+        "planned": len(planned),
+        "finished": sum(1 for key in planned if len(finished_by_key.get(key, [])) == 1),
+        "ok": sum(1 for runs_of in finished_by_key.values() for r in runs_of
+                  if r.data.tags.get("versweep.status") == "ok"),
+        "lost": sum(1 for key in planned if key not in finished_by_key),
+        "duplicated": sum(1 for runs_of in finished_by_key.values() if len(runs_of) > 1),
+        "inconsistent": len(problems),
+        "problems": problems,
+        "child_runs": len(children),
+    }
+
+
+def _sweep(home: Path, grid: Path, url: str, env: dict, *extra: str) -> subprocess.Popen:
+    log = open(home / ("driver-resume.log" if extra else "driver.log"), "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "sweeps" / "run.py"), "--grid", str(grid),
+         "--tracking-uri", url, "--experiment", EXPERIMENT, "--num-cpus", "2", *extra],
+        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return proc
+
+
+def measure(home: Path, *, trials: int = 10, trial_seconds: int = 3, after: int = 3,
+            outage: float = 30.0, mode: str = "kill", ray_tmp: str | None = None,
+            wait_limit_s: float | None = None, say=print) -> dict:
+    """Run the fault once in ``home``; return the figures (see the module's docstring)."""
+    home.mkdir(parents=True, exist_ok=True)
+    python = home / "standin-python"
+    python.write_text(STANDIN.format(python=sys.executable, seconds=trial_seconds))
+    python.chmod(0o755)
+    grid = home / "outage.toml"
+    grid.write_text(GRID.format(seeds=list(range(1, trials + 1))))
+    env = dict(os.environ, VERSWEEP_PYTHON=str(python))
+    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        env.pop(name, None)
+    if ray_tmp is not None:
+        env["RAY_TMPDIR"] = ray_tmp
+    if wait_limit_s is not None:  # how long a store call waits (sweeps/records/store.py)
+        env["VERSWEEP_STORE_WAIT_S"] = str(wait_limit_s)
+    server = Server(home)
+    server.start()
+    figures: dict = {"mode": mode, "trials": trials, "trial_seconds": trial_seconds}
+    try:
+        started = time.monotonic()
+        driver = _sweep(home, grid, server.url, env)
+        deadline = started + 600
+        while _finished_children(server.url) < after:
+            if driver.poll() is not None:
+                raise RuntimeError("the sweep ended before the outage:\n"
+                                   + (home / "driver.log").read_text()[-3000:])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fewer than {after} trials finished in 600 s")
+            time.sleep(0.5)
+        figures["finished_before_outage"] = _finished_children(server.url)
+        say(f"{figures['finished_before_outage']} trial(s) finished; "
+            f"server {'killed' if mode == 'kill' else 'frozen'} for {outage:.0f} s")
+        outage_started = time.monotonic()
+        if mode == "kill":
+            server.kill()
+        else:
+            server.signal(signal.SIGSTOP)
+        time.sleep(outage)
+        if mode == "kill":
+            server.start()  # same port, same store
+        else:
+            server.signal(signal.SIGCONT)
+        figures["outage_s"] = round(time.monotonic() - outage_started, 1)
+        say(f"server back after {figures['outage_s']} s")
+        try:
+            figures["exit_code"] = driver.wait(timeout=max(60, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            driver.wait()
+            figures["exit_code"] = "killed after 600 s"
+        figures["sweep_wall_s"] = round(time.monotonic() - started, 1)
+        driver_log = (home / "driver.log").read_text(errors="replace")
+        figures["driver_tail"] = driver_log.splitlines()[-3:]
+        if figures["exit_code"] != 0:
+            say(f"the sweep exited {figures['exit_code']}; running it again with --resume")
+            resumed = _sweep(home, grid, server.url, env, "--resume")
+            figures["resume_exit_code"] = resumed.wait(timeout=600)
+            figures["sweep_wall_s"] = round(time.monotonic() - started, 1)
+        figures.update(count(server.url, planned_keys(grid)))
+    finally:
+        server.stop()
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trial-seconds", type=int, default=3)
+    parser.add_argument("--after", type=int, default=3,
+                        help="trials finished before the server stops")
+    parser.add_argument("--outage", type=float, default=30.0, help="seconds")
+    parser.add_argument("--mode", choices=("kill", "stop"), default="kill",
+                        help="kill: SIGKILL, then a new server; stop: SIGSTOP, then SIGCONT")
+    parser.add_argument("--wait-limit", type=float, default=None,
+                        help="$VERSWEEP_STORE_WAIT_S for the sweep (default: its own, 600 s)")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="vsfault-"))
+    ray_tmp = tempfile.mkdtemp(prefix="vsray-", dir="/tmp")
+    try:
+        figures = measure(home, trials=args.trials, trial_seconds=args.trial_seconds,
+                          after=args.after, outage=args.outage, mode=args.mode,
+                          ray_tmp=ray_tmp, wait_limit_s=args.wait_limit)
+    finally:
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    print(json.dumps(figures, indent=1))
+    if args.keep:
+        print(f"kept: {home}")
+    bad = figures["lost"] + figures["duplicated"] + figures["inconsistent"]
+    return 0 if bad == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
