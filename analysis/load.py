@@ -29,7 +29,6 @@ import concurrent.futures
 import datetime
 import difflib
 import json
-import os
 import re
 import sqlite3
 import tempfile
@@ -49,6 +48,7 @@ from sweeps.records.read import (
     StoreReader,
     download_text,
     local_artifact_dir,
+    local_artifact_file,
     open_reader,
     reading_client,
     shown_uri,
@@ -94,6 +94,7 @@ class Trial:
     artifact_uri: str = ""
     tracking_uri: str = field(default="", repr=False)
     start_time_ms: int = 0
+    sweep_id: str = ""  # the run id of its sweep (parent run)
 
     def samples(self) -> list[float] | None:
         """The per-batch seconds after warm-up (samples.json), or None when the run has none."""
@@ -109,6 +110,19 @@ class PlannedTrial:
     workload: str
     image: str
     repeat: int
+    sweep_id: str = ""  # the parent run whose plan names it
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """One sweep (parent run) a report covers."""
+
+    run_id: str
+    name: str
+    started: datetime.datetime
+    status: str  # the parent run's MLflow status: FINISHED, RUNNING, KILLED, FAILED
+    counts: dict[str, int]  # decided trials per status
+    search: bool
 
 
 @dataclass
@@ -137,11 +151,14 @@ class SweepData:
     # The trials the sweep meant to decide: a grid's trial count, a search's num_samples
     # (tag versweep.trials_planned); None where the parent run does not say.
     trials_planned: int | None = None
+    # Every sweep the report covers, newest first; the first is the one above (parent_*).
+    sweeps: tuple[SweepInfo, ...] = ()
+    parent_artifact_uri: str = ""  # where the parent run's artifacts are ("" not known)
 
     def undecided(self) -> list[PlannedTrial]:
         """The planned trials without a decided run: the sweep was interrupted or still runs."""
-        decided = {t.trial_key for t in self.trials}
-        return [p for p in self.planned if p.key not in decided]
+        decided = {(t.sweep_id, t.trial_key) for t in self.trials}
+        return [p for p in self.planned if (p.sweep_id, p.key) not in decided]
 
     def study(self, storage: str | None = None) -> Any:
         """The search's Optuna study, or None (not a search, or its database is not found).
@@ -176,10 +193,18 @@ class SweepData:
 # --------------------------------------------------------------------------- loading
 
 
-def load_sweep_data(tracking_uri: str, experiment: str, sweep: str | None = None, *,
-                    direct_sqlite: bool = True) -> SweepData:
-    """The decided trials of one sweep of ``experiment``: ``sweep`` (a parent run id or a
-    unique prefix of one), or the newest sweep when None.
+def load_sweep_data(tracking_uri: str, experiment: str,
+                    sweep: str | Sequence[str] | None = None, *,
+                    all_sweeps: bool = False, direct_sqlite: bool = True) -> SweepData:
+    """The decided trials of sweeps of ``experiment``: ``sweep`` (a parent run id or a
+    unique prefix of one, or several of them), every sweep with ``all_sweeps``, or the
+    newest sweep when None.
+
+    Several sweeps make one SweepData: their trials together (each knows its sweep,
+    Trial.sweep_id), their plans together, ``sweeps`` listing each; the newest of them
+    is the one its parent_* fields describe (whose grid file decides the kind). Sweeps
+    of different kinds (a grid and a search) are a UserError: they answer different
+    questions.
 
     A SQLite store is read directly, read-only, from MLflow's tables (one query
     per table instead of MLflow's search API: 5,000 runs in about a second
@@ -198,18 +223,20 @@ def load_sweep_data(tracking_uri: str, experiment: str, sweep: str | None = None
     with no sweep runs, an unknown sweep, a sweep with no decided trial, and a
     sweep whose kind cannot be told (above).
     """
+    wanted = [sweep] if isinstance(sweep, str) else list(sweep or [])
     reader = open_reader(tracking_uri, direct_sqlite)
     try:
-        return _load(reader, tracking_uri, experiment, sweep)
+        return _load(reader, tracking_uri, experiment, wanted, all_sweeps)
     except sqlite3.Error:
         # The file answered the schema check but not a query (locked for longer than
         # the timeout, damaged): MLflow's own reading retries and says what is wrong.
-        return _load(ClientReader(tracking_uri), tracking_uri, experiment, sweep)
+        return _load(ClientReader(tracking_uri), tracking_uri, experiment, wanted, all_sweeps)
     finally:
         reader.close()
 
 
-def _load(reader: StoreReader, tracking_uri: str, experiment: str, sweep: str | None) -> SweepData:
+def _load(reader: StoreReader, tracking_uri: str, experiment: str, wanted: list[str],
+          all_sweeps: bool) -> SweepData:
     found = reader.experiment(experiment)
     if found is None or found[1] == "deleted":
         names = reader.experiment_names()
@@ -227,22 +254,38 @@ def _load(reader: StoreReader, tracking_uri: str, experiment: str, sweep: str | 
                         "versweep.kind=sweep); was it written by versweep? "
                         "run one with: python sweeps/run.py --grid <grid>")
     parents.sort(key=lambda run: (run.start_time, run.run_id), reverse=True)
-    parent = _pick_parent(parents, sweep, experiment)
-    check_schema(parent.tags, f"sweep {parent.run_id} of experiment '{experiment}'")
-    children = [run for run in reader.finished_children(experiment_id, parent.run_id)
+    if all_sweeps:
+        chosen = list(parents)
+    elif wanted:
+        chosen = []
+        for name in wanted:
+            picked = _pick_parent(parents, name, experiment)
+            if picked not in chosen:
+                chosen.append(picked)
+        chosen.sort(key=lambda run: (run.start_time, run.run_id), reverse=True)
+    else:
+        chosen = parents[:1]
+    for run in chosen:
+        check_schema(run.tags, f"sweep {run.run_id} of experiment '{experiment}'")
+    _same_kind(chosen, experiment)
+    children = [run for run in reader.children_of(experiment_id, [p.run_id for p in chosen])
                 if run.tags.get("versweep.superseded", "").lower() != "true"]
+    with_children = {run.tags.get("mlflow.parentRunId", "") for run in children}
+    # The newest chosen sweep with a decided trial speaks for them all (grid file, kind).
+    parent = next((p for p in chosen if p.run_id in with_children), chosen[0])
     if not children:
-        others = [p for p in parents if p.run_id != parent.run_id]
+        others = [p for p in parents if p not in chosen]
         hint = (f"; an earlier sweep: --sweep {others[0].run_id} "
                 f"({_started(others[0]):%Y-%m-%d %H:%M}Z)" if others else "")
+        which = (f"sweep {parent.run_id} ('{parent.name}')" if len(chosen) == 1 else
+                 f"none of the {len(chosen)} chosen sweeps")
         raise UserError(
-            f"sweep {parent.run_id} ('{parent.name}') of experiment '{experiment}' has "
+            f"{which} of experiment '{experiment}' has "
             f"no finished trial runs (it is {parent.status.lower()}: still running, or "
             f"interrupted before any trial was decided){hint}")
     children.sort(key=lambda run: (run.start_time, run.run_id))
     trials = [_trial(run, tracking_uri) for run in children]
     grid_text, unreadable = _grid_text(tracking_uri, parent)
-    planned_tag = parent.tags.get("versweep.trials_planned", "")
     grid = _parse_grid(grid_text)
     if grid_text and not grid:
         unreadable = "it is not valid TOML"
@@ -253,6 +296,11 @@ def _load(reader: StoreReader, tracking_uri: str, experiment: str, sweep: str | 
         grid_text = ""
     else:
         search = search_table is not None
+    infos = tuple(_sweep_info(p, [t for t in trials if t.sweep_id == p.run_id], search)
+                  for p in [parent, *(p for p in chosen if p is not parent)])
+    plans = () if search else tuple(planned for p in chosen
+                                    for planned in _plan(tracking_uri, p))
+    planned_counts = [p.tags.get("versweep.trials_planned", "") for p in chosen]
     return SweepData(
         tracking_uri=tracking_uri,
         experiment_id=experiment_id,
@@ -271,10 +319,38 @@ def _load(reader: StoreReader, tracking_uri: str, experiment: str, sweep: str | 
         search_table.get("metric") else None,
         search_mode=str(search_table.get("mode", "min")) if search_table else None,
         search_space=tuple(space) if isinstance(space, dict) else (),
-        parent_status=parent.status,
-        planned=() if search else _plan(tracking_uri, parent),
-        trials_planned=int(planned_tag) if planned_tag.isdigit() else None,
+        parent_status=next((p.status for p in chosen if p.status != "FINISHED"),
+                           parent.status),
+        planned=plans,
+        trials_planned=(sum(int(n) for n in planned_counts)
+                        if all(n.isdigit() for n in planned_counts) else None),
+        sweeps=infos,
+        parent_artifact_uri=parent.artifact_uri,
     )
+
+
+def _sweep_kind(run: RunView) -> str:
+    return run.tags.get("versweep.sweep_kind", "")
+
+
+def _same_kind(chosen: Sequence[RunView], experiment: str) -> None:
+    """UserError where the chosen sweeps mix grids and searches (their parent runs say)."""
+    kinds = {_sweep_kind(run): run for run in chosen if _sweep_kind(run)}
+    if len(kinds) > 1:
+        grid, search = kinds.get("grid"), kinds.get("search")
+        raise UserError(f"sweeps of experiment '{experiment}' of two kinds cannot share a "
+                        f"report: {grid.run_id if grid else '?'} is a grid, "
+                        f"{search.run_id if search else '?'} an Optuna search; report them "
+                        "one kind at a time (--sweep ID ...)")
+
+
+def _sweep_info(run: RunView, trials: Sequence[Trial], search: bool) -> SweepInfo:
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.status] = counts.get(trial.status, 0) + 1
+    return SweepInfo(run_id=run.run_id, name=run.name, started=_started(run),
+                     status=run.status, counts=counts,
+                     search=_sweep_kind(run) == "search" if _sweep_kind(run) else search)
 
 
 def _started(run: RunView) -> datetime.datetime:
@@ -321,6 +397,7 @@ def _trial(run: RunView, tracking_uri: str) -> Trial:
         artifact_uri=run.artifact_uri,
         tracking_uri=tracking_uri,
         start_time_ms=run.start_time,
+        sweep_id=tags.get("mlflow.parentRunId", ""),
     )
 
 
@@ -397,17 +474,26 @@ def _plan(tracking_uri: str, parent: RunView) -> tuple[PlannedTrial, ...]:
         return tuple(PlannedTrial(key=str(e["key"]), name=str(e.get("name", e["key"])),
                                   workload=str(e.get("workload", "")),
                                   image=str(e.get("image", "")),
-                                  repeat=int(e.get("repeat", 0)))
+                                  repeat=int(e.get("repeat", 0)), sweep_id=parent.run_id)
                      for e in entries if isinstance(e, dict) and e.get("key"))
     except Exception:  # noqa: BLE001  (no plan only costs the list of undecided trials)
         return ()
 
 
 def _parse_grid(text: str) -> dict:
+    """The grid a sweep ran: its file, with the --set overrides it lists re-applied (a
+    search's metric, mode and space may come from them); {} where it is not valid TOML."""
     try:
-        return tomllib.loads(text) if text else {}
+        document = tomllib.loads(text) if text else {}
     except tomllib.TOMLDecodeError:
         return {}
+    from sweeps.grid.load import apply_overrides, recorded_overrides  # torch-free
+
+    try:
+        apply_overrides(document, recorded_overrides(text), "the sweep's grid file")
+    except UserError:
+        pass  # overrides this versweep cannot apply: the file as written
+    return document
 
 
 # --------------------------------------------------------------------------- image order
@@ -449,7 +535,7 @@ def order_images(images: set[str] | Sequence[str], torch_of: dict[str, str]) -> 
 _SAMPLE_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
-def _parse_samples(text: str) -> list[float] | None:
+def _parse_samples(text: str | bytes) -> list[float] | None:
     """Per-batch seconds from samples.json: an object with its unit (layout 3) or a bare
     list of seconds (layouts 1 and 2); None for anything else."""
     try:
@@ -466,7 +552,7 @@ def _parse_samples(text: str) -> list[float] | None:
                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if not isinstance(values, list):
         return None
-    if all(type(v) is float for v in values):  # what records.py writes: the fast case
+    if set(map(type, values)) == {float}:  # what records.py writes: the fast case
         return values
     return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
@@ -487,6 +573,22 @@ def _read_samples(tracking_uri: str, run_id: str, artifact_uri: str) -> list[flo
         return None
 
 
+def samples_file(trial: Trial) -> str | None:
+    """Where the trial's samples.json is on this machine; None when its artifacts are in a
+    remote store (then load_samples downloads it through MLflow)."""
+    return local_artifact_file(trial.artifact_uri, SAMPLES_ARTIFACT)
+
+
+def read_samples_file(path: str) -> list[float] | None:
+    """The per-batch seconds in a local samples.json; None when there is none, or it holds
+    no samples."""
+    try:
+        with open(path, "rb") as handle:
+            return _parse_samples(handle.read())
+    except FileNotFoundError:
+        return None
+
+
 def load_samples(trials: Sequence[Trial]) -> dict[str, list[float]]:
     """run_id -> per-batch seconds for every trial that has a samples.json.
 
@@ -497,15 +599,11 @@ def load_samples(trials: Sequence[Trial]) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {}
     remote = []
     for trial in trials:
-        local = local_artifact_dir(trial.artifact_uri)
-        if local is None:
+        path = samples_file(trial)
+        if path is None:
             remote.append(trial)
             continue
-        try:
-            with open(os.path.join(local, SAMPLES_ARTIFACT)) as handle:
-                values = _parse_samples(handle.read())
-        except FileNotFoundError:
-            continue
+        values = read_samples_file(path)
         if values is not None:
             found[trial.run_id] = values
     if remote:
@@ -546,5 +644,5 @@ def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, 
     return metric_histories(tracking_uri, [run_id], key)[run_id]
 
 
-__all__ = ["SweepData", "Trial", "load_samples", "load_sweep_data", "metric_histories",
-           "metric_history", "order_images", "study_name"]
+__all__ = ["SweepData", "SweepInfo", "Trial", "load_samples", "load_sweep_data", "metric_histories",
+           "metric_history", "order_images", "read_samples_file", "samples_file", "study_name"]

@@ -61,6 +61,11 @@ def colours(count: int) -> list:
     return [ramp(i / (count - 1)) for i in range(count)]
 
 
+def png(figure: Figure) -> bytes:
+    """A matplotlib figure as PNG bytes (at DPI, cropped to what is drawn); closes it."""
+    return _png(figure)
+
+
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
@@ -104,10 +109,18 @@ def grouped_bars(title: str, groups: Sequence[str], series: Mapping[str, Sequenc
     drawn: set[str] = set()
     for row, panel in enumerate(panels):
         axes = axes_list[row][0]
+        # The error bars of every series of the panel, drawn by one errorbar call after
+        # the bars (as before: errorbar's lines sit above every bar collection whatever the
+        # call order, and they are all black): an errorbar call per series made 20 x 3
+        # artists per panel, a fifth of the figure's cost.
+        whisker_xs: list[float] = []
+        whisker_ys: list[float] = []
+        whisker_below: list[float] = []
+        whisker_above: list[float] = []
         for index, label in enumerate(labels):
-            # Each series' bars are one PolyCollection and its error bars one errorbar
-            # call: axes.bar makes a Rectangle patch per bar, five times slower to draw,
-            # which a sweep of 20 versions x 20 variants feels.
+            # Each series' bars are one PolyCollection: axes.bar makes a Rectangle patch
+            # per bar, five times slower to draw, which a sweep of 20 versions x 20
+            # variants feels.
             xs, heights, below, above = [], [], [], []
             for slot, position in enumerate(panel):
                 bar = series[label][position]
@@ -128,9 +141,14 @@ def grouped_bars(title: str, groups: Sequence[str], series: Mapping[str, Sequenc
                     [[(x - half, 0.0), (x - half, h), (x + half, h), (x + half, 0.0)]
                      for x, h in zip(xs, heights, strict=True)],
                     facecolors=[palette[index]], edgecolors="none"))
-                axes.errorbar(xs, heights, yerr=[below, above], fmt="none", ecolor="black",
-                              elinewidth=0.8, capsize=2)
+                whisker_xs += xs
+                whisker_ys += heights
+                whisker_below += below
+                whisker_above += above
                 drawn.add(label)
+        if whisker_xs:
+            axes.errorbar(whisker_xs, whisker_ys, yerr=[whisker_below, whisker_above],
+                          fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         axes.set_xticks(range(len(panel)))
         axes.set_xticklabels([groups[i] for i in panel])
         axes.set_xlim(-0.5, per_row - 0.5)

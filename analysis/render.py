@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # The formats a report can be written in, as --format names them.
 FORMATS = ("md", "html", "csv")
@@ -55,12 +56,22 @@ class Table:
 
 @dataclass
 class Figure:
-    """A PNG figure with the file name it gets next to report.md."""
+    """A PNG figure with the file name it gets next to report.md.
+
+    ``png`` may still be being drawn (analysis/pool.py: anything with a ``result()`` that
+    returns the bytes); ``data()`` waits for it.
+    """
 
     title: str
-    png: bytes
+    png: bytes | Any
     filename: str
     caption: str = ""
+
+    def data(self) -> bytes:
+        """The PNG bytes, once drawn."""
+        if not isinstance(self.png, bytes):
+            self.png = self.png.result()
+        return self.png
 
 
 Block = Paragraph | Caveat | Table | Figure
@@ -172,10 +183,21 @@ nav { background: #f6f8fa; padding: .5em 1em; border-radius: 6px; }
 _MARK_CLASSES = {"faster": "mark-faster", "slower": "mark-slower", "differs": "mark-differs"}
 
 
+# A Markdown link whose target is a web address: [text](http://...) (no spaces or quotes in
+# it, so it can stand in an attribute once escaped). Every other bracket stays text.
+_LINK = re.compile(r"\[([^\[\]]+)\]\((https?://[^\s()\"'<>]+)\)")
+
+
+def link(text: str, url: str) -> str:
+    """``text`` as a Markdown link to ``url`` (brackets in the text would end it early)."""
+    return f"[{text.replace('[', '(').replace(']', ')')}]({url})"
+
+
 def _inline_html(text: str) -> str:
-    """Escape ``text``, then turn `code` and **bold** into their HTML."""
+    """Escape ``text``, then turn `code`, **bold** and [links](https://...) into their HTML."""
     escaped = html.escape(text, quote=False)
     escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    escaped = _LINK.sub(lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', escaped)
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
 
 
@@ -231,7 +253,7 @@ def render_html(report: Report) -> str:
             elif isinstance(block, Table):
                 parts.append(_html_table(block))
             else:
-                data = base64.b64encode(block.png).decode("ascii")
+                data = base64.b64encode(block.data()).decode("ascii")
                 caption = f"<figcaption>{_inline_html(block.caption)}</figcaption>" \
                     if block.caption else ""
                 parts.append(f'<figure><img src="data:image/png;base64,{data}" '
@@ -286,7 +308,7 @@ def write_report(report: Report, out_dir: Path, formats: Sequence[str]) -> list[
                 stale.unlink()
         for figure in figures(report):
             path = plots / figure.filename
-            path.write_bytes(figure.png)
+            path.write_bytes(figure.data())
             written.append(path)
         path = out_dir / "report.md"
         path.write_text(render_markdown(report), encoding="utf-8")

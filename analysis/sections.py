@@ -17,13 +17,18 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from analysis import plots, render
+import numpy as np
+
+from analysis import plots, pool, render, search_figures
 from analysis.compare import format_number
 from analysis.load import (
     PlannedTrial,
     SweepData,
     Trial,
+    load_samples,
     metric_histories,
+    read_samples_file,
+    samples_file,
 )
 from analysis.reference import ReferenceRow
 from analysis.stats import (
@@ -37,6 +42,7 @@ from analysis.stats import (
 )
 from sweeps import workloads
 from sweeps.errors import UserError
+from sweeps.records.layout import experiment_url, run_url
 from sweeps.status import STATUSES, Status
 from sweeps.versions import version_tuple
 from sweeps.workloads import Workload
@@ -79,6 +85,10 @@ PARENT_STATES = {
               "<grid> --resume` finishes it)",
     "FAILED": "ended in an error (its parent run is FAILED)",
 }
+
+# A sweep's state in one word, from its parent run's MLflow status.
+SWEEP_STATES = {"FINISHED": "finished", "RUNNING": "running",
+                "KILLED": "interrupted (--resume finishes it)", "FAILED": "failed"}
 
 # Values MLflow tags hold for "the worker reported nothing here" (the env event's JSON null).
 _MISSING = {"", "null", "None"}
@@ -191,7 +201,8 @@ class SpeedGroup:
     params: dict[str, str]  # the variant's config, without the per-repeat seed
     label: str = ""
     trials: dict[str, list[Trial]] = field(default_factory=dict)  # image -> trials, any status
-    repeats: dict[str, list[list[float]]] = field(default_factory=dict)  # image -> ms per batch
+    # image -> each measured repeat's median ms per batch (for the series view)
+    repeat_medians: dict[str, list[float]] = field(default_factory=dict)
     intervals: dict[str, Interval] = field(default_factory=dict)
     comparisons: dict[str, Comparison] = field(default_factory=dict)  # vs the baseline
     busy: list[Trial] = field(default_factory=list)  # ok, but measured on a busy node: left out
@@ -227,10 +238,13 @@ def _label_variants(groups: Sequence[SpeedGroup]) -> None:
 
 def repeat_values(trial: Trial, samples: Mapping[str, list[float]]) -> list[float]:
     """One repeat's milliseconds per batch: its per-batch samples, else its median alone."""
-    seconds = samples.get(trial.run_id)
+    return _milliseconds(samples.get(trial.run_id), trial.metrics.get("ms_per_batch_median"))
+
+
+def _milliseconds(seconds: list[float] | None, median: float | None) -> list[float]:
     if seconds:
-        return [s * 1000.0 for s in seconds]
-    median = trial.metrics.get("ms_per_batch_median")
+        # numpy multiplies as Python does (the same doubles), a report's 10^7 of them faster
+        return (np.asarray(seconds, dtype=float) * 1000.0).tolist()
     return [median] if median is not None and math.isfinite(median) else []
 
 
@@ -251,12 +265,20 @@ def busy(trial: Trial) -> bool:
 
 
 def speed_groups(data: SweepData, images: Sequence[str], baseline: str,
-                 samples: Mapping[str, list[float]], *,
+                 samples: Mapping[str, list[float]] | None = None, *,
                  include_busy: bool = False) -> list[SpeedGroup]:
     """Every variant of a speed workload (rnn_bench) with its intervals per image and
     comparisons to ``baseline``. Trials measured on a busy node are left out of the
-    figures (kept in ``busy``) unless ``include_busy``."""
+    figures (kept in ``busy``) unless ``include_busy``.
+
+    ``samples``: run id -> per-batch seconds, already read (load_samples). None: each
+    variant reads its runs' samples itself, with its statistics, in the report's worker
+    processes when it has them (analysis/pool.py): one file per run where the artifacts
+    are on this machine, while a remote store's are downloaded here first, as
+    load_samples does. The same figures either way.
+    """
     found: dict[tuple, SpeedGroup] = {}
+    measured: dict[tuple, dict[str, list[Trial]]] = {}  # variant -> image -> ok trials
     for trial in trials_for(data.trials, "speed"):
         key = _variant(trial)
         group = found.get(key)
@@ -269,23 +291,57 @@ def speed_groups(data: SweepData, images: Sequence[str], baseline: str,
         if trial.status == Status.OK and busy(trial) and not include_busy:
             group.busy.append(trial)
         elif trial.status == Status.OK:
-            values = repeat_values(trial, samples)
-            if values:
-                group.repeats.setdefault(trial.image, []).append(values)
-    groups = sorted(found.values(),
-                    key=lambda g: (g.bench, _impl_order(g.impl), g.cell, _variant_sort(g)))
+            measured.setdefault(key, {}).setdefault(trial.image, []).append(trial)
+    if samples is None:
+        remote = [t for by_image in measured.values() for trials in by_image.values()
+                  for t in trials if samples_file(t) is None]
+        fetched = load_samples(remote) if remote else {}
+
+        def source(trial: Trial) -> tuple[str | None, list[float] | None, float | None]:
+            path = samples_file(trial)
+            return (path, None if path else fetched.get(trial.run_id),
+                    trial.metrics.get("ms_per_batch_median"))
+    else:
+        def source(trial: Trial) -> tuple[str | None, list[float] | None, float | None]:
+            return None, samples.get(trial.run_id), trial.metrics.get("ms_per_batch_median")
+    keys = sorted(found, key=lambda k: (found[k].bench, _impl_order(found[k].impl),
+                                        found[k].cell, _variant_sort(found[k])))
+    groups = [found[key] for key in keys]
     _label_variants(groups)
-    for group in groups:
-        for image in images:
-            if image in group.repeats:
-                group.intervals[image] = median_ci(group.repeats[image])
-        base = group.repeats.get(baseline)
-        if base is None:
-            continue
-        for image in images:
-            if image != baseline and image in group.repeats:
-                group.comparisons[image] = compare(base, group.repeats[image])
+    # Each variant's samples and bootstraps are independent of the others': in the
+    # report's worker processes when it has them (analysis/pool.py).
+    jobs = [({image: [source(t) for t in trials]
+              for image, trials in measured.get(key, {}).items()}, list(images), baseline)
+            for key in keys]
+    for group, (intervals, comparisons, medians) in zip(
+            groups, pool.map_each(_speed_statistics, jobs), strict=True):
+        group.intervals, group.comparisons, group.repeat_medians = intervals, comparisons, medians
     return groups
+
+
+def _speed_statistics(job: tuple[dict[str, list[tuple[str | None, list[float] | None,
+                                                       float | None]]], list[str], str],
+                      ) -> tuple[dict[str, Interval], dict[str, Comparison],
+                                 dict[str, list[float]]]:
+    """One variant's intervals per image, comparisons to the baseline and each repeat's
+    median, from (samples file, samples, recorded median) of each of its ok runs."""
+    sources, images, baseline = job
+    repeats: dict[str, list[list[float]]] = {}
+    for image, entries in sources.items():
+        for path, seconds, median in entries:
+            if path is not None:
+                seconds = read_samples_file(path)
+            values = _milliseconds(seconds, median)
+            if values:
+                repeats.setdefault(image, []).append(values)
+    intervals = {image: median_ci(repeats[image]) for image in images if image in repeats}
+    base = repeats.get(baseline)
+    comparisons = {} if base is None else {
+        image: compare(base, repeats[image]) for image in images
+        if image != baseline and image in repeats}
+    medians = {image: [statistics.median(r) for r in values]
+               for image, values in repeats.items()}
+    return intervals, comparisons, medians
 
 
 def _variant_sort(group: SpeedGroup) -> tuple:
@@ -324,12 +380,69 @@ class ReportContext:
     torch: dict[str, str | None] = field(default_factory=dict)  # image -> torch version
     undecided: list[PlannedTrial] = field(default_factory=list)  # planned, no decided run
     csv: dict[str, render.CsvTable] = field(default_factory=dict)
+    ui_url: str = ""  # the MLflow UI the report links to ("" : no links)
 
     def csv_table(self, name: str, columns: list[str]) -> render.CsvTable:
         table = self.csv.get(name)
         if table is None:
             table = self.csv[name] = render.CsvTable(name, columns, [])
         return table
+
+    def url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI ("" when the report has no UI to link to)."""
+        return run_url(self.ui_url, self.data.experiment_id, run_id) if self.ui_url else ""
+
+    def link(self, text: str, run_id: str) -> str:
+        """``text`` linked to the run's page (plain ``text`` without a UI)."""
+        return render.link(text, self.url(run_id)) if self.ui_url else text
+
+    def run_links(self, trials: Sequence[Trial], limit: int = 12) -> str:
+        """Numbered links to each trial's run ("1 2 3"), for a row that sums several runs."""
+        if not self.ui_url or not trials:
+            return ""
+        shown = " ".join(self.link(str(n), t.run_id)
+                         for n, t in enumerate(trials[:limit], start=1))
+        return shown + (f" +{len(trials) - limit}" if len(trials) > limit else "")
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def sweeps_section(context: ReportContext) -> render.Section | None:
+    """Which sweeps the report covers, each linked to its run; None for a single sweep
+    (the subtitle names it)."""
+    data = context.data
+    sweeps = sorted(data.sweeps, key=lambda s: (s.started, s.run_id), reverse=True)
+    if len(sweeps) < 2:
+        return None
+    section = render.Section("Sweeps")
+    table = (render.link("runs table", experiment_url(context.ui_url, data.experiment_id))
+             if context.ui_url else "")
+    where = (f" Each links to its run in the MLflow UI at {context.ui_url} (the experiment's "
+             f"{table})." if context.ui_url else "")
+    section.blocks.append(render.Paragraph(
+        f"This report pools the decided trials of {len(sweeps)} sweeps of experiment "
+        f"`{data.experiment_name}`: a figure's repeats may come from different sweeps, and "
+        "so from different times or machines (Provenance below says where they differ)."
+        + where))
+    statuses = [s for s in STATUSES if any(s in sweep.counts for sweep in sweeps)]
+    statuses += sorted({k for sweep in sweeps for k in sweep.counts} - set(statuses))
+    rows, csv = [], context.csv_table("sweeps", ["run_id", "name", "started_utc", "status",
+                                                 "trials", *statuses, "url"])
+    for sweep in sweeps:
+        state = SWEEP_STATES.get(sweep.status.upper(), sweep.status.lower())
+        total = sum(sweep.counts.values())
+        rows.append([context.link(sweep.name or sweep.run_id[:8], sweep.run_id),
+                     f"`{sweep.run_id[:8]}`", f"{sweep.started:%Y-%m-%d %H:%M}", state,
+                     str(total)] + [str(sweep.counts.get(s, 0)) for s in statuses])
+        csv.rows.append([sweep.run_id, sweep.name, f"{sweep.started:%Y-%m-%dT%H:%M:%SZ}",
+                         sweep.status, total] + [sweep.counts.get(s, 0) for s in statuses]
+                        + [context.url(sweep.run_id)])
+    section.blocks.append(render.Table(
+        ["sweep", "run id", "started (UTC)", "state", "decided trials", *statuses], rows,
+        caption="The sweeps of this report, newest first",
+        numeric=frozenset(["decided trials", *statuses])))
+    return section
 
 
 def summary_section(context: ReportContext) -> render.Section:
@@ -374,6 +487,16 @@ def summary_section(context: ReportContext) -> render.Section:
     order = data.parent_tags.get("versweep.trial_order")
     if order and order != "sampled":
         section.blocks.append(render.Paragraph(f"Trial order: {order}."))
+    if context.ui_url:
+        from sweeps.records.read import sqlite_file  # torch-free, mlflow-free
+
+        db = sqlite_file(data.tracking_uri)
+        serve = (f" (for this store: `mlflow ui --backend-store-uri {data.tracking_uri}`)"
+                 if db is not None else "")
+        section.blocks.append(render.Paragraph(
+            "Every row links to its runs in the MLflow UI at "
+            f"{render.link(context.ui_url, experiment_url(context.ui_url, data.experiment_id))}"
+            f"{serve}; `--mlflow-ui URL` points the links elsewhere."))
     incomplete = completeness_caveat(context)
     if incomplete:
         section.blocks.append(render.Caveat(incomplete))
@@ -413,7 +536,8 @@ def completeness_caveat(context: ReportContext) -> str:
     data = context.data
     decided = len(data.trials)
     status = data.parent_status.upper()
-    unfinished = ("this sweep " + PARENT_STATES.get(
+    unfinished = (("a sweep of this report " if len(data.sweeps) > 1 else "this sweep ")
+                  + PARENT_STATES.get(
         status, f"is not finished (its parent run is {status})")
         if status and status != "FINISHED" else "")
     missing = ""
@@ -467,7 +591,8 @@ def speed_sections(context: ReportContext) -> list[render.Section]:
         names = [g.label.removeprefix(bench + " ") for g in groups]
         sub.blocks.append(render.Figure(
             title=f"{bench}: milliseconds per batch per implementation and version",
-            png=plots.grouped_bars(
+            png=pool.later(
+                plots.grouped_bars,
                 f"{bench}: milliseconds per batch (lower is better)", names,
                 {image: [_bar(g.intervals.get(image)) for g in groups]
                  for image in context.images}),
@@ -477,7 +602,8 @@ def speed_sections(context: ReportContext) -> list[render.Section]:
         if len(context.images) > 1:
             sub.blocks.append(render.Figure(
                 title=f"{bench}: speed across versions",
-                png=plots.lines_across_versions(
+                png=pool.later(
+                    plots.lines_across_versions,
                     f"{bench}: milliseconds per batch across versions", context.images,
                     {name: [_bar(g.intervals.get(i)) for i in context.images]
                      for name, g in zip(names, groups, strict=True)}),
@@ -504,9 +630,10 @@ def _speed_table(context: ReportContext, group: SpeedGroup,
         interval = group.intervals.get(image)
         comparison = group.comparisons.get(image)
         torch = context.torch.get(image) or ""
+        runs = context.run_links(trials)
         if interval is None:
             why = status_text(trials)
-            rows.append([image, torch, "n/a", "n/a", "n/a", "0", "0", why])
+            rows.append([image, torch, "n/a", "n/a", "n/a", "0", "0", why, runs])
             csv.rows.append([group.bench, group.impl, group.cell, group.label, image, torch,
                              context.baseline, 0, 0, None, None, None, None, None, None, None,
                              "n/a", why])
@@ -523,7 +650,7 @@ def _speed_table(context: ReportContext, group: SpeedGroup,
                                          comparison.p_value)
         status = status_text(trials)
         rows.append([image, torch, format_interval(interval), ratio_text, format_mark(mark),
-                     str(interval.n_repeats), str(interval.n_samples), status])
+                     str(interval.n_repeats), str(interval.n_samples), status, runs])
         csv.rows.append([group.bench, group.impl, group.cell, group.label, image, torch,
                          context.baseline, interval.n_repeats, interval.n_samples,
                          interval.estimate, interval.low, interval.high, ratio, low, high,
@@ -533,11 +660,12 @@ def _speed_table(context: ReportContext, group: SpeedGroup,
             rows.append([f"GTX 1080 reference: PyTorch {reference.version}", reference.version,
                          format_interval(reference.interval), "", "reference",
                          str(reference.interval.n_repeats), str(reference.interval.n_samples),
-                         "stefbraun/rnn_benchmarks"])
+                         "stefbraun/rnn_benchmarks", ""])
     caption = f"**{group.label}**" + (f" ({variant})" if variant else "")
     return render.Table(
         ["image", "torch", "median ms/batch [95% CI]", "ratio to baseline [95% CI]", "mark",
-         "repeats", "batches", "trials"], rows, caption=caption,
+         "repeats", "batches", "trials", *(["runs"] if context.ui_url else [])], rows,
+        caption=caption,
         numeric=frozenset(["median ms/batch [95% CI]", "ratio to baseline [95% CI]",
                            "repeats", "batches"]))
 
@@ -592,7 +720,8 @@ def reference_sections(context: ReportContext) -> list[render.Section]:
             numeric=frozenset(f"PyTorch {v}" for v in versions)))
         section.blocks.append(render.Figure(
             title=f"{bench} on a GTX 1080 (stefbraun/rnn_benchmarks)",
-            png=plots.grouped_bars(
+            png=pool.later(
+                plots.grouped_bars,
                 f"{bench}: PyTorch versions on a {rows[0].gpu} (seed's measurements)",
                 impls,
                 {f"PyTorch {v}": [_bar(cell[(i, v)].interval if (i, v) in cell else None)
@@ -689,7 +818,8 @@ def language_model_sections(context: ReportContext) -> list[render.Section]:
                          f"{len(runs)}/{len(all_runs)}",
                          _mean_std_text(values["test_perplexity"]),
                          _mean_std_text(values["best_valid_perplexity"]),
-                         _mean_std_text(values["words_per_second"], 5), parity_text])
+                         _mean_std_text(values["words_per_second"], 5), parity_text,
+                         context.run_links(all_runs)])
             test_mean, test_std = mean_std(values["test_perplexity"])
             valid_mean, valid_std = mean_std(values["best_valid_perplexity"])
             wps_mean, wps_std = mean_std(values["words_per_second"])
@@ -701,7 +831,7 @@ def language_model_sections(context: ReportContext) -> list[render.Section]:
                              ("baseline" if image == context.baseline else "n/a")])
         sub.blocks.append(render.Table(
             ["image", "torch", "ok/trials", "test perplexity", "best valid perplexity",
-             "words/s", "parity vs baseline"], rows,
+             "words/s", "parity vs baseline", *(["runs"] if context.ui_url else [])], rows,
             numeric=frozenset(["ok/trials", "test perplexity", "best valid perplexity",
                                "words/s"])))
         published = next((env_value(t, "reference_perplexity.test") for t in trials
@@ -717,8 +847,9 @@ def language_model_sections(context: ReportContext) -> list[render.Section]:
         if curves:
             sub.blocks.append(render.Figure(
                 title=f"{label}: validation perplexity per epoch",
-                png=plots.learning_curves(f"{label}: validation perplexity per epoch", curves,
-                                          ylabel="validation perplexity"),
+                png=pool.later(plots.learning_curves,
+                                f"{label}: validation perplexity per epoch", curves,
+                                ylabel="validation perplexity"),
                 filename=f"learning_curves_{slug(label)}.png",
                 caption=f"One line per run (at most {MAX_CURVES_PER_IMAGE} seeds per image), "
                         "one colour per image; the seeds of one image in turn solid, dashed, "
@@ -845,7 +976,8 @@ def _lower_is_better(metric: str) -> bool:
 
 
 def search_sections(context: ReportContext) -> list[render.Section]:
-    """An Optuna search: best config per image, what each parameter does, early stops."""
+    """An Optuna search: best config per image, importances, Optuna's figures of its study
+    (analysis/search_figures.py: slice, history, parallel coordinates), early stops."""
     data = context.data
     language_model = {id(t) for t in trials_for(data.trials, "language_model")}
     trials = [t for t in data.trials if t.params or id(t) in language_model]
@@ -873,7 +1005,8 @@ def search_sections(context: ReportContext) -> list[render.Section]:
             continue
         pick = min if lower else max
         best = pick(candidates, key=lambda t: t.metrics[metric])
-        best_rows.append([image, format_value(best.metrics[metric]), _run_label(best)]
+        best_rows.append([image, format_value(best.metrics[metric]),
+                          context.link(_run_label(best), best.run_id)]
                          + [best.params.get(p, "") for p in searched])
         best_csv.rows.append([image, metric, best.metrics[metric], best.run_id, best.name]
                              + [best.params.get(p, "") for p in searched])
@@ -882,7 +1015,9 @@ def search_sections(context: ReportContext) -> list[render.Section]:
             ["image", metric, "run", *searched], best_rows,
             caption="Best configuration per image", numeric=frozenset([metric])))
 
-    importance, no_importance = _importances(data)
+    study = search_figures.searched_study(data, trials, metric, lower)
+    _search_trials_csv(context, study, searched)
+    importance, no_importance = _importances(study)
     if importance:
         section.blocks.append(render.Table(
             ["parameter", "importance"],
@@ -892,15 +1027,11 @@ def search_sections(context: ReportContext) -> list[render.Section]:
         context.csv_table("search_importance", ["parameter", "importance"]).rows.extend(
             [name, value] for name, value in importance.items())
     else:
+        instead = (f" The figures below show how `{metric}` moves with each parameter "
+                   "instead." if study.best is not None else "")
         section.blocks.append(render.Paragraph(
-            f"No parameter importances: {no_importance}. The table below shows the results "
-            "per parameter value instead."))
-    dependence = _dependence_rows(scored, searched, metric, lower)
-    if dependence:
-        section.blocks.append(render.Table(
-            ["parameter", "values", "trials", f"best {metric}", f"median {metric}"],
-            dependence, caption=f"`{metric}` per parameter value (finished trials)",
-            numeric=frozenset(["trials", f"best {metric}", f"median {metric}"])))
+            f"No parameter importances: {no_importance}.{instead}"))
+    section.blocks.extend(_search_figures(study))
 
     stopped = [t for t in trials if t.status == "stopped"]
     stop_csv = context.csv_table("search_stopped", ["run_id", "name", "image", "epochs",
@@ -912,7 +1043,7 @@ def search_sections(context: ReportContext) -> list[render.Section]:
             history = stopped_histories.get(trial.run_id, [])
             last = history[-1][1] if history else trial.metrics.get(metric)
             epochs = history[-1][0] if history else None
-            rows.append([_run_label(trial), trial.image,
+            rows.append([context.link(_run_label(trial), trial.run_id), trial.image,
                          str(epochs) if epochs is not None else "?",
                          format_value(last), trial.message or ""])
             stop_csv.rows.append([trial.run_id, trial.name, trial.image, epochs, last,
@@ -949,25 +1080,22 @@ def _run_label(trial: Trial) -> str:
     return f"{trial.name} (`{trial.run_id[:8]}`)"
 
 
-def _importances(data: SweepData) -> tuple[dict[str, float], str]:
-    """Optuna's fANOVA parameter importances of the sweep's study, and "" ; or {} and why not.
+def _importances(search: search_figures.SearchStudy) -> tuple[dict[str, float], str]:
+    """Optuna's fANOVA parameter importances of the search's study, and "" ; or {} and why not.
 
     fANOVA fits scikit-learn random forests, and scikit-learn is not a dependency of
     versweep: without it (or when the evaluator fails on this study) the report says
-    so and keeps the per-parameter table, which needs nothing.
+    so and keeps the figures, which need nothing more.
     """
-    study = data.study()
-    if study is None:
-        return {}, ("the sweep's Optuna study was not found (it lives in optuna.db next to a "
-                    "SQLite MLflow store)")
     import optuna  # the search's own library; only a search's report needs it
 
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = search.complete
     if len(complete) < 2:
-        return {}, f"Optuna needs at least two completed trials, the study has {len(complete)}"
+        return {}, (f"Optuna needs at least two completed trials, the search has "
+                    f"{len(complete)}")
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # deterministic
-        values = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        values = optuna.importance.get_param_importances(search.study, evaluator=evaluator)
     except ImportError:
         return {}, ("Optuna's fANOVA evaluator needs scikit-learn, which is not installed "
                     "(`pip install scikit-learn` adds them)")
@@ -976,42 +1104,62 @@ def _importances(data: SweepData) -> tuple[dict[str, float], str]:
     return {name: float(value) for name, value in values.items()}, ""
 
 
-def _dependence_rows(trials: Sequence[Trial], searched: Sequence[str], metric: str,
-                     lower: bool) -> list[list[str]]:
-    """Per searched parameter: the metric grouped by value (numeric values in quartile bins)."""
-    rows = []
-    for name in searched:
-        pairs = [(t.params.get(name, ""), t.metrics[metric]) for t in trials]
-        if not pairs:
-            continue
-        numbers = _as_numbers([p for p, _ in pairs])
-        buckets: dict[str, list[float]] = defaultdict(list)
-        # Quartile bins once there are enough trials to fill them; else every value.
-        if numbers is not None and len(set(numbers)) > 4 and len(numbers) >= 8:
-            edges = statistics.quantiles(numbers, n=4)
-            for number, (_, value) in zip(numbers, pairs, strict=True):
-                slot = sum(number > edge for edge in edges)
-                low = min(numbers) if slot == 0 else edges[slot - 1]
-                high = max(numbers) if slot == 3 else edges[slot]
-                buckets[f"{format_value(low, 3)} .. {format_value(high, 3)}"].append(value)
-            order = sorted(buckets, key=lambda b: float(b.split(" ")[0]))
-        else:
-            for raw, value in pairs:
-                buckets[raw].append(value)
-            order = sorted(buckets, key=lambda b: (float(b) if _as_numbers([b]) else math.inf, b))
-        for bucket in order:
-            values = buckets[bucket]
-            best = min(values) if lower else max(values)
-            rows.append([name, bucket, str(len(values)), format_value(best),
-                         format_value(statistics.median(values))])
-    return rows
+# The search's figures: (file, title, what it shows), drawn by analysis/search_figures.py.
+SEARCH_FIGURES = (
+    ("search_slice.png", search_figures.slice_figure, "search: objective per parameter",
+     "Each point is a finished trial, coloured by its number (later: darker); each panel is "
+     "one searched parameter on its search-space scale (a log-uniform one on a log axis)."),
+    ("search_history.png", search_figures.history_figure, "search: optimisation history",
+     "Each finished trial's objective in the order Optuna asked for it, and the best so far."),
+    ("search_parallel.png", search_figures.parallel_figure, "search: parallel coordinates",
+     "One line per finished trial through its objective (first axis) and each searched "
+     "parameter, coloured by the objective."),
+)
 
 
-def _as_numbers(texts: Sequence[str]) -> list[float] | None:
-    try:
-        return [float(t) for t in texts]
-    except ValueError:
-        return None
+def _search_figures(search: search_figures.SearchStudy) -> list[render.Block]:
+    """Optuna's slice, history and parallel-coordinate plots, the best trial marked."""
+    best = search.best
+    if best is None:
+        ended = ", ".join(search_figures.not_drawn(search)) or "none ran"
+        return [render.Paragraph(
+            f"No search figures: none of the {len(search.study.trials)} trials of its study "
+            f"finished with a `{search.metric}` ({ended}).")]
+    marked = (f" The star (a red line in the parallel coordinates) is the best trial, "
+              f"#{best.number} ({search.metric} {format_value(best.value)}, run "
+              f"`{str(best.user_attrs.get(search_figures.RUN_ID_ATTR, ''))[:8]}`).")
+    note = " " + search_figures.figure_note(search)
+    blocks: list[render.Block] = []
+    for filename, draw, title, what in SEARCH_FIGURES:
+        figure = draw(search)
+        if figure is not None:
+            blocks.append(render.Figure(title=title, png=plots.png(figure), filename=filename,
+                                        caption=what + marked + note))
+    return blocks
+
+
+def _search_trials_csv(context: ReportContext, search: search_figures.SearchStudy,
+                       searched: Sequence[str]) -> None:
+    """search_trials.csv: every run of the search, its sampled values and its objective."""
+    runs = {t.run_id: t for t in context.data.trials}
+    names = list(searched) or search.params
+    csv = context.csv_table("search_trials", ["trial", "run_id", "name", "status",
+                                              "optuna_state", *names, search.metric,
+                                              "best", "url"])
+    best = search.best
+    for frozen in search.study.trials:
+        run_id = str(frozen.user_attrs.get(search_figures.RUN_ID_ATTR, ""))
+        run = runs.get(run_id)
+        csv.rows.append([frozen.number, run_id, run.name if run else "",
+                         frozen.user_attrs.get(search_figures.STATUS_ATTR, ""),
+                         frozen.state.name, *(frozen.params.get(n) for n in names),
+                         run.metrics.get(search.metric) if run else frozen.value,
+                         best is not None and frozen.number == best.number,
+                         context.url(run_id)])
+    for run, why in search.left_out:
+        csv.rows.append(["", run.run_id, run.name, run.status, f"not drawn: {why}",
+                         *(run.params.get(n) for n in names), run.metrics.get(search.metric),
+                         False, context.url(run.run_id)])
 
 
 # --------------------------------------------------------------------------- did not run
@@ -1024,13 +1172,14 @@ def did_not_run_sections(context: ReportContext) -> list[render.Section]:
     not_ok = [t for t in data.trials if t.status != "ok"]
     undecided = context.undecided
     csv = context.csv_table("did_not_run", ["run_id", "name", "workload", "image", "repeat",
-                                            "status", "reason"])
+                                            "status", "reason", "sweep_id", "url"])
     for trial in not_ok:
         csv.rows.append([trial.run_id, trial.name, trial.workload, trial.image, trial.repeat,
-                         trial.status, trial.message])
+                         trial.status, trial.message, trial.sweep_id, context.url(trial.run_id)])
     for planned in undecided:
         csv.rows.append(["", planned.name, planned.workload, planned.image, planned.repeat,
-                         NOT_DECIDED, NOT_DECIDED_REASON])
+                         NOT_DECIDED, NOT_DECIDED_REASON, planned.sweep_id,
+                         context.url(planned.sweep_id)])
     search_note = ""
     if data.search and data.trials_planned is not None and len(data.trials) < data.trials_planned:
         # A search has no fixed plan: only the number of samples it was to decide.
@@ -1055,6 +1204,7 @@ def did_not_run_sections(context: ReportContext) -> list[render.Section]:
         "[n] points to the reason below." + search_note))
     reasons: dict[tuple[str, str], int] = {}
     reason_trials: Counter = Counter()
+    reason_runs: dict[int, list[Trial]] = defaultdict(list)
     cells: dict[tuple[str, str], Counter] = defaultdict(Counter)
     cell_reasons: dict[tuple[str, str], set[int]] = defaultdict(set)
     labels: list[str] = []
@@ -1067,6 +1217,7 @@ def did_not_run_sections(context: ReportContext) -> list[render.Section]:
             why = _one_line(trial.message) or "(no reason recorded)"
             number = reasons.setdefault((trial.status, why), len(reasons) + 1)
             reason_trials[number] += 1
+            reason_runs[number].append(trial)
             cell_reasons[(label, trial.image)].add(number)
     for planned in undecided:
         label = planned.name.split(" @ ")[0] if " @ " in planned.name else planned.workload
@@ -1093,8 +1244,9 @@ def did_not_run_sections(context: ReportContext) -> list[render.Section]:
     section.blocks.append(render.Table(["workload", *columns], rows,
                                        caption="Trials per workload and image"))
     section.blocks.append(render.Table(
-        ["[n]", "status", "reason", "trials"],
-        [[f"[{number}]", status, why, str(reason_trials[number])]
+        ["[n]", "status", "reason", "trials", *(["runs"] if context.ui_url else [])],
+        [[f"[{number}]", status, why, str(reason_trials[number]),
+          context.run_links(reason_runs[number])]
          for (status, why), number in sorted(reasons.items(), key=lambda item: item[1])],
         caption="Reasons", numeric=frozenset(["trials"])))
     return [section]
@@ -1174,12 +1326,16 @@ def provenance_warnings(context: ReportContext, by_image: Mapping[str, Sequence[
     warnings = []
     checks = [(name, what) for name, what in MACHINE_FIELDS.items()]
     checks += [(f"flags.{name}", f"numeric flag {name}") for name in flag_names]
+    # Per image, the trials whose worker reported its environment (counted once, not per check).
+    reached_by_image = {image: sum(1 for t in by_image.get(image, [])
+                                   if any(k.startswith("versweep.env.") for k in t.tags))
+                        for image in context.images}
     for name, what in checks:
         seen: dict[str, list[str]] = defaultdict(list)
         for image in context.images:
             trials = by_image.get(image, [])
             counts = _distinct(trials, lambda t, n=name: env_value(t, n))
-            reached = sum(1 for t in trials if any(k.startswith("versweep.env.") for k in t.tags))
+            reached = reached_by_image[image]
             for value, count in counts.items():
                 seen[value].append(image if count == reached else
                                    f"{image} ({count} of {reached} trials)")
@@ -1205,12 +1361,14 @@ def trials_csv(context: ReportContext) -> None:
     """trials.csv: every decided trial with its status and headline figures."""
     csv = context.csv_table("trials", [
         "run_id", "name", "workload", "image", "repeat", "status", "ms_per_batch_median",
-        "test_perplexity", "best_valid_perplexity", "words_per_second", "message"])
+        "test_perplexity", "best_valid_perplexity", "words_per_second", "message", "sweep_id",
+        "url"])
     for trial in context.data.trials:
         csv.rows.append([trial.run_id, trial.name, trial.workload, trial.image, trial.repeat,
                          trial.status] + [trial.metrics.get(name) for name in (
                              "ms_per_batch_median", "test_perplexity", "best_valid_perplexity",
-                             "words_per_second")] + [trial.message])
+                             "words_per_second")] + [trial.message, trial.sweep_id,
+                                                     context.url(trial.run_id)])
 
 
 # --------------------------------------------------------------------------- --compare
@@ -1253,8 +1411,7 @@ def _series_points(context: ReportContext) -> list[tuple[str, str, str, list]]:
     """(metric, unit, variant label, [(image, repeat values)]) of every series to search."""
     found = []
     for group in context.groups:
-        points = [(image, [statistics.median(r) for r in group.repeats.get(image, []) if r])
-                  for image in context.images]
+        points = [(image, group.repeat_medians.get(image, [])) for image in context.images]
         found.append(("ms per batch", "ms", group.label, points))
     for key, trials in sorted(lm_variants(context.data.trials).items()):
         label = lm_label(dict(key), [])

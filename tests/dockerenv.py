@@ -167,3 +167,31 @@ def registry(tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def push_unlabelled_image(registry: str, name: str, layer_bytes=(6_000_000, 20_000_000)) -> str:
+    """Push ``<registry>/versweep:<name>``: an image FROM scratch with a layer of random
+    bytes per entry of ``layer_bytes`` (nothing another image shares, so a pull really
+    moves them) and no io.versweep.* labels; then remove it from the engine. Returns the
+    mirror's reference."""
+    import io
+    import tarfile
+
+    import docker
+
+    mirrored = f"{registry}/versweep:{name}"
+    context = io.BytesIO()
+    files = {f"layer{i}.bin": os.urandom(size) for i, size in enumerate(layer_bytes)}
+    dockerfile = "FROM scratch\n" + "".join(f"COPY {f} /{f}\n" for f in files)
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for file_name, data in {"Dockerfile": dockerfile.encode(), **files}.items():
+            info = tarfile.TarInfo(file_name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    client = docker.from_env(timeout=300)
+    client.images.build(fileobj=context, custom_context=True, tag=mirrored, rm=True)
+    for event in client.api.push(f"{registry}/versweep", tag=name, stream=True, decode=True):
+        assert not event.get("error"), event
+    client.images.remove(mirrored)
+    return mirrored

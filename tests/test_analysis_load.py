@@ -445,3 +445,19 @@ def test_a_sweep_on_a_tracking_server(store, tmp_path):
                                                    "chunk_ms_per_batch_median")] == [50, 100]
         message = one_line_error(lambda: load_sweep_data(url, "remot"))
         assert "did you mean 'remote'?" in message
+
+
+def test_a_sweeps_recorded_set_overrides_decide_its_search_metric_and_space():
+    """A search run with --set search.metric=... is reported by the metric it searched."""
+    from analysis.load import _parse_grid
+    from sweeps.grid.load import OVERRIDE_LINE, OVERRIDES_NOTE
+
+    text = "\n".join([
+        "[search]", 'metric = "valid_perplexity"', 'mode = "min"',
+        "[search.space]", 'learning_rate = {loguniform = [0.1, 2.0]}', "",
+        OVERRIDES_NOTE, f"{OVERRIDE_LINE}search.metric=train_perplexity",
+        f"{OVERRIDE_LINE}search.space.keep_prob={{uniform=[0.3, 1.0]}}", ""])
+    grid = _parse_grid(text)
+    assert grid["search"]["metric"] == "train_perplexity"
+    assert set(grid["search"]["space"]) == {"learning_rate", "keep_prob"}
+    assert _parse_grid("not [ toml") == {}

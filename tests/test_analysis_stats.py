@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from analysis.stats import (
     compare,
     median_ci,
     parity,
+    welch_p_value,
 )
 
 
@@ -250,6 +252,24 @@ def test_deterministic_runs_with_no_spread():
     results = parity({"a": [100.0, 100.0], "b": [100.0, 100.0], "c": [104.0, 104.0]}, "a")
     assert results["b"].verdict == SAME
     assert results["c"].verdict == DIFFERS and results["c"].p_value == 0.0
+
+
+def test_welchs_test_gives_scipys_p_value_to_the_last_bit():
+    """parity's own Welch test (no scipy.stats import at start-up) is scipy's arithmetic."""
+    rng = np.random.default_rng(11)
+    for case in range(2000):
+        scale = 10 ** rng.uniform(-3, 4)
+        a = rng.normal(100.0, 1.0, int(rng.integers(2, 12))) * scale
+        b = rng.normal(100.0 + rng.uniform(-2, 2), rng.uniform(0.1, 3.0),
+                       int(rng.integers(2, 12))) * scale
+        if case % 7 == 0:
+            a, b = np.round(a, 1), np.round(b, 1)
+        if case % 11 == 0:
+            b = np.full(b.size, b[0])  # no spread on one side
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's "precision loss" on nearly equal values
+            expected = float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+        assert np.array_equal([welch_p_value(a, b)], [expected], equal_nan=True)
 
 
 def test_parity_needs_its_baseline():

@@ -24,13 +24,16 @@ def imported_top_modules(path):
     # Every MLflow write and read of sweeps/ goes through records/store.py (analysis/ reads
     # the store through it, or straight from a SQLite store's tables, read-only).
     ("mlflow", ["sweeps/records/store.py"]),
-    # Searches (tune.py); a search's study and its parameter importances for the report.
-    ("optuna", ["analysis/load.py", "analysis/sections.py", "sweeps/execute/tune.py"]),
+    # Searches (tune.py); a search's study, its parameter importances and Optuna's own
+    # figures of it for the report.
+    ("optuna", ["analysis/load.py", "analysis/search_figures.py", "analysis/sections.py",
+                "sweeps/execute/tune.py"]),
     # The Docker engine: images, the backend and its reaper, and pre-pulls on a cluster.
     ("docker", ["sweeps/cluster/prepull.py", "sweeps/execute/backends/docker.py",
                 "sweeps/execute/backends/reaper.py", "sweeps/images/build.py",
                 "sweeps/images/docker.py"]),
-    ("matplotlib", ["analysis/plots.py"]),
+    # The report's figures; a search's are Optuna's matplotlib plots, marked up.
+    ("matplotlib", ["analysis/plots.py", "analysis/search_figures.py"]),
     # The change-point search of the report's series view.
     ("ruptures", ["analysis/series.py"]),
 ])
@@ -80,7 +83,8 @@ def test_every_stage_is_a_package_of_its_own():
         assert (ROOT / "sweeps" / stage / "__init__.py").is_file(), stage
     top = sorted(p.name for p in (ROOT / "sweeps").glob("*.py"))
     assert top == ["__init__.py", "cli.py", "columns.py", "datasets.py", "errors.py",
-                   "paths.py", "run.py", "schedule.py", "status.py", "versions.py"]
+                   "paths.py", "progress.py", "run.py", "schedule.py", "status.py", "validate.py",
+                   "versions.py"]
 
 
 def test_columns_are_printed_by_one_function():

@@ -40,6 +40,7 @@ from sweeps.execute.trial import run_trial
 from sweeps.grid.load import MATRIX_PATH
 from sweeps.grid.matrix import load_matrix
 from sweeps.grid.spec import LOCAL_IMAGE, Sweep, TrialSpec
+from workers.ptb_lm_config import MAX_EPOCHS
 from workers.workloads import resolve_workload_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +51,7 @@ TINY_LM = {"device": "cpu", "hidden_size": 16, "num_layers": 1, "num_steps": 5,
            "synthetic_words": 3000, "synthetic_vocab": 50, "test_batch_size": 1,
            "test_num_steps": 5}
 # The same model for ~forever: for kill, timeout and stop.
-ENDLESS_LM = dict(TINY_LM, epochs=100000, max_steps_per_epoch=None)
+ENDLESS_LM = dict(TINY_LM, epochs=MAX_EPOCHS, max_steps_per_epoch=None)  # runs until stopped
 
 
 def spec_of(workload: str, raw: dict, repeat: int = 0, image: str = LOCAL_IMAGE) -> TrialSpec:

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dockerenv import TEST_IMAGE, make_base, require_engine
+from dockerenv import TEST_IMAGE, make_base, push_unlabelled_image, require_engine
 from needs import tool
 
 from sweeps.grid.load import load_sweep
@@ -355,6 +355,31 @@ def test_a_mirror_without_labels_is_pulled_with_a_warning(tmp_path, registry, ex
             "images/build.py)") in pulled.stdout
     assert f"python images/build.py verify {name}" in pulled.stdout
     assert client.images.get(f"versweep:{name}").id == client.images.get(mirrored).id
+
+
+def test_a_pull_says_how_far_it_is_over_all_its_layers(tmp_path, registry, extra_tags):
+    # Layers of random bytes no other image holds, so the pull really moves 26 MB; every
+    # event of the engine is worth a line here (a user sees one every few seconds).
+    require_engine()
+    name = f"torch-2.13.0-cpu-p{uuid.uuid4().hex[:8]}"
+    mirrored = push_unlabelled_image(registry, name)
+    extra_tags += [f"versweep:{name}", mirrored]
+
+    pulled = build_py("pull", name, "--registry", registry, "--matrix",
+                      matrix_copy(tmp_path, name), env={"VERSWEEP_PROGRESS_EVERY_S": "0"})
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    count = re.compile(rf"{name}: pulling, [\d.]+ (?:B|kB|MB) of ([\d.]+) MB \((\d+)%\)"
+                       r"(?:, [\d.]+ (?:B|kB|MB)/s)?, \d of 2 layers done(?:, extracting)?")
+    counts = [count.fullmatch(line) for line in pulled.stdout.splitlines()]
+    counts = [match for match in counts if match]
+    assert counts, pulled.stdout
+    assert counts[-1].group(1) == "24.8" and counts[-1].group(2) == "100", pulled.stdout
+    assert [int(m.group(2)) for m in counts] == sorted(int(m.group(2)) for m in counts)
+    assert f"{name}: layer " in pulled.stdout  # and each layer's changes of state
+    assert "\r" not in pulled.stdout
+    assert re.search(rf"{name}: pulled {re.escape(mirrored)} \(sha256:[0-9a-f]{{64}}\) "
+                     r"24\.8 MB in \d+ s \([\d.]+ (?:kB|MB|GB)/s\), tagged", pulled.stdout), \
+        pulled.stdout
 
 
 def test_a_registry_that_is_down_fails_the_push_and_leaves_no_tag(docker_image):

@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dockerenv import require_engine
+from dockerenv import push_unlabelled_image, require_engine
 from sweeping import end_processes_mentioning, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,6 +190,32 @@ def test_prepull_puts_the_image_back_on_every_node_and_says_which_advertise_it(
     assert len(lines) == 2, refused.stdout
     assert "python is 3.11 in the image's labels, the matrix says 3.10" in lines[0]
     assert not client.images.list(name=f"versweep:{name}")
+
+
+def test_each_nodes_pull_progress_reaches_the_drivers_console_as_it_happens(
+        cluster, registry, own_image):
+    require_engine()
+    import docker
+
+    address, env, nodes = cluster
+    name, matrix = own_image
+    # Layers of random bytes no image on the engine holds: a pull really moves them (the
+    # mirror has no labels, so it is tagged with a warning). Every event is worth a line.
+    docker.from_env(timeout=120).images.remove(f"versweep:{name}")
+    push_unlabelled_image(registry, name)
+
+    done = prepull_cli(address, {**env, "VERSWEEP_PROGRESS_EVERY_S": "0"}, name,
+                       "--registry", registry, "--matrix", str(matrix))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    progress = [line for line in lines
+                if re.match(rf"node [\d.]+ [0-9a-f]{{12}}: {name}: pulling, .* \(\d+%\)", line)]
+    assert progress, done.stdout  # relayed from the node's task while it pulled
+    node = progress[0].split(":", 1)[0]  # "node <ip> <id>"
+    reported = next(i for i, line in enumerate(lines) if line.startswith(f"{node} (")
+                    and f": {name} pulled " in line)
+    assert lines.index(progress[-1]) < reported  # before the node's own report
+    assert any(n["id"][:12] in node for n in nodes)
 
 
 def test_an_image_missing_from_the_registry_fails_on_every_node_with_the_reason(

@@ -216,6 +216,11 @@ def test_a_sweep_reads_back_as_the_design_lays_it_out(tracking_uri, experiment, 
     assert described.tags["mlflow.note.content"].startswith(
         f"**versweep** experiment `{experiment}`: the records of the grid `recordtest` "
         "(recordtest.toml).\n\nrecords test grid\n\nEach **parent run**")
+    legend = json.loads(artifact_text(client, parent, "metrics.json", tmp_path / "legend"))
+    assert set(legend) == {"env", "rnn_bench"}  # the sweep's own workloads
+    assert legend["rnn_bench"]["ms_per_batch_median"]["unit"] == "ms"
+    assert legend["rnn_bench"]["ms_per_batch_median"]["better"] == "lower"
+    assert legend["rnn_bench"]["sequences_per_second"]["better"] == "higher"
     planned = json.loads(artifact_text(client, parent, "trials.json", tmp_path / "plan"))
     assert [t["key"] for t in planned] == [t.key for t in sweep.trials]
 
@@ -657,3 +662,95 @@ def test_descriptions_keep_a_users_own_and_count_each_run_of_the_sweep(tracking_
     tags = client.get_experiment(experiment_id).tags
     assert tags["mlflow.note.content"] == "our nightly numbers"
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+# --------------------------------------------------------------------------- UI addresses
+
+
+@pytest.mark.parametrize(("tracking_uri", "chosen", "base"), [
+    ("sqlite:////tmp/x/mlflow.db", None, "http://127.0.0.1:5000"),
+    ("http://127.0.0.1:5001", None, "http://127.0.0.1:5001"),
+    ("https://alice:s3cret@mlflow.example.org/tracking/", None,
+     "https://mlflow.example.org/tracking"),  # a token in the URI never reaches a report
+    ("sqlite:////tmp/x/mlflow.db", "http://ui.example:8080/", "http://ui.example:8080"),
+])
+def test_the_ui_a_report_links_to(tracking_uri, chosen, base):
+    from sweeps.records.layout import run_url, ui_base
+
+    assert ui_base(tracking_uri, chosen) == base
+    assert run_url(base, "3", "abc") == \
+        f"{base}/#/experiments/3/runs/abc?workflowType=machine_learning"
+
+
+# --------------------------------------------------------------------------- source, datasets
+
+
+def test_every_run_names_the_projects_git_revision_as_its_source(tracking_uri, experiment,
+                                                                tmp_path):
+    import subprocess
+
+    from sweeps.records.store import PROJECT_ROOT, source_tags
+
+    head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("versweep is not a git checkout here")
+    records = SweepRecords(tracking_uri, experiment)
+    sweep = make_sweep(tmp_path, (env_trial(0),))
+    parent = records.open_sweep(sweep, resume=False)
+    child = records.start_trial(parent, sweep.trials[0])
+    client = MlflowClient(tracking_uri)
+    for run_id in (parent, child):
+        tags = client.get_run(run_id).data.tags
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+        assert tags["mlflow.source.type"] == "LOCAL"
+        assert tags["versweep.git_dirty"] in ("true", "false")
+        assert "@" not in tags.get("mlflow.source.git.repoURL", "")
+    assert source_tags()["mlflow.source.name"] == "sweeps/run.py"  # the UI shows "run.py"
+
+
+def test_a_real_corpus_is_the_trials_mlflow_dataset_and_a_synthetic_one_is_not(
+        tracking_uri, experiment, tmp_path):
+    from workers.ptb_data import CANONICAL_BLOB_IDS
+
+    records = SweepRecords(tracking_uri, experiment)
+    sweep = make_sweep(tmp_path, (env_trial(0), env_trial(1)))
+    parent = records.open_sweep(sweep, resume=False)
+    real, synthetic = (records.start_trial(parent, t) for t in sweep.trials)
+    records.log_event(real, {"v": 1, "event": "env", "torch": "2.13.0", "data": {
+        "synthetic": False, "source": "/data/ptb", "canonical_ptb": True,
+        "git_blob_sha1": dict(CANONICAL_BLOB_IDS)}})
+    records.log_event(synthetic, {"v": 1, "event": "env", "torch": "2.13.0", "data": {
+        "synthetic": True, "source": "synthetic(words=1000, vocab=50, seed=0)"}})
+    client = MlflowClient(tracking_uri)
+    inputs = client.get_run(real).inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    assert dataset.name == "ptb" and json.loads(dataset.source) == {"uri": "/data/ptb"}
+    assert json.loads(dataset.profile)["canonical_ptb"] is True
+    assert {t.key: t.value for t in inputs[0].tags} == {"mlflow.data.context": "train"}
+    assert client.get_run(synthetic).inputs.dataset_inputs == []
+
+
+def test_the_key_view_gains_a_new_workloads_columns_and_keeps_the_old(tmp_path):
+    """The experiment's saved runs-table view: each workload's best metric and the status
+    and version tags; a later sweep of another workload adds its column, keeps the rest."""
+    from sweeps.records.store import key_view
+
+    bench_only = make_sweep(tmp_path, (bench_trial("cudnn"),))
+    first = key_view(None, bench_only, now_ms=1000)
+    envelope = json.loads(first)
+    assert envelope["name"] == "versweep: key metrics" and envelope["createdAt"] == 1000
+    assert json.loads(envelope["state"])["selectedColumns"] == [
+        "metrics.`ms_per_batch_median`", "tags.`versweep.status`", "tags.`versweep.torch`",
+        "tags.`versweep.cuda`", "tags.`versweep.cudnn`"]
+    assert key_view(first, bench_only, now_ms=2000) is None  # nothing new: not rewritten
+    with_env = make_sweep(tmp_path, (env_trial(0), bench_trial("fused")))
+    assert key_view(first, with_env) is None  # env has no best metric
+    # A user's own column, added in the UI's view, stays; a broken view is replaced.
+    state = json.loads(envelope["state"])
+    state["selectedColumns"].insert(0, "params.`hidden_size`")
+    edited = json.dumps({**envelope, "state": json.dumps(state)})
+    assert key_view(edited, bench_only) is None
+    repaired = json.loads(key_view("{not json", bench_only))
+    assert json.loads(repaired["state"])["selectedColumns"][0] == "metrics.`ms_per_batch_median`"

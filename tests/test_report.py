@@ -128,6 +128,100 @@ def test_report_writes_md_html_csv_and_logs_them_on_the_sweeps_parent_run(store,
     assert Path(copy).read_text() == markdown
 
 
+def test_a_local_store_is_reported_and_logged_without_importing_mlflow(store, tmp_path):
+    """A SQLite store with its artifacts on this machine: read from its tables, the report
+    logged by copying into the run's artifact folder. Importing mlflow alone costs a
+    report about a second (docs/performance.md)."""
+    code = ("import sys; from analysis.command import main; "
+            f"code = main(['--experiment', {VERSIONS!r}, '--tracking-uri', "
+            f"{store.tracking_uri!r}, '--out', {str(tmp_path / 'report')!r}]); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'sqlalchemy'})); "
+            "sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    client = MlflowClient(store.tracking_uri)
+    copy = client.download_artifacts(store.versions.parent_run_id, "report/report.md",
+                                     str(tmp_path))
+    assert Path(copy).read_text() == (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_report_reads_a_sqlite_store_in_bulk_however_many_runs(store, tmp_path, monkeypatch):
+    """The runs, their tags, params and metrics, and the learning curves' histories come in
+    a few queries for the whole report, not one per run: the same number for every sweep of
+    the experiment together as for the newest alone (samples are files, read directly)."""
+    import sqlite3
+
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args, **kwargs):
+        connection = connect(*args, **kwargs)
+        connection.set_trace_callback(statements.append)
+        return connection
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    counts = []
+    for which in (["--all-sweeps"], []):
+        statements.clear()
+        assert command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                             "--out", str(tmp_path / "report"), "--no-log", *which]) == 0
+        counts.append(len(statements))
+        assert not [s for s in statements if "run_uuid = '" in s]  # one run's query
+    assert counts[0] == counts[1] < 30
+
+
+def test_the_worker_processes_change_nothing_in_the_report(store, tmp_path, monkeypatch):
+    """Figures and per-variant statistics computed in the report's worker processes
+    (analysis/pool.py) give the same files, byte for byte, as computed in the process."""
+    import contextlib
+
+    from analysis import pool
+
+    def files(out: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file()}
+
+    args = ["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri, "--all-sweeps",
+            "--no-log"]
+    real = pool.report_pool
+    used = []
+
+    def two_workers(workers=None):  # as on a machine with two or more CPUs, whatever this has
+        used.append(True)
+        return real(2)
+
+    monkeypatch.setattr(pool, "report_pool", two_workers)
+    assert command.main([*args, "--out", str(tmp_path / "pooled")]) == 0
+    assert used
+    monkeypatch.setattr(pool, "report_pool", lambda workers=None: contextlib.nullcontext())
+    assert command.main([*args, "--out", str(tmp_path / "inline")]) == 0
+    pooled, inline = files(tmp_path / "pooled"), files(tmp_path / "inline")
+    assert any(name.endswith(".png") for name in pooled)
+    assert pooled == inline
+
+
+def test_files_of_a_run_whose_artifacts_are_elsewhere_are_logged_through_mlflow(store,
+                                                                                tmp_path):
+    from sweeps.records.artifacts import log_files
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "sub" / "b.txt").write_text("b")
+    parent = store.older_versions.parent_run_id
+    # No artifact URI given (as for a remote store): MLflow finds where the run's go.
+    log_files(store.tracking_uri, parent, "", tmp_path,
+              [tmp_path / "a.txt", tmp_path / "sub" / "b.txt"], "logged-through-mlflow")
+    client = MlflowClient(store.tracking_uri)
+    found = {f.path for f in client.list_artifacts(parent, "logged-through-mlflow/sub")}
+    assert found == {"logged-through-mlflow/sub/b.txt"}
+    copy = client.download_artifacts(parent, "logged-through-mlflow/a.txt", str(tmp_path))
+    assert Path(copy).read_text() == "a"
+    with pytest.raises(ValueError, match="relative"):
+        log_files(store.tracking_uri, parent, "", tmp_path, [tmp_path / "a.txt"], "../up")
+
+
 def test_the_newest_sweep_by_default_and_an_older_one_with_sweep(store, versions_report,
                                                                  tmp_path):
     assert store.versions.parent_run_id in (versions_report / "report.md").read_text()
@@ -334,7 +428,7 @@ def test_a_search_says_how_many_of_its_samples_were_decided(store, search_report
     assert f"The search was to decide 20 samples (`num_samples`); {decided} were decided" in section
 
 
-def test_without_scikit_learn_the_search_report_keeps_the_per_parameter_table(store, tmp_path):
+def test_without_scikit_learn_the_search_report_keeps_its_figures(store, tmp_path):
     # Optuna's fANOVA needs scikit-learn, which versweep does not depend on: the report
     # is written from a Python that cannot import it (None in sys.modules blocks the import).
     program = ("import sys; sys.modules['sklearn'] = None; "
@@ -349,7 +443,8 @@ def test_without_scikit_learn_the_search_report_keeps_the_per_parameter_table(st
             "is not installed") in markdown
     assert "Parameter importance (Optuna" not in markdown
     assert not (tmp_path / "search_importance.csv").exists()
-    assert "`valid_perplexity` per parameter value (finished trials)" in markdown
+    for name in ("search_slice.png", "search_history.png", "search_parallel.png"):
+        assert f"](plots/{name})" in markdown
 
 
 # --------------------------------------------------------------------------- provenance
@@ -422,6 +517,9 @@ def test_search_report_best_config_importances_and_early_stops(store, search_rep
     assert all(r["message"].startswith("stopped early by ASHA") for r in stopped)
     assert "Trials stopped early (2)" in markdown
     assert "search_curves.png" in markdown
+    trials = read_csv(search_report / "search_trials.csv")
+    assert {r["run_id"] for r in trials} == {t.run_id for t in store.search.decided}
+    assert [r["run_id"] for r in trials if r["best"] == "True"] == [best.run_id]
 
 
 # --------------------------------------------------------------------------- --compare
@@ -474,6 +572,10 @@ def test_compare_prints_an_asv_style_table(store, capsys):
     (["--experiment", VERSIONS, "--compare", BASE, "torch-9.9.9-cu999"],
      "'torch-9.9.9-cu999' is not an image of this sweep"),
     (["--experiment", VERSIONS, "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--experiment", VERSIONS, "--mlflow-ui", "localhost:5000"],
+     "--mlflow-ui 'localhost:5000' is not a web address"),
+    (["--experiment", VERSIONS, "--sweep", "ffffffff", "--all-sweeps"],
+     "not allowed with argument"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(store, tmp_path, capsys, args, says):
     code = command.main([*args, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path)])
@@ -514,3 +616,80 @@ def test_the_series_view_names_each_step_with_the_versions_around_it(versions_re
     assert ("| ms per batch | 1x320-ce-long cudnn | 1.13.1+cu116 → 2.0.1+cu118 | 0.75x | "
             "80.0 → 60.0 ms |") in markdown
     assert "1x320-ce-long fused (ms per batch): fewer than three versions measured" in markdown
+
+
+# --------------------------------------------------------------------------- several sweeps, links
+
+
+def _links(markdown: str) -> list[str]:
+    return re.findall(r"\]\((http[^)]+)\)", markdown)
+
+
+def test_every_row_links_to_its_runs_in_the_mlflow_ui(store, versions_report):
+    markdown = (versions_report / "report.md").read_text()
+    html = (versions_report / "report.html").read_text()
+    experiment_id = MlflowClient(store.tracking_uri).get_experiment_by_name(
+        VERSIONS).experiment_id
+    base = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/"
+    side = "?workflowType=machine_learning"  # the runs side of MLflow 3's UI
+    linked = {url.removeprefix(base).removesuffix(side) for url in _links(markdown)
+              if url.startswith(base) and url.endswith(side)}
+    # Every decided trial of the sweep is reachable from a row (speed, LM, did-not-run rows).
+    decided = {t.run_id for t in store.versions.decided}
+    assert decided <= linked | {store.versions.parent_run_id}
+    assert store.versions.parent_run_id in linked  # the subtitle names the sweep's run
+    # The HTML turns them into real anchors, and says how to serve the UI for this store.
+    assert f'<a href="{base}{store.versions.parent_run_id}{side}">' in html
+    assert f"mlflow ui --backend-store-uri {store.tracking_uri}" in markdown
+    trials = read_csv(versions_report / "trials.csv")
+    assert all(row["url"] == base + row["run_id"] + side for row in trials)
+
+
+def test_all_sweeps_pools_both_sweeps_and_links_both(store, tmp_path):
+    out = tmp_path / "both"
+    assert command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                        "--all-sweeps", "--out", str(out), "--no-log",
+                        "--mlflow-ui", "http://mlflow.example:8080/"]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "## Sweeps" in markdown and "2 sweeps" in markdown
+    newest, older = store.versions.parent_run_id, store.older_versions.parent_run_id
+    for parent in (newest, older):
+        assert re.search(rf"\]\(http://mlflow\.example:8080/#/experiments/\d+/runs/{parent}"
+                         r"\?workflowType=machine_learning\)",
+                         markdown), parent
+    trials = read_csv(out / "trials.csv")
+    expected = {t.run_id for t in store.versions.decided} | {
+        t.run_id for t in store.older_versions.decided}
+    assert {t["run_id"] for t in trials} == expected
+    assert {t["sweep_id"] for t in trials} == {newest, older}
+    sweeps_csv = read_csv(out / "sweeps.csv")
+    assert [row["run_id"] for row in sweeps_csv] == [newest, older]  # newest first
+    assert sweeps_csv[1]["trials"] == "1" and sweeps_csv[1]["ok"] == "1"
+    # The older sweep's repeat of the baseline counts in the baseline's speed figure.
+    speed = [row for row in read_csv(out / "speed.csv") if row["image"] == BASE
+             and row["bench"] == "1x320-ce-long" and row["impl"] == "cudnn"]
+    assert int(speed[0]["n_repeats"]) == 4  # 3 of the newest sweep + 1 of the older
+
+    # Naming both with --sweep (any order, prefixes) is the same report.
+    again = tmp_path / "named"
+    assert command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                        "--sweep", older[:8], newest, "--out", str(again), "--no-log",
+                        "--mlflow-ui", "http://mlflow.example:8080/",
+                        "--format", "csv"]) == 0
+    assert read_csv(again / "trials.csv") == trials
+
+
+def test_one_unknown_sweep_among_several_is_one_line(store, tmp_path, capsys):
+    code = command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                         "--sweep", store.versions.parent_run_id, "zzzz", "--out",
+                         str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("report: error: ") and "no sweep 'zzzz'" in err
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_no_links_leaves_the_report_without_addresses(store, tmp_path):
+    assert command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                        "--no-links", "--out", str(tmp_path), "--no-log",
+                        "--format", "md"]) == 0
+    assert _links((tmp_path / "report.md").read_text()) == []

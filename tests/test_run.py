@@ -7,6 +7,7 @@ cluster), and then reads what it recorded the way a user would: through MLflow.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -77,6 +78,8 @@ def test_the_smoke_grid_runs_end_to_end_into_a_local_store(tmp_path, ray_tmp):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert "trials: 6 ok, 0 unsupported, 0 failed, 0 diverged, 0 stopped" in done.stdout
     assert f"see them: mlflow ui --backend-store-uri {uri}" in done.stdout
+    assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?"
+                     r"workflowType=machine_learning&viewStateShareKey=versweep", done.stdout)
     assert re.search(r"ptb_lm\s+test_perplexity [\d.]+", done.stdout)
     assert "Number of trials: 6/6" in done.stdout  # Ray Tune's progress table
 
@@ -108,6 +111,26 @@ def test_the_smoke_grid_runs_end_to_end_into_a_local_store(tmp_path, ray_tmp):
     bench = [c for c in children if c.data.tags["versweep.workload"] == "rnn_bench"]
     assert all(c.data.metrics["ms_per_batch_median"] > 0 for c in bench)
     assert all("samples.json" in artifact_names(client, c.info.run_id) for c in bench)
+    # The parent run holds the best of each workload's comparison group, linked from its
+    # description: the language model's, and one per benchmark variant.
+    bests = {k.removesuffix(".run_id"): v for k, v in parent.data.tags.items()
+             if k.startswith("versweep.best.") and k.endswith(".run_id")
+             and k != "versweep.best.run_id"}
+    assert "versweep.best.ptb_lm" in bests and bests["versweep.best.ptb_lm"] == lm[0].info.run_id
+    assert len(bests) == 1 + len({(c.data.params["bench"], c.data.params["impl"])
+                                  for c in bench})
+    assert parent.data.metrics["best.ptb_lm.test_perplexity"] == \
+        lm[0].data.metrics["test_perplexity"]
+    note = parent.data.tags["mlflow.note.content"]
+    assert (f"(#/experiments/{parent.info.experiment_id}/runs/{lm[0].info.run_id}"
+            "?workflowType=machine_learning)") in note
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[
+        "mlflow.sharedViewState.versweep"])
+    assert view["name"] == "versweep: key metrics"
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert sorted(columns[:2]) == ["metrics.`ms_per_batch_median`", "metrics.`test_perplexity`"]
+    assert columns[2:] == ["tags.`versweep.status`", "tags.`versweep.torch`",
+                           "tags.`versweep.cuda`", "tags.`versweep.cudnn`"]
 
 
 def test_a_dry_run_of_the_versions_grid_prints_every_trial_and_starts_nothing(tmp_path,
@@ -162,7 +185,7 @@ def test_the_console_entry_point_takes_the_same_arguments(capsys):
     pytest.param(["--grid", "versions"],
                  r"the Docker daemon does not answer at unix:///nonexistent/docker\.sock",
                  id="versions-no-daemon"),
-    (["--grid", "versions", "--matrix", "nope.toml"], r"nope\.toml: no such file"),
+    (["--grid", "versions", "--matrix", "nope.toml"], r"--matrix 'nope\.toml': no such file"),
     (["--grid", "smoke", "--resume"], r"--resume: no earlier run of sweep 'smoke'"),
     (["--grid", "smoke", "--set", "sweep.max_concurent=1"], r"sweep\.max_concurent: unknown "
                                                             r"key"),
@@ -308,7 +331,7 @@ def test_ctrl_c_stops_the_workers_records_the_trial_as_stopped_and_exits_130(tmp
         config.num_layers = 1
         config.num_steps = 5
         config.batch_size = 4
-        config.epochs = 100000
+        config.epochs = 10000          # the most the config takes: runs until stopped
         config.synthetic_words = 3001
         config.synthetic_vocab = 50
         config.num_threads = 1

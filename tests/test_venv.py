@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from needs import need
 from venvenv import VENV_CUDA_IMAGE, VENV_IMAGE, VENV_KEY, build_or_skip, venv_backend
 
 from sweeps.envs import command
@@ -40,6 +41,7 @@ from sweeps.grid.load import load_sweep
 from sweeps.grid.matrix import load_matrix
 from sweeps.grid.spec import TrialSpec
 from sweeps.paths import MATRIX_PATH, REPO_ROOT
+from workers.ptb_lm_config import MAX_EPOCHS
 from workers.workloads import resolve_workload_config
 
 MATRIX = load_matrix(MATRIX_PATH)
@@ -47,7 +49,7 @@ TINY_BENCH = {"bench": "1x320-ce-short", "impl": "cudnn", "batch_size": 2, "seq_
               "hidden_size": 8, "batches": 3, "warmup_batches": 1, "num_threads": 1,
               "device": "cpu"}
 ENDLESS_LM = {"device": "cpu", "hidden_size": 16, "num_layers": 1, "num_steps": 5,
-              "batch_size": 4, "epochs": 100000, "max_steps_per_epoch": None,
+              "batch_size": 4, "epochs": MAX_EPOCHS, "max_steps_per_epoch": None,
               "max_eval_steps": 3, "synthetic_words": 3000, "synthetic_vocab": 50,
               "test_batch_size": 1, "test_num_steps": 5}
 
@@ -577,8 +579,9 @@ def test_envs_build_address_errors_are_one_line(tmp_path):
                           env={**os.environ, "VERSWEEP_ENVS_DIR": str(tmp_path)})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "versweep envs: error: 'http://127.0.0.1:8265' is the dashboard (Ray Jobs) address; "
-        "this joins the cluster itself: give the head's GCS address, HEAD:6379"]
+        "versweep envs: error: --address 'http://127.0.0.1:8265': is a web address (the "
+        "dashboard's, for Ray Jobs); give the head's GCS address, e.g. HEAD:6379, or "
+        "ray://HEAD:10001"]
 
 
 def test_an_environment_of_an_older_marker_format_is_rebuilt_not_trusted(venv_store):
@@ -594,3 +597,145 @@ def test_an_environment_of_an_older_marker_format_is_rebuilt_not_trusted(venv_st
     assert venv_store.problem(VENV_KEY) == "its marker says format 1, not 2"
     env = venv_store.ensure(venv_store.plan(MATRIX[VENV_IMAGE]))
     assert env.built and env.marker["format"] == 2 and "archs_reported" in env.marker
+
+
+# ----------------------------------------------------------------- a build on the console
+
+
+def slow_uv(tmp_path: Path, seconds: float) -> str:
+    """A uv whose package installs are silent for ``seconds`` first, as uv is while it
+    downloads a large wheel without a terminal to draw on."""
+    script = tmp_path / "slow-uv"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        if [ "$1" = pip ] && [ "$2" = install ] && [[ " $* " != *" --dry-run "* ]]; then
+            sleep {seconds}
+        fi
+        exec {EnvStore(tmp_path / "unused").uv} "$@"
+        """))
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_build_progress_says_the_stores_lines_at_once_and_uvs_in_a_heartbeat():
+    from sweeps.envs.build import BuildProgress
+
+    now = [0.0]
+    lines: list[str] = []
+    build = BuildProgress("torch-1.4.0-py3.6", lines.append, every=5, clock=lambda: now[0])
+    key = "torch-1.4.0-py3.6"
+    build(f"{key}: building torch 1.4.0 with Python 3.6.15 (/usr/bin/python3.6) in .building-x")
+    build(f"{key}:   Resolved 12 packages in 2.1s")
+    build(f"{key}:   Downloading torch (766.2MiB)")  # then uv says nothing for minutes
+    now[0] = 14.0
+    build.progress.tick()
+    now[0] = 45.0
+    build.progress.tick()
+    build(f"{key}:    + torch==1.4.0")
+    build("evicted torch-1.0.1-py3.6 (1.4 GB, last used 2026-11-01 10:00:00 UTC)")
+    build(f"{key}: verifying (python -m workers env)")
+    assert lines == [
+        f"{key}: building torch 1.4.0 with Python 3.6.15 (/usr/bin/python3.6) in .building-x",
+        f"{key}: still building, 45 s (last: Downloading torch (766.2MiB))",
+        "evicted torch-1.0.1-py3.6 (1.4 GB, last used 2026-11-01 10:00:00 UTC)",
+        f"{key}: verifying (python -m workers env)",
+    ]
+    # `versweep envs build` also says uv's lines, but its per-package ones.
+    echoed: list[str] = []
+    cli = BuildProgress(key, lambda line: None, tools=echoed.append, clock=lambda: now[0])
+    for said in ("  Resolved 12 packages in 2.1s", "  Downloading torch (766.2MiB)",
+                 "   + torch==1.4.0"):
+        cli(f"{key}: {said}")
+    assert echoed == [f"{key}:   Resolved 12 packages in 2.1s"]
+    # Another process builds it: this one says it waits, and how long.
+    waits: list[str] = []
+    waiting = BuildProgress(key, waits.append, every=5, clock=lambda: now[0])
+    waiting(f"{key}: waiting for another process that is building or checking it")
+    now[0] += 20
+    waiting.progress.tick()
+    assert waits[-1] == f"{key}: still waiting, 20 s"
+
+
+def test_a_trials_build_says_its_progress_on_the_console_and_all_of_it_in_the_log(
+        tmp_path, monkeypatch):
+    # uv is silent for 4 s while it installs; lines at most every 0.5 s, a heartbeat
+    # after 1.5 s of silence.
+    monkeypatch.setenv("VERSWEEP_UV", slow_uv(tmp_path, 4))
+    monkeypatch.setenv("VERSWEEP_PROGRESS_EVERY_S", "0.5")
+    backend = venv_backend(EnvStore(tmp_path / "envs", budget="100g"))
+    console: list[str] = []
+    backend.console = console.append
+    spec = spec_of("rnn_bench", TINY_BENCH)
+    log_path = tmp_path / "trial.log"
+    try:
+        handle = backend.start(spec, gpu_ids=[], log_path=log_path)
+    except UserError as exc:
+        if "cannot be reached" in str(exc):
+            need("package-index")
+        raise
+    handle.wait()
+    handle.close()
+
+    assert console[0].startswith(f"{VENV_KEY}: building torch 2.13.0 with Python 3.11"), console
+    beats = [line for line in console if line.startswith(f"{VENV_KEY}: still building, ")]
+    assert beats and all(" s (last: " in line for line in beats), console
+    assert f"{VENV_KEY}: verifying (python -m workers env)" in console
+    assert console[-1].startswith(f"{VENV_KEY}: built in "), console
+    assert not any(" + " in line or "Installed" in line for line in console), console
+    log = log_path.read_text()
+    assert "Installed" in log and " + torch==2.13.0" in log  # every line of uv's, logged
+    assert "still building" not in log  # the log has the lines themselves, not heartbeats
+
+    console.clear()  # built now: a second trial's start says nothing on the console
+    again = backend.start(spec, gpu_ids=[], log_path=tmp_path / "again.log")
+    again.wait()
+    again.close()
+    assert console == []
+
+
+def test_a_venv_sweep_says_its_environment_build_on_the_drivers_console(tmp_path, ray_tmp):
+    # The trial runs in a Ray actor whose output never reaches the driver's console
+    # (log_to_driver=False); its build's lines come through the sweep's relay.
+    from sweeping import versweep
+
+    grid = tmp_path / "tiny-venv.toml"
+    config = "".join(f"config.{key} = {json.dumps(value)}\n"
+                     for key, value in TINY_BENCH.items() if key != "device")
+    grid.write_text(f'[sweep]\nname = "tiny-venv"\nbackend = "venv"\ndevice = "cpu"\n'
+                    f'images = ["{VENV_IMAGE}"]\n[[group]]\nworkload = "rnn_bench"\n{config}')
+    done = versweep(["--grid", str(grid)], cwd=tmp_path, ray_tmp=ray_tmp,
+                    VERSWEEP_ENVS_DIR=str(tmp_path / "envs"),
+                    VERSWEEP_UV=slow_uv(tmp_path, 4), VERSWEEP_PROGRESS_EVERY_S="0.5")
+    if done.returncode != 0 and "cannot be reached" in done.stdout + done.stderr:
+        need("package-index")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    said = [line for line in lines if line.startswith(f"versweep: {VENV_KEY}: ")]
+    assert said[0].startswith(f"versweep: {VENV_KEY}: building torch 2.13.0 with Python"), \
+        done.stdout
+    assert any(line.startswith(f"versweep: {VENV_KEY}: still building, ") for line in said)
+    assert said[-1].startswith(f"versweep: {VENV_KEY}: built in "), said
+    assert "trials: 1 ok" in done.stdout
+    # Said before the sweep's end, not after it.
+    assert lines.index(said[-1]) < lines.index("sweep finished")
+
+
+def test_a_trial_that_waits_for_another_build_of_its_environment_says_so(venv_store,
+                                                                        monkeypatch):
+    import threading
+
+    from sweeps.envs import store as store_module
+
+    monkeypatch.setattr(store_module, "WAIT_SAY_S", 0.2)
+    plan = venv_store.plan(MATRIX[VENV_IMAGE])
+    other = store_module._Flock(venv_store._lock_path(VENV_KEY, "build"))
+    assert other.acquire()  # "another process" builds it (a flock of its own open file)
+    threading.Timer(1.0, other.release).start()
+    lines: list[str] = []
+    env = venv_store.ensure(plan, progress=lines.append)
+    assert not env.built
+    assert lines == [f"{VENV_KEY}: waiting for another process that is building or checking it"]
+
+    lines.clear()  # a lock nobody holds: not a word
+    venv_store.ensure(plan, progress=lines.append)
+    assert lines == []

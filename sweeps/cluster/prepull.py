@@ -17,8 +17,11 @@ talks to that node's Docker engine:
 - without one: only checks that ``versweep:<name>`` is there ("present"), and otherwise
   reports it "failed" with what to do.
 
-Each node reports per image (pulled / present / failed with the reason) and whether it
-advertises the Ray resource ``versweep_image:<name>``. Ray resources are fixed when a
+While a node pulls, its progress comes back as it happens, a line every few seconds
+(``node 10.0.0.2 1a2b3c4d5e6f: torch-2.1.0-cu121: pulling, 310 MB of 1.2 GB (26%), 41
+MB/s, 2 of 7 layers done``; sweeps/progress.py, through a small Ray actor the driver
+reads). Each node reports per image (pulled / present / failed with the reason) and
+whether it advertises the Ray resource ``versweep_image:<name>``. Ray resources are fixed when a
 node's ``ray start`` runs, so an image pulled onto a running node is used by trials only
 after Ray is restarted there with ``--resources "$(python -m sweeps.cluster.resources)"``;
 the report says so for each such node.
@@ -39,13 +42,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from sweeps import validate
 from sweeps.cluster.resources import image_resource
-from sweeps.errors import EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR, ArgumentParser, UserError
+from sweeps.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    ArgumentParser,
+    UserError,
+    one_line,
+)
 from sweeps.grid.load import MATRIX_PATH
 from sweeps.grid.matrix import display_path, load_matrix, nearest
 from sweeps.grid.spec import Image
 from sweeps.images.docker import (
     REPOSITORY,
+    PullProgress,
     check_registry,
     engine_error,
     local_tag,
@@ -53,6 +65,7 @@ from sweeps.images.docker import (
     registry_tag,
 )
 from sweeps.paths import REPO_ROOT
+from sweeps.progress import EVERY_S_VAR, LineRelay, Relayed, Say
 
 PULLED, PRESENT, FAILED = "pulled", "present", "failed"
 
@@ -104,14 +117,19 @@ def _image_attrs(client: Any, tag: str) -> dict[str, Any] | None:
         return None
 
 
+def _quiet(line: str) -> None:
+    pass
+
+
 def _pull_one(client: Any, name: str, registry: str,
-              entry: Image | None = None) -> tuple[str, str]:
+              entry: Image | None = None, say: Say = _quiet) -> tuple[str, str]:
     """(status, detail) of pulling ``<registry>/versweep:<name>`` as ``versweep:<name>``.
 
     With the matrix ``entry``, the mirror is judged as ``images/build.py pull`` judges it
     (sweeps.images.docker.mirror_verdict): refused and not tagged when its io.versweep.* labels
     contradict the entry, tagged with a warning (in ``detail``) when it has none. An
     error of the engine at any step is a FAILED detail in build.py's words, not raised.
+    The pull's progress (bytes of all layers, every few seconds) goes to ``say``.
     """
     import docker.errors
 
@@ -119,11 +137,8 @@ def _pull_one(client: Any, name: str, registry: str,
     repository, tag = reference.rsplit(":", 1)
     try:
         before = _image_attrs(client, local_tag(name))
-        error = None
-        for event in client.api.pull(repository, tag=tag, stream=True, decode=True):
-            if event.get("error"):
-                error = (event.get("errorDetail") or {}).get("message") or event["error"]
-                break
+        error = PullProgress(name, say).follow(
+            client.api.pull(repository, tag=tag, stream=True, decode=True)).error
     except docker.errors.DockerException as exc:
         error = engine_error(exc)
     if error is not None:
@@ -156,11 +171,13 @@ def _check_one(client: Any, name: str) -> tuple[str, str]:
 
 
 def prepull_here(image_names: Sequence[str], registry: str | None,
-                 entries: dict[str, Image] | None = None) -> dict[str, Any]:
+                 entries: dict[str, Image] | None = None,
+                 say: Say = _quiet) -> dict[str, Any]:
     """On this node: pull or check each image; the answer is plain data for the driver.
 
     ``{"hostname": ..., "images": [(name, status, detail), ...]}``. No failure escapes
     as an exception: an engine that does not answer fails every image with its reason.
+    The progress of each pull goes to ``say`` as it happens.
     """
     from sweeps.images.docker import docker_client
 
@@ -174,7 +191,7 @@ def prepull_here(image_names: Sequence[str], registry: str | None,
         try:
             if registry is not None:
                 status, detail = _pull_one(client, name, registry,
-                                           (entries or {}).get(name))
+                                           (entries or {}).get(name), say)
             else:
                 status, detail = _check_one(client, name)
         except Exception as exc:  # the engine failed otherwise: report it for this image
@@ -184,16 +201,42 @@ def prepull_here(image_names: Sequence[str], registry: str | None,
 
 
 def _prepull_task(image_names: Sequence[str], registry: str | None,
-                  entries: dict[str, Image] | None = None) -> dict[str, Any]:
+                  entries: dict[str, Image] | None = None, relay: Any = None,
+                  prefix: str = "") -> dict[str, Any]:
     """The Ray task pinned to one node: prepull_here, and the node it really ran on.
 
-    Everything it needs (the docker SDK, this checkout) must be importable on the node.
+    Its progress lines go to the driver's ``relay`` (a LineRelay actor), ``prefix``
+    first. Everything it needs (the docker SDK, this checkout) must be importable on the
+    node.
     """
     import ray
 
-    answer = prepull_here(image_names, registry, entries)
+    say = Relayed(relay, prefix) if relay is not None else _quiet
+    answer = prepull_here(image_names, registry, entries, say)
     answer["ran_on"] = ray.get_runtime_context().get_node_id()
+    if relay is not None:
+        ray.get(relay.ping.remote())  # its lines are there before its answer is
     return answer
+
+
+def relay_lines(relay: Any, out: TextIO) -> None:
+    """Write the lines the relay holds to ``out`` (none if it cannot be reached)."""
+    import ray
+
+    try:
+        lines = ray.get(relay.take.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - progress is never worth failing the command
+        return
+    if lines:
+        out.write("".join(line + "\n" for line in lines))
+        out.flush()
+
+
+def start_relay() -> Any:
+    """A LineRelay actor for this driver's tasks, on no CPU slot (a busy node holds it)."""
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=0)(LineRelay).remote()
 
 
 # ---------------------------------------------------------------- across the cluster
@@ -225,22 +268,19 @@ def join_cluster(address: str | None, *,
     if not address:
         raise UserError("name the cluster with --address HEAD:6379 (or set RAY_ADDRESS); "
                         f"the same on this node alone is: {alone}")
-    if address.startswith(("http://", "https://")):
-        raise UserError(f"'{address}' is the dashboard (Ray Jobs) address; this joins the "
-                        "cluster itself: give the head's GCS address, HEAD:6379")
-    host, _, port = address.rpartition(":")
-    if address != "auto" and "://" not in address and host and port.isdigit():
-        try:
-            socket.create_connection((host, int(port)), timeout=10).close()
-        except OSError as exc:
-            raise UserError(f"cannot join the Ray cluster at {address}: nothing answers there "
-                            f"({exc.strerror or exc})") from None
+    # Malformed, the dashboard's web address, or nothing listening: one line, at once.
+    address = validate.ray_address(address, "--address")
+    validate.ray_address_reachable(address, "--address")
     try:
         # The node tasks import sweeps/ from this checkout: cluster nodes keep it at the
         # same path (see sweeps/cluster/README.md).
+        # The driver's progress interval applies to its tasks' lines too.
+        env_vars = {"PYTHONPATH": str(REPO_ROOT)}
+        if os.environ.get(EVERY_S_VAR):
+            env_vars[EVERY_S_VAR] = os.environ[EVERY_S_VAR]
         ray.init(address=address, log_to_driver=False,
                  logging_level="WARNING",  # type: ignore[arg-type]  # Ray's own default
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+                 runtime_env={"env_vars": env_vars})
     except (ConnectionError, RuntimeError) as exc:
         raise UserError(f"cannot join the Ray cluster at {address}: {_first_line(exc)}"
                         ) from None
@@ -257,7 +297,8 @@ def prepull(address: str | None, image_names: Sequence[str], *, registry: str | 
 
     ``address`` is the cluster's GCS address (``HEAD:6379``, ``auto``; None: $RAY_ADDRESS);
     inside a Ray driver that is already connected it is not used. With ``out``, a line
-    per node is written as each node finishes. Raises UserError for a bad image name,
+    per node is written as each node finishes, and each node's pull progress as it
+    happens. Raises UserError for a bad image name,
     registry or address; a node's own failures are in its result, never raised.
     """
     import ray
@@ -268,18 +309,26 @@ def prepull(address: str | None, image_names: Sequence[str], *, registry: str | 
     entries = {name: matrix[name] for name in names}  # each node checks its pulls against
     registry = check_registry(registry) if registry is not None else None
     started_here = join_cluster(address)
+    relay = None
     try:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         # num_cpus=0: the task needs no CPU slot, so it runs on a busy node too; no
         # retries, because a task of a dead node must not run anywhere else.
         on_node = ray.remote(num_cpus=0, max_retries=0)(_prepull_task)
+        relay = start_relay() if out is not None else None
         pending = {
             on_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                node_id=node["NodeID"], soft=False)).remote(names, registry, entries): node
+                node_id=node["NodeID"], soft=False)).remote(
+                    names, registry, entries, relay,
+                    f"node {node.get('NodeManagerAddress', '')} {node['NodeID'][:12]}: "): node
             for node in nodes}
         results = []
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            if relay is not None and out is not None:
+                relay_lines(relay, out)
+            if not done:
+                continue
             node = pending.pop(done[0])
             try:
                 answer = ray.get(done[0])
@@ -298,6 +347,8 @@ def prepull(address: str | None, image_names: Sequence[str], *, registry: str | 
                 out.flush()
             results.append(result)
     finally:
+        if relay is not None:
+            ray.kill(relay)
         if started_here:
             ray.shutdown()
     return sorted(results, key=lambda r: (r.node_ip, r.node_id))
@@ -382,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv)
     except UserError as exc:
-        print(f"prepull: error: {exc}", file=sys.stderr)
+        print(f"prepull: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("prepull: interrupted", file=sys.stderr)

@@ -5,10 +5,67 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from types import TracebackType
 
 from sweeps.envs.store import BudgetError, BuildError, EnvStore, format_size
 from sweeps.errors import EXIT_FAILED, EXIT_OK, UserError
 from sweeps.grid.spec import Image
+from sweeps.progress import Progress, Say, heartbeat
+
+# uv's lines per package ("+ torch==2.1.0", "Downloading torch (766.2MiB)"): the marker's
+# freeze lists the packages; the last of them still shows in a heartbeat.
+_PER_PACKAGE = ("+ ", "- ", "Downloading ", "Downloaded ")
+
+
+class BuildProgress:
+    """An EnvStore ``progress`` callback for a console, with a heartbeat while it is used.
+
+    The store's own lines (building, waiting for another process's build, verifying,
+    built, evicted ...) are said at once; its build tools' output lines (uv's, pip's)
+    are kept as the last words of a heartbeat that speaks when the build has said
+    nothing for a while::
+
+        torch-1.4.0-py3.6: still building, 45 s (last: Downloading torch (766.2MiB))
+
+    With ``tools``, the tools' lines are said there too, uv's per-package ones left out
+    (``versweep envs build``'s report); a sweep's console gets the store's lines and the
+    heartbeat only. An environment that is already built says nothing at all.
+
+        with BuildProgress(plan.key, print) as progress:
+            store.ensure(plan, progress=progress)
+    """
+
+    def __init__(self, key: str, say: Say, *, tools: Say | None = None,
+                 every: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.progress = Progress(key, say, doing="building", every=every, clock=clock)
+        self.tools = tools
+        self._beat = heartbeat(self.progress)
+
+    def __call__(self, line: str) -> None:
+        key, _, said = line.partition(": ")
+        if key != self.progress.label:  # not of this environment's build: an eviction
+            self.progress.say_line(line)
+            return
+        if said.startswith("  "):  # a tool's output line (store._stream indents them)
+            text = said.strip()
+            self.progress.note(text)
+            if self.tools is not None and not text.startswith(_PER_PACKAGE):
+                self.progress.say(said.rstrip(), to=self.tools)
+            return
+        if said.startswith("waiting"):  # for another process: "still waiting, 40 s"
+            self.progress.note("", doing="waiting")
+        else:
+            self.progress.note(said, doing="building")
+        self.progress.say(said)
+
+    def __enter__(self) -> BuildProgress:
+        self._beat.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._beat.__exit__(kind, error, trace)
 
 
 def shown_time(stamp: object) -> str:
@@ -16,7 +73,12 @@ def shown_time(stamp: object) -> str:
     return str(stamp).replace("T", " ").replace("Z", " UTC") if stamp else "-"
 
 
-def do_build(store: EnvStore, images: list[Image], out) -> int:
+def do_build(store: EnvStore, images: list[Image], out, live: Say | None = None) -> int:
+    """Build what ``images`` need in ``store``, reporting on ``out``; the exit code.
+
+    ``live`` also gets each build's own lines and heartbeats as they happen (a cluster
+    node's, relayed to the driver while the node's report waits for its end).
+    """
     if not images:
         raise UserError("nothing to build: name matrix entries, all / cuda / cpu, or --grid")
     _ = store.uv  # one line at once where uv is missing
@@ -36,8 +98,17 @@ def do_build(store: EnvStore, images: list[Image], out) -> int:
             continue
         print(f"{head}: {plan.key}, Python {plan.interpreter.full} ({plan.interpreter.path})"
               + (f"; {plan.note}" if plan.note else ""), file=out, flush=True)
+        def report(line: str) -> None:
+            _print(f"    {line}", out)
+
+        def said(line: str) -> None:
+            report(line)
+            if live is not None:
+                live(line)
+
         try:
-            env = store.ensure(plan, progress=lambda line: _progress(line, out))
+            with BuildProgress(plan.key, said, tools=report) as progress:
+                env = store.ensure(plan, progress=progress)
         except BudgetError:
             raise
         except BuildError as exc:
@@ -62,10 +133,7 @@ def do_build(store: EnvStore, images: list[Image], out) -> int:
     return EXIT_FAILED if counts["cannot"] or counts["failed"] else EXIT_OK
 
 
-def _progress(line: str, out) -> None:
-    said = line.split(": ", 1)[-1].strip()
-    if said.startswith(("+ ", "- ", "Downloading ", "Downloaded ")):
-        return  # uv's lines per package: the marker's freeze has them
-    print(f"    {line}", file=out, flush=True)
+def _print(line: str, out) -> None:
+    print(line, file=out, flush=True)
 
 

@@ -84,6 +84,7 @@ from sweeps.envs.pythons import Interpreter, find_interpreters, minor_of
 from sweeps.errors import UserError
 from sweeps.grid.spec import Image
 from sweeps.paths import REPO_ROOT
+from sweeps.progress import format_bytes
 
 ENVS_DIR_VAR = "VERSWEEP_ENVS_DIR"
 BUDGET_VAR = "VERSWEEP_ENVS_BUDGET"
@@ -103,6 +104,9 @@ GUESS_ENV_BYTES = 5 * 2**30
 # How long an answer of the index (a wheel exists or not) is trusted.
 WHEEL_ANSWER_TTL_S = 30 * 24 * 3600
 BUILD_TIMEOUT_S = 3 * 3600
+# Seconds another process may hold an environment's build lock before this one says it
+# waits (a check of a built environment takes well under it; a build takes longer).
+WAIT_SAY_S = 2.0
 VERIFY_TIMEOUT_S = 600
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _TORCH_VERSION = re.compile(r"^\d+(\.\d+){0,3}([a-z0-9.]*)$")
@@ -143,14 +147,9 @@ def parse_size(text: str, what: str = BUDGET_VAR) -> int:
 
 
 def format_size(size: int | float | None) -> str:
-    """1.5 GB, 230 MB, 12 kB (binary units, one decimal where it helps)."""
-    if size is None:
-        return "?"
-    for unit, scale in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
-        if size >= scale:
-            value = size / scale
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{int(size)} B"
+    """1.5 GB, 230 MB, 12 kB (binary units, one decimal where it helps), as every
+    progress line says sizes (sweeps/progress.py)."""
+    return format_bytes(size)
 
 
 def find_uv() -> str | None:
@@ -164,7 +163,9 @@ def find_uv() -> str | None:
         found = uv.find_uv_bin()
         if found and os.path.isfile(found):
             return str(found)
-    except (ImportError, FileNotFoundError, AttributeError):
+    except (ImportError, FileNotFoundError, AttributeError, TypeError):
+        # TypeError: uv's finder reads sysconfig's EXE, which is None while another
+        # thread is still filling sysconfig's variables (seen with several threads at once).
         pass
     beside = Path(sys.executable).with_name("uv")
     if beside.is_file():
@@ -540,7 +541,7 @@ class EnvStore:
     def ensure(self, plan: EnvPlan, progress: Progress = _quiet) -> Env:
         """The environment of ``plan``, built first if it is missing or not whole."""
         lock = _Flock(self._lock_path(plan.key, "build"))
-        lock.acquire()
+        self._acquire_build_lock(lock, plan.key, progress)
         try:
             return self._ensure_locked(plan, progress)
         finally:
@@ -553,7 +554,7 @@ class EnvStore:
         rebuild the environment between the check and the use.
         """
         build = _Flock(self._lock_path(plan.key, "build"))
-        build.acquire()
+        self._acquire_build_lock(build, plan.key, progress)
         try:
             env = self._ensure_locked(plan, progress)
             use = _Flock(self._lock_path(plan.key, "use"), shared=True)
@@ -564,6 +565,21 @@ class EnvStore:
             return EnvLease(env, use)
         finally:
             build.release()
+
+    @staticmethod
+    def _acquire_build_lock(lock: _Flock, key: str, progress: Progress) -> None:
+        """Take the key's build lock; say so when another process holds it for long (its
+        build of the same environment: this one then finds it built)."""
+        if lock.acquire(blocking=False):
+            return
+        said = threading.Timer(WAIT_SAY_S, progress, [
+            f"{key}: waiting for another process that is building or checking it"])
+        said.daemon = True
+        said.start()
+        try:
+            lock.acquire()
+        finally:
+            said.cancel()
 
     def _ensure_locked(self, plan: EnvPlan, progress: Progress) -> Env:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@
     MLflow records: /home/me/mlflow.db (SQLite), artifacts under /home/me/mlartifacts
     experiment 'smoke', sweep run 3f2a...
     see them: mlflow ui --backend-store-uri sqlite:////home/me/mlflow.db
+      then open http://127.0.0.1:5000/#/experiments/1/runs?workflowType=...&viewStateShareKey=versweep
 """
 
 from __future__ import annotations
@@ -124,9 +125,29 @@ def best_by_metric(records: Iterable[TrialRecord], metric: str, mode: str) -> Be
     return chosen
 
 
+# A failure's line in the summary is cut here; the whole message is in the trial's run.
+FAILURE_LINE_CHARS = 300
+
+
+def failure_line(message: str) -> str:
+    """One line for a failed trial: the message's first line and, for a crash, the last line
+    the worker wrote on stderr (the exception), which says more than an exit code."""
+    lines = message.splitlines()
+    first = lines[0] if lines else ""
+    if "stderr tail:" in lines:
+        tail = [line.strip() for line in lines[lines.index("stderr tail:") + 1:]
+                if line.strip()]
+        if tail:
+            first = f"{first}; its last stderr line: {tail[-1]}"
+    if len(first) > FAILURE_LINE_CHARS:
+        first = first[:FAILURE_LINE_CHARS - 3] + "..."
+    return first
+
+
 def format_summary(records: list[TrialRecord], *, where: str, ui_command: str, experiment: str,
                    parent_run_id: str | None = None, search_best: Best | None = None,
-                   searched: tuple[str, ...] = (), interrupted: bool = False) -> str:
+                   searched: tuple[str, ...] = (), interrupted: bool = False,
+                   runs_url: str = "") -> str:
     """The end-of-sweep text: counts, the best per workload (or of the search), the records.
 
     ``searched``: the config keys a search varied, shown for its best trial.
@@ -137,10 +158,17 @@ def format_summary(records: list[TrialRecord], *, where: str, ui_command: str, e
              "sweep interrupted" if interrupted else "sweep finished",
              "trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
              + (f" ({earlier} decided by an earlier run, not run again)" if earlier else "")]
+    if interrupted:
+        lines.append("continue it: the same command with --resume (decided trials are not "
+                     "run again)")
     failed = [r for r in records if r.status == "failed" and not r.from_earlier_run]
     for record in failed:
-        first_line = (record.message.splitlines() or [""])[0]
-        lines.append(f"  failed: {record.name}: {first_line}")
+        lines.append(f"  failed: {record.name}: {failure_line(record.message)}")
+    ran = [r for r in records if not r.from_earlier_run and r.status != "stopped"]
+    if len(failed) > 1 and len(failed) == len(ran):
+        lines.append(f"  every one of the {len(failed)} trials failed: the cause is likely "
+                     "one they share (the environment, the data, the backend); each trial's "
+                     "worker.log is in its MLflow run")
     if search_best is not None:
         lines.append(f"best trial by {search_best.metric}: {search_best.value:.4g}  "
                      f"{search_best.trial.name}  (run {search_best.trial.run_id})")
@@ -156,4 +184,6 @@ def format_summary(records: list[TrialRecord], *, where: str, ui_command: str, e
     lines.append(f"experiment '{experiment}'"
                  + (f", sweep run {parent_run_id}" if parent_run_id else ""))
     lines.append(f"see them: {ui_command}")
+    if runs_url:
+        lines.append(f"  then open {runs_url}")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from typing import TextIO
 from sweeps.errors import EXIT_FAILED as EXIT_TRIALS_FAILED
 from sweeps.errors import EXIT_INTERRUPTED, EXIT_OK
 from sweeps.status import Status
+from sweeps.validate import without_password
 
 
 def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None = None,
@@ -34,7 +35,7 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
 
     Raises UserError for everything a user can fix (the CLI prints it as one line).
     """
-    from sweeps.errors import UserError
+    from sweeps import validate
     from sweeps.execute.backends import BACKENDS, get_backend
     from sweeps.grid.load import load_sweep
 
@@ -44,10 +45,17 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
         # Through the grid, so the trials' images follow the backend (local: the host's
         # torch) and the recorded grid text says which backend ran.
         overrides = [*overrides, f"sweep.backend={backend}"]
+    # Every input is checked before anything exists: no store, parent run or Ray instance
+    # until all of them are known to be good (docs/reliability.md, "Bad input").
+    if matrix is not None:  # read only for images, but a bad one is refused on any backend
+        validate.read_text(matrix, "--matrix")
     sweep = load_sweep(grid, overrides, **({"matrix_path": Path(matrix)} if matrix else {}))
     backend_name = sweep.backend
     max_concurrent = max_concurrent or sweep.max_concurrent
-    experiment = experiment or sweep.name
+    experiment = (validate.name(experiment, "--experiment") if experiment is not None
+                  else sweep.name)
+    if address is not None:
+        address = validate.ray_address(address, "--address")
     if dry_run:
         # The table is shown without touching the backend, so a grid can be checked
         # before its images exist or where no Docker engine runs.
@@ -58,6 +66,25 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
         out.write(format_trial_table(sweep, backend_name, max_concurrent) + "\n")
         return EXIT_OK
     runner = get_backend(backend_name, sweep)
+    from sweeps.records.store import (
+        SweepRecords,
+        check_writable,
+        credentials_to_environment,
+        nothing_to_resume,
+        resolve_tracking_uri,
+        store_exists,
+        store_wait_limit,
+    )
+
+    # Credentials leave the URI here, before it reaches any record, Ray or console.
+    tracking_uri = credentials_to_environment(resolve_tracking_uri(tracking_uri, cwd))
+    check_writable(tracking_uri)
+    store_wait_limit()  # a bad $VERSWEEP_STORE_WAIT_S is one line before anything
+    if resume and not store_exists(tracking_uri):
+        raise nothing_to_resume(sweep.name, experiment, tracking_uri)  # and create none
+    if address is not None:
+        validate.ray_address_reachable(address, "--address")
+
     from sweeps.execute import tune as sweep_tune
     from sweeps.plan.resources import address_given
 
@@ -66,20 +93,21 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
     timings: dict[str, float] = {}
     # On a cluster whose nodes advertise images, those nodes must hold them, not this one
     # (a KubeRay head may have no Docker at all): routing checks them before Tune starts.
-    # Anywhere else the images must be here. Either way before any record is opened.
+    # Anywhere else the images must be here. Either way before any record is opened, and
+    # a cluster that refuses this driver (no token, another Ray) is refused before it too.
     routed = False
     if backend_name == "docker" and address_given(address):
         routed, timings["ray"] = sweep_tune.join_and_check_routing(address, num_cpus)
+    elif address_given(address):
+        timings["ray"] = sweep_tune.start_ray(address, num_cpus)
     runner.preflight(sweep, on_this_node=not routed)
 
-    from sweeps.records.store import SweepRecords, resolve_tracking_uri
-
-    tracking_uri = resolve_tracking_uri(tracking_uri, cwd)
     records = SweepRecords(tracking_uri, experiment)
     parent_run_id = records.open_sweep(sweep, resume=resume)
     decided = records.finished_trial_keys(parent_run_id) if resume else {}
     out.write(f"sweep '{sweep.name}': {'resuming' if resume else 'new'} parent run "
-              f"{parent_run_id} in experiment '{experiment}' at {tracking_uri}\n")
+              f"{parent_run_id} in experiment '{experiment}' at "
+              f"{without_password(tracking_uri)}\n")
     if decided:
         out.write(f"{len(decided)} trial(s) already decided; they will not run again\n")
     out.flush()
@@ -93,9 +121,10 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
             num_cpus=num_cpus, study_storage=_study_storage(tracking_uri, cwd),
             samples_done=len(decided),
             on_ray_started=lambda seconds: timings.setdefault("ray", seconds))
-    except UserError:
-        # Refused before any trial ran (no node can run a trial): the parent run ends as
-        # interrupted, not left RUNNING, and --resume can start it again.
+    except Exception:
+        # Refused before any trial ran (no node can run a trial), or anything else that
+        # stopped Tune: the parent run ends as interrupted, never left RUNNING, and
+        # --resume can start it again.
         records.close_sweep(parent_run_id, {}, None, interrupted=True)
         sweep_tune.shutdown()
         raise
@@ -145,6 +174,7 @@ def _close(sweep, records, parent_run_id: str, trial_records: list, tune_run, *,
     from sweeps.execute.summary import (
         best_by_metric,
         best_of_sweep,
+        best_per_workload,
         count_statuses,
         format_summary,
     )
@@ -156,14 +186,27 @@ def _close(sweep, records, parent_run_id: str, trial_records: list, tune_run, *,
         best = search_best
     else:
         best = best_of_sweep(trial_records)
+    bests = [{"group": b.group, "metric": b.metric, "value": b.value,
+              "run_id": b.trial.run_id or "", "name": b.trial.name}
+             for b in best_per_workload(trial_records)]
     records.close_sweep(parent_run_id, count_statuses(trial_records),
-                        best.as_tags() if best else None, interrupted=tune_run.interrupted)
+                        best.as_tags() if best else None, interrupted=tune_run.interrupted,
+                        bests=bests)
     out.write(format_summary(trial_records, where=records_location(tracking_uri),
                              ui_command=mlflow_ui_command(tracking_uri), experiment=experiment,
                              parent_run_id=parent_run_id, search_best=search_best,
                              searched=tuple(p.name for p in sweep.search.space)
                              if sweep.search is not None else (),
-                             interrupted=tune_run.interrupted) + "\n")
+                             interrupted=tune_run.interrupted,
+                             runs_url=_runs_url(records, parent_run_id)) + "\n")
+
+
+def _runs_url(records, parent_run_id: str) -> str:
+    """The runs table's address, for the summary; "" where it cannot be known."""
+    try:
+        return records.runs_table_url(parent_run_id)
+    except Exception:  # noqa: BLE001  (an address in a summary is never worth a failed sweep)
+        return ""
 
 
 def _study_storage(tracking_uri: str, cwd: Path) -> str:

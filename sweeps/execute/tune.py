@@ -17,6 +17,12 @@ On a cluster (``--address``): a docker trial asks for its image's node resource 
 nodes advertise images (sweeps/cluster/resources.py), each trial's child run is tagged
 with the Ray node it ran on, and a trial whose process is lost with its node is started
 again by Tune on another node (its stale run ends KILLED, the new one is the record).
+
+Trial processes print nothing to the driver's console (``log_to_driver=False``: Tune's
+table is the console). What a venv trial's backend says about a long step (building its
+environment, waiting for another trial's build of it) reaches the console through a
+LineRelay actor (sweeps/progress.py) the driver reads between Tune's steps:
+``versweep: torch-2.13.0-py3.11: still building, 45 s (last: ...)``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray import tune
@@ -53,6 +60,7 @@ from sweeps.execute.trial import run_trial
 from sweeps.grid.spec import Sweep, TrialSpec
 from sweeps.paths import REPO_ROOT
 from sweeps.plan.resources import routes_by_image, trial_resources
+from sweeps.progress import EVERY_S_VAR, LineRelay, Relayed
 from sweeps.records.layout import study_name
 from sweeps.status import Decision, Status
 
@@ -82,6 +90,7 @@ class TrialContext:
     parent_run_id: str
     log_dir: str
     specs_by_key: dict = field(default_factory=dict)  # grid sweeps: key -> TrialSpec
+    console: Any = None  # a Relayed to the driver's LineRelay: the backend's console
 
 
 @dataclass
@@ -143,7 +152,33 @@ def _records_for(tracking_uri: str, experiment: str):
     """One SweepRecords per trial process (actors are reused across trials)."""
     from sweeps.records.store import SweepRecords
 
-    return SweepRecords(tracking_uri, experiment)
+    return SweepRecords(tracking_uri, experiment, reopened=True)
+
+
+class _ToConsole(logging.Handler):
+    """The records' warnings of a trial process (a store that does not answer, and how
+    long it is waited for), said on the driver's console."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.console = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.console is not None:
+            try:
+                self.console(record.getMessage())
+            except Exception:  # noqa: BLE001 - a console line is never worth a trial
+                pass
+
+
+_records_warnings = _ToConsole()
+
+
+def _relay_records_warnings(console) -> None:
+    _records_warnings.console = console
+    store_log = logging.getLogger("sweeps.records.store")
+    if console is not None and _records_warnings not in store_log.handlers:
+        store_log.addHandler(_records_warnings)
 
 
 def _spec_for(context: TrialContext, config: dict) -> TrialSpec:
@@ -156,6 +191,7 @@ def _trainable(config: dict, context: TrialContext) -> None:
     """Run one trial in a Ray trial process; report to Tune, record to MLflow."""
     spec = _spec_for(context, config)
     started_ms = int(time.time() * 1000)
+    _relay_records_warnings(context.console)
     # The child run is created (and, in a fresh trial process, mlflow imported) while
     # the worker starts and imports torch: the first event waits for it, so no event is
     # lost and little time either. Its start time is the trial's, not the moment it was
@@ -257,7 +293,9 @@ def _run_and_stream(context: TrialContext, spec: TrialSpec, opening):
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     # A trial decided by an earlier attempt raises _AlreadyDecided from opening.result():
     # at its worker's first event (the worker is killed), or here if no worker started.
-    outcome = run_trial(get_backend(context.backend, context.sweep), spec, gpu_ids=gpu_ids,
+    backend = get_backend(context.backend, context.sweep)
+    backend.console = context.console  # a long step's lines: to the driver's console
+    outcome = run_trial(backend, spec, gpu_ids=gpu_ids,
                         timeout_s=context.sweep.trial_timeout_s,
                         retries=context.sweep.retries, on_event=on_event,
                         log_dir=Path(context.log_dir))
@@ -292,12 +330,25 @@ class _RecordStops(tune.Callback):
         self.last: dict[str, dict] = {}  # trial id -> its last report
         self.started: dict[str, dict] = {}  # trial id -> its config
         self.recorded_stops: set[str] = set()
+        self._relayed_at = 0.0  # when the trials' console lines were last printed
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = dict(trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = dict(result)
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self._relayed_at >= RELAY_EVERY_S:
+            self.print_relayed()
+
+    def on_experiment_end(self, trials, **info):
+        self.print_relayed()
+
+    def print_relayed(self) -> None:
+        """Print what the trials said on the console (a build's progress) since last time."""
+        self._relayed_at = time.monotonic()
+        print_relayed(self.context.console)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.scheduler is not None and trial.trial_id in self.scheduler.stopped:
@@ -319,6 +370,38 @@ class _RecordStops(tune.Callback):
         records = _records_for(self.context.tracking_uri, self.context.experiment)
         records.finish_trial(run_id, decision.status, message=decision.message,
                              log_text=log_text, decided=decision.decided)
+
+
+# Seconds between two looks at what the trials said for the console (sweeps/progress.py).
+RELAY_EVERY_S = 1.0
+
+
+def start_console(backend: str, tracking_uri: str = "") -> Relayed | None:
+    """A LineRelay actor the trials' backends say long steps to, for a backend that has
+    any (venv: environment builds), and the trials' records their waits for a tracking
+    server that stopped answering; no CPU slot, so it never takes a trial's place."""
+    if backend != "venv" and not tracking_uri.startswith(("http://", "https://")):
+        return None
+    actor = ray.remote(num_cpus=0, max_restarts=0)(LineRelay).remote()
+    return Relayed(actor, "versweep: ")
+
+
+def print_relayed(console: Relayed | None) -> None:
+    """Print the lines the relay holds on this driver's stdout (none if it is gone)."""
+    if console is None:
+        return
+    try:
+        lines = ray.get(console.actor.take.remote(), timeout=10)
+    except Exception:  # noqa: BLE001 - progress lines are never worth failing a sweep
+        return
+    for line in lines:
+        print(line, flush=True)
+
+
+def stop_console(console: Relayed | None) -> None:
+    if console is not None:
+        print_relayed(console)
+        ray.kill(console.actor)
 
 
 # Seconds the ray.init of this driver's connection took (None: not connected by start_ray).
@@ -352,20 +435,37 @@ def start_ray(address: str | None, num_cpus: int | None) -> float:
         _check_reachable(address)
         try:
             # Ray annotates logging_level as int, but its own default is a level name.
+            env_vars = {"PYTHONPATH": os.environ["PYTHONPATH"]}
+            if os.environ.get(EVERY_S_VAR):  # the console's pace, for the trials' lines
+                env_vars[EVERY_S_VAR] = os.environ[EVERY_S_VAR]
             ray.init(address=address, log_to_driver=False,
                      logging_level="WARNING",  # type: ignore[arg-type]
-                     runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
-        except (ConnectionError, RuntimeError) as exc:
+                     runtime_env={"env_vars": env_vars})
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"cannot join the Ray cluster at {address}: {first} "
-                            "(is it running, and does this machine have its auth token?)"
-                            ) from None
+                            f"({_token_hint()})") from None
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
                  include_dashboard=False, log_to_driver=False,
                  logging_level="WARNING")  # type: ignore[arg-type]  # as above
     _ray_start_seconds = time.monotonic() - started
     return _ray_start_seconds
+
+
+def _token_hint() -> str:
+    """What to check when a cluster refuses this driver: Ray says only that it failed to
+    connect, whether the cluster is down or refused the driver's token (or its lack)."""
+    mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
+    if mode == "token" or os.environ.get("RAY_AUTH_TOKEN") \
+            or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        where = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
+                 os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+        return (f"is it running, and is this driver's token (from {where}) the one its "
+                "nodes were started with?")
+    return ("is it running? A cluster with token authentication refuses a driver without "
+            "its token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the token's file> "
+            "(or copy it to ~/.ray/auth_token)")
 
 
 # Where `ray up` leaves the cluster's configuration on the head (Ray Tune looks there too,
@@ -460,6 +560,35 @@ def _check_reachable(address: str) -> None:
                         "--address") from None
 
 
+class _NoRestoreHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in str(record.msg)
+
+
+def _quiet_restore_hint() -> None:
+    logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoRestoreHint) for f in logger.filters):
+        logger.addFilter(_NoRestoreHint())
+
+
+# Ray Tune copies these from the driver into every trainable's runtime_env (for syncing
+# to S3), and Ray's runtime-env agent then writes them in the clear into the session's
+# logs (logs/runtime_env_agent.log) and keeps them in the GCS, where the dashboard shows
+# them. A trial needs none of them from there: a private Ray's workers inherit the
+# driver's environment, and a cluster node has its own (docs/reliability.md, "Security").
+_SECRET_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                          "AWS_SESSION_TOKEN"})
+
+
+def _keep_secrets_out_of_ray() -> None:
+    from ray.tune.execution import class_cache
+
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, (set, frozenset)) and propagated & _SECRET_VARS:
+        class_cache.ENV_VARS_TO_PROPAGATE = type(propagated)(  # type: ignore[assignment]
+            propagated - _SECRET_VARS)
+
+
 def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
              parent_run_id: str, skip_keys: set[str], storage_dir: Path,
              max_concurrent: int | None, address: str | None = None,
@@ -473,15 +602,28 @@ def run_tune(sweep: Sweep, *, backend: str, tracking_uri: str, experiment: str,
     ``study_storage`` is the Optuna RDB URL whose study the search continues. A grid runs
     in batches of ``batch_size`` trials (default GRID_BATCH_TRIALS), one Tuner.fit each.
     """
+    _keep_secrets_out_of_ray()
     ray_seconds = start_ray(address, num_cpus)
     if on_ray_started is not None:
         on_ray_started(ray_seconds)
     log_dir = storage_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    context = TrialContext(
-        sweep=sweep, backend=backend, tracking_uri=tracking_uri, experiment=experiment,
-        parent_run_id=parent_run_id, log_dir=str(log_dir),
-        specs_by_key={t.key: t for t in sweep.trials if t.key not in skip_keys})
+    console = start_console(backend, tracking_uri)
+    try:
+        return _run_tune(sweep, TrialContext(
+            sweep=sweep, backend=backend, tracking_uri=tracking_uri, experiment=experiment,
+            parent_run_id=parent_run_id, log_dir=str(log_dir),
+            specs_by_key={t.key: t for t in sweep.trials if t.key not in skip_keys},
+            console=console), ray_seconds=ray_seconds, storage_dir=storage_dir,
+            max_concurrent=max_concurrent, study_storage=study_storage,
+            samples_done=samples_done, verbose=verbose, batch_size=batch_size)
+    finally:
+        stop_console(console)
+
+
+def _run_tune(sweep: Sweep, context: TrialContext, *, ray_seconds: float, storage_dir: Path,
+              max_concurrent: int | None, study_storage: str | None, samples_done: int,
+              verbose: int, batch_size: int | None) -> TuneRun:
     trainable = _trainable_with_resources(context)
     run = TuneRun(records=[], ray_start_seconds=ray_seconds)
     if sweep.search is not None:
@@ -627,6 +769,9 @@ def _fit(run: TuneRun, context: TrialContext, trainable, param_space: dict,
                        run_config=run_config)
     # Tune's own result files are off (MLflow is the record); it need not say so per trial.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # After Ctrl-C Tune says "Resume experiment with: Tuner.restore(...)": not how a sweep
+    # continues (the summary says: the same command with --resume).
+    _quiet_restore_hint()
     fit_started = time.monotonic()
     try:
         grid = tuner.fit()
@@ -652,7 +797,10 @@ def _records(context: TrialContext, callback: _RecordStops,
         """The first line of the error of a trial process that raised (a bug or a lost node)."""
         for result in results:
             if result.error is not None and (result.config or {}) == config:
-                return (str(result.error).strip().splitlines() or ["error"])[0][:300]
+                lines = str(result.error).strip().splitlines() or ["error"]
+                # A store that gave up says so in its own line (the trial is interrupted).
+                gave_up = [line for line in lines if rules.STORE_UNAVAILABLE_PREFIX in line]
+                return (gave_up or lines)[0][:300]
         return None
 
     records, interrupted = [], False

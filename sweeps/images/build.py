@@ -43,6 +43,7 @@ from sweeps.grid.matrix import (
 from sweeps.grid.spec import Image
 from sweeps.images.docker import (
     REPOSITORY,
+    PullProgress,
     check_registry,
     docker_client,
     engine_error,
@@ -57,8 +58,6 @@ DEFAULT_MATRIX = MATRIX_PATH
 
 # Output lines of a failing build step shown with its error.
 BUILD_TAIL_LINES = 25
-# Seconds between byte-count lines of a pull or push when stdout is not a terminal.
-PROGRESS_EVERY_S = 5.0
 # The most one `verify` container may take: the env workload imports torch and runs a
 # tiny LSTM, seconds on any node.
 VERIFY_TIMEOUT_S = 600
@@ -164,104 +163,14 @@ def list_images(images: Sequence[Image], out: TextIO, err: TextIO) -> int:
 # ---------------------------------------------------------------- progress of pulls and pushes
 
 
-def _megabytes(count: int) -> str:
-    return f"{count / 1e6:.1f} MB"
+def _stream(label: str, events: Iterable[dict[str, Any]], out: TextIO, *,
+            doing: str = "pulling") -> PullProgress:
+    """Follow the engine's pull or push stream: a line per layer that changes state, and
+    the bytes moved over all layers every few seconds (sweeps/images/docker.py)."""
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
 
-
-class LayerProgress:
-    """The engine's per-layer pull/push events, condensed to lines a person can read.
-
-    A line per layer when its state changes ("Pulling fs layer", "Downloading",
-    "Pull complete" ...), and the bytes moved so far: a single updating line on a
-    terminal, a line every few seconds otherwise. The digest is kept for the caller.
-    """
-
-    # States that repeat with byte counts; only their first event is a state change.
-    MOVING = ("Downloading", "Extracting", "Pushing")
-
-    def __init__(self, label: str, out: TextIO):
-        self.label = label
-        self.out = out
-        self.tty = bool(getattr(out, "isatty", lambda: False)())
-        self.states: dict[str, str] = {}
-        self.moved: dict[str, tuple[int, int]] = {}  # layer -> (current, total) bytes
-        self.digest: str | None = None
-        self.error: str | None = None
-        self._last_bytes_line = time.monotonic()
-        self._open_line = False
-
-    def _print(self, text: str) -> None:
-        if self._open_line:
-            print(file=self.out)
-            self._open_line = False
-        print(f"{self.label}: {text}", file=self.out, flush=True)
-
-    def _bytes_line(self) -> None:
-        current = sum(c for c, _ in self.moved.values())
-        total = sum(t for _, t in self.moved.values())
-        text = f"{self.label}: {_megabytes(current)} of {_megabytes(total)} moved"
-        if self.tty:
-            print(f"\r{text}\033[K", end="", file=self.out, flush=True)
-            self._open_line = True
-        else:
-            print(text, file=self.out, flush=True)
-
-    def take(self, event: dict[str, Any]) -> None:
-        """One decoded event of the engine's stream."""
-        if event.get("error"):
-            self.error = str(event.get("errorDetail", {}).get("message") or event["error"])
-            return
-        aux = event.get("aux")
-        if isinstance(aux, dict) and aux.get("Digest"):
-            self.digest = str(aux["Digest"])
-        status = str(event.get("status") or "")
-        layer = event.get("id")
-        if not status:
-            return
-        if status.startswith("Pulling from"):  # its "id" is the tag, not a layer
-            layer = None
-        if status.startswith("Digest: "):
-            self.digest = status.split(": ", 1)[1].strip()
-        if layer and status in self.MOVING:
-            detail = event.get("progressDetail") or {}
-            if detail.get("total"):
-                self.moved[layer] = (int(detail.get("current") or 0), int(detail["total"]))
-            now = time.monotonic()
-            if self.states.get(layer) != status:
-                self.states[layer] = status
-                size = f" ({_megabytes(self.moved[layer][1])})" if layer in self.moved else ""
-                self._print(f"layer {layer}: {status}{size}")
-            elif self.tty or now - self._last_bytes_line >= PROGRESS_EVERY_S:
-                self._last_bytes_line = now
-                self._bytes_line()
-            return
-        if layer and status.startswith(("Pull complete", "Pushed", "Layer already exists",
-                                        "Already exists", "Download complete")):
-            if layer in self.moved:  # done: count the whole layer
-                self.moved[layer] = (self.moved[layer][1], self.moved[layer][1])
-        if layer:
-            if self.states.get(layer) != status:
-                self.states[layer] = status
-                self._print(f"layer {layer}: {status}")
-        else:
-            self._print(status)
-
-    def finish(self) -> None:
-        if self._open_line:
-            print(file=self.out)
-            self._open_line = False
-
-
-def _stream(label: str, events: Iterable[dict[str, Any]], out: TextIO) -> LayerProgress:
-    progress = LayerProgress(label, out)
-    try:
-        for event in events:
-            progress.take(event)
-            if progress.error:
-                break
-    finally:
-        progress.finish()
-    return progress
+    return PullProgress(label, say, doing=doing, layer_lines=True).follow(events)
 
 
 _api_error = engine_error  # the engine's words in one line (shared with the pre-pull)
@@ -298,7 +207,6 @@ def pull_images(images: Sequence[Image], registry: str | None, out: TextIO) -> i
             reference = image.base
         repository, tag = reference.rsplit(":", 1)
         print(f"pulling {reference}", file=out, flush=True)
-        started = time.monotonic()
         try:
             progress = _stream(image.name, client.api.pull(repository, tag=tag, stream=True,
                                                            decode=True), out)
@@ -321,12 +229,12 @@ def pull_images(images: Sequence[Image], registry: str | None, out: TextIO) -> i
                       f"{local_tag(image.name)} failed: {_api_error(exc)}", file=out)
                 failed += 1
                 continue
-            print(f"{image.name}: pulled {reference} ({progress.digest or 'no digest'}) in "
-                  f"{time.monotonic() - started:.0f} s, tagged {local_tag(image.name)}",
+            print(f"{image.name}: pulled {reference} ({progress.digest or 'no digest'}) "
+                  f"{progress.summary()}, tagged {local_tag(image.name)}",
                   file=out, flush=True)
         else:
-            print(f"{image.name}: pulled base {reference} ({progress.digest or 'no digest'}) in "
-                  f"{time.monotonic() - started:.0f} s; now make {local_tag(image.name)} with: "
+            print(f"{image.name}: pulled base {reference} ({progress.digest or 'no digest'}) "
+                  f"{progress.summary()}; now make {local_tag(image.name)} with: "
                   f"python images/build.py build {image.name}", file=out, flush=True)
     return EXIT_FAILED if failed else EXIT_OK
 
@@ -343,7 +251,7 @@ def _ensure_base(client: Any, image: Image, base: str, out: TextIO) -> bool:
         progress = _stream(image.name, client.api.pull(repository, tag=tag, stream=True,
                                                        decode=True), out)
     except docker.errors.APIError as exc:
-        progress = LayerProgress(image.name, out)
+        progress = PullProgress(image.name, print)
         progress.error = _api_error(exc)
     if progress.error:
         print(f"{image.name}: cannot get the base {base}: {progress.error} (mirror it, or "
@@ -502,10 +410,10 @@ def push_images(images: Sequence[Image], registry: str, out: TextIO) -> int:
         repository = target.rsplit(":", 1)[0]
         client.api.tag(local_tag(image.name), repository, image.name)
         print(f"pushing {local_tag(image.name)} to {target}", file=out, flush=True)
-        started = time.monotonic()
         try:
             progress = _stream(image.name, client.api.push(repository, tag=image.name,
-                                                           stream=True, decode=True), out)
+                                                           stream=True, decode=True), out,
+                               doing="pushing")
         except docker.errors.APIError as exc:
             print(f"{image.name}: pushing to {target} failed: {_api_error(exc)}", file=out)
             _untag(client, target)
@@ -517,8 +425,8 @@ def push_images(images: Sequence[Image], registry: str, out: TextIO) -> int:
             _untag(client, target)  # leave no tag that claims a mirror exists
             failed += 1
             continue
-        print(f"{image.name}: pushed {target}@{progress.digest} in "
-              f"{time.monotonic() - started:.0f} s", file=out, flush=True)
+        print(f"{image.name}: pushed {target}@{progress.digest} {progress.summary()}",
+              file=out, flush=True)
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sweeps.errors import UserError
 from sweeps.grid.matrix import label_differences
 from sweeps.grid.spec import Image
+from sweeps.progress import Progress, Say, format_bytes, heartbeat
 
 # The local repository every matrix image is tagged into.
 REPOSITORY = "versweep"
@@ -119,3 +122,105 @@ def image_digest(attrs: dict[str, Any]) -> str:
     """
     digests = attrs.get("RepoDigests") or []
     return str(digests[0]) if digests else str(attrs.get("Id", ""))
+
+
+# ---------------------------------------------------------------- progress of pulls and pushes
+
+# Per-layer states whose events repeat with byte counts (progressDetail current/total).
+_COUNTED = ("Downloading", "Pushing")
+# States after which all of a layer's bytes are here (pulled) or there (pushed).
+_BYTES_DONE = ("Verifying Checksum", "Download complete", "Extracting", "Pull complete",
+               "Pushed")
+# States in which a layer is finished, moved or not.
+_LAYER_DONE = ("Pull complete", "Already exists", "Pushed", "Layer already exists",
+               "Mounted from")
+
+
+class PullProgress:
+    """One image's pull (or push) event stream from the engine, as progress lines.
+
+    The engine's events are per layer, in the docker API's shape::
+
+        {"status": "Downloading", "progressDetail": {"current": 310000, "total": 52000000},
+         "id": "a1b2c3d4e5f6", "progress": "[=>   ] 310kB/52MB"}
+
+    Their bytes are summed over the image's layers into one line every few seconds
+    (sweeps/progress.py), ``<label>: pulling, 310 MB of 1.2 GB (26%), 41 MB/s, 2 of 7
+    layers done``, counting the layers whose size the engine has told so far; and a
+    heartbeat while the stream is silent. With ``layer_lines``, each layer's change of
+    state is a line too (``<label>: layer a1b2c3d4e5f6: Pull complete``). The image's
+    digest and the engine's error are kept for the caller.
+    """
+
+    def __init__(self, label: str, say: Say, *, doing: str = "pulling",
+                 layer_lines: bool = False, every: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.progress = Progress(label, say, doing=doing, every=every, clock=clock)
+        self.label = label
+        self.layer_lines = layer_lines
+        self.states: dict[str, str] = {}  # layer -> its last state
+        self.sizes: dict[str, int] = {}  # layer -> bytes, once the engine said
+        self.moved: dict[str, int] = {}  # layer -> bytes moved so far
+        self.digest: str | None = None
+        self.error: str | None = None
+
+    @property
+    def bytes_moved(self) -> int:
+        return sum(self.moved.values())
+
+    def _layers_line(self) -> str:
+        finished = sum(1 for state in self.states.values() if state.startswith(_LAYER_DONE))
+        extracting = any(state == "Extracting" for state in self.states.values())
+        return (f"{finished} of {len(self.states)} layers done"
+                + (", extracting" if extracting else ""))
+
+    def take(self, event: dict[str, Any]) -> None:
+        """One decoded event of the engine's stream."""
+        if event.get("error"):
+            self.error = str((event.get("errorDetail") or {}).get("message") or event["error"])
+            return
+        aux = event.get("aux")
+        if isinstance(aux, dict) and aux.get("Digest"):
+            self.digest = str(aux["Digest"])
+        status = str(event.get("status") or "")
+        if status.startswith("Digest: "):
+            self.digest = status.split(": ", 1)[1].strip()
+        layer = event.get("id")
+        if not status or not layer or status.startswith(("Pulling from", "The push refers")):
+            if status and not status.startswith(("Digest: ", "Status: ")):
+                self.progress.note(status)
+            if status and self.layer_lines:
+                self.progress.say(status)
+            return
+        layer = str(layer)
+        detail = event.get("progressDetail") or {}
+        if status in _COUNTED and detail.get("total"):
+            self.sizes[layer] = int(detail["total"])
+            self.moved[layer] = min(int(detail.get("current") or 0), self.sizes[layer])
+        elif status.startswith(_BYTES_DONE) and layer in self.sizes:
+            self.moved[layer] = self.sizes[layer]
+        changed = self.states.get(layer) != status
+        self.states[layer] = status
+        if changed and self.layer_lines:
+            size = (f" ({format_bytes(self.sizes[layer])})"
+                    if status in _COUNTED and layer in self.sizes else "")
+            self.progress.say(f"layer {layer}: {status}{size}")
+        self.progress.note(f"layer {layer}: {status}")
+        if self.sizes:  # a count once the engine has told a size (not for cached layers)
+            self.progress.update(self.bytes_moved, sum(self.sizes.values()),
+                                 detail=self._layers_line())
+
+    def follow(self, events: Iterable[dict[str, Any]]) -> PullProgress:
+        """Take every event of the stream (until an error), with a heartbeat meanwhile."""
+        with heartbeat(self.progress):
+            for event in events:
+                self.take(event)
+                if self.error:
+                    break
+        return self
+
+    def summary(self) -> str:
+        """'980 MB in 12 s (81.7 MB/s)', or the time alone where no bytes moved."""
+        if not self.bytes_moved:
+            return f"in {self.progress.elapsed():.0f} s"
+        return self.progress.summary()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
+import os
 import re
 import sqlite3
 import tempfile
@@ -73,6 +74,11 @@ class StoreReader:
     def finished_children(self, experiment_id: str, parent_run_id: str) -> list[RunView]:
         """Active FINISHED runs whose mlflow.parentRunId is ``parent_run_id``."""
         raise NotImplementedError
+
+    def children_of(self, experiment_id: str, parent_run_ids: Sequence[str]) -> list[RunView]:
+        """The finished children of several sweeps (a report over several sweeps)."""
+        return [run for parent in parent_run_ids
+                for run in self.finished_children(experiment_id, parent)]
 
     def histories(self, run_ids: Sequence[str], key: str) -> dict[str, list]:
         """run id -> [(timestamp, step, value)] of one metric, in logging order."""
@@ -169,11 +175,17 @@ class SqliteReader(StoreReader):
             "AND t.value = 'sweep')", (int(experiment_id),))
 
     def finished_children(self, experiment_id: str, parent_run_id: str) -> list[RunView]:
+        return self.children_of(experiment_id, [parent_run_id])
+
+    def children_of(self, experiment_id: str, parent_run_ids: Sequence[str]) -> list[RunView]:
+        # One bulk read for every chosen sweep (a sweep has at most a few hundred
+        # parents' worth of ids to bind, far below SQLite's limit).
+        marks = ",".join("?" * len(parent_run_ids))
         return self._runs(
             "r.experiment_id = ? AND r.lifecycle_stage = 'active' AND r.status = 'FINISHED' "
             "AND EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid "
-            "AND t.key = 'mlflow.parentRunId' AND t.value = ?)",
-            (int(experiment_id), parent_run_id))
+            f"AND t.key = 'mlflow.parentRunId' AND t.value IN ({marks}))",
+            (int(experiment_id), *parent_run_ids))
 
     def histories(self, run_ids: Sequence[str], key: str) -> dict[str, list]:
         found: dict[str, list] = {run_id: [] for run_id in run_ids}
@@ -253,11 +265,24 @@ def download_text(client: Any, run_id: str, name: str) -> str:
 
 def local_artifact_dir(artifact_uri: str) -> Path | None:
     """The directory of a ``file:`` artifact URI (or a bare path); None for remote stores."""
+    found = _local_artifact_path(artifact_uri)
+    return Path(found) if found is not None else None
+
+
+def local_artifact_file(artifact_uri: str, name: str) -> str | None:
+    """The path of artifact ``name`` of a run whose artifacts are on this machine (see
+    local_artifact_dir), as text: a report opens one per run, and a Path object per run
+    costs more than the read of a small file; None for remote stores."""
+    found = _local_artifact_path(artifact_uri)
+    return os.path.join(found, name) if found is not None else None
+
+
+def _local_artifact_path(artifact_uri: str) -> str | None:
     if not artifact_uri:
         return None
     parsed = urlparse(artifact_uri)
     if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
+        return unquote(parsed.path)
     if parsed.scheme == "" and artifact_uri.startswith("/"):
-        return Path(artifact_uri)
+        return artifact_uri
     return None

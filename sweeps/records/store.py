@@ -50,28 +50,46 @@ import math
 import os
 import re
 import shlex
+import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
+    REQUEST_LIMIT_EXCEEDED,
     RESOURCE_ALREADY_EXISTS,
     TEMPORARILY_UNAVAILABLE,
     ErrorCode,
 )
 
+from sweeps import validate
 from sweeps.errors import UserError
 from sweeps.grid.spec import TRIAL_ORDER, Sweep, TrialSpec
-from sweeps.records.layout import SCHEMA_TAG, SCHEMA_VERSION, check_schema, sweep_suffix
-from sweeps.status import Status
+from sweeps.records.layout import (
+    KEY_VIEW_NAME,
+    KEY_VIEW_TAG,
+    SCHEMA_TAG,
+    SCHEMA_VERSION,
+    UI_SIDE,
+    check_schema,
+    sweep_suffix,
+)
+from sweeps.records.location import (  # noqa: F401  (mlflow-free; callers import them here too)
+    ARTIFACTS_DIR_NAME,
+    artifact_root,
+    default_tracking_uri,
+    resolve_tracking_uri,
+    sqlite_path,
+)
+from sweeps.status import STORE_UNAVAILABLE_PREFIX, Status
 
 _log = logging.getLogger(__name__)
 
@@ -101,17 +119,20 @@ _BAD_METRIC_CHARACTERS = re.compile(r"[^A-Za-z0-9_\-. /]")
 METRIC_FLUSH_COUNT = 500
 METRIC_FLUSH_SECONDS = 1.0
 
-# Retries when the store says "temporarily unavailable" (SQLite: database is locked
-# beyond mlflow's 20 s busy timeout; a server: 503). Each waits longer than the last.
-STORE_RETRIES = 5
+# A store call is tried again while the store is temporarily unavailable (SQLite: the
+# database locked beyond mlflow's 20 s busy timeout; a server: 503, 429, or no answer at
+# all: stopped, restarting, frozen). The pauses start at STORE_RETRY_FIRST_WAIT_S and
+# double up to STORE_RETRY_MAX_WAIT_S, until STORE_WAIT_S seconds have passed since the
+# call first failed ($VERSWEEP_STORE_WAIT_S sets it); then one clear error.
 STORE_RETRY_FIRST_WAIT_S = 0.5
-
-# Where a SQLite store's artifacts go: next to the database, one folder per experiment.
-ARTIFACTS_DIR_NAME = "mlartifacts"
-
-# Schemes MLflow has tracking stores for (the part before any "+dialect").
-_KNOWN_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql",
-                  "databricks", "databricks-uc", "uc")
+STORE_RETRY_MAX_WAIT_S = 30.0
+STORE_WAIT_S = 600.0
+STORE_WAIT_VARIABLE = "VERSWEEP_STORE_WAIT_S"
+# MLflow's HTTP client retries a refused connection by itself, silently, for about four
+# minutes (7 retries, pauses up to 120 s). A tracking server's client is given this many
+# (unless $MLFLOW_HTTP_REQUEST_MAX_RETRIES says otherwise), so that retrying() does the
+# waiting, says what it waits for, and gives up when STORE_WAIT_S says.
+MLFLOW_HTTP_RETRIES = 2
 
 # Fields of the env event copied to short top-level tags, for the UI's run table.
 _ENV_SHORTCUTS = ("torch", "cuda", "cudnn", "gpu", "host", "python", "device")
@@ -120,70 +141,28 @@ _ENV_SHORTCUTS = ("torch", "cuda", "cudnn", "gpu", "host", "python", "device")
 # --------------------------------------------------------------------------- tracking URIs
 
 
-def default_tracking_uri(cwd: Path) -> str:
-    """The embedded default store: ``sqlite:///<cwd>/mlflow.db`` with an absolute path."""
-    return _sqlite_uri(Path(cwd) / "mlflow.db")
-
-
-def resolve_tracking_uri(cli_value: str | None, cwd: Path) -> str:
-    """The store a sweep records into: ``--tracking-uri``, else MLFLOW_TRACKING_URI, else default.
-
-    Relative SQLite paths and bare paths are made absolute against ``cwd`` here,
-    once, because Ray runs trials in other working directories and a relative
-    ``sqlite:///mlflow.db`` would silently become a different database there.
-    """
-    if cli_value:
-        return _normalise_uri(cli_value, Path(cwd), "--tracking-uri")
-    from_env = os.environ.get("MLFLOW_TRACKING_URI")
-    if from_env:
-        return _normalise_uri(from_env, Path(cwd), "MLFLOW_TRACKING_URI")
-    return default_tracking_uri(Path(cwd))
-
-
-def _sqlite_uri(path: Path) -> str:
-    # An absolute POSIX path starts with "/", so this gives the four slashes of sqlite:////abs.
-    return "sqlite:///" + str(Path(path).expanduser().resolve())
-
-
-def _normalise_uri(value: str, cwd: Path, source: str) -> str:
-    value = value.strip()
-    if "://" not in value and ":" not in value.split("/", 1)[0]:
-        # A bare path: a SQLite file if it looks like one, else MLflow's file store.
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else cwd / path
-        if path.suffix in (".db", ".sqlite", ".sqlite3"):
-            return _sqlite_uri(path)
-        return path.resolve().as_uri()
-    scheme = value.split(":", 1)[0].lower()
-    if scheme.split("+", 1)[0] not in _KNOWN_SCHEMES:
-        raise UserError(
-            f"{source} '{value}': unknown scheme '{scheme}'; use sqlite:///path/to/mlflow.db, "
-            "http://host:port of an mlflow server, or a database URI MLflow supports"
-        )
-    if scheme == "sqlite":
-        rest = value[len("sqlite:///"):] if value.startswith("sqlite:///") else ""
-        if not rest or rest == ":memory:":
-            raise UserError(
-                f"{source} '{value}': an in-memory SQLite store forgets every record when the "
-                "process ends and trials run in other processes; name a file, "
-                "e.g. sqlite:///mlflow.db"
-            )
-        path = Path(unquote(rest))
-        return _sqlite_uri(path if path.is_absolute() else cwd / path)
-    return value
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI; None for any other store."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(unquote(tracking_uri[len("sqlite:///"):]))
-
-
-def artifact_root(tracking_uri: str) -> Path | None:
-    """Where a SQLite store's artifacts go (``<db dir>/mlartifacts``); None for other stores."""
+def check_writable(tracking_uri: str) -> None:
+    """A SQLite store (and its artifact folder beside it) can be created or written here;
+    checked before a sweep creates anything, so a store that cannot be is one line."""
     db = sqlite_path(tracking_uri)
-    return db.parent / ARTIFACTS_DIR_NAME if db is not None else None
+    if db is not None:
+        validate.output_file(db, "the MLflow store")
+        artifacts = artifact_root(tracking_uri)
+        if artifacts is not None:
+            validate.output_dir(artifacts, "the MLflow artifact folder")
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """Whether a SQLite store's database is there (any other store: True, the server
+    decides); opening a missing one would create it."""
+    db = sqlite_path(tracking_uri)
+    return db is None or db.is_file()
+
+
+def nothing_to_resume(sweep_name: str, experiment: str, tracking_uri: str) -> UserError:
+    return UserError(
+        f"--resume: no earlier run of sweep '{sweep_name}' in MLflow experiment "
+        f"'{experiment}' at {_without_password(tracking_uri)}; run it once without --resume")
 
 
 def records_location(tracking_uri: str) -> str:
@@ -193,7 +172,7 @@ def records_location(tracking_uri: str) -> str:
         return f"MLflow records: {db} (SQLite), artifacts under {artifact_root(tracking_uri)}"
     scheme = urlparse(tracking_uri).scheme
     if scheme in ("http", "https"):
-        return f"MLflow records: tracking server {tracking_uri}"
+        return f"MLflow records: tracking server {_without_password(tracking_uri)}"
     if scheme == "file":
         return f"MLflow records: file store {unquote(urlparse(tracking_uri).path)}"
     return f"MLflow records: {_without_password(tracking_uri)}"
@@ -203,14 +182,39 @@ def mlflow_ui_command(tracking_uri: str) -> str:
     """What a user runs (or opens) to see the records in the MLflow UI."""
     scheme = urlparse(tracking_uri).scheme
     if scheme in ("http", "https"):
-        return f"open {tracking_uri}"
+        return f"open {_without_userinfo(tracking_uri)}"
     if scheme.startswith("databricks") or scheme == "uc":
         return "open the experiment in your Databricks workspace"
-    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+    return f"mlflow ui --backend-store-uri {shlex.quote(_without_password(tracking_uri))}"
 
 
 def _without_password(uri: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
+    return validate.without_password(uri)
+
+
+def credentials_to_environment(tracking_uri: str) -> str:
+    """A tracking server's URI without its ``user:password@``, which go to MLflow's own
+    variables (MLFLOW_TRACKING_USERNAME / _PASSWORD) of this process instead.
+
+    The URI travels: into every trial's context, so into Ray Tune's experiment state
+    (``ray_results/*/tuner.pkl`` on disk) and Ray's object store. The variables stay in
+    this process and the private Ray it starts (its workers inherit them); on a cluster
+    each node's own environment holds them (docs/reliability.md, "Security"). MLflow
+    sends the same Basic credentials either way; variables already set win, as in MLflow.
+    """
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or parts.password is None:
+        return tracking_uri
+    if not (os.environ.get("MLFLOW_TRACKING_USERNAME")
+            and os.environ.get("MLFLOW_TRACKING_PASSWORD")):
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    return _without_userinfo(tracking_uri)
+
+
+def _without_userinfo(uri: str) -> str:
+    """``uri`` with no ``user:password@`` (urllib cannot send it; it would be a host)."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^@/]*@", r"\1", uri, flags=re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -287,26 +291,86 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def retrying(call: Callable[[], T], what: str) -> T:
-    """Run one store call, again after a pause while the store is temporarily unavailable.
+def store_wait_limit() -> float:
+    """Seconds a store call waits for an unavailable store: $VERSWEEP_STORE_WAIT_S or 600."""
+    raw = os.environ.get(STORE_WAIT_VARIABLE, "").strip()
+    if not raw:
+        return STORE_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"${STORE_WAIT_VARIABLE}: {validate.shown(raw)} is not a number of "
+                        "seconds (0 or more)")
+    return value
 
-    A failed SQLite write is rolled back as a whole, so repeating it cannot
-    record anything twice.
+
+def _unavailable(error: MlflowException) -> bool:
+    """Whether the store could not take the call now, and a later try may succeed."""
+    text = str(error)
+    return (_error_code(error) in (ErrorCode.Name(TEMPORARILY_UNAVAILABLE),
+                                   ErrorCode.Name(REQUEST_LIMIT_EXCEEDED))
+            or "database is locked" in text
+            # MLflow's HTTP client, its own retries spent: refused, reset, timed out, or
+            # a proxy in front of a server that is (re)starting.
+            or (text.startswith("API request to ")
+                and ("failed with exception" in text or "timeout exception" in text
+                     or re.search(r"failed with error code (429|502|503|504)\b", text)
+                     is not None)))
+
+
+class StoreUnavailable(UserError):
+    """A store call waited $VERSWEEP_STORE_WAIT_S for the store, and gave up."""
+
+
+def _where(error: MlflowException) -> str:
+    """``"at http://host:port "`` for a server's error, else ""."""
+    found = re.match(r"API request to (\w+://[^/\s]+)", str(error))
+    return f"at {_without_password(found.group(1))} " if found else ""
+
+
+def _reason(error: MlflowException) -> str:
+    """The short cause of an unavailable store ("[Errno 111] Connection refused")."""
+    text = str(error)
+    found = (re.search(r"\[Errno -?\d+\][^\"')]*", text)
+             or re.search(r"(Read|Connect) timed out", text))
+    if found:
+        return found.group(0).strip()
+    return truncate(_first_line(error), 200)
+
+
+def retrying(call: Callable[[], T], what: str) -> T:
+    """Run one store call, again after a pause while the store is unavailable.
+
+    The pauses grow (0.5 s, doubling, at most 30 s); each is logged as a warning
+    (``sweeps.records.store``: a sweep's trials relay it to the console) with what
+    it waits for. After $VERSWEEP_STORE_WAIT_S (600 s) the call fails with one line.
+    A failed SQLite write is rolled back as a whole, so repeating it cannot record
+    anything twice.
     """
-    wait = STORE_RETRY_FIRST_WAIT_S
-    for attempt in range(STORE_RETRIES + 1):
+    wait, first_failure = STORE_RETRY_FIRST_WAIT_S, None
+    while True:
         try:
             return call()
         except MlflowException as error:
-            transient = (_error_code(error) == ErrorCode.Name(TEMPORARILY_UNAVAILABLE)
-                         or "database is locked" in str(error))
-            if not transient or attempt == STORE_RETRIES:
+            if not _unavailable(error):
                 raise
-            _log.warning("MLflow store busy during %s (%s); retrying in %.1f s",
-                         what, _first_line(error), wait)
+            now = time.monotonic()
+            first_failure = now if first_failure is None else first_failure
+            limit = store_wait_limit()
+            left = limit - (now - first_failure)
+            if left <= 0:
+                raise StoreUnavailable(
+                    f"{STORE_UNAVAILABLE_PREFIX} {_where(error)}for {now - first_failure:.0f} s "
+                    f"during {what} ({_reason(error)}); once it answers again, continue "
+                    f"with --resume (${STORE_WAIT_VARIABLE}={limit:g} sets how long to wait)"
+                ) from None
+            wait = min(wait, left)
+            _log.warning("MLflow store %sunavailable during %s (%s); retrying in %.1f s, "
+                         "for %.0f s more", _where(error), what, _reason(error), wait, left)
             time.sleep(wait)
-            wait *= 2
-    raise AssertionError("unreachable")
+            wait = min(wait * 2, STORE_RETRY_MAX_WAIT_S)
 
 
 @contextlib.contextmanager
@@ -339,6 +403,9 @@ def open_client(tracking_uri: str) -> MlflowClient:
     missing server or an outdated database shows up as one clear UserError at
     the start of a sweep instead of a traceback in the middle of a trial.
     """
+    # MLflow prints "View run ... at: <the tracking URI>" when a run ends on a server,
+    # credentials and all; versweep prints its own links, with the password starred.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     db = sqlite_path(tracking_uri)
     try:
         if db is not None:
@@ -366,19 +433,41 @@ def _check_reachable(server_uri: str) -> None:
     MLflow's HTTP client retries a refused connection with back-off for about two
     minutes; a mistyped port deserves a quicker answer. Any HTTP answer at all
     (even 401 or 404 from a proxy) means something is there, and MLflow decides.
+
+    Past this check, MLflow's own retries are few (MLFLOW_HTTP_RETRIES): retrying()
+    waits out a server that stops, and says so.
     """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(MLFLOW_HTTP_RETRIES))
     try:
-        with urllib.request.urlopen(server_uri.rstrip("/") + "/health", timeout=10):
+        with urllib.request.urlopen(_without_userinfo(server_uri).rstrip("/") + "/health",
+                                    timeout=10):
             pass
     except urllib.error.HTTPError:
         pass
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise UserError(
+        raise StoreUnreachable(
             f"cannot reach the MLflow tracking server at {_without_password(server_uri)} "
             f"({reason}); start one with `mlflow server --host 127.0.0.1 --port N` "
             "or check --tracking-uri / MLFLOW_TRACKING_URI"
         ) from None
+
+
+class StoreUnreachable(UserError):
+    """Nothing answers at a tracking server's address."""
+
+
+def reopen_client(tracking_uri: str) -> MlflowClient:
+    """open_client in a process of a sweep whose store answered when it started (a trial
+    process): a tracking server that does not answer now is stopped or restarting, and
+    is waited for (``retrying``, $VERSWEEP_STORE_WAIT_S) instead of refused at once."""
+    def attempt() -> MlflowClient:
+        try:
+            return open_client(tracking_uri)
+        except StoreUnreachable as error:
+            raise MlflowException(str(error), error_code=TEMPORARILY_UNAVAILABLE) from None
+
+    return retrying(attempt, "opening the store")
 
 
 # --------------------------------------------------------------------------- the records
@@ -392,10 +481,12 @@ class SweepRecords:
     explicit run ids, so any number of objects may write to the same store.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str):
+    def __init__(self, tracking_uri: str, experiment: str, reopened: bool = False):
+        # ``reopened``: the store answered when the sweep started (a trial process), so a
+        # server that does not answer now is waited for (reopen_client).
         self.tracking_uri = tracking_uri
         self.experiment = experiment
-        self.client = open_client(tracking_uri)
+        self.client = reopen_client(tracking_uri) if reopened else open_client(tracking_uri)
         self._experiment_of_parent: dict[str, str] = {}
         # Per child run: step metrics waiting to be written, and what the result said.
         self._pending: dict[str, list[Metric]] = {}
@@ -406,7 +497,7 @@ class SweepRecords:
     def __reduce__(self):
         # Sent to another process (a Ray trial actor), it opens the store again there,
         # under the SQLite lock, instead of carrying this process's connections.
-        return (SweepRecords, (self.tracking_uri, self.experiment))
+        return (SweepRecords, (self.tracking_uri, self.experiment, True))
 
     # ----------------------------------------------------------------- experiment
 
@@ -472,6 +563,7 @@ class SweepRecords:
             "versweep.trials_planned": str(len(sweep.trials)) if sweep.search is None
             else str(sweep.search.num_samples),
         }
+        tags.update(source_tags())
         job_id = os.environ.get("VERSWEEP_JOB_ID")
         if job_id:
             # Submitted as a Ray Job by sweeps/schedule.py: its firing's record finds it by this.
@@ -494,6 +586,10 @@ class SweepRecords:
         }
         self._log_params(parent_run_id, params)
         self._log_text(parent_run_id, sweep.text, sweep.path.name or "grid.toml")
+        legend = metrics_legend(sweep)
+        if legend:
+            self._log_text(parent_run_id, json.dumps(legend, indent=1, sort_keys=True),
+                           METRICS_ARTIFACT)
         if sweep.trials:
             plan = [{"key": t.key, "name": t.name, "workload": t.workload, "image": t.image,
                      "repeat": t.repeat, "config": t.config_dict} for t in sweep.trials]
@@ -503,11 +599,14 @@ class SweepRecords:
         return parent_run_id
 
     def _describe_experiment(self, experiment_id: str, sweep: Sweep) -> None:
-        """Make the experiment open on MLflow's runs table, with a description.
+        """Describe the experiment for MLflow's UI: its kind, its description, the key view.
 
-        MLflow 3 opens an experiment without a kind on its GenAI overview; the kind
-        ``custom_model_development`` gives the classic runs view. The description
-        (``mlflow.note.content``) is set once: a user's own stays.
+        The kind ``custom_model_development`` says it holds training runs, not GenAI
+        traces. The description (``mlflow.note.content``) is set once: a user's own stays.
+        The saved runs-table view (KEY_VIEW_TAG, opened by layout.experiment_url) shows
+        each workload's best metric and the trials' status and versions as columns: a new
+        user's table otherwise shows no metric at all. It gains the columns of a sweep's
+        new workloads and keeps those it had.
         """
         found = retrying(lambda: self.client.get_experiment(experiment_id),
                          "reading the experiment's tags")
@@ -518,6 +617,9 @@ class SweepRecords:
         if not tags.get(NOTE_TAG):
             wanted[NOTE_TAG] = truncate(experiment_note(self.experiment, sweep),
                                         MAX_TAG_VALUE_LENGTH)
+        view = key_view(tags.get(KEY_VIEW_TAG), sweep)
+        if view is not None:
+            wanted[KEY_VIEW_TAG] = view
         for key, value in wanted.items():
             retrying(functools.partial(self.client.set_experiment_tag, experiment_id, key,
                                        value), "describing the experiment")
@@ -531,11 +633,7 @@ class SweepRecords:
                 f"tags.`versweep.kind` = 'sweep' and tags.`versweep.sweep` = "
                 f"{quote(sweep.name)}")
         if not parents:
-            raise UserError(
-                f"--resume: no earlier run of sweep '{sweep.name}' in MLflow experiment "
-                f"'{self.experiment}' at {_without_password(self.tracking_uri)}; "
-                "run it once without --resume"
-            )
+            raise nothing_to_resume(sweep.name, self.experiment, self.tracking_uri)
         parents.sort(key=lambda run: run.info.start_time or 0, reverse=True)
         unfinished = [r for r in parents if r.info.status != RunStatus.to_string(
             RunStatus.FINISHED)]
@@ -556,21 +654,28 @@ class SweepRecords:
         return parent_run_id
 
     def close_sweep(self, parent_run_id: str, summary: dict[str, int],
-                    best: dict | None, *, interrupted: bool = False) -> None:
-        """Record the counts per status and the best trial on the parent run, and finish it.
+                    best: dict | None, *, interrupted: bool = False,
+                    bests: Sequence[dict] = ()) -> None:
+        """Record the counts per status and the best trials on the parent run, and finish it.
 
         An ``interrupted`` sweep (Ctrl-C) ends KILLED: it is not done, and
         ``--resume`` picks it up first.
 
-        ``best`` holds e.g. trial_key, run_id, name, metric, mode, value, config;
-        each becomes a tag versweep.best.<field>, and the value also a metric
-        best_<metric> so the experiment's run table can sort sweeps by it.
+        ``best`` (the sweep's one best: a search's, or a grid's language model) holds
+        e.g. trial_key, run_id, name, metric, mode, value, config; each becomes a tag
+        versweep.best.<field>, and the value also a metric best_<metric> so the
+        experiment's run table can sort sweeps by it. ``bests`` are the best trial of
+        each workload's comparison group (group, metric, value, run_id, name): tags
+        versweep.best.<group>.<field>, metrics best.<group>.<metric>, and a list in the
+        run's description linking each to its run.
         """
         tags = {f"versweep.summary.{status}": str(int(count))
                 for status, count in summary.items()}
         run = retrying(lambda: self.client.get_run(parent_run_id), "reading the sweep's run")
+        experiment_id = run.info.experiment_id
         tags[NOTE_TAG] = truncate(
-            sweep_note(run.data.tags.get(NOTE_TAG, ""), summary, interrupted=interrupted),
+            sweep_note(run.data.tags.get(NOTE_TAG, ""), summary, interrupted=interrupted,
+                       bests=bests, experiment_id=experiment_id),
             MAX_TAG_VALUE_LENGTH)
         metrics = []
         if best:
@@ -579,6 +684,15 @@ class SweepRecords:
             value = _finite(best.get("value"))
             if value is not None and best.get("metric"):
                 metrics.append(Metric(_metric_name(f"best_{best['metric']}"), value,
+                                      _now_ms(), 0))
+        for each in bests:
+            group = best_group_key(str(each.get("group", "")))
+            tags.update({f"versweep.best.{group}.{field}": text_value(each.get(field))
+                         for field in ("metric", "value", "run_id", "name")
+                         if each.get(field) not in (None, "")})
+            value = _finite(each.get("value"))
+            if value is not None and each.get("metric"):
+                metrics.append(Metric(_metric_name(f"best.{group}.{each['metric']}"), value,
                                       _now_ms(), 0))
         self._set_tags(parent_run_id, tags, metrics=metrics)
         end_state = "KILLED" if interrupted else "FINISHED"
@@ -631,6 +745,7 @@ class SweepRecords:
         }
         if spec.workload_dir is not None:  # a user's own workload: where its plug-in is
             tags["versweep.workload_dir"] = spec.workload_dir
+        tags.update(source_tags())
         run = retrying(
             lambda: self.client.create_run(experiment_id,
                                            run_name=run_name(spec, parent_run_id),
@@ -650,6 +765,10 @@ class SweepRecords:
         kind = event.get("event")
         if kind == "env":
             self._set_tags(run_id, env_tags(event))
+            dataset = dataset_of(event)
+            if dataset is not None:
+                retrying(lambda: self.client.log_inputs(run_id, datasets=[dataset]),
+                          "recording the trial's dataset")
         elif kind == "metric":
             step = self._metric_step(run_id, event.get("step"))
             self._last_step[run_id] = max(step, self._last_step.get(run_id, step))
@@ -806,6 +925,16 @@ class SweepRecords:
         """Set tags on a run (values kept within MLflow's limits)."""
         self._set_tags(run_id, {name: text_value(value) for name, value in tags.items()})
 
+    def runs_table_url(self, parent_run_id: str) -> str:
+        """Where a person sees this sweep's runs in the MLflow UI: the experiment's runs table
+        with the key view, on the UI this store is served by ("" for a Databricks store)."""
+        from sweeps.records.layout import experiment_url, ui_base
+
+        scheme = urlparse(self.tracking_uri).scheme
+        if scheme.startswith("databricks") or scheme == "uc":
+            return ""
+        return experiment_url(ui_base(self.tracking_uri), self._parent_experiment(parent_run_id))
+
     def _parent_experiment(self, parent_run_id: str) -> str:
         # Children live in their parent's experiment, whatever this object was told.
         if parent_run_id not in self._experiment_of_parent:
@@ -870,8 +999,16 @@ def run_name(spec: TrialSpec, parent_run_id: str) -> str:
 SWEEP_NOTE_COUNTS = "**Trials**"
 
 
-def sweep_note(note: str, summary: dict[str, int], *, interrupted: bool) -> str:
-    """A parent run's description with the counts of each status (replacing earlier ones)."""
+def best_group_key(group: str) -> str:
+    """A comparison group as part of a tag or metric name: 'rnn_bench 1x320-ce-short cudnn'
+    -> 'rnn_bench.1x320-ce-short.cudnn' (MLflow names allow letters, digits, _ - . /)."""
+    return ".".join(re.sub(r"[^A-Za-z0-9_\-]+", "_", part) for part in group.split()) or "all"
+
+
+def sweep_note(note: str, summary: dict[str, int], *, interrupted: bool,
+               bests: Sequence[dict] = (), experiment_id: str = "") -> str:
+    """A parent run's description with the counts of each status and the best trial of each
+    workload, each linked to its run in the UI (replacing earlier counts on --resume)."""
     kept = note.split("\n\n" + SWEEP_NOTE_COUNTS, 1)[0]
     kept = "" if kept.startswith(SWEEP_NOTE_COUNTS) else kept
     total = sum(int(count) for count in summary.values())
@@ -879,7 +1016,91 @@ def sweep_note(note: str, summary: dict[str, int], *, interrupted: bool) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     ending = "interrupted (resume it with --resume)" if interrupted else "finished"
     line = f"{SWEEP_NOTE_COUNTS} ({ending} {when}): {total} trials: {counts}."
+    shown = [b for b in bests if b.get("run_id") and _finite(b.get("value")) is not None]
+    if shown:
+        line += "\n\n**Best per workload**\n"
+        for each in shown:
+            # A link inside the UI's own single-page app: its route, relative to the page.
+            target = (f"#/experiments/{experiment_id}/runs/{each['run_id']}?{UI_SIDE}"
+                      if experiment_id else "")
+            name = str(each.get("name", each["run_id"])).replace("[", "(").replace("]", ")")
+            shown_name = f"[{name}]({target})" if target else name
+            line += (f"\n- {each.get('group', '')}: {each.get('metric')} "
+                     f"{float(each['value']):.4g} ({shown_name})")
     return f"{kept}\n\n{line}" if kept else line
+
+
+# The trial tags the key view shows beside the metrics: how it ended and what it ran on.
+KEY_VIEW_TAGS = ("versweep.status", "versweep.torch", "versweep.cuda", "versweep.cudnn")
+
+
+def _sweep_workloads(sweep: Sweep) -> list[tuple[str, str | None]]:
+    named = [(t.workload, t.workload_dir) for t in sweep.trials or ()]
+    if sweep.search is not None:
+        named.append((sweep.search.workload, sweep.search.workload_dir))
+    return list(dict.fromkeys(named))
+
+
+def key_view(current: str | None, sweep: Sweep, now_ms: int | None = None) -> str | None:
+    """The experiment's key-metrics view (MLflow's saved-view envelope around the runs
+    table's state) with this sweep's columns added, or None when it has them already.
+
+    Columns: each workload's best metric (a search's own metric too), then KEY_VIEW_TAGS;
+    columns an earlier sweep added stay. A view the UI cannot read is replaced.
+    """
+    from sweeps import workloads
+
+    kept: list[str] = []
+    created = now_ms if now_ms is not None else _now_ms()
+    try:
+        envelope = json.loads(current) if current else {}
+        state = json.loads(envelope.get("state") or "{}")
+        kept = [str(c) for c in state.get("selectedColumns", []) if isinstance(c, str)]
+        created = int(envelope.get("createdAt", created))
+    except (ValueError, TypeError, AttributeError):
+        kept = []
+    metrics = []
+    for workload, directory in _sweep_workloads(sweep):
+        try:
+            best = workloads.get(workload, directory).best_metric
+        except UserError:
+            continue
+        if best:
+            metrics.append(best)
+    if sweep.search is not None:
+        metrics.append(sweep.search.metric)
+    wanted = [f"metrics.`{m}`" for m in metrics] + [f"tags.`{t}`" for t in KEY_VIEW_TAGS]
+    columns = list(dict.fromkeys([*kept, *wanted]))
+    if current and columns == kept:
+        return None
+    state_text = json.dumps({"selectedColumns": columns})
+    return json.dumps({"name": KEY_VIEW_NAME, "createdAt": created,
+                       "updatedAt": now_ms if now_ms is not None else _now_ms(),
+                       "state": state_text})
+
+
+# The parent run's legend of its trials' metrics: unit, which way is better, what it is.
+METRICS_ARTIFACT = "metrics.json"
+
+
+def metrics_legend(sweep: Sweep) -> dict[str, dict[str, dict[str, Any]]]:
+    """Workload -> metric -> {unit, better, per_step, description}, from the plug-ins of the
+    sweep's workloads (sweeps/workloads): what each number in the runs table means."""
+    from sweeps import workloads
+
+    legend: dict[str, dict[str, dict[str, Any]]] = {}
+    for workload, directory in _sweep_workloads(sweep):
+        if workload in legend:
+            continue
+        try:
+            plugin = workloads.get(workload, directory)
+        except UserError:
+            continue
+        legend[workload] = {m.name: {"unit": m.unit, "better": m.better or "neither",
+                                           "per_step": m.per_step,
+                                           "description": m.description}
+                                  for m in plugin.metrics}
+    return legend
 
 
 def experiment_note(experiment: str, sweep: Sweep) -> str:
@@ -895,7 +1116,10 @@ def experiment_note(experiment: str, sweep: Sweep) -> str:
               "hold the best result per workload and its artifacts the grid and the planned "
               "trials. Its **child runs** are the trials, one per workload, config, image and "
               "repeat, each with the torch, CUDA and cuDNN it really ran (tags "
-              "`versweep.torch`, ...), its metrics, `worker.log` and `environment.txt`.",
+              "`versweep.torch`, ...), its metrics, `worker.log` and `environment.txt`. "
+              "Metric names carry their unit (`ms_per_batch_median`: milliseconds, "
+              "`words_per_second`, `epoch_seconds`; perplexities and losses have none); "
+              f"`{METRICS_ARTIFACT}` of a parent run says what each one is.",
               "",
               f"The version comparison: `versweep report --experiment {experiment}`."]
     return "\n".join(lines)
@@ -918,6 +1142,70 @@ def env_tags(event: dict) -> dict[str, str]:
         if event.get(name) is not None and event.get(name) != "":
             tags[f"versweep.{name}"] = text_value(event[name])
     return tags
+
+
+# The project's checkout: its git revision is every run's source (mlflow.source.*).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
+                              text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+@functools.lru_cache(maxsize=1)
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags for every run: the entry point, and where versweep is a git
+    checkout, its commit, branch and remote (credentials taken off), and whether the
+    checkout had uncommitted changes (``versweep.git_dirty``). Read once per process."""
+    # The UI shows a source name's last path part: "sweeps/run.py" reads "run.py".
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "sweeps/run.py"}
+    if not (PROJECT_ROOT / ".git").exists():
+        return tags
+    commit = _git("rev-parse", "HEAD")
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return tags
+    tags["mlflow.source.git.commit"] = commit
+    branch = _git("rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":
+        tags["mlflow.source.git.branch"] = branch
+    remote = _git("config", "--get", "remote.origin.url")
+    if remote:
+        # Any user info (a token, user:password) is taken off, not starred.
+        tags["mlflow.source.git.repoURL"] = re.sub(r"//[^/@]*@", "//", remote)
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    tags["versweep.git_dirty"] = "true" if dirty else "false"
+    return tags
+
+
+# Where the canonical PTB files come from (sweeps/datasets.py), for the dataset's profile.
+PTB_NAME = "ptb"
+
+
+def dataset_of(event: dict) -> Any:
+    """The MLflow dataset input of an ``env`` event whose workload read a real corpus (its
+    data_dir, identified by the files' git blob ids), or None (no data, synthetic data)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    data = event.get("data")
+    if not isinstance(data, dict) or data.get("synthetic") is not False:
+        return None
+    blobs = data.get("git_blob_sha1")
+    if not isinstance(blobs, dict) or not blobs:
+        return None
+    source = str(data.get("source") or "")
+    canonical = data.get("canonical_ptb") is True
+    digest = hashlib.sha1(json.dumps(blobs, sort_keys=True).encode()).hexdigest()[:10]
+    name = PTB_NAME if canonical else (Path(source).name or "corpus")
+    profile = {"files": {k: {"git_blob_sha1": v} for k, v in sorted(blobs.items())},
+               "canonical_ptb": canonical}
+    dataset = Dataset(name=name, digest=digest, source_type="local",
+                      source=json.dumps({"uri": source}), profile=json.dumps(profile))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
 
 
 def grid_sha256(sweep: Sweep) -> str:

@@ -20,12 +20,14 @@ docs/workloads.md walks through writing one; examples/workloads/seq_copy is one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from sweeps import validate
 from sweeps.errors import UserError
 from sweeps.workloads import env, ptb_lm, rnn_bench
 from sweeps.workloads.base import Metric, Workload
@@ -75,11 +77,15 @@ def _import_file(path: Path, module_name: str) -> ModuleType:
 
 def load_dir(source: str | Path) -> Workload:
     """Load (once per process) the workload of a user's directory; UserError if it is not one."""
+    try:
+        validate.input_dir(source)
+    except validate.InputError as exc:
+        problem = ("no such workload directory" if exc.problem.startswith("no such directory")
+                   else exc.problem)
+        raise UserError(f"{source}: {problem}") from None
     directory = Path(source).expanduser().resolve()
     if directory in _loaded:
         return _loaded[directory]
-    if not directory.is_dir():
-        raise UserError(f"{source}: no such workload directory")
     missing = [f for f in (HOST_FILE, CONFIG_FILE, WORKER_FILE) if not (directory / f).is_file()]
     if missing:
         raise UserError(f"{source}: a workload directory holds {HOST_FILE}, {CONFIG_FILE} and "
@@ -122,6 +128,22 @@ def resolve_config(workload: Workload, raw: dict[str, Any]) -> dict[str, Any]:
     if workload.source is None:
         return resolve_workload_config(workload.name, raw)
     return resolve_external_config(_config_modules[workload.source], raw)
+
+
+def memory_problem(workload: Workload, config: dict[str, Any]) -> str | None:
+    """One line when a resolved config needs more memory than this machine has, by the
+    worker's own estimate (workers/memory.py); None when it fits or has no estimate."""
+    from workers import memory
+    from workers.workloads import config_module
+
+    module = (config_module(workload.name) if workload.source is None
+              else _config_modules[workload.source])
+    return memory.problem(module, config, _machine_memory(), "this machine has")
+
+
+@functools.cache
+def _machine_memory() -> int | None:
+    return validate.machine_memory()
 
 
 def schema(workload: Workload) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sweeps.errors import UserError
@@ -276,6 +276,10 @@ class Backend(abc.ABC):
     """
 
     name = ""
+    # Where a long step of ``check`` or ``start`` (the venv backend's environment build)
+    # says what it is doing, a line at a time: the sweep's console, relayed from the
+    # trial's process by sweeps/execute/tune.py. None: nowhere but the trial's log.
+    console: Callable[[str], None] | None = None
 
     @abc.abstractmethod
     def preflight(self, sweep: Sweep, *, on_this_node: bool = True) -> None:

@@ -18,6 +18,9 @@ the trial as CUDA_VISIBLE_DEVICES (none for a CPU-only entry, as in its image). 
 worker runs, the trial holds the environment's shared lock: no build or eviction can
 touch it. The environment's ``pip freeze`` heads the trial's log (an artifact of its run);
 the run's tags name the environment (``versweep.env_path``, ``versweep.env_python``, ...).
+A build (or a wait for another trial's build of it) is also said on the backend's
+``console`` (in a sweep: the driver's console, e.g. ``torch-1.4.0-py3.6: still building,
+45 s (last: Downloading torch (766.2MiB))``), where uv's every line would be noise.
 
 What cannot run is decided before any worker starts (``check``): no environment can be
 made here (no interpreter, no such torch on the index, no wheel for this platform and
@@ -26,10 +29,12 @@ these Pythons), or the entry's torch cannot run the workload (sweeps/plan/compat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from sweeps.envs.build import BuildProgress
 from sweeps.envs.store import EnvLease, EnvPlan, EnvStore, worker_environment
 from sweeps.errors import UserError
 from sweeps.execute.backends._base import (
@@ -122,13 +127,21 @@ class VenvBackend(Backend):
             return compat.torch_reason(image, spec.workload, spec.config_dict,
                                        spec.workload_dir)
         try:
-            with self.store.acquire(plan) as env:
+            with self._console(plan) as console, \
+                    self.store.acquire(plan, progress=console) as env:
                 marker = dict(env.marker)
         except OSError as exc:
             raise UserError(f"the environment {plan.key} could not be prepared: "
                             f"{exc.strerror or exc}") from None
         return compat.unsupported_reason(wheel_image(image, marker), spec.workload,
                                          spec.config_dict, given, spec.workload_dir)
+
+    def _console(self, plan: EnvPlan):
+        """The store's ``progress`` for the console while the block runs (a heartbeat
+        during a build), or one that says nothing where there is no console."""
+        if self.console is None:
+            return contextlib.nullcontext(_quiet)
+        return BuildProgress(plan.key, self.console)
 
     def node_gpus(self) -> dict[str, compat.Gpu]:
         """This node's GPUs by index (empty without nvidia-smi), asked once per backend."""
@@ -143,10 +156,14 @@ class VenvBackend(Backend):
             raise UserError(f"no environment for {image.name} here: {plan}")
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", encoding="utf-8") as log:
-            def progress(line: str) -> None:
+        with open(log_path, "a", encoding="utf-8") as log, self._console(plan) as console:
+            def logged(line: str) -> None:
                 log.write(f"venv: {line}\n")
                 log.flush()
+
+            def progress(line: str) -> None:  # every line in the log, the gist on the console
+                logged(line)
+                console(line)
 
             try:
                 lease = self.store.acquire(plan, progress=progress)
@@ -156,12 +173,12 @@ class VenvBackend(Backend):
             try:
                 marker = lease.env.marker
                 how = "built now" if lease.env.built else f"built {marker.get('built_at')}"
-                progress(f"environment {plan.key} at {plan.path} ({how}; torch "
-                         f"{marker.get('torch_reported')}, Python {marker.get('python')})"
-                         + (f"; {plan.note}" if plan.note else ""))
+                logged(f"environment {plan.key} at {plan.path} ({how}; torch "
+                       f"{marker.get('torch_reported')}, Python {marker.get('python')})"
+                       + (f"; {plan.note}" if plan.note else ""))
                 freeze = str(marker.get("freeze", "")).rstrip("\n")
-                progress(f"{marker.get('builder')} freeze of the environment:\n"
-                         + "\n".join(f"    {line}" for line in freeze.splitlines()))
+                logged(f"{marker.get('builder')} freeze of the environment:\n"
+                       + "\n".join(f"    {line}" for line in freeze.splitlines()))
             except BaseException:
                 lease.release()
                 raise
@@ -206,6 +223,10 @@ def wheel_image(image: Image, marker: dict) -> Image:
     sass = tuple(a for a in archs if a.startswith("sm_"))
     ptx = tuple(a for a in archs if a.startswith("compute_"))
     return dataclasses.replace(image, cuda=cuda, archs=sass, ptx=ptx)
+
+def _quiet(line: str) -> None:
+    pass
+
 
 class VenvHandle(ProcessHandle):
     """A worker in a child process that holds its environment's use lock until closed."""
