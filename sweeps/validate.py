@@ -43,15 +43,22 @@ SHOWN_CHARS = 60
 
 
 _USERINFO_PASSWORD = re.compile(r"//([^:/@\s]*):[^@/\s]*@")
+# A secret in a URL's query string or fragment (``?token=...``, ``&password=...``,
+# ``#access_token=...``, a presigned URL's ``X-Amz-Signature=...``): the name says it is one.
+_QUERY_SECRET = re.compile(
+    r"([?&#;][A-Za-z0-9_.-]*(?:token|passw(?:or)?d|pwd|secret|signature|sig|credential|"
+    r"api[_-]?key|apikey|access[_-]?key|auth)[A-Za-z0-9_.-]*=)[^&#;\s'\"]*",
+    re.IGNORECASE)
 
 
 def without_password(text: str) -> str:
-    """``text`` with the password of every URL in it starred: ``//user:***@host``.
+    """``text`` with the password of every URL in it starred: ``//user:***@host``, and
+    every secret its query string names: ``?token=***``.
 
     Every URL versweep prints or writes goes through here (a tracking server's
     credentials or token must never reach a console, a log or a record).
     """
-    return _USERINFO_PASSWORD.sub(r"//\1:***@", text)
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"//\1:***@", text))
 
 
 def shown(value: Any) -> str:

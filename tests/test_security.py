@@ -112,6 +112,16 @@ def test_every_url_shown_has_its_password_starred():
         assert URI_SECRET not in shown, shown
     assert _without_password(uri) == "https://alice:***@mlflow.example.org:5000/base"
     assert mlflow_ui_command(uri) == "open https://mlflow.example.org:5000/base"
+    # A token in the query string or fragment is starred too; other parameters stay.
+    for query in (f"?token={URI_SECRET}&x=1", f"?sslmode=require&password={URI_SECRET}",
+                  f"?X-Amz-Signature={URI_SECRET}", f"#access_token={URI_SECRET}",
+                  f"?API_KEY={URI_SECRET};other=2"):
+        for shown in (validate.without_password(f"see https://host/p{query} now"),
+                      validate.shown(f"https://host/p{query}"), records_location(
+                          f"https://host/p{query}")):
+            assert URI_SECRET not in shown and "***" in shown, shown
+    assert validate.without_password("https://h/p?token=abc&x=1&keyboard=2") == (
+        "https://h/p?token=***&x=1&keyboard=2")
     with __import__("pytest").raises(validate.InputError) as error:
         validate.url(f"ftp://alice:{URI_SECRET}@host:1/", "--tracking-uri")
     assert URI_SECRET not in str(error.value)
