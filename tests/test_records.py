@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -754,3 +755,86 @@ def test_the_key_view_gains_a_new_workloads_columns_and_keeps_the_old(tmp_path):
     assert key_view(edited, bench_only) is None
     repaired = json.loads(key_view("{not json", bench_only))
     assert json.loads(repaired["state"])["selectedColumns"][0] == "metrics.`ms_per_batch_median`"
+
+
+class _AnswerDroppingProxy:
+    """An HTTP proxy in front of a tracking server that, for the requests to create a run
+    whose numbers (1, 2, ...) are in ``drop``, passes the request on (the server commits
+    the run) and then closes the connection without the answer: a server killed between
+    its commit and its reply."""
+
+    def __init__(self, upstream: str, drop: set[int]):
+        import http.server
+        import threading
+
+        proxy = self
+        self.creates = 0
+        self.dropped = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request = urllib.request.Request(
+                    upstream + self.path, data=body if self.command != "GET" else None,
+                    method=self.command,
+                    headers={k: v for k, v in self.headers.items()
+                             if k.lower() not in ("host", "content-length", "connection")})
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as answer:
+                        status, headers, data = answer.status, answer.headers, answer.read()
+                except urllib.error.HTTPError as error:
+                    status, headers, data = error.code, error.headers, error.read()
+                if self.path.split("?")[0].endswith("/runs/create"):
+                    proxy.creates += 1
+                    if proxy.creates in drop:
+                        proxy.dropped += 1
+                        self.close_connection = True
+                        return  # committed upstream; the answer never comes back
+                self.send_response(status)
+                for key, value in headers.items():
+                    if key.lower() not in ("transfer-encoding", "connection",
+                                           "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_create_whose_answer_was_lost_leaves_one_run_not_two(mlflow_server, experiment,
+                                                                tmp_path):
+    # The server takes the parent's and the first trial's create and dies before it
+    # answers; the client sends each again (MLflow's own retries, then retrying()). Each
+    # must end as exactly one run: the cause of "inconsistent records" in the outage test.
+    # Create 1 is the parent's (2: its resend), 3 the first trial's (4: its resend).
+    proxy = _AnswerDroppingProxy(mlflow_server.url, drop={1, 3})
+    try:
+        records = SweepRecords(proxy.url, experiment)
+        trials = (env_trial(0), env_trial(1))
+        parent = records.open_sweep(make_sweep(tmp_path, trials), resume=False)
+        for spec in trials:
+            run_id = records.start_trial(parent, spec)
+            records.finish_trial(run_id, "ok", log_text="done\n")
+        records.close_sweep(parent, {"ok": 2}, None)
+    finally:
+        proxy.close()
+    assert (proxy.dropped, proxy.creates) == (2, 5)
+    client = MlflowClient(mlflow_server.url)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], run_view_type=ViewType.ACTIVE_ONLY)
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3, [
+        (r.info.run_name, r.info.status) for r in runs]
+    assert sorted(r.data.tags.get("versweep.kind") for r in runs) == ["sweep", "trial",
+                                                                      "trial"]

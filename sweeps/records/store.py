@@ -571,10 +571,8 @@ class SweepRecords:
         if sweep.description:
             tags[NOTE_TAG] = sweep.description  # the run's description in the UI
         tags = {k: truncate(v, MAX_TAG_VALUE_LENGTH) for k, v in tags.items()}
-        run = retrying(
-            lambda: self.client.create_run(
-                experiment_id, run_name=f"{sweep.name} {started:%Y-%m-%d %H:%M:%S}Z", tags=tags),
-            "creating the sweep's parent run")
+        run = self._create_run(experiment_id, f"{sweep.name} {started:%Y-%m-%d %H:%M:%S}Z",
+                               None, tags, "creating the sweep's parent run")
         parent_run_id = run.info.run_id
         params = {
             "backend": sweep.backend,
@@ -746,11 +744,8 @@ class SweepRecords:
         if spec.workload_dir is not None:  # a user's own workload: where its plug-in is
             tags["versweep.workload_dir"] = spec.workload_dir
         tags.update(source_tags())
-        run = retrying(
-            lambda: self.client.create_run(experiment_id,
-                                           run_name=run_name(spec, parent_run_id),
-                                           start_time=started_ms, tags=tags),
-            "creating a trial run")
+        run = self._create_run(experiment_id, run_name(spec, parent_run_id), started_ms, tags,
+                               "creating a trial run")
         run_id = run.info.run_id
         self._log_params(run_id, spec.config_dict)
         self._last_flush[run_id] = time.monotonic()
@@ -846,6 +841,10 @@ class SweepRecords:
         status = Status.parse(status).value  # ValueError for a status the rules do not know
         self.flush(run_id)
         current = retrying(lambda: self.client.get_run(run_id), "reading a trial run")
+        # A create the server took twice, the second landing late (a server that froze
+        # with the request in its queue): its copy goes before the trial is decided.
+        self._drop_copies(current.info.experiment_id, current.info.run_name,
+                          current.info.start_time, keep=run_id)
         if current.info.status == "KILLED":
             # A resumed sweep started this trial again and marked this run KILLED (its
             # driver had died, this trial process had not): the newer run is the record.
@@ -942,6 +941,67 @@ class SweepRecords:
                                "reading the sweep's parent run")
             self._experiment_of_parent[parent_run_id] = parent.info.experiment_id
         return self._experiment_of_parent[parent_run_id]
+
+    def _create_run(self, experiment_id: str, name: str, start_ms: int | None,
+                    tags: dict[str, str], what: str) -> Any:
+        """``create_run``, at most once even where the store drops its answer.
+
+        A request to create a run can reach a tracking server, be committed there, and
+        its answer be lost (the server killed between its commit and its reply);
+        ``retrying`` then sends it again, and a second, empty run would be left RUNNING
+        (a record the fault tests count as inconsistent). So every attempt after the
+        first looks for the run the earlier one may have made (same name, same start
+        time to the millisecond, RUNNING, in this experiment) and takes it instead.
+        """
+        start_ms = _now_ms() if start_ms is None else start_ms
+        attempts = 0
+
+        def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                made = self._made_runs(experiment_id, name, start_ms)
+                if made:
+                    _log.info("%s: the store had made the run before its answer was lost "
+                              "(%s); taking it", what, made[0].info.run_id)
+                    return made[0]
+            return self.client.create_run(experiment_id, run_name=name, start_time=start_ms,
+                                          tags=tags)
+
+        run = retrying(attempt, what)
+        # MLflow's HTTP client sends a request again by itself where its answer was lost
+        # (its own few retries): on a tracking server, a second identical run may exist.
+        self._drop_copies(experiment_id, name, start_ms, keep=run.info.run_id)
+        return run
+
+    def _made_runs(self, experiment_id: str, name: str, start_ms: int) -> list:
+        """The RUNNING runs named ``name`` that started at ``start_ms`` (the same create)."""
+        where = f"attributes.start_time = {int(start_ms)} and attributes.status = 'RUNNING'"
+        try:
+            where = f"attributes.run_name = {quote(name)} and {where}"
+        except ValueError:  # a name no filter can hold: the start time alone
+            pass
+        return list(self.client.search_runs([experiment_id], filter_string=where,
+                                            run_view_type=ViewType.ACTIVE_ONLY,
+                                            max_results=50))
+
+    def _drop_copies(self, experiment_id: str, name: str, start_ms: int, *, keep: str) -> None:
+        """Delete the copies of run ``keep`` that a create sent twice left behind.
+
+        Only a tracking server loses answers (a local store's call is atomic). A copy has
+        the same name, start time and tags, and nothing else: nothing was logged to it.
+        """
+        if urlparse(self.tracking_uri).scheme not in ("http", "https"):
+            return
+        copies = retrying(lambda: self._made_runs(experiment_id, name, start_ms),
+                          "looking for a run created twice")
+        for copy in copies:
+            if copy.info.run_id == keep or dict(copy.data.params) or dict(copy.data.metrics):
+                continue
+            _log.info("deleting run %s: a copy of %s made by a create sent twice",
+                      copy.info.run_id, keep)
+            retrying(functools.partial(self.client.delete_run, copy.info.run_id),
+                     "deleting a run created twice")
 
     def _search(self, experiment_id: str, query: str) -> list:
         runs: list = []
