@@ -124,6 +124,12 @@ RUN_NAME_CELLS = ("Array.from(document.querySelectorAll("
                   ".map(a => ({name: a.innerText.trim(), "
                   "run_id: a.getAttribute('href').split('/runs/')[1].split(/[?/]/)[0], "
                   "row: a.closest('.ag-row').getAttribute('row-index')}))")
+# Whether every run name in the table is shown whole: the name link's text is clipped (with an
+# ellipsis) inside an element narrower than it where the column is too narrow.
+RUN_NAMES_WHOLE = ("Array.from(document.querySelectorAll("
+                   "'.ag-row [col-id=\"attributes.`Run Name`\"] a[href*=\"/runs/\"]'))"
+                   ".map(a => ({name: a.innerText.trim(), whole: ![a, ...a.querySelectorAll('*')]"
+                   ".some(x => x.scrollWidth > x.clientWidth + 1)}))")
 ON_GENAI_OVERVIEW = "location.hash.includes('/overview')"
 WORKFLOW_SELECTED = ("(() => { const p = new URLSearchParams(location.hash.split('?')[1] || '');"
                      " return p.get('workflowType'); })()")

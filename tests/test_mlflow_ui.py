@@ -31,6 +31,7 @@ from mlflow_ui import (
     HEADER_COLUMNS,
     ON_GENAI_OVERVIEW,
     RUN_NAME_CELLS,
+    RUN_NAMES_WHOLE,
     RUNS_TABLE_ROWS,
     VIEW_NAME,
     WORKFLOW_SELECTED,
@@ -278,6 +279,10 @@ def test_the_key_metrics_view_shows_each_workloads_best_metric_and_the_status(br
     for (run_id, col), text in checks.items():
         tab.wait_until(f"{json.dumps(text)} === {cell_text(run_id, col)}", timeout=20,
                        what=f"{text!r} in column {col} of run {run_id}")
+    # The view makes the name column wide enough: every run's name is read whole.
+    names = tab.evaluate(RUN_NAMES_WHOLE)
+    assert len(names) == len(store.parents) + len(store.children), names
+    assert all(n["whole"] for n in names), [n["name"] for n in names if not n["whole"]]
 
 
 def test_no_two_trial_runs_share_a_name_in_the_runs_table(browser, store):

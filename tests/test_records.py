@@ -745,6 +745,13 @@ def test_the_key_view_gains_a_new_workloads_columns_and_keeps_the_old(tmp_path):
     assert json.loads(envelope["state"])["selectedColumns"] == [
         "metrics.`ms_per_batch_median`", "tags.`versweep.status`", "tags.`versweep.torch`",
         "tags.`versweep.cuda`", "tags.`versweep.cudnn`"]
+    # The run name column is made wide enough for the sweep's names, and the table's
+    # columns are ordered (MLflow applies a width only to a column its state orders).
+    state = json.loads(envelope["state"])
+    longest = len(bench_trial("cudnn").name) + len(" · 3f9a1c")
+    assert state["columnWidths"] == {"attributes.`Run Name`": 7 * longest + 60}
+    assert state["columnOrder"] == ["attributes.`Run Name`", "runDateAndNestInfo", "duration",
+                                    *state["selectedColumns"]]
     assert key_view(first, bench_only, now_ms=2000) is None  # nothing new: not rewritten
     with_env = make_sweep(tmp_path, (env_trial(0), bench_trial("fused")))
     assert key_view(first, with_env) is None  # env has no best metric

@@ -1101,6 +1101,23 @@ def _sweep_workloads(sweep: Sweep) -> list[tuple[str, str | None]]:
     return list(dict.fromkeys(named))
 
 
+# The runs table's own column ids (MLflow 3.17's UI): the run name, then Created and Duration.
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+RUNS_TABLE_FIXED_COLUMNS = ("runDateAndNestInfo", "duration")
+# Pixels per character of a run name in the runs table, and the width's bounds.
+_NAME_PX_PER_CHAR, _NAME_MIN_PX, _NAME_MAX_PX = 7, 190, 560
+
+
+def run_name_width(sweep: Sweep) -> int:
+    """Pixels of a runs-table column that shows the sweep's longest run name whole (a
+    search's names, known only as it samples, get the widest)."""
+    if sweep.search is not None or not sweep.trials:
+        return _NAME_MAX_PX
+    longest = max(len(t.name) for t in sweep.trials) + len(sweep_suffix("x" * 32))
+    # The indent of a child row under its sweep's row, and the colour dot.
+    return max(_NAME_MIN_PX, min(_NAME_MAX_PX, _NAME_PX_PER_CHAR * longest + 60))
+
+
 def key_view(current: str | None, sweep: Sweep, now_ms: int | None = None) -> str | None:
     """The experiment's key-metrics view (MLflow's saved-view envelope around the runs
     table's state) with this sweep's columns added, or None when it has them already.
@@ -1111,14 +1128,16 @@ def key_view(current: str | None, sweep: Sweep, now_ms: int | None = None) -> st
     from sweeps import workloads
 
     kept: list[str] = []
+    kept_width = 0
     created = now_ms if now_ms is not None else _now_ms()
     try:
         envelope = json.loads(current) if current else {}
         state = json.loads(envelope.get("state") or "{}")
         kept = [str(c) for c in state.get("selectedColumns", []) if isinstance(c, str)]
+        kept_width = int((state.get("columnWidths") or {}).get(RUN_NAME_COLUMN) or 0)
         created = int(envelope.get("createdAt", created))
     except (ValueError, TypeError, AttributeError):
-        kept = []
+        kept, kept_width = [], 0
     metrics = []
     for workload, directory in _sweep_workloads(sweep):
         try:
@@ -1131,9 +1150,16 @@ def key_view(current: str | None, sweep: Sweep, now_ms: int | None = None) -> st
         metrics.append(sweep.search.metric)
     wanted = [f"metrics.`{m}`" for m in metrics] + [f"tags.`{t}`" for t in KEY_VIEW_TAGS]
     columns = list(dict.fromkeys([*kept, *wanted]))
-    if current and columns == kept:
+    width = max(kept_width, run_name_width(sweep))
+    if current and columns == kept and width == kept_width:
         return None
-    state_text = json.dumps({"selectedColumns": columns})
+    # The run name column wide enough for the sweep's names (MLflow's default, 190 px,
+    # shows 'rnn_bench 1x3...'). The UI applies widths only to the columns its state
+    # orders, so the order lists every column the table shows, in the table's own order.
+    state_text = json.dumps({
+        "selectedColumns": columns,
+        "columnOrder": [RUN_NAME_COLUMN, *RUNS_TABLE_FIXED_COLUMNS, *columns],
+        "columnWidths": {RUN_NAME_COLUMN: width}})
     return json.dumps({"name": KEY_VIEW_NAME, "createdAt": created,
                        "updatedAt": now_ms if now_ms is not None else _now_ms(),
                        "state": state_text})
