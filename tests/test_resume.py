@@ -116,7 +116,13 @@ def _kill_module():
 
 def _assert_resumed_losing_nothing(figures: dict) -> None:
     shown = json.dumps(figures, indent=1)  # a string: pytest would cut a dict short
+    print("FIGURES", json.dumps({k: v for k, v in figures.items() if k != "resume_tail"}))
     assert figures["resume_exit_code"] == 0, shown
+    # A --resume that failed (the local Ray timed out at start on a loaded machine) said so
+    # in one line, no traceback, and the next --resume finished the sweep.
+    failed = [code for code in figures["resume_exit_codes"] if code != 0]
+    assert len(figures["resume_errors"]) == len(failed), shown
+    assert figures["resume_tracebacks"] == 0, shown
     assert_nothing_lost(figures)
     assert figures["rerun_after_decided"] == 0, shown  # a decided trial never ran again
     before = figures["finished_before_kill"]
@@ -124,6 +130,8 @@ def _assert_resumed_losing_nothing(figures: dict) -> None:
         f"{before} trial(s) already decided; they will not run again" if before else None), shown
 
 
+# 7 minutes at a load of 16 on 2 cores (two Ray starts and 4+ language-model trials).
+@pytest.mark.slow
 def test_a_search_killed_with_sigkill_resumes_its_study_to_num_samples(tmp_path, ray_tmp):
     """What --resume guarantees for an Optuna search: the trials decided before the kill
     are not run again; the study (same name, same storage) continues, with every trial the
