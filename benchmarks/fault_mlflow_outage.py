@@ -40,6 +40,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fault_figures  # noqa: E402  (benchmarks/fault_figures.py: the figures of every fault)
 
 EXPERIMENT = "outage"
 RESULT_METRIC = "device_check_value"
@@ -168,42 +171,8 @@ def count(url: str, planned: list[str]) -> dict:
     """The figures, read from the store through the (running) server."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(url)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("versweep.kind") == "sweep"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    problems = []
-    if len(parents) != 1:
-        problems.append(f"{len(parents)} parent runs")
-    problems += [f"parent run {p.info.run_id} is {p.info.status}" for p in parents
-                 if p.info.status != "FINISHED"]
-    finished_by_key: dict[str, list] = {}
-    for child in children:
-        key = child.data.tags.get("versweep.trial_key")
-        tags, status = child.data.tags, child.info.status
-        if key not in planned:
-            problems.append(f"run {child.info.run_id}: no planned trial key ({key!r})")
-        if status == "RUNNING":
-            problems.append(f"run {child.info.run_id} ({key}) left RUNNING")
-        if status != "FINISHED":
-            continue
-        finished_by_key.setdefault(key, []).append(child)
-        if "versweep.status" not in tags:
-            problems.append(f"run {child.info.run_id} ({key}) FINISHED without versweep.status")
-        elif tags["versweep.status"] == "ok" and RESULT_METRIC not in child.data.metrics:
-            problems.append(f"run {child.info.run_id} ({key}) ok without {RESULT_METRIC}")
-    return {
-        "planned": len(planned),
-        "finished": sum(1 for key in planned if len(finished_by_key.get(key, [])) == 1),
-        "ok": sum(1 for runs_of in finished_by_key.values() for r in runs_of
-                  if r.data.tags.get("versweep.status") == "ok"),
-        "lost": sum(1 for key in planned if key not in finished_by_key),
-        "duplicated": sum(1 for runs_of in finished_by_key.values() if len(runs_of) > 1),
-        "inconsistent": len(problems),
-        "problems": problems,
-        "child_runs": len(children),
-    }
+    return fault_figures.count(MlflowClient(url), EXPERIMENT, planned,
+                               result_metric=RESULT_METRIC)
 
 
 def _sweep(home: Path, grid: Path, url: str, env: dict, *extra: str) -> subprocess.Popen:

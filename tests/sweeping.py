@@ -118,6 +118,32 @@ def sweep_runs(tracking_uri: str, experiment: str):
 
 
 
+def _counting():
+    """benchmarks/fault_figures.py, the one place a fault's figures are counted."""
+    benchmarks = str(ROOT / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    import fault_figures
+
+    return fault_figures
+
+
+def fault_figures(tracking_uri: str, experiment: str, planned, *, result_metric: str | None,
+                  expected: int | None = None) -> dict:
+    """A fault's figures (finished, lost, duplicated, inconsistent, and the problems), counted
+    from the store by benchmarks/fault_figures.py as the fault benchmarks count them."""
+    from sweeps.records.store import open_client
+
+    return _counting().count(open_client(tracking_uri), experiment, planned,
+                         result_metric=result_metric, expected=expected)
+
+
+def assert_nothing_lost(figures: dict) -> None:
+    """Lost, duplicated and inconsistent are 0, and every planned trial finished."""
+    problem = _counting().nothing_lost(figures)
+    assert problem is None, problem
+
+
 # Ports free_port() has handed out in this test run: the kernel may give a just-released
 # port again, and one `ray start` takes a dozen of them before it binds any (seen: the
 # dashboard and the metrics exporter both given 57111, so `ray start` refused).

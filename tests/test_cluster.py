@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from loopback_cluster import LoopbackCluster, cluster_env, loopback_cluster
-from sweeping import RUN, sweep_env, sweep_runs
+from sweeping import RUN, assert_nothing_lost, fault_figures, sweep_env, sweep_runs
 
 from sweeps.cluster.resources import (
     image_resource,
@@ -352,6 +352,74 @@ def test_losing_a_node_mid_sweep_reruns_its_trials_on_the_other_node_and_loses_n
         rerun = finished[run.data.tags["versweep.trial_key"]][0]
         assert rerun.data.tags["versweep.ray_node_id"] == head_id
     assert cluster.kill_node(node_b) == 0  # nothing of node B is left running
+    figures = fault_figures(uri, "node_loss", [t.key for t in load_sweep(
+        str(tmp_path / "loss.toml")).trials], result_metric="test_perplexity")
+    assert_nothing_lost(figures)
+
+
+@pytest.mark.slow
+def test_losing_a_node_while_a_scheduled_runs_trials_run_on_it_loses_nothing(cluster, tmp_path):
+    """A scheduled run (a Ray Job submitted by `schedule.py --once`) whose trial runs on a
+    node that is lost: Tune runs it again on the head, the job succeeds, the firing's record
+    says so, and the store holds every trial once. After the test above: node B is gone, so
+    a node C joins for this one and is lost."""
+    try:
+        node_c = cluster.add_node(num_cpus=1, name="c", resources={image_resource(SHARED): 1000})
+    except RuntimeError:  # `ray start` timed out on a loaded machine (seen at a load of 17)
+        node_c = cluster.add_node(num_cpus=1, name="c2",
+                                  resources={image_resource(SHARED): 1000})
+    c_id = cluster.node_ids()[node_c]
+    grid = tmp_path / "loss.toml"
+    grid.write_text(LOSS_GRID.replace('"node_loss"', '"sched_loss"'))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    scheduler = subprocess.Popen(
+        [sys.executable, str(ROOT / "sweeps" / "schedule.py"), "--once", "--grid", str(grid),
+         "--address", cluster.dashboard_url, "--tracking-uri", uri, "--python", sys.executable],
+        cwd=tmp_path, env=cluster_env(token=TOKEN), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert scheduler.poll() is None and time.monotonic() < deadline, "no trial on C"
+            try:
+                _, _, children = sweep_runs(uri, "sched_loss")
+            except AssertionError:  # the experiment is not there yet
+                children = []
+            if any(c.info.status == "RUNNING" and c.data.metrics.get("valid_perplexity")
+                   and c.data.tags.get("versweep.ray_node_id") == c_id for c in children):
+                break
+            time.sleep(0.5)
+        assert cluster.kill_node(node_c) > 0
+        out, err = scheduler.communicate(timeout=600)
+    finally:
+        if scheduler.poll() is None:
+            scheduler.kill()
+    assert scheduler.returncode == 0, out[-3000:] + err[-3000:]
+    assert re.search(r"job versweep-sched_loss-\S+ SUCCEEDED \(exit code 0\)", out), out[-3000:]
+    assert "trials: 4 ok" in out
+
+    figures = fault_figures(uri, "sched_loss", [t.key for t in load_sweep(str(grid)).trials],
+                            result_metric="test_perplexity")
+    assert_nothing_lost(figures)
+    _, parents, children = sweep_runs(uri, "sched_loss")
+    # The trial cut off on C ran again, to the end, on the head; its run on C ended KILLED.
+    lost = [c for c in children if c.info.status == "KILLED"]
+    assert lost and all(c.data.tags["versweep.ray_node_id"] == c_id for c in lost)
+    assert all(c.data.tags["versweep.ray_node_id"] != c_id for c in children
+               if c.info.status == "FINISHED"
+               and c.data.tags["versweep.trial_key"] in {r.data.tags["versweep.trial_key"]
+                                                         for r in lost})
+    # The firing's record: one run of versweep-schedule, SUCCEEDED, pointing at the sweep.
+    from sweeps.records.store import open_client
+
+    client = open_client(uri)
+    found = client.get_experiment_by_name("versweep-schedule")
+    [firing] = client.search_runs([found.experiment_id])
+    assert firing.info.status == "FINISHED"
+    assert firing.data.tags["versweep.job_status"] == "SUCCEEDED"
+    assert firing.data.tags["versweep.sweep_parent_run_id"] == parents[0].info.run_id
+    print("FIGURES", {k: v for k, v in figures.items() if k != "problems"})
+    assert cluster.kill_node(node_c) == 0
 
 
 AGAIN_GRID = textwrap.dedent("""

@@ -423,6 +423,30 @@ def test_resume_finds_the_sweep_and_kills_stale_trial_runs(tracking_uri, experim
         ["KILLED", "FINISHED"]
 
 
+def test_resume_marks_every_run_a_killed_driver_left_running_killed(tracking_uri, experiment,
+                                                                    tmp_path):
+    # A search never samples an interrupted config again, so start_trial never meets its
+    # stale run: --resume itself must end it, or it stays RUNNING for good.
+    done, interrupted = env_trial(0), env_trial(1)
+    sweep = make_sweep(tmp_path, (done, interrupted))
+    first = SweepRecords(tracking_uri, experiment)
+    parent = first.open_sweep(sweep, resume=False)
+    first.finish_trial(first.start_trial(parent, done), "ok")
+    stale_run = first.start_trial(parent, interrupted)  # then the driver is killed
+
+    second = SweepRecords(tracking_uri, experiment)
+    assert second.open_sweep(sweep, resume=True) == parent
+    assert second.mark_interrupted_trials(parent) == 1
+    client = MlflowClient(tracking_uri)
+    stale = client.get_run(stale_run)
+    assert stale.info.status == "KILLED"
+    assert stale.data.tags["versweep.message"].endswith("resumed with --resume")
+    assert second.finished_trial_keys(parent) == {done.key: "ok"}  # decided runs untouched
+    assert second.mark_interrupted_trials(parent) == 0
+    first.finish_trial(stale_run, "ok")  # the old trial process, late: stays KILLED
+    assert client.get_run(stale_run).info.status == "KILLED"
+
+
 def test_resume_prefers_the_newest_unfinished_sweep(tracking_uri, experiment, tmp_path):
     sweep = make_sweep(tmp_path, (env_trial(0),))
     records = SweepRecords(tracking_uri, experiment)

@@ -105,11 +105,17 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
     records = SweepRecords(tracking_uri, experiment)
     parent_run_id = records.open_sweep(sweep, resume=resume)
     decided = records.finished_trial_keys(parent_run_id) if resume else {}
+    # Runs a killed driver left RUNNING end KILLED now (a search never samples their
+    # configs again, so nothing else would end them).
+    interrupted_runs = records.mark_interrupted_trials(parent_run_id) if resume else 0
     out.write(f"sweep '{sweep.name}': {'resuming' if resume else 'new'} parent run "
               f"{parent_run_id} in experiment '{experiment}' at "
               f"{without_password(tracking_uri)}\n")
     if decided:
         out.write(f"{len(decided)} trial(s) already decided; they will not run again\n")
+    if interrupted_runs:
+        out.write(f"{interrupted_runs} trial run(s) left running by the stopped driver "
+                  "marked KILLED\n")
     out.flush()
 
     started = time.monotonic()

@@ -28,6 +28,7 @@ LineRelay actor (sweeps/progress.py) the driver reads between Tune's steps:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -446,11 +447,26 @@ def start_ray(address: str | None, num_cpus: int | None) -> float:
             raise UserError(f"cannot join the Ray cluster at {address}: {first} "
                             f"({_token_hint()})") from None
     else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
-                 include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")  # type: ignore[arg-type]  # as above
+        try:
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                     include_dashboard=False, log_to_driver=False,
+                     logging_level="WARNING")  # type: ignore[arg-type]  # as above
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for a timeout
+            # Seen on a machine loaded far beyond its cores: "The current node timed out
+            # during startup". Nothing of the sweep ran; its parent run ends interrupted.
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RayStartError(f"the local Ray did not start: {first}; once this machine "
+                                "has room, continue with --resume") from None
     _ray_start_seconds = time.monotonic() - started
     return _ray_start_seconds
+
+
+class RayStartError(UserError):
+    """The local Ray did not start (not the user's input: exit 1, one line)."""
+
+    exit_code = 1
 
 
 def _token_hint() -> str:
@@ -702,7 +718,10 @@ def _search_setup(context: TrialContext, num_samples: int, max_concurrent: int |
     search = sweep.search
     assert search is not None, "a search setup is for search sweeps"
     searcher = _optuna_searcher(sweep, context.experiment, context.parent_run_id,
-                                study_storage)
+                                study_storage,
+                                decided=lambda: _records_for(context.tracking_uri,
+                                                             context.experiment).list_trials(
+                                    context.parent_run_id, finished_only=True))
     if max_concurrent:
         from ray.tune.search import ConcurrencyLimiter
 
@@ -833,9 +852,49 @@ def _records(context: TrialContext, callback: _RecordStops,
     return records, interrupted
 
 
+def settle_study(study, sweep: Sweep, decided: list[dict]) -> dict[str, int]:
+    """Decide the study's trials that a killed driver left RUNNING, from the records.
+
+    A driver killed with SIGKILL never tells Optuna how its running trials ended. A trial
+    whose decision reached MLflow before the kill (its child run is FINISHED) is told to
+    the study as Tune would have told it: COMPLETE with the metric's last value when the
+    trial was ok or stopped by ASHA with a value, else PRUNED (no objective: diverged,
+    failed, unsupported). A trial with no decided run was interrupted and runs again as a
+    new sample: FAIL (TPE ignores it). So after ``--resume`` TPE learns from every trial
+    that was decided, and none is left RUNNING. Returns how many of each were told.
+    """
+    from optuna.trial import TrialState
+
+    search = sweep.search
+    assert search is not None, "a study is for search sweeps"
+    by_key = {trial["key"]: trial for trial in decided}
+    told = {"complete": 0, "pruned": 0, "failed": 0}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,
+                                                          TrialState.WAITING)):
+        try:
+            key = search_spec(sweep, trial.params).key
+        except Exception:  # noqa: BLE001 - asked but never sampled in full: no run of it
+            key = None
+        record = by_key.get(key)
+        value = (record or {}).get("metrics", {}).get(search.metric)
+        if (record is not None and record["status"] in (Status.OK, Status.STOPPED)
+                and isinstance(value, (int, float)) and math.isfinite(value)):
+            study.tell(trial.number, value)
+            told["complete"] += 1
+        elif record is not None:
+            study.tell(trial.number, state=TrialState.PRUNED)
+            told["pruned"] += 1
+        else:
+            study.tell(trial.number, state=TrialState.FAIL)
+            told["failed"] += 1
+    return told
+
+
 def _optuna_searcher(sweep: Sweep, experiment: str, parent_run_id: str,
-                     study_storage: str | None):
-    """OptunaSearch with a TPE sampler and a persistent study named after the sweep run."""
+                     study_storage: str | None, decided: Callable[[], list[dict]] = list):
+    """OptunaSearch with a TPE sampler and a persistent study named after the sweep run;
+    a study that a killed driver left with RUNNING trials is settled first (settle_study,
+    ``decided``: the sweep's decided trials, as SweepRecords.list_trials gives them)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -850,9 +909,16 @@ def _optuna_searcher(sweep: Sweep, experiment: str, parent_run_id: str,
     asked = 0
     if storage is not None:
         try:
-            asked = len(optuna.load_study(study_name=name, storage=storage).trials)
+            study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:  # no such study yet: a new sweep
-            asked = 0
+            study = None
+        if study is not None:
+            if any(t.state.name in ("RUNNING", "WAITING") for t in study.trials):
+                told = settle_study(study, sweep, decided())
+                print(f"versweep: Optuna study {name}: {told['complete']} complete, "
+                      f"{told['pruned']} pruned, {told['failed']} failed from the records "
+                      "(trials a killed driver left running)", flush=True)
+            asked = len(study.trials)
     class _Searcher(OptunaSearch):
         """OptunaSearch that takes a trial's report without the objective as no progress.
 

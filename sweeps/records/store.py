@@ -707,6 +707,32 @@ class SweepRecords:
                 decided[trial["key"]] = Status.parse(trial["status"] or "ok")
         return decided
 
+    def mark_interrupted_trials(self, parent_run_id: str) -> int:
+        """Mark KILLED every child run of this sweep still RUNNING; returns how many.
+
+        Called by ``--resume`` before any trial starts: the driver that started those runs
+        is gone (killed, its machine lost), so none of them will be finished by it. A grid
+        runs each of their keys again (start_trial would mark them too); a search samples
+        new configs instead, so without this its interrupted runs stayed RUNNING for good.
+        A trial process of the old driver that still finishes later finds its run KILLED
+        and leaves it so (finish_trial): the newer record stands.
+        """
+        experiment_id = self._parent_experiment(parent_run_id)
+        stale = self._search(
+            experiment_id,
+            f"tags.`mlflow.parentRunId` = {quote(parent_run_id)} and "
+            "attributes.status = 'RUNNING'")
+        for run in stale:
+            self._mark_stale(run.info.run_id, "resumed with --resume")
+        return len(stale)
+
+    def _mark_stale(self, run_id: str, what_now: str) -> None:
+        self._set_tags(run_id, {"versweep.status": Status.STOPPED.value,
+                                "versweep.message": "left running by a driver that "
+                                                    f"stopped; {what_now}"})
+        retrying(functools.partial(self.client.set_terminated, run_id, "KILLED"),
+                  "marking a stale trial run KILLED")
+
     def start_trial(self, parent_run_id: str, spec: TrialSpec, *,
                     started_ms: int | None = None) -> str:
         """Create the trial's child run: readable name, identity tags, flattened config params.
@@ -725,12 +751,7 @@ class SweepRecords:
             f"tags.`mlflow.parentRunId` = {quote(parent_run_id)} and "
             f"tags.`versweep.trial_key` = {quote(spec.key)} and attributes.status = 'RUNNING'")
         for run in stale:
-            stale_id = run.info.run_id
-            self._set_tags(stale_id, {"versweep.status": Status.STOPPED.value,
-                                      "versweep.message": "left running by a driver that "
-                                                          "stopped; the trial was started again"})
-            retrying(functools.partial(self.client.set_terminated, stale_id, "KILLED"),
-                      "marking a stale trial run KILLED")
+            self._mark_stale(run.info.run_id, "the trial was started again")
         tags = {
             "mlflow.parentRunId": parent_run_id,
             SCHEMA_TAG: str(SCHEMA_VERSION),
