@@ -367,9 +367,17 @@ class _RecordStops(tune.Callback):
         self.recorded_stops.add(trial_id)
         log_path = Path(self.context.log_dir) / f"{last.get(TRIAL_KEY)}.log"
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        from sweeps.records.store import ArtifactStoreFull
+
         records = _records_for(self.context.tracking_uri, self.context.experiment)
-        records.finish_trial(run_id, decision.status, message=decision.message,
-                             log_text=log_text, decided=decision.decided)
+        try:
+            records.finish_trial(run_id, decision.status, message=decision.message,
+                                 log_text=log_text, decided=decision.decided)
+        except ArtifactStoreFull as full:
+            # No room for its worker.log: the run ends without it, interrupted, and
+            # --resume (once there is space) runs the trial again.
+            records.finish_trial(run_id, Status.STOPPED, message=f"interrupted: {full}",
+                                 decided=False)
 
 
 # Seconds between two looks at what the trials said for the console (sweeps/progress.py).
@@ -799,7 +807,7 @@ def _records(context: TrialContext, callback: _RecordStops,
             if result.error is not None and (result.config or {}) == config:
                 lines = str(result.error).strip().splitlines() or ["error"]
                 # A store that gave up says so in its own line (the trial is interrupted).
-                gave_up = [line for line in lines if rules.STORE_UNAVAILABLE_PREFIX in line]
+                gave_up = [line for line in lines if rules.records_not_written(line)]
                 return (gave_up or lines)[0][:300]
         return None
 
