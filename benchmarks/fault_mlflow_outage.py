@@ -164,12 +164,16 @@ def planned_keys(grid: Path) -> list[str]:
     return [trial.key for trial in load_sweep(str(grid)).trials]
 
 
-def count(url: str, planned: list[str]) -> dict:
-    """The figures, read from the store through the (running) server."""
+def count(url: str, planned: list[str], *, experiment_name: str = EXPERIMENT,
+          result_metric: str | tuple[str, ...] = RESULT_METRIC) -> dict:
+    """The figures, read from the store (a server's URL or any tracking URI); shared by
+    every fault script (benchmarks/fault_docker.py). An ok trial must have its result
+    metric (one of ``result_metric``, for a sweep of several workloads)."""
+    wanted = (result_metric,) if isinstance(result_metric, str) else tuple(result_metric)
     from mlflow import MlflowClient
 
     client = MlflowClient(url)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment = client.get_experiment_by_name(experiment_name)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("versweep.kind") == "sweep"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -191,13 +195,19 @@ def count(url: str, planned: list[str]) -> dict:
         finished_by_key.setdefault(key, []).append(child)
         if "versweep.status" not in tags:
             problems.append(f"run {child.info.run_id} ({key}) FINISHED without versweep.status")
-        elif tags["versweep.status"] == "ok" and RESULT_METRIC not in child.data.metrics:
-            problems.append(f"run {child.info.run_id} ({key}) ok without {RESULT_METRIC}")
+        elif tags["versweep.status"] == "ok" and not any(
+                metric in child.data.metrics for metric in wanted):
+            problems.append(f"run {child.info.run_id} ({key}) ok without {' or '.join(wanted)}")
     return {
         "planned": len(planned),
         "finished": sum(1 for key in planned if len(finished_by_key.get(key, [])) == 1),
         "ok": sum(1 for runs_of in finished_by_key.values() for r in runs_of
                   if r.data.tags.get("versweep.status") == "ok"),
+        "statuses": {status: sum(1 for runs_of in finished_by_key.values() for r in runs_of
+                                 if r.data.tags.get("versweep.status") == status)
+                     for status in sorted({r.data.tags.get("versweep.status", "")
+                                           for runs_of in finished_by_key.values()
+                                           for r in runs_of})},
         "lost": sum(1 for key in planned if key not in finished_by_key),
         "duplicated": sum(1 for runs_of in finished_by_key.values() if len(runs_of) > 1),
         "inconsistent": len(problems),
