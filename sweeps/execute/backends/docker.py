@@ -56,6 +56,8 @@ ENGINE_WAIT_S = 300.0
 ENGINE_WAIT_VARIABLE = "VERSWEEP_ENGINE_WAIT_S"
 ENGINE_FIRST_WAIT_S = 0.5
 ENGINE_MAX_WAIT_S = 10.0
+# A container's exit code when its main process ended by SIGTERM (docker-init: 128 + 15).
+EXIT_SIGTERM = 143
 
 
 def engine_wait_limit() -> float:
@@ -463,6 +465,15 @@ class ContainerHandle(WorkerHandle):
                     limit = self.container.attrs.get("HostConfig", {}).get("Memory") or 0
                     self.out_of_memory = out_of_memory_line(limit, self._memory_setting)
                     self._stderr_line(f"docker: {self.out_of_memory}")
+                elif self._exit_code == EXIT_SIGTERM and not self.killed:
+                    # SIGTERM from outside the trial: what an engine that stops or restarts
+                    # sends every container (one back before this poll looked is still
+                    # answering), or a `docker stop`. Not the worker's doing: run it again.
+                    self.engine_lost = (f"the worker was stopped from outside the trial "
+                                        f"(SIGTERM, exit {EXIT_SIGTERM}: the Docker engine "
+                                        f"at {engine_address()} stopping or restarting, "
+                                        "or a docker stop)")
+                    self._stderr_line(f"docker: {self.engine_lost}")
         return self._exit_code
 
     def _engine_went_away(self) -> None:
