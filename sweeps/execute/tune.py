@@ -53,7 +53,7 @@ from sweeps.cluster.resources import (
     missing_images_message,
     unplaceable,
 )
-from sweeps.errors import UserError
+from sweeps.errors import ArtifactStoreFull, UserError
 from sweeps.execute.backends import get_backend
 from sweeps.execute.summary import TrialRecord
 from sweeps.execute.trial import run_trial
@@ -67,12 +67,15 @@ from sweeps.status import Decision, Status
 # Report keys the trainable adds to the worker's metrics.
 RUN_ID, TRIAL_KEY, STATUS, MESSAGE = (
     "versweep_run_id", "versweep_trial_key", "versweep_status", "versweep_message")
+# In a final report: 0 when the trial was interrupted, not decided (--resume runs it).
+DECIDED = "versweep_decided"
 # Tune's message column is short; MLflow keeps the full message.
 _REPORTED_MESSAGE_CHARS = 300
 # Keys Tune adds to every result; the rest of a report are the trial's own figures.
 _TUNE_BOOKKEEPING = frozenset({
     "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid",
-    "time_since_restore", "iterations_since_restore", "done", "step", "startup_seconds"})
+    "time_since_restore", "iterations_since_restore", "done", "step", "startup_seconds",
+    DECIDED})
 # How often Tune starts a trial again whose trial process was lost (its node died, or the
 # process was killed). A worker that fails is retried by the trial itself (sweeps/execute/trial.py)
 # and ends with a status, so only a lost trial process reaches Tune as a failure.
@@ -215,10 +218,20 @@ def _trainable(config: dict, context: TrialContext) -> None:
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if gpu_ids:
         extra_tags["versweep.gpu_ids"] = ",".join(gpu_ids)
-    records.finish_trial(run_id, outcome.status, message=outcome.message,
-                         log_text=outcome.log_text(), samples=outcome.samples,
-                         extra_tags=extra_tags, decided=outcome.decided,
-                         artifacts=outcome.artifacts)
+    try:
+        records.finish_trial(run_id, outcome.status, message=outcome.message,
+                             log_text=outcome.log_text(), samples=outcome.samples,
+                             extra_tags=extra_tags, decided=outcome.decided,
+                             artifacts=outcome.artifacts)
+    except ArtifactStoreFull as full:
+        # No room for its files: the trial is interrupted, not decided (its run ends
+        # KILLED, without them), and --resume, once there is space, runs it again. Said
+        # in the final report, not raised: Tune would print a traceback and run it again
+        # into the same full disk.
+        outcome.take(Decision(Status.STOPPED, f"interrupted: {full}", decided=False))
+        outcome.result_metrics = {}
+        records.finish_trial(run_id, outcome.status, message=outcome.message,
+                             extra_tags=extra_tags, decided=False)
     # The final report: the last step's metrics (so the search metric is present),
     # the result metrics, and the decision.
     final = {**outcome.last_metrics, **outcome.result_metrics}
@@ -229,6 +242,7 @@ def _trainable(config: dict, context: TrialContext) -> None:
         final = {}
     tune.report({**final, "step": outcome.last_step or 0, **tags, STATUS: outcome.status,
                  MESSAGE: outcome.message[:_REPORTED_MESSAGE_CHARS],
+                 DECIDED: int(outcome.decided),
                  "startup_seconds": outcome.startup_seconds or 0.0})
 
 
@@ -367,8 +381,6 @@ class _RecordStops(tune.Callback):
         self.recorded_stops.add(trial_id)
         log_path = Path(self.context.log_dir) / f"{last.get(TRIAL_KEY)}.log"
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
-        from sweeps.records.store import ArtifactStoreFull
-
         records = _records_for(self.context.tracking_uri, self.context.experiment)
         try:
             records.finish_trial(run_id, decision.status, message=decision.message,
@@ -818,6 +830,8 @@ def _records(context: TrialContext, callback: _RecordStops,
         if last is not None and STATUS in last:  # the trial decided itself
             status = Status.parse(last[STATUS])
             message = last.get(MESSAGE, "")
+            # ... or said it was interrupted (its engine or its artifact store away).
+            interrupted = interrupted or last.get(DECIDED, 1) == 0
         else:
             asha_step = (scheduler.stopped.get(trial_id) if scheduler is not None
                          else None)

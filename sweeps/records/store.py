@@ -72,7 +72,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from sweeps import validate
-from sweeps.errors import UserError
+from sweeps.errors import ArtifactStoreFull, UserError
 from sweeps.grid.spec import TRIAL_ORDER, Sweep, TrialSpec
 from sweeps.records.layout import (
     KEY_VIEW_NAME,
@@ -323,11 +323,6 @@ def _unavailable(error: MlflowException) -> bool:
 
 class StoreUnavailable(UserError):
     """A store call waited $VERSWEEP_STORE_WAIT_S for the store, and gave up."""
-
-
-class ArtifactStoreFull(UserError):
-    """An artifact write found no space left (ENOSPC, EDQUOT): the run is not finished,
-    and --resume, once there is space, runs its trial again."""
 
 
 def _no_space(error: BaseException) -> bool:
