@@ -398,9 +398,11 @@ RELAY_EVERY_S = 1.0
 
 def start_console(backend: str, tracking_uri: str = "") -> Relayed | None:
     """A LineRelay actor the trials' backends say long steps to, for a backend that has
-    any (venv: environment builds), and the trials' records their waits for a tracking
-    server that stopped answering; no CPU slot, so it never takes a trial's place."""
-    if backend != "venv" and not tracking_uri.startswith(("http://", "https://")):
+    any (venv: environment builds; docker: the waits for an engine that stopped or
+    restarts), and the trials' records their waits for a tracking server that stopped
+    answering; no CPU slot, so it never takes a trial's place."""
+    if backend not in ("venv", "docker") and not tracking_uri.startswith(("http://",
+                                                                          "https://")):
         return None
     actor = ray.remote(num_cpus=0, max_restarts=0)(LineRelay).remote()
     return Relayed(actor, "versweep: ")

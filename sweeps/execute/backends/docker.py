@@ -574,10 +574,16 @@ class ContainerHandle(WorkerHandle):
             except Exception as exc:
                 if not engine_gone(exc):
                     raise
-                # The engine is away for good ($VERSWEEP_ENGINE_WAIT_S passed): the
-                # reaper tries again once this process is gone.
-                self._stderr_line(f"docker: could not remove {self.container_id[:12]}: "
+                # The engine stopped or restarts (it took this container down): remove
+                # the container once it answers again, not to leave it behind.
+                self._stderr_line(f"docker: could not remove {self.container_id[:12]} yet: "
                                   "the engine does not answer")
+                if self._backend.wait_for_engine(self._stderr_line) is None:
+                    try:
+                        self._backend.client.containers.get(self.container_id).remove(
+                            force=True)
+                    except Exception:  # noqa: BLE001 - the reaper tries once more
+                        pass
             self._removed = True
         if self._stream_client is not None:
             self._stream_client.close()
