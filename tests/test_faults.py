@@ -7,6 +7,10 @@ same port and store 30 s later (CI: 6 trials, 2 to 3 minutes). Every trial must 
 with exactly one decided run, nothing lost, nothing duplicated, no record left
 inconsistent; the figures are benchmarks/fault_mlflow_outage.py's (docs/reliability.md,
 "Faults").
+
+The machine's faults (benchmarks/fault_docker.py): a worker killed by the OOM killer in a
+real container, a private dockerd stopped and started again under a real trial, a real
+SQLite store's artifact folder on a full tmpfs; the three whole sweeps are `-m slow`.
 """
 
 from __future__ import annotations
