@@ -279,6 +279,9 @@ def test_a_worker_the_oom_killer_ends_fails_once_in_one_line_naming_the_limit(do
         "make the config smaller")
 
 
+# 150 s on the shared 2-core machine, most of it copying the tests' image (1 GB) into the
+# private engine and deleting it again.
+@pytest.mark.slow
 def test_a_trial_whose_docker_engine_restarts_under_it_runs_again_and_finishes(
         docker_image, tmp_path, monkeypatch):
     """A private dockerd (the system's is never touched) stopped and started again while
