@@ -22,8 +22,11 @@ from collections.abc import Iterable
 
 
 def count(client, experiment: str, planned: Iterable[str] | None, *,
-          result_metric: str | None, expected: int | None = None) -> dict:
-    """The figures of ``experiment`` read with an MlflowClient (``client``)."""
+          result_metric: str | tuple[str, ...] | None, expected: int | None = None) -> dict:
+    """The figures of ``experiment`` read with an MlflowClient (``client``). An ok trial
+    must have its result metric (one of ``result_metric``, for several workloads)."""
+    wanted_metrics = ((result_metric,) if isinstance(result_metric, str)
+                      else tuple(result_metric or ()))
     found = client.get_experiment_by_name(experiment)
     runs = (client.search_runs([found.experiment_id], max_results=10000)
             if found is not None else [])
@@ -48,9 +51,10 @@ def count(client, experiment: str, planned: Iterable[str] | None, *,
         finished_by_key.setdefault(key, []).append(child)
         if "versweep.status" not in tags:
             problems.append(f"run {child.info.run_id} ({key}) FINISHED without versweep.status")
-        elif (tags["versweep.status"] == "ok" and result_metric is not None
-              and result_metric not in child.data.metrics):
-            problems.append(f"run {child.info.run_id} ({key}) ok without {result_metric}")
+        elif (tags["versweep.status"] == "ok" and wanted_metrics
+              and not any(metric in child.data.metrics for metric in wanted_metrics)):
+            problems.append(f"run {child.info.run_id} ({key}) ok without "
+                            f"{' or '.join(wanted_metrics)}")
     if planned_set is None:
         keys = set(finished_by_key)
         wanted = expected if expected is not None else len(keys)
@@ -67,6 +71,11 @@ def count(client, experiment: str, planned: Iterable[str] | None, *,
         "finished": finished,
         "ok": sum(1 for runs_of in finished_by_key.values() for r in runs_of
                   if r.data.tags.get("versweep.status") == "ok"),
+        "statuses": {status: sum(1 for runs_of in finished_by_key.values() for r in runs_of
+                                 if r.data.tags.get("versweep.status") == status)
+                     for status in sorted({r.data.tags.get("versweep.status", "")
+                                           for runs_of in finished_by_key.values()
+                                           for r in runs_of})},
         "lost": lost,
         "duplicated": sum(1 for runs_of in finished_by_key.values() if len(runs_of) > 1),
         "inconsistent": len(problems),

@@ -167,12 +167,15 @@ def planned_keys(grid: Path) -> list[str]:
     return [trial.key for trial in load_sweep(str(grid)).trials]
 
 
-def count(url: str, planned: list[str]) -> dict:
-    """The figures, read from the store through the (running) server."""
+def count(url: str, planned: list[str], *, experiment_name: str = EXPERIMENT,
+          result_metric: str | tuple[str, ...] = RESULT_METRIC) -> dict:
+    """The figures, read from the store (a server's URL or any tracking URI); shared by
+    every fault script (benchmarks/fault_docker.py). An ok trial must have its result
+    metric (one of ``result_metric``, for a sweep of several workloads)."""
     from mlflow import MlflowClient
 
-    return fault_figures.count(MlflowClient(url), EXPERIMENT, planned,
-                               result_metric=RESULT_METRIC)
+    return fault_figures.count(MlflowClient(url), experiment_name, planned,
+                               result_metric=result_metric)
 
 
 def _sweep(home: Path, grid: Path, url: str, env: dict, *extra: str) -> subprocess.Popen:

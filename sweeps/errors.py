@@ -27,6 +27,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+class ArtifactStoreFull(UserError):
+    """An artifact write found no space left (ENOSPC, EDQUOT; sweeps/records/store.py):
+    the trial is interrupted, not decided, and --resume, once there is space, runs it
+    again."""
+
+
 class GridError(UserError):
     """A grid file that cannot become a valid sweep; the message names file and key path."""
 

@@ -24,6 +24,13 @@ The rules, in the order they are tried:
       the host found a figure past the workload's bound (a metric event: the worker is
         killed; or the result)                     -> diverged
       the timeout passed and the worker was killed -> failed "timed out after N s"
+      the engine that ran it went away (a Docker engine stopped or restarted under the
+        container)                                 -> stopped, not decided, run again
+                                                      (trial.py: up to ENGINE_RETRIES
+                                                      times, then --resume)
+      the kernel's OOM killer ended it at its container's memory limit
+                                                   -> failed, not retried (one line: the
+                                                      limit, and what to raise)
       result          + exit 0                     -> ok
       unsupported     + exit 3                     -> unsupported
       error diverged  + exit 4                     -> diverged
@@ -35,8 +42,8 @@ The rules, in the order they are tried:
       backend.check or backend.start raises        -> failed with its words, not retried
     a trial that never sent its final report (unreported, on the driver)
       ASHA stopped it                              -> stopped, decided
-      its records store gave up waiting for the tracking server ($VERSWEEP_STORE_WAIT_S)
-                                                   -> stopped, not decided
+      its records store gave up waiting for the tracking server ($VERSWEEP_STORE_WAIT_S),
+        or its artifact store had no space left    -> stopped, not decided
       its trial process raised (a bug, a lost node) -> failed, decided
       otherwise (Ctrl-C, a driver that stopped)    -> stopped, not decided
 """
@@ -98,13 +105,16 @@ class Decision:
 def worker_end(*, terminal: dict | None, exit_code: int | None, stop_requested: bool,
                timed_out: bool, killed: bool, timeout_s: float | None = None,
                violation: str = "", stderr_tail: Sequence[str] = (),
-               diverged: str | None = None) -> Decision:
+               diverged: str | None = None, out_of_memory: str | None = None,
+               engine_lost: str | None = None) -> Decision:
     """The decision for one run of the worker, from its last event and its exit code.
 
     ``terminal`` is its result / unsupported / error event (None: it sent none);
     ``killed`` whether the host killed it (a worker that finished first, at the moment of
     a stop or the deadline, keeps its own ending); ``diverged`` why the host found its
-    figures past the workload's bound (Workload.diverged_reason), or None.
+    figures past the workload's bound (Workload.diverged_reason), or None;
+    ``out_of_memory`` / ``engine_lost`` the backend's line when the worker was ended from
+    outside by the OOM killer or by its engine going away (WorkerHandle), else None.
     """
     if stop_requested and killed:
         # In a trial process a stop comes from Tune shutting it down (Ctrl-C): not a
@@ -116,6 +126,14 @@ def worker_end(*, terminal: dict | None, exit_code: int | None, stop_requested: 
         return Decision(Status.FAILED, f"timed out after {timeout_s:g} s")
     terminal = terminal or {}
     kind = terminal.get("event")
+    finished_itself = kind == "result" and exit_code == EXIT_OK
+    if engine_lost and not finished_itself:
+        # Not the trial's doing: nothing is known about the config. Run it again.
+        return Decision(Status.STOPPED, f"interrupted: {engine_lost}", retry=True,
+                        decided=False)
+    if out_of_memory and not finished_itself:
+        # The same config in the same limit is killed the same way: no retry.
+        return Decision(Status.FAILED, out_of_memory)
     if not violation:
         if kind == "result" and exit_code == EXIT_OK:
             return Decision(Status.OK)
@@ -159,6 +177,15 @@ def backend_refused(what: str, error: Exception) -> Decision:
 
 # The start of the one line a records store call gives up with (sweeps/records/store.py).
 STORE_UNAVAILABLE_PREFIX = "the MLflow store was unavailable"
+# The start of the line of an artifact write that found no space (sweeps/records/store.py).
+ARTIFACT_STORE_FULL_PREFIX = "the MLflow artifact store is full"
+# A trial process that raised one of these could not write its records: not its doing.
+RECORDS_NOT_WRITTEN = (STORE_UNAVAILABLE_PREFIX, ARTIFACT_STORE_FULL_PREFIX)
+
+
+def records_not_written(error: str | None) -> bool:
+    """Whether a trial process's error says its records could not be written."""
+    return error is not None and any(prefix in error for prefix in RECORDS_NOT_WRITTEN)
 
 
 def unreported(*, asha_step: float | None = None, process_error: str | None = None,
@@ -166,9 +193,10 @@ def unreported(*, asha_step: float | None = None, process_error: str | None = No
     """The decision for a trial that never sent its final report (decided by the driver)."""
     if asha_step is not None:
         return Decision(Status.STOPPED, f"stopped early by ASHA at step {asha_step}")
-    if process_error is not None and STORE_UNAVAILABLE_PREFIX in process_error:
+    if records_not_written(process_error):
         # Not the trial's doing: its records could not be written (the store gave up
-        # waiting for a tracking server). Interrupted, so --resume runs it again.
+        # waiting for a tracking server, or its artifact store has no space left).
+        # Interrupted, so --resume runs it again.
         return Decision(Status.STOPPED, f"interrupted: {process_error}", decided=False)
     if process_error is not None:
         return Decision(Status.FAILED, f"the trial process failed: {process_error}")

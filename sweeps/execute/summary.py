@@ -159,6 +159,16 @@ def format_summary(records: list[TrialRecord], *, where: str, ui_command: str, e
              "trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
              + (f" ({earlier} decided by an earlier run, not run again)" if earlier else "")]
     if interrupted:
+        # Why, where a trial knew (its records store, artifact store or engine away), once
+        # per cause: a full disk interrupts every trial after it with the same line.
+        causes: dict[str, int] = {}
+        for record in records:
+            if (record.status == "stopped" and not record.from_earlier_run
+                    and record.message.startswith("interrupted: ")):
+                cause = record.message[len("interrupted: "):].splitlines()[0]
+                causes[cause] = causes.get(cause, 0) + 1
+        for cause, count in causes.items():
+            lines.append(f"  interrupted ({count} trial{'s' if count > 1 else ''}): {cause}")
         lines.append("continue it: the same command with --resume (decided trials are not "
                      "run again)")
     failed = [r for r in records if r.status == "failed" and not r.from_earlier_run]

@@ -30,6 +30,10 @@ from sweeps.status import Decision, Status
 
 # How many stderr lines a failed trial's message keeps.
 STDERR_TAIL_IN_MESSAGE = 15
+# How many times a trial whose worker's engine went away under it (a Docker engine
+# restarted) is started again, besides the ``retries`` of a crash; each start first
+# waits for the engine (sweeps/execute/backends/docker.py, $VERSWEEP_ENGINE_WAIT_S).
+ENGINE_RETRIES = 3
 
 
 @dataclass
@@ -111,13 +115,27 @@ def run_trial(backend: Backend, spec: TrialSpec, *, gpu_ids: Sequence[str] = (),
         outcome.decided_before_start = True
         outcome.wall_seconds = time.monotonic() - started
         return outcome
-    for attempt_number in range(1, retries + 2):
+    crashes = engine_losses = 0
+    attempt_number = 0
+    while True:
+        attempt_number += 1
         outcome.attempts = attempt_number
         load = MachineLoad.now()
         retry, outcome = _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop,
                                       log_path, outcome, attempt_number)
         outcome.tags.update(load.tags())  # the attempt that decided the trial
-        if not retry or attempt_number > retries:
+        if not retry or stop.is_set():
+            break
+        if not outcome.decided:
+            # Its engine went away under it (sweeps/status.py): not a crash of the
+            # worker, so not one of its ``retries``. Past ENGINE_RETRIES the trial stays
+            # interrupted, and --resume runs it again.
+            engine_losses += 1
+            if engine_losses > ENGINE_RETRIES:
+                break
+            continue
+        crashes += 1
+        if crashes > retries:
             break
     outcome.wall_seconds = time.monotonic() - started
     return outcome
@@ -237,7 +255,8 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
         timed_out=timed_out.is_set(), killed=handle.killed, timeout_s=timeout_s,
         violation=attempt.violation,
         stderr_tail=list(handle.stderr_tail)[-STDERR_TAIL_IN_MESSAGE:],
-        diverged=attempt.diverged)
+        diverged=attempt.diverged, out_of_memory=handle.out_of_memory,
+        engine_lost=handle.engine_lost)
     outcome.take(decision)
     if decision.status == Status.OK:
         terminal = attempt.terminal or {}

@@ -54,7 +54,7 @@ from sweeps.cluster.resources import (
     missing_images_message,
     unplaceable,
 )
-from sweeps.errors import UserError
+from sweeps.errors import ArtifactStoreFull, UserError
 from sweeps.execute.backends import get_backend
 from sweeps.execute.summary import TrialRecord
 from sweeps.execute.trial import run_trial
@@ -68,12 +68,15 @@ from sweeps.status import Decision, Status
 # Report keys the trainable adds to the worker's metrics.
 RUN_ID, TRIAL_KEY, STATUS, MESSAGE = (
     "versweep_run_id", "versweep_trial_key", "versweep_status", "versweep_message")
+# In a final report: 0 when the trial was interrupted, not decided (--resume runs it).
+DECIDED = "versweep_decided"
 # Tune's message column is short; MLflow keeps the full message.
 _REPORTED_MESSAGE_CHARS = 300
 # Keys Tune adds to every result; the rest of a report are the trial's own figures.
 _TUNE_BOOKKEEPING = frozenset({
     "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "pid",
-    "time_since_restore", "iterations_since_restore", "done", "step", "startup_seconds"})
+    "time_since_restore", "iterations_since_restore", "done", "step", "startup_seconds",
+    DECIDED})
 # How often Tune starts a trial again whose trial process was lost (its node died, or the
 # process was killed). A worker that fails is retried by the trial itself (sweeps/execute/trial.py)
 # and ends with a status, so only a lost trial process reaches Tune as a failure.
@@ -216,10 +219,20 @@ def _trainable(config: dict, context: TrialContext) -> None:
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     if gpu_ids:
         extra_tags["versweep.gpu_ids"] = ",".join(gpu_ids)
-    records.finish_trial(run_id, outcome.status, message=outcome.message,
-                         log_text=outcome.log_text(), samples=outcome.samples,
-                         extra_tags=extra_tags, decided=outcome.decided,
-                         artifacts=outcome.artifacts)
+    try:
+        records.finish_trial(run_id, outcome.status, message=outcome.message,
+                             log_text=outcome.log_text(), samples=outcome.samples,
+                             extra_tags=extra_tags, decided=outcome.decided,
+                             artifacts=outcome.artifacts)
+    except ArtifactStoreFull as full:
+        # No room for its files: the trial is interrupted, not decided (its run ends
+        # KILLED, without them), and --resume, once there is space, runs it again. Said
+        # in the final report, not raised: Tune would print a traceback and run it again
+        # into the same full disk.
+        outcome.take(Decision(Status.STOPPED, f"interrupted: {full}", decided=False))
+        outcome.result_metrics = {}
+        records.finish_trial(run_id, outcome.status, message=outcome.message,
+                             extra_tags=extra_tags, decided=False)
     # The final report: the last step's metrics (so the search metric is present),
     # the result metrics, and the decision.
     final = {**outcome.last_metrics, **outcome.result_metrics}
@@ -230,6 +243,7 @@ def _trainable(config: dict, context: TrialContext) -> None:
         final = {}
     tune.report({**final, "step": outcome.last_step or 0, **tags, STATUS: outcome.status,
                  MESSAGE: outcome.message[:_REPORTED_MESSAGE_CHARS],
+                 DECIDED: int(outcome.decided),
                  "startup_seconds": outcome.startup_seconds or 0.0})
 
 
@@ -369,8 +383,14 @@ class _RecordStops(tune.Callback):
         log_path = Path(self.context.log_dir) / f"{last.get(TRIAL_KEY)}.log"
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
         records = _records_for(self.context.tracking_uri, self.context.experiment)
-        records.finish_trial(run_id, decision.status, message=decision.message,
-                             log_text=log_text, decided=decision.decided)
+        try:
+            records.finish_trial(run_id, decision.status, message=decision.message,
+                                 log_text=log_text, decided=decision.decided)
+        except ArtifactStoreFull as full:
+            # No room for its worker.log: the run ends without it, interrupted, and
+            # --resume (once there is space) runs the trial again.
+            records.finish_trial(run_id, Status.STOPPED, message=f"interrupted: {full}",
+                                 decided=False)
 
 
 # Seconds between two looks at what the trials said for the console (sweeps/progress.py).
@@ -379,9 +399,11 @@ RELAY_EVERY_S = 1.0
 
 def start_console(backend: str, tracking_uri: str = "") -> Relayed | None:
     """A LineRelay actor the trials' backends say long steps to, for a backend that has
-    any (venv: environment builds), and the trials' records their waits for a tracking
-    server that stopped answering; no CPU slot, so it never takes a trial's place."""
-    if backend != "venv" and not tracking_uri.startswith(("http://", "https://")):
+    any (venv: environment builds; docker: the waits for an engine that stopped or
+    restarts), and the trials' records their waits for a tracking server that stopped
+    answering; no CPU slot, so it never takes a trial's place."""
+    if backend not in ("venv", "docker") and not tracking_uri.startswith(("http://",
+                                                                          "https://")):
         return None
     actor = ray.remote(num_cpus=0, max_restarts=0)(LineRelay).remote()
     return Relayed(actor, "versweep: ")
@@ -818,7 +840,7 @@ def _records(context: TrialContext, callback: _RecordStops,
             if result.error is not None and (result.config or {}) == config:
                 lines = str(result.error).strip().splitlines() or ["error"]
                 # A store that gave up says so in its own line (the trial is interrupted).
-                gave_up = [line for line in lines if rules.STORE_UNAVAILABLE_PREFIX in line]
+                gave_up = [line for line in lines if rules.records_not_written(line)]
                 return (gave_up or lines)[0][:300]
         return None
 
@@ -829,6 +851,8 @@ def _records(context: TrialContext, callback: _RecordStops,
         if last is not None and STATUS in last:  # the trial decided itself
             status = Status.parse(last[STATUS])
             message = last.get(MESSAGE, "")
+            # ... or said it was interrupted (its engine or its artifact store away).
+            interrupted = interrupted or last.get(DECIDED, 1) == 0
         else:
             asha_step = (scheduler.stopped.get(trial_id) if scheduler is not None
                          else None)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import functools
 import hashlib
 import json
@@ -71,7 +72,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from sweeps import validate
-from sweeps.errors import UserError
+from sweeps.errors import ArtifactStoreFull, UserError
 from sweeps.grid.spec import TRIAL_ORDER, Sweep, TrialSpec
 from sweeps.records.layout import (
     KEY_VIEW_NAME,
@@ -89,7 +90,7 @@ from sweeps.records.location import (  # noqa: F401  (mlflow-free; callers impor
     resolve_tracking_uri,
     sqlite_path,
 )
-from sweeps.status import STORE_UNAVAILABLE_PREFIX, Status
+from sweeps.status import ARTIFACT_STORE_FULL_PREFIX, STORE_UNAVAILABLE_PREFIX, Status
 
 _log = logging.getLogger(__name__)
 
@@ -322,6 +323,15 @@ def _unavailable(error: MlflowException) -> bool:
 
 class StoreUnavailable(UserError):
     """A store call waited $VERSWEEP_STORE_WAIT_S for the store, and gave up."""
+
+
+def _no_space(error: BaseException) -> bool:
+    """Whether ``error`` is a write that found its file system (or quota) full: the local
+    artifact store's own OSError, or a tracking server's answer that says so."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def _where(error: MlflowException) -> str:
@@ -876,11 +886,9 @@ class SweepRecords:
                           self._result_samples):
                 state.pop(run_id, None)
             return
-        tags = {"versweep.status": status}
-        if message:
-            tags["versweep.message"] = truncate(message, MAX_TAG_VALUE_LENGTH, keep="tail")
-        tags.update({key: text_value(value) for key, value in (extra_tags or {}).items()})
-        self._set_tags(run_id, tags)
+        # The artifacts first: a write that fails (ArtifactStoreFull: no space left)
+        # leaves a run without a status, RUNNING, that --resume marks KILLED and runs
+        # again, never a decided run without its files.
         if log_text:
             self._log_text(run_id, log_text, "worker.log")
         for name, text in (artifacts or {}).items():
@@ -889,6 +897,11 @@ class SweepRecords:
             samples = self._result_samples.get(run_id)
         if samples is not None:
             self._log_text(run_id, json.dumps(samples_document(samples)), "samples.json")
+        tags = {"versweep.status": status}
+        if message:
+            tags["versweep.message"] = truncate(message, MAX_TAG_VALUE_LENGTH, keep="tail")
+        tags.update({key: text_value(value) for key, value in (extra_tags or {}).items()})
+        self._set_tags(run_id, tags)
         end_state = "FINISHED" if decided else "KILLED"
         retrying(lambda: self.client.set_terminated(run_id, end_state), "finishing a trial")
         for state in (self._pending, self._last_flush, self._last_step, self._result_samples):
@@ -1055,8 +1068,17 @@ class SweepRecords:
                       "setting tags")
 
     def _log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        retrying(lambda: self.client.log_text(run_id, text, artifact_file),
-                  f"logging {artifact_file}")
+        try:
+            retrying(lambda: self.client.log_text(run_id, text, artifact_file),
+                      f"logging {artifact_file}")
+        except (OSError, MlflowException) as error:
+            if not _no_space(error):
+                raise
+            where = artifact_root(self.tracking_uri) or _without_password(self.tracking_uri)
+            raise ArtifactStoreFull(
+                f"{ARTIFACT_STORE_FULL_PREFIX}: no space left on the device of {where} "
+                f"while logging {artifact_file}; free space there, then continue with "
+                "--resume") from None
 
 
 SAMPLES_UNIT = "s"

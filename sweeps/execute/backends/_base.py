@@ -76,6 +76,11 @@ class WorkerHandle:
         self.started_at = time.monotonic()
         self.first_event_at: float | None = None
         self.killed = False
+        # Set by a backend that knows why the worker was ended from outside (one line):
+        # the kernel's OOM killer at the container's memory limit, or the engine that
+        # ran it gone (stopped, restarted) under it. sweeps/status.py decides from them.
+        self.out_of_memory: str | None = None
+        self.engine_lost: str | None = None
         self.tags: dict[str, str] = {}
         self.artifacts: dict[str, str] = {}
         self._write_log(f"$ {' '.join(self.args)}\n")

@@ -24,14 +24,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sweeps.errors import UserError
 from sweeps.execute.backends._base import Backend, WorkerHandle, image_of, worker_args
 from sweeps.grid.spec import Image, Sweep, TrialSpec, memory_size_problem
-from sweeps.images.docker import docker_client, image_digest, local_tag
+from sweeps.images.docker import docker_client, engine_address, image_digest, local_tag
 from sweeps.paths import REPO_ROOT
 from sweeps.plan import compat
 
@@ -49,6 +49,41 @@ TMPFS = {"/tmp": "rw,exec,nosuid,nodev,size=2g"}
 # Labels that say a container is a versweep worker, and whose.
 LABEL_TRIAL = "io.versweep.trial_key"
 LABEL_OWNER = "io.versweep.owner"
+# An engine that stops answering in the middle of a sweep (the docker service restarted)
+# is waited for this long ($VERSWEEP_ENGINE_WAIT_S), with pauses from ENGINE_FIRST_WAIT_S
+# doubling to ENGINE_MAX_WAIT_S; the trial whose container it took is run again.
+ENGINE_WAIT_S = 300.0
+ENGINE_WAIT_VARIABLE = "VERSWEEP_ENGINE_WAIT_S"
+ENGINE_FIRST_WAIT_S = 0.5
+ENGINE_MAX_WAIT_S = 10.0
+# A container's exit code when its main process ended by SIGTERM (docker-init: 128 + 15).
+EXIT_SIGTERM = 143
+
+
+def engine_wait_limit() -> float:
+    """Seconds a trial waits for an engine that stopped answering: $VERSWEEP_ENGINE_WAIT_S."""
+    raw = os.environ.get(ENGINE_WAIT_VARIABLE, "").strip()
+    if not raw:
+        return ENGINE_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise UserError(f"${ENGINE_WAIT_VARIABLE}: {raw[:40]!r} is not a number of seconds "
+                        "(0 or more)")
+    return value
+
+
+def engine_gone(error: BaseException) -> bool:
+    """Whether ``error`` says the engine does not answer (stopped, restarting), not that it
+    refused a request: no connection, a connection dropped, a socket that is not there."""
+    import requests.exceptions
+
+    if isinstance(error, (requests.exceptions.ConnectionError, ConnectionError,
+                          FileNotFoundError)):
+        return True
+    return isinstance(error, UserError) and "does not answer at" in str(error)
 
 
 
@@ -90,6 +125,44 @@ class DockerBackend(Backend):
 
     def image_for(self, spec: TrialSpec) -> Image:
         return image_of(self.images, spec)
+
+    def wait_for_engine(self, say: Callable[[str], None] | None = None) -> str | None:
+        """Wait (up to $VERSWEEP_ENGINE_WAIT_S) for an engine that does not answer now.
+
+        None once it answers (at once, usually); else one line saying it did not come
+        back. Each pause is said through ``say`` and on the sweep's console.
+        """
+        import docker
+
+        limit, wait, first = engine_wait_limit(), ENGINE_FIRST_WAIT_S, time.monotonic()
+        while True:
+            try:
+                client = docker.from_env(timeout=10)
+                try:
+                    client.ping()
+                finally:
+                    client.close()
+                self._client = None  # a new client: the old one's connections are dead
+                return None
+            except Exception as error:  # noqa: BLE001 - anything but an answer: not back
+                waited = time.monotonic() - first
+                if waited >= limit:
+                    return (f"the Docker engine at {engine_address()} did not answer for "
+                            f"{waited:.0f} s ({type(error).__name__}); once it runs again, "
+                            f"continue with --resume (${ENGINE_WAIT_VARIABLE}={limit:g} "
+                            "sets how long to wait)")
+                pause = min(wait, limit - waited)
+                line = (f"the Docker engine at {engine_address()} does not answer "
+                        f"(stopped or restarting); retrying in {pause:.1f} s, for "
+                        f"{limit - waited:.0f} s more")
+                for out in (say, self.console):
+                    if out is not None:
+                        try:
+                            out(line)
+                        except Exception:  # noqa: BLE001 - a console line is never worth a trial
+                            pass
+                time.sleep(pause)
+                wait = min(wait * 2, ENGINE_MAX_WAIT_S)
 
     def preflight(self, sweep: Sweep, *, on_this_node: bool = True) -> None:
         """Before Ray starts any trial: the engine answers and every image is on this node.
@@ -238,34 +311,63 @@ class ContainerHandle(WorkerHandle):
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._exit_code: int | None = None
         self._removed = False
+        self._memory_setting = backend.memory
         self._stream_client: Any = None
         self._pump: threading.Thread | None = None
         self._reaper: subprocess.Popen | None = None
         self.container: Any = None
         self.container_id = ""
-        try:
-            self.container = backend.create(spec, gpu_ids)
-        except docker.errors.APIError as exc:
-            # The engine refused the container (a bind source missing on this node, no
-            # nvidia runtime for a GPU request): a failed attempt with the engine's words,
-            # like a container that does not start, not an exception out of the trial.
-            self._not_started(f"the engine did not create the container: "
-                              f"{exc.explanation or exc}")
-            return
-        except BaseException:
-            self._close_log()
-            raise
+        self._backend = backend
+        for second_try in (False, True):
+            try:
+                self.container = backend.create(spec, gpu_ids)
+                break
+            except docker.errors.APIError as exc:
+                # The engine refused the container (a bind source missing on this node, no
+                # nvidia runtime for a GPU request): a failed attempt with the engine's
+                # words, like a container that does not start, not an exception out of
+                # the trial.
+                self._not_started(f"the engine did not create the container: "
+                                  f"{exc.explanation or exc}")
+                return
+            except BaseException as exc:
+                if not isinstance(exc, Exception) or not engine_gone(exc) or second_try:
+                    self._close_log()
+                    raise
+                # The engine is stopped or restarting: wait for it, then create.
+                why = backend.wait_for_engine(self._stderr_line)
+                if why is not None:
+                    self.engine_lost = why
+                    self._not_started(why)
+                    return
         self.container_id = self.container.id
         self._reaper = _start_reaper(self.container_id)
         try:
             self._attach_and_start(backend, spec, image, gpu_ids)
-        except BaseException:
-            # Nothing may outlive a handle that failed half-way: not the container, not
-            # the reaper, not the log.
-            self._removed = False
+        except Exception as exc:
+            if not engine_gone(exc):
+                self._fail_half_way()
+                raise
+            # The engine went away between the create and the start: the attempt is
+            # lost with it (the container is removed once the engine is back).
+            self.engine_lost = (f"the Docker engine at {engine_address()} went away while "
+                                "the container started")
+            self._stderr_line(f"docker: {self.engine_lost}")
             self._lines.put(None)
-            self.close()
+            self._exit_code = 125
+            why = backend.wait_for_engine(self._stderr_line)
+            if why is not None:
+                self.engine_lost = why
+        except BaseException:
+            self._fail_half_way()
             raise
+
+    def _fail_half_way(self) -> None:
+        # Nothing may outlive a handle that failed half-way: not the container, not
+        # the reaper, not the log.
+        self._removed = False
+        self._lines.put(None)
+        self.close()
 
     def _attach_and_start(self, backend: DockerBackend, spec: TrialSpec, image: Image,
                           gpu_ids: Sequence[str]) -> None:
@@ -351,15 +453,65 @@ class ContainerHandle(WorkerHandle):
                                       "disappeared (removed from outside the trial)")
                 self._exit_code = -1
                 return self._exit_code
+            except Exception as exc:
+                if not engine_gone(exc):
+                    raise
+                self._engine_went_away()
+                return self._exit_code
             state = self.container.attrs.get("State", {})
             if state.get("Status") in ("exited", "dead"):
                 self._exit_code = int(state.get("ExitCode", 0))
                 if state.get("OOMKilled"):
                     limit = self.container.attrs.get("HostConfig", {}).get("Memory") or 0
-                    self._stderr_line(f"docker: the worker was killed: out of memory "
-                                      f"(container limit {limit / 2**30:.3g} GiB; raise "
-                                      "sweep.container_memory)")
+                    self.out_of_memory = out_of_memory_line(limit, self._memory_setting)
+                    self._stderr_line(f"docker: {self.out_of_memory}")
+                elif self._exit_code == EXIT_SIGTERM and not self.killed:
+                    # SIGTERM from outside the trial: what an engine that stops or restarts
+                    # sends every container (one back before this poll looked is still
+                    # answering), or a `docker stop`. Not the worker's doing: run it again.
+                    self.engine_lost = (f"the worker was stopped from outside the trial "
+                                        f"(SIGTERM, exit {EXIT_SIGTERM}: the Docker engine "
+                                        f"at {engine_address()} stopping or restarting, "
+                                        "or a docker stop)")
+                    self._stderr_line(f"docker: {self.engine_lost}")
         return self._exit_code
+
+    def _engine_went_away(self) -> None:
+        """The engine stopped answering while the worker ran (the docker service stopped
+        or restarted: it stops every container, and the output stream with them).
+
+        Whatever the worker did since is lost with the stream: the attempt ends as
+        ``engine_lost`` (sweeps/status.py: interrupted, run again), once the engine is
+        back (or $VERSWEEP_ENGINE_WAIT_S has passed). A worker that had already sent its
+        result and exited 0 keeps it.
+        """
+        self.engine_lost = (f"the Docker engine at {engine_address()} went away while the "
+                            f"worker ran (stopped or restarted), and container "
+                            f"{self.container_id[:12]} with it")
+        self._stderr_line(f"docker: {self.engine_lost}")
+        why = self._backend.wait_for_engine(self._stderr_line)
+        if why is not None:
+            self.engine_lost = why
+            self._exit_code = -1
+            return
+        try:
+            self.container = self._backend.client.containers.get(self.container_id)
+        except Exception:  # noqa: BLE001 - gone with the engine (or gone again)
+            self._exit_code = -1
+            return
+        state = self.container.attrs.get("State", {})
+        if state.get("Status") in ("exited", "dead"):
+            self._exit_code = int(state.get("ExitCode", 0))
+        else:
+            # An engine with live-restore kept it running, but its output stream is gone:
+            # the attempt cannot be followed to its end. Stop it; it runs again.
+            try:
+                self.container.kill()
+            except Exception:  # noqa: BLE001
+                pass
+            self._exit_code = -1
+        self._stderr_line(f"docker: the engine answers again; container "
+                          f"{self.container_id[:12]} ended with code {self._exit_code}")
 
     def wait(self, timeout: float | None = None) -> int:
         if self._exit_code is None:
@@ -395,6 +547,10 @@ class ContainerHandle(WorkerHandle):
                     self.container.kill()
                 except self._errors.APIError:
                     pass
+            except Exception as exc:
+                if not engine_gone(exc):
+                    raise
+                # The engine went away: it stops its containers itself.
         try:
             result = self.container.wait(timeout=30)
             self._exit_code = int(result.get("StatusCode", -9))
@@ -415,6 +571,19 @@ class ContainerHandle(WorkerHandle):
             except self._errors.APIError as exc:
                 self._stderr_line(f"docker: could not remove {self.container_id[:12]}: "
                                   f"{exc.explanation or exc}")
+            except Exception as exc:
+                if not engine_gone(exc):
+                    raise
+                # The engine stopped or restarts (it took this container down): remove
+                # the container once it answers again, not to leave it behind.
+                self._stderr_line(f"docker: could not remove {self.container_id[:12]} yet: "
+                                  "the engine does not answer")
+                if self._backend.wait_for_engine(self._stderr_line) is None:
+                    try:
+                        self._backend.client.containers.get(self.container_id).remove(
+                            force=True)
+                    except Exception:  # noqa: BLE001 - the reaper tries once more
+                        pass
             self._removed = True
         if self._stream_client is not None:
             self._stream_client.close()
@@ -422,6 +591,19 @@ class ContainerHandle(WorkerHandle):
         if self._reaper is not None:
             _stop_reaper(self._reaper)
         self._close_log()
+
+
+def out_of_memory_line(limit_bytes: int, setting: str) -> str:
+    """The one line of a worker the kernel's OOM killer ended at its container's limit."""
+    if limit_bytes >= 2**30:
+        shown = f"{limit_bytes / 2**30:.3g} GiB"
+    elif limit_bytes > 0:
+        shown = f"{limit_bytes / 2**20:.4g} MiB"
+    else:
+        shown = "its memory limit"
+    return (f"out of memory: the kernel killed the worker at the container's limit of "
+            f"{shown} (sweep.container_memory = \"{setting}\"); raise sweep.container_memory "
+            "in the grid, or make the config smaller")
 
 
 def _start_reaper(container_id: str) -> subprocess.Popen:
