@@ -2,7 +2,7 @@
 a worker killed by the kernel's OOM killer, the artifact store's disk full.
 
 ``--fault engine-restart``: a PRIVATE dockerd (its own data root, exec root, pid file and
-socket in a fresh /tmp directory, no bridge, no iptables, its own containerd namespace:
+socket in a fresh /tmp directory, a bridge of its own, no iptables, its own containerd namespace:
 the system's engine is never touched) is started, the tests' image is copied into it
 (``docker save | docker -H ... load``), and a real docker-backend sweep (``sweeps/run.py``,
 Ray Tune, DOCKER_HOST = the private engine) of ``--trials`` rnn_bench trials of a few
@@ -147,6 +147,16 @@ class PrivateEngine:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         (self.dir / "daemon.json").write_text("{}")
+        # A bridge of its own. `--bridge=none` would not do: a dockerd started with it
+        # deletes the interface docker0 (moby's removeDefaultBridgeInterface), which the
+        # system's engine then lacks for every later container and build.
+        self.bridge = f"vsd{self.dir.name[4:12]}"[:15]
+        subnet = 100 + int.from_bytes(os.urandom(1), "big") % 100
+        for command in (["ip", "link", "add", self.bridge, "type", "bridge"],
+                        ["ip", "addr", "add", f"10.{subnet}.{os.getpid() % 250}.1/24",
+                         "dev", self.bridge],
+                        ["ip", "link", "set", self.bridge, "up"]):
+            subprocess.run(command, check=True, capture_output=True)
 
     def start(self) -> None:
         self.starts += 1
@@ -155,7 +165,7 @@ class PrivateEngine:
             ["dockerd", "--config-file", str(self.dir / "daemon.json"),
              "--data-root", str(self.dir / "data"), "--exec-root", str(self.dir / "x"),
              "--pidfile", str(self.dir / "docker.pid"), "-H", self.host,
-             "--bridge=none", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
+             f"--bridge={self.bridge}", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
              "--userland-proxy=false", "--containerd-namespace", self.namespace,
              "--containerd-plugins-namespace", self.namespace + "-plugins",
              "--cgroup-parent", "/versweep-fault", "--shutdown-timeout", "10"],
@@ -228,6 +238,7 @@ class PrivateEngine:
                 pass
             self.stop()
         subprocess.run(["umount", "-R", str(self.dir / "data")], capture_output=True)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
