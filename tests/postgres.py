@@ -154,3 +154,16 @@ def postgres_uri() -> Iterator[str]:
     with running_postgres() as uri:
         migrate(uri)
         yield uri
+
+
+def password_file(uri: str, path: Path) -> str:
+    """Move the password of ``uri`` into a libpq password file at ``path`` (mode 0600, as
+    README's deployment keeps it: off the server's command line); returns the URI
+    without it, for a process given ``PGPASSFILE=path``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    path.write_text(f"{parts.hostname}:{parts.port}:{parts.path.lstrip('/')}:"
+                    f"{parts.username}:{parts.password}\n")
+    path.chmod(0o600)
+    return uri.replace(f":{parts.password}@", "@", 1)

@@ -137,7 +137,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_mlflow_server(home: Path, db: Path | str, *, workers: int = 1):
+def running_mlflow_server(home: Path, db: Path | str, *, workers: int = 1,
+                          env: dict[str, str] | None = None):
     """A real ``mlflow server`` on 127.0.0.1 over ``db``; yields its URL.
 
     ``db`` is a SQLite file, or a backend-store URI (``postgresql://...``, from
@@ -145,7 +146,8 @@ def running_mlflow_server(home: Path, db: Path | str, *, workers: int = 1):
     proxies the artifacts (``--artifacts-destination home/artifacts``): a client anywhere
     logs them through HTTP, into that folder, and a run's artifact URI is
     ``mlflow-artifacts:/...``. Its log is ``home/server.log``. It is stopped afterwards as a
-    whole process group (uvicorn runs its workers as children).
+    whole process group (uvicorn runs its workers as children). ``env``: more variables
+    for the server (``PGPASSFILE``).
     """
     backend = db if isinstance(db, str) and "://" in db else f"sqlite:///{db}"
     port = free_port()
@@ -157,7 +159,7 @@ def running_mlflow_server(home: Path, db: Path | str, *, workers: int = 1):
              "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
             cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             # Tracking only: no background job runner process competing for the CPU.
-            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **(env or {})))
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         try:

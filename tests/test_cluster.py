@@ -323,6 +323,7 @@ def test_trials_on_both_nodes_record_to_a_postgresql_server_and_send_artifacts_t
     """The deployment a team runs (README, "A team's tracking server"): one `mlflow server`
     on PostgreSQL with ``--artifacts-destination``; trials on any node log their records
     and their artifacts to it over HTTP, none to a disk of their own node."""
+    from postgres import password_file
     from sweeping import running_mlflow_server
 
     server_home = tmp_path / "server"
@@ -331,7 +332,12 @@ def test_trials_on_both_nodes_record_to_a_postgresql_server_and_send_artifacts_t
     work.mkdir()
     (work / "team.toml").write_text(TEAM_GRID)
     names = node_names(cluster)
-    with running_mlflow_server(server_home, postgres_uri) as url:
+    # As README's deployment keeps it: the password in the server's libpq password file,
+    # not in its command line.
+    bare = password_file(postgres_uri, server_home / "pgpass")
+    assert ":" not in bare.split("//", 1)[1].split("@", 1)[0], "the password is still there"
+    with running_mlflow_server(server_home, bare,
+                               env={"PGPASSFILE": str(server_home / "pgpass")}) as url:
         done = subprocess.run(
             [sys.executable, str(RUN), "--grid", "team.toml", "--address", cluster.address,
              "--tracking-uri", url], cwd=work, env=cluster_env(token=TOKEN),
