@@ -109,7 +109,7 @@ def migrate(uri: str) -> None:
 
 
 def writer(url: str, experiment: str, parent: str, grid: str, first: int, count: int,
-           steps: int, batch: int, log_kb: int, go, done) -> None:
+           steps: int, batch: int, log_kb: int, ready, go, done) -> None:
     """One trial process's writes, ``count`` times (trials ``first`` .. of the grid)."""
     from sweeps.grid.load import load_sweep
     from sweeps.records.store import SweepRecords
@@ -117,6 +117,7 @@ def writer(url: str, experiment: str, parent: str, grid: str, first: int, count:
     specs = load_sweep(grid).trials[first:first + count]
     records = SweepRecords(url, experiment, reopened=True)
     log_text = ("x" * 127 + "\n") * (log_kb * 8)
+    ready.put(os.getpid())
     go.wait()
     started = time.time()
     for spec in specs:
@@ -146,14 +147,16 @@ def one_round(url: str, name: str, rnd: int, args, home: Path) -> dict:
     experiment = "write_rate"
     parent = SweepRecords(url, experiment).open_sweep(load_sweep(str(grid)), resume=False)
     ctx = mp.get_context("spawn")
-    go, done = ctx.Event(), ctx.Queue()
+    ready, go, done = ctx.Queue(), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=writer, args=(url, experiment, parent, str(grid),
                                               i * args.trials, args.trials, args.steps,
-                                              args.batch, args.log_kb, go, done))
+                                              args.batch, args.log_kb, ready, go, done))
              for i in range(args.writers)]
     for proc in procs:
         proc.start()
-    time.sleep(args.settle)  # every writer has imported mlflow and opened its store
+    for _ in procs:  # every writer has imported mlflow and opened its store
+        ready.get(timeout=600)
+    time.sleep(args.settle)  # the imports' load settles
     load = os.getloadavg()[0]
     start = time.time()
     go.set()
@@ -177,10 +180,14 @@ def main() -> int:
     parser.add_argument("--log-kb", type=int, default=16, help="size of worker.log, KiB")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per backend (ABBA)")
     parser.add_argument("--server-workers", type=int, default=2)
-    parser.add_argument("--settle", type=float, default=15.0,
-                        help="seconds the writers get to start before they write")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="seconds between the last writer ready and the start")
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args()
+    # Stopped from outside (SIGTERM, or SIGINT where a background job ignores it), it still
+    # stops its servers and its database (the finally blocks below).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.default_int_handler)
 
     from postgres import running_postgres
     from sweeping import free_port
