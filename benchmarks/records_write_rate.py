@@ -11,7 +11,8 @@ as params), the env event (tags), ``--steps`` metric events of 3 metrics flushed
 of ``--batch`` steps, the result event, then ``finish_trial``: status tags, the artifacts
 worker.log (``--log-kb`` KiB) and samples.json, the run ended. The writers open their store
 first and start together; a round's rate is trials written / wall time from the start to
-the last writer's end. Rounds alternate the two servers (ABBA), each round under a new
+the last writer's end (the writer processes are started once, before the first round).
+Rounds alternate the two servers (ABBA), each round under a new
 parent run; the 1-minute load average is recorded before every round.
 
     python benchmarks/records_write_rate.py --rounds 4 --out docs/bench/records_write_rate.txt
@@ -108,36 +109,84 @@ def migrate(uri: str) -> None:
                    capture_output=True, timeout=600)
 
 
-def writer(url: str, experiment: str, parent: str, grid: str, first: int, count: int,
-           steps: int, batch: int, log_kb: int, ready, go, done) -> None:
-    """One trial process's writes, ``count`` times (trials ``first`` .. of the grid)."""
+def writer(tasks, ready, go, done) -> None:
+    """A trial process's writes, one round at a time: ``tasks`` gives (url, experiment,
+    parent, grid, first, count, steps, batch, log_kb), or None to stop. The process lives
+    for the whole benchmark: its start (Python, mlflow, sweeps) is not part of any round."""
     from sweeps.grid.load import load_sweep
     from sweeps.records.store import SweepRecords
 
-    specs = load_sweep(grid).trials[first:first + count]
-    records = SweepRecords(url, experiment, reopened=True)
-    log_text = ("x" * 127 + "\n") * (log_kb * 8)
-    ready.put(os.getpid())
-    go.wait()
-    started = time.time()
-    for spec in specs:
-        run_id = records.start_trial(parent, spec)
-        records.log_event(run_id, {"event": "env", "torch": "2.99.0", "cuda": None,
-                                   "cudnn": None, "python": "3.11.0", "device": "cpu",
-                                   "workload": "env", "config": spec.config_dict})
-        for step in range(steps):
-            records.log_event(run_id, {"event": "metric", "step": step, "metrics": {
-                "train_loss": 1.0 / (step + 1), "valid_perplexity": 100.0 - step,
-                "words_per_second": 1000.0 + step}})
-            if (step + 1) % batch == 0:
-                records.flush(run_id)
-        records.log_event(run_id, {"event": "result", "metrics": {"test_perplexity": 42.0},
-                                   "samples": [0.01] * 20})
-        records.finish_trial(run_id, "ok", log_text=log_text)
-    done.put((started, time.time()))
+    opened: dict[str, SweepRecords] = {}
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        url, experiment, parent, grid, first, count, steps, batch, log_kb = task
+        specs = load_sweep(grid).trials[first:first + count]
+        if url not in opened:
+            opened[url] = SweepRecords(url, experiment, reopened=True)
+        records = opened[url]
+        log_text = ("x" * 127 + "\n") * (log_kb * 8)
+        ready.put(os.getpid())
+        go.wait()
+        started = time.time()
+        for spec in specs:
+            run_id = records.start_trial(parent, spec)
+            records.log_event(run_id, {"event": "env", "torch": "2.99.0", "cuda": None,
+                                       "cudnn": None, "python": "3.11.0", "device": "cpu",
+                                       "workload": "env", "config": spec.config_dict})
+            for step in range(steps):
+                records.log_event(run_id, {"event": "metric", "step": step, "metrics": {
+                    "train_loss": 1.0 / (step + 1), "valid_perplexity": 100.0 - step,
+                    "words_per_second": 1000.0 + step}})
+                if (step + 1) % batch == 0:
+                    records.flush(run_id)
+            records.log_event(run_id, {"event": "result",
+                                       "metrics": {"test_perplexity": 42.0},
+                                       "samples": [0.01] * 20})
+            records.finish_trial(run_id, "ok", log_text=log_text)
+        done.put((started, time.time()))
 
 
-def one_round(url: str, name: str, rnd: int, args, home: Path) -> dict:
+class Writers:
+    """``n`` writer processes, started once."""
+
+    def __init__(self, n: int):
+        ctx = mp.get_context("spawn")
+        self.ready, self.go, self.done = ctx.Queue(), ctx.Event(), ctx.Queue()
+        self.tasks = [ctx.Queue() for _ in range(n)]
+        self.procs = [ctx.Process(target=writer, args=(q, self.ready, self.go, self.done),
+                                  daemon=True) for q in self.tasks]
+        for proc in self.procs:
+            proc.start()
+
+    def round(self, tasks: list[tuple], settle: float) -> tuple[float, float]:
+        """Give each writer its task; start them together once all are ready; returns
+        (the 1-minute load average at the start, the wall time to the last writer's end)."""
+        for queue, task in zip(self.tasks, tasks, strict=True):
+            queue.put(task)
+        for _ in self.procs:
+            self.ready.get(timeout=900)
+        time.sleep(settle)
+        load = os.getloadavg()[0]
+        start = time.time()
+        self.go.set()
+        ends = []
+        for _ in self.procs:
+            ends.append(self.done.get(timeout=1800)[1])
+        self.go.clear()
+        return load, max(ends) - start
+
+    def stop(self) -> None:
+        for queue in self.tasks:
+            queue.put(None)
+        for proc in self.procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+
+
+def one_round(writers: Writers, url: str, name: str, rnd: int, args, home: Path) -> dict:
     from sweeps.grid.load import load_sweep
     from sweeps.records.store import SweepRecords
 
@@ -146,26 +195,9 @@ def one_round(url: str, name: str, rnd: int, args, home: Path) -> dict:
     grid.write_text(GRID.format(name=f"rate_{name}_{rnd}", seeds=list(range(1, total + 1))))
     experiment = "write_rate"
     parent = SweepRecords(url, experiment).open_sweep(load_sweep(str(grid)), resume=False)
-    ctx = mp.get_context("spawn")
-    ready, go, done = ctx.Queue(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=writer, args=(url, experiment, parent, str(grid),
-                                              i * args.trials, args.trials, args.steps,
-                                              args.batch, args.log_kb, ready, go, done))
-             for i in range(args.writers)]
-    for proc in procs:
-        proc.start()
-    for _ in procs:  # every writer has imported mlflow and opened its store
-        ready.get(timeout=600)
-    time.sleep(args.settle)  # the imports' load settles
-    load = os.getloadavg()[0]
-    start = time.time()
-    go.set()
-    ends = [done.get(timeout=1800)[1] for _ in procs]
-    for proc in procs:
-        proc.join()
-    if any(proc.exitcode != 0 for proc in procs):
-        raise RuntimeError(f"a writer failed in round {rnd} ({name})")
-    wall = max(ends) - start
+    load, wall = writers.round(
+        [(url, experiment, parent, str(grid), i * args.trials, args.trials, args.steps,
+          args.batch, args.log_kb) for i in range(args.writers)], args.settle)
     return {"backend": name, "round": rnd, "trials": total, "wall_s": round(wall, 2),
             "trials_per_s": round(total / wall, 3), "load1_before": round(load, 2),
             "load1_after": round(os.getloadavg()[0], 2)}
@@ -227,11 +259,15 @@ def main() -> int:
                 f"{args.server_workers}; {os.cpu_count()} CPUs, {platform.platform()}")
             say("# " + " ".join(["python", "benchmarks/records_write_rate.py", *sys.argv[1:]]))
             order = ["sqlite", "postgres"]
-            for rnd in range(args.rounds):
-                for name in (order if rnd % 2 == 0 else order[::-1]):
-                    result = one_round(servers[name][1], name, rnd, args, home)
-                    results.append(result)
-                    say(json.dumps(result))
+            writers = Writers(args.writers)
+            try:
+                for rnd in range(args.rounds):
+                    for name in (order if rnd % 2 == 0 else order[::-1]):
+                        result = one_round(writers, servers[name][1], name, rnd, args, home)
+                        results.append(result)
+                        say(json.dumps(result))
+            finally:
+                writers.stop()
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
