@@ -6,7 +6,8 @@ seconds a trial), the server killed once 2 trials have finished and started agai
 same port and store 30 s later (CI: 6 trials, 2 to 3 minutes). Every trial must end
 with exactly one decided run, nothing lost, nothing duplicated, no record left
 inconsistent; the figures are benchmarks/fault_mlflow_outage.py's (docs/reliability.md,
-"Faults").
+"Faults"). CI's case runs against the deployment a cluster uses: the server on a private
+PostgreSQL (tests/postgres.py), artifacts proxied, killed while the database stays up.
 """
 
 from __future__ import annotations
