@@ -18,6 +18,11 @@ without its result metric, a run left RUNNING, a parent run not FINISHED or more
 a child run of no planned key), with the outage's length and the sweep's wall time.
 
     python benchmarks/fault_mlflow_outage.py --trials 10 --outage 30
+    python benchmarks/fault_mlflow_outage.py --backend postgres --trials 4 --after 1 --outage 15
+
+``--backend postgres``: the server runs as a team's does (README, "A team's tracking
+server"): on a private PostgreSQL (tests/postgres.py), which stays up while the server is
+away, with the artifacts proxied by the server.
 
 tests/test_faults.py runs ``measure`` and asserts lost, duplicated and inconsistent are 0.
 """
@@ -25,6 +30,7 @@ tests/test_faults.py runs ``measure`` and asserts lost, duplicated and inconsist
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -90,11 +96,12 @@ def free_port() -> int:
 
 
 class Server:
-    """A real ``mlflow server`` on one port and one SQLite store, that can be stopped and
-    started again on both."""
+    """A real ``mlflow server`` on one port and one store (SQLite in ``home``, or
+    ``backend_uri``), that can be stopped and started again on both."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, backend_uri: str | None = None):
         self.home = home
+        self.backend_uri = backend_uri or f"sqlite:///{home / 'mlflow.db'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -105,7 +112,7 @@ class Server:
         log = open(self.home / f"server-{self.starts}.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server",
-             "--backend-store-uri", f"sqlite:///{self.home / 'mlflow.db'}",
+             "--backend-store-uri", self.backend_uri,
              "--artifacts-destination", str(self.home / "artifacts"),
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             cwd=self.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -190,7 +197,8 @@ def _sweep(home: Path, grid: Path, url: str, env: dict, *extra: str) -> subproce
 
 def measure(home: Path, *, trials: int = 10, trial_seconds: int = 3, after: int = 3,
             outage: float = 30.0, mode: str = "kill", ray_tmp: str | None = None,
-            wait_limit_s: float | None = None, say=print) -> dict:
+            wait_limit_s: float | None = None, backend_uri: str | None = None,
+            say=print) -> dict:
     """Run the fault once in ``home``; return the figures (see the module's docstring)."""
     home.mkdir(parents=True, exist_ok=True)
     python = home / "standin-python"
@@ -205,9 +213,10 @@ def measure(home: Path, *, trials: int = 10, trial_seconds: int = 3, after: int 
         env["RAY_TMPDIR"] = ray_tmp
     if wait_limit_s is not None:  # how long a store call waits (sweeps/records/store.py)
         env["VERSWEEP_STORE_WAIT_S"] = str(wait_limit_s)
-    server = Server(home)
+    server = Server(home, backend_uri)
     server.start()
-    figures: dict = {"mode": mode, "trials": trials, "trial_seconds": trial_seconds}
+    figures: dict = {"mode": mode, "trials": trials, "trial_seconds": trial_seconds,
+                     "backend": (backend_uri or "sqlite").split(":")[0]}
     try:
         started = time.monotonic()
         driver = _sweep(home, grid, server.url, env)
@@ -265,14 +274,26 @@ def main() -> int:
                         help="kill: SIGKILL, then a new server; stop: SIGSTOP, then SIGCONT")
     parser.add_argument("--wait-limit", type=float, default=None,
                         help="$VERSWEEP_STORE_WAIT_S for the sweep (default: its own, 600 s)")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
+                        help="the server's store: SQLite, or a private PostgreSQL "
+                             "(tests/postgres.py; needs Debian's postgresql)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="vsfault-"))
     ray_tmp = tempfile.mkdtemp(prefix="vsray-", dir="/tmp")
     try:
-        figures = measure(home, trials=args.trials, trial_seconds=args.trial_seconds,
-                          after=args.after, outage=args.outage, mode=args.mode,
-                          ray_tmp=ray_tmp, wait_limit_s=args.wait_limit)
+        with contextlib.ExitStack() as stack:
+            backend_uri = None
+            if args.backend == "postgres":
+                sys.path.insert(0, str(ROOT / "tests"))
+                from postgres import migrate, running_postgres
+
+                backend_uri = stack.enter_context(running_postgres())
+                migrate(backend_uri)
+            figures = measure(home, trials=args.trials, trial_seconds=args.trial_seconds,
+                              after=args.after, outage=args.outage, mode=args.mode,
+                              ray_tmp=ray_tmp, wait_limit_s=args.wait_limit,
+                              backend_uri=backend_uri)
     finally:
         if not args.keep:
             shutil.rmtree(home, ignore_errors=True)

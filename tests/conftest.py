@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from dockerenv import docker_image, registry  # noqa: F401  (the tests' own image and registry)
 from needs import missing_parts, need
+from postgres import postgres_uri  # noqa: F401  (a private PostgreSQL, started once)
 from sweeping import ray_tmp  # noqa: F401  (a fixture for every sweep test)
 from venvenv import venv_store  # noqa: F401  (the venv backend's environment, built once)
 

@@ -4,7 +4,8 @@ Most parts the tests need they start themselves: a private local Ray, a loopback
 multi-node Ray cluster (tests/loopback_cluster.py, `ray start` from this environment),
 an MLflow tracking server (tests/sweeping.py, `mlflow server` from this environment) and
 a Docker registry (tests/dockerenv.py, Debian's `docker-registry` binary). What they
-cannot start is a part of the machine: the Docker engine, Chromium, the programs
+cannot start is a part of the machine: the Docker engine, Chromium, PostgreSQL's server
+binaries (tests/postgres.py starts a private cluster from them), the programs
 the docker tests build their image with, and the package index the venv backend's
 environments come from. For those, a test asks::
 
@@ -74,6 +75,12 @@ def _package_index() -> str | None:
         return f"{url} cannot be reached ({getattr(exc, 'reason', exc)})"
 
 
+def _postgresql() -> str | None:
+    from postgres import problem as postgres_problem  # tests/postgres.py
+
+    return postgres_problem()
+
+
 def _on_path(*names: str) -> Callable[[], str | None]:
     def probe() -> str | None:
         if any(shutil.which(name) for name in names):
@@ -96,6 +103,10 @@ NEEDS: dict[str, Need] = {
                           "backend's wheel checks and downloads beyond uv's cache",
                           "network access to pypi.org (or set UV_DEFAULT_INDEX to a mirror)",
                           "VERSWEEP_REQUIRE_INDEX", _package_index),
+    "postgresql": Need("PostgreSQL (the server binaries: a private database the tests' "
+                       "tracking server runs on, as a team's does)",
+                       "apt-get install postgresql (as .ci/run does)",
+                       "VERSWEEP_REQUIRE_POSTGRES", _postgresql),
     "chromium": Need("Chromium (the HTML report, headless)", "apt-get install chromium",
                      "VERSWEEP_REQUIRE_CHROMIUM",
                      _on_path("chromium", "chromium-browser", "google-chrome")),

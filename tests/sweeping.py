@@ -163,22 +163,29 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_mlflow_server(home: Path, db: Path, *, workers: int = 1):
-    """A real ``mlflow server`` on 127.0.0.1 over the SQLite file ``db``; yields its URL.
+def running_mlflow_server(home: Path, db: Path | str, *, workers: int = 1,
+                          env: dict[str, str] | None = None):
+    """A real ``mlflow server`` on 127.0.0.1 over ``db``; yields its URL.
 
-    Its log is ``home/server.log``. It is stopped afterwards as a whole process group
-    (uvicorn runs its workers as children).
+    ``db`` is a SQLite file, or a backend-store URI (``postgresql://...``, from
+    tests/postgres.py: the deployment a cluster's trials report to). Either way the server
+    proxies the artifacts (``--artifacts-destination home/artifacts``): a client anywhere
+    logs them through HTTP, into that folder, and a run's artifact URI is
+    ``mlflow-artifacts:/...``. Its log is ``home/server.log``. It is stopped afterwards as a
+    whole process group (uvicorn runs its workers as children). ``env``: more variables
+    for the server (``PGPASSFILE``).
     """
+    backend = db if isinstance(db, str) and "://" in db else f"sqlite:///{db}"
     port = free_port()
     with open(home / "server.log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server",
-             "--backend-store-uri", f"sqlite:///{db}",
+             "--backend-store-uri", backend,
              "--artifacts-destination", str(home / "artifacts"),
              "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
             cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             # Tracking only: no background job runner process competing for the CPU.
-            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **(env or {})))
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         try:

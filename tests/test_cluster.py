@@ -302,6 +302,70 @@ def test_a_driver_that_joined_the_cluster_before_tune_reports_the_time_it_took(
     assert joined > 0 and reported == joined
 
 
+TEAM_GRID = textwrap.dedent("""
+    [sweep]
+    name = "team_server"
+    backend = "local"
+    device = "cpu"
+    trial_timeout_s = 300
+    max_concurrent = 2
+
+    [[group]]
+    workload = "env"
+    axes.seed = [1, 2, 3]
+    config.num_threads = 1
+""")
+
+
+@pytest.mark.needs("postgresql")
+def test_trials_on_both_nodes_record_to_a_postgresql_server_and_send_artifacts_through_it(
+        cluster, tmp_path, postgres_uri):
+    """The deployment a team runs (README, "A team's tracking server"): one `mlflow server`
+    on PostgreSQL with ``--artifacts-destination``; trials on any node log their records
+    and their artifacts to it over HTTP, none to a disk of their own node."""
+    from postgres import password_file
+    from sweeping import running_mlflow_server
+
+    server_home = tmp_path / "server"
+    server_home.mkdir()
+    work = tmp_path / "driver"  # the driver's working directory: nothing may land here
+    work.mkdir()
+    (work / "team.toml").write_text(TEAM_GRID)
+    names = node_names(cluster)
+    # As README's deployment keeps it: the password in the server's libpq password file,
+    # not in its command line.
+    bare = password_file(postgres_uri, server_home / "pgpass")
+    assert ":" not in bare.split("//", 1)[1].split("@", 1)[0], "the password is still there"
+    with running_mlflow_server(server_home, bare,
+                               env={"PGPASSFILE": str(server_home / "pgpass")}) as url:
+        done = subprocess.run(
+            [sys.executable, str(RUN), "--grid", "team.toml", "--address", cluster.address,
+             "--tracking-uri", url], cwd=work, env=cluster_env(token=TOKEN),
+            capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "trials: 3 ok" in done.stdout
+        client, parents, children = sweep_runs(url, "team_server")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert len(children) == 3
+        assert all(c.info.status == "FINISHED" and c.data.tags["versweep.status"] == "ok"
+                   for c in children)
+        # Both nodes ran trials, and each trial's records went to the one server.
+        assert {names[c.data.tags["versweep.ray_node_id"]] for c in children} == {"head", "b"}
+        for run in [*parents, *children]:
+            # Proxied: the run's artifacts are the server's, addressed through it ...
+            assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
+        for child in children:
+            listed = {f.path for f in client.list_artifacts(child.info.run_id)}
+            assert "worker.log" in listed, listed
+            # ... and they arrived in the server's artifact destination, sent over HTTP.
+            stored = list((server_home / "artifacts").rglob(f"{child.info.run_id}/**/worker.log"))
+            assert len(stored) == 1 and stored[0].stat().st_size > 0, stored
+    # The store is the database: no SQLite file and no artifact folder beside the driver.
+    leftovers = sorted(p.name for p in work.iterdir() if p.name != "team.toml")
+    assert not any(name.endswith(".db") or name in ("mlruns", "mlartifacts")
+                   for name in leftovers), leftovers
+
+
 def test_losing_a_node_mid_sweep_reruns_its_trials_on_the_other_node_and_loses_nothing(
         cluster, tmp_path):
     """Runs last in this module: node B does not come back."""

@@ -6,7 +6,8 @@ seconds a trial), the server killed once 2 trials have finished and started agai
 same port and store 30 s later (CI: 6 trials, 2 to 3 minutes). Every trial must end
 with exactly one decided run, nothing lost, nothing duplicated, no record left
 inconsistent; the figures are benchmarks/fault_mlflow_outage.py's (docs/reliability.md,
-"Faults").
+"Faults"). CI's case runs against the deployment a cluster uses: the server on a private
+PostgreSQL (tests/postgres.py), artifacts proxied, killed while the database stays up.
 
 The machine's faults (benchmarks/fault_docker.py): a worker killed by the OOM killer in a
 real container, a private dockerd stopped and started again under a real trial, a real
@@ -60,6 +61,24 @@ def test_the_tracking_server_killed_for_30_s_mid_sweep_loses_nothing(tmp_path, r
     log = (tmp_path / "fault" / "driver.log").read_text()
     # What the trials waited for, said on the console while they waited.
     assert "versweep: MLflow store at http://127.0.0.1:" in log, log[-3000:]
+    assert "unavailable during" in log and "Connection refused" in log, log[-3000:]
+
+
+@pytest.mark.needs("postgresql")
+def test_a_team_tracking_server_on_postgresql_killed_mid_sweep_loses_nothing(
+        tmp_path, ray_tmp, postgres_uri):
+    """The deployment of a cluster (README, "A team's tracking server"): ``mlflow server`` on
+    PostgreSQL, artifacts proxied. The server is killed, the database stays up; a new
+    server on the same port and database takes over. CI's fast case: 3 trials, 10 s away."""
+    fault = _fault_module()
+    figures = fault.measure(tmp_path / "fault", trials=3, trial_seconds=2, after=1,
+                            outage=10.0, mode="kill", ray_tmp=ray_tmp,
+                            backend_uri=postgres_uri, say=lambda line: None)
+    assert figures["backend"] == "postgresql+psycopg2", figures
+    _assert_nothing_lost(figures)
+    assert figures["finished_before_outage"] < figures["planned"]
+    assert figures["exit_code"] == 0, figures
+    log = (tmp_path / "fault" / "driver.log").read_text()
     assert "unavailable during" in log and "Connection refused" in log, log[-3000:]
 
 
