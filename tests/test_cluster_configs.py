@@ -164,8 +164,15 @@ def test_ray_up_starts_ray_with_the_token_and_the_nodes_own_resources(ray_up):
 def test_ray_up_runs_the_mlflow_server_on_the_head(ray_up):
     server = " ".join(ray_up["head_setup_commands"])
     assert "mlflow server --host 0.0.0.0 --port 5000" in server
-    assert "sqlite:////data/mlflow/" in server  # on the head's disk, mounted at /data
+    # On PostgreSQL, with the server proxying artifacts: a worker needs no shared disk.
+    assert "--backend-store-uri postgresql+psycopg2://mlflow@127.0.0.1:5432/mlflow" in server
+    assert "--artifacts-destination /data/mlflow/artifacts" in server
+    # The database and the artifacts on the head's disk, mounted at /data.
+    assert "-D /data/mlflow/postgres" in server
     assert "-v /data:/data" in ray_up["docker"]["run_options"]
+    assert "psycopg2-binary" in " ".join(ray_up["setup_commands"])
+    # The password is never in a URI: ~/.pgpass, made on the head.
+    assert "mlflow:mlflow@" not in server and "~/.pgpass" in server
 
 
 # ---------------------------------------------------------------- KubeRay
@@ -190,7 +197,8 @@ def test_raycluster_is_a_kuberay_v1_cluster_of_this_ray(kube):
     assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     images = {part["image"] for group in [cluster["spec"]["headGroupSpec"],
                                           *cluster["spec"]["workerGroupSpecs"]]
-              for part in pod_parts(group["template"]["spec"])}
+              for part in pod_parts(group["template"]["spec"])
+              if part["name"] != "mlflow-db"}  # the records' database: PostgreSQL's image
     assert len(images) == 1 and next(iter(images)).endswith(f":{cluster['spec']['rayVersion']}")
 
 
@@ -253,6 +261,16 @@ def test_the_mlflow_service_reaches_the_heads_mlflow_container(kube):
         [port["containerPort"] for port in mlflow["ports"]]
     claim = only(docs, "PersistentVolumeClaim")["metadata"]["name"]
     assert {"name": "mlflow", "persistentVolumeClaim": {"claimName": claim}} in head["volumes"]
+    # The server on PostgreSQL (a sidecar on the pod's loopback), artifacts proxied; the
+    # database password from a Secret, in PGPASSWORD, never in the URI.
+    command = " ".join(mlflow["command"])
+    assert "--backend-store-uri postgresql+psycopg2://mlflow@127.0.0.1:5432/mlflow" in command
+    assert "--artifacts-destination /mlflow/artifacts" in command
+    database = next(c for c in head["containers"] if c["name"] == "mlflow-db")
+    secret = {"secretKeyRef": {"name": "versweep-mlflow-db", "key": "password"}}
+    assert {"name": "PGPASSWORD", "valueFrom": secret} in mlflow["env"]
+    assert {"name": "POSTGRES_PASSWORD", "valueFrom": secret} in database["env"]
+    assert any(m["mountPath"] == "/mlflow" for m in database["volumeMounts"])
 
 
 # ---------------------------------------------------------------- the CronJob
