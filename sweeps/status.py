@@ -106,7 +106,7 @@ def worker_end(*, terminal: dict | None, exit_code: int | None, stop_requested: 
                timed_out: bool, killed: bool, timeout_s: float | None = None,
                violation: str = "", stderr_tail: Sequence[str] = (),
                diverged: str | None = None, out_of_memory: str | None = None,
-               engine_lost: str | None = None) -> Decision:
+               engine_lost: str | None = None, engine_gave_up: bool = False) -> Decision:
     """The decision for one run of the worker, from its last event and its exit code.
 
     ``terminal`` is its result / unsupported / error event (None: it sent none);
@@ -114,7 +114,8 @@ def worker_end(*, terminal: dict | None, exit_code: int | None, stop_requested: 
     a stop or the deadline, keeps its own ending); ``diverged`` why the host found its
     figures past the workload's bound (Workload.diverged_reason), or None;
     ``out_of_memory`` / ``engine_lost`` the backend's line when the worker was ended from
-    outside by the OOM killer or by its engine going away (WorkerHandle), else None.
+    outside by the OOM killer or by its engine going away (WorkerHandle), else None;
+    ``engine_gave_up`` whether the engine stayed away past the wait (not run again here).
     """
     if stop_requested and killed:
         # In a trial process a stop comes from Tune shutting it down (Ctrl-C): not a
@@ -129,8 +130,8 @@ def worker_end(*, terminal: dict | None, exit_code: int | None, stop_requested: 
     finished_itself = kind == "result" and exit_code == EXIT_OK
     if engine_lost and not finished_itself:
         # Not the trial's doing: nothing is known about the config. Run it again.
-        return Decision(Status.STOPPED, f"interrupted: {engine_lost}", retry=True,
-                        decided=False)
+        return Decision(Status.STOPPED, f"interrupted: {engine_lost}",
+                        retry=not engine_gave_up, decided=False)
     if out_of_memory and not finished_itself:
         # The same config in the same limit is killed the same way: no retry.
         return Decision(Status.FAILED, out_of_memory)

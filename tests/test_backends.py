@@ -626,13 +626,20 @@ def test_a_worker_the_backend_cannot_start_fails_the_trial_once_with_the_reason(
         monkeypatch, tmp_path):
     # Needs no engine: the engine stopped answering after the preflight. backend.start
     # raises a UserError; the trial ends failed with it instead of raising it.
+    # The preflight saw it answer, so it is taken for an engine stopped or restarting:
+    # waited for ($VERSWEEP_ENGINE_WAIT_S), then the trial is interrupted, not failed, and
+    # not run again here (it would wait as long again): --resume runs it.
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    monkeypatch.setenv("VERSWEEP_ENGINE_WAIT_S", "2")
+    started = time.monotonic()
     outcome = run_trial(docker_backend(), spec_of("env", {"device": "cpu"}, image=TEST_IMAGE),
                         retries=1, log_dir=tmp_path)
-    assert outcome.status == "failed" and outcome.attempts == 1
-    assert outcome.message.startswith("the worker did not start: the Docker daemon does not "
-                                      "answer at unix:///nonexistent/docker.sock")
-    assert outcome.message in outcome.log_text()
+    assert time.monotonic() - started < 60
+    assert outcome.status == "stopped" and not outcome.decided and outcome.attempts == 1
+    assert outcome.message.startswith("interrupted: the Docker engine at "
+                                      "unix:///nonexistent/docker.sock did not answer for 2 s")
+    assert "continue with --resume" in outcome.message
+    assert "does not answer (stopped or restarting); retrying in" in outcome.log_text()
 
 
 def test_a_backend_that_cannot_check_the_trial_fails_it_once_with_the_reason(tmp_path):

@@ -256,7 +256,7 @@ def _run_attempt(backend, spec, gpu_ids, timeout_s, on_event, stop, log_path, ou
         violation=attempt.violation,
         stderr_tail=list(handle.stderr_tail)[-STDERR_TAIL_IN_MESSAGE:],
         diverged=attempt.diverged, out_of_memory=handle.out_of_memory,
-        engine_lost=handle.engine_lost)
+        engine_lost=handle.engine_lost, engine_gave_up=handle.engine_gave_up)
     outcome.take(decision)
     if decision.status == Status.OK:
         terminal = attempt.terminal or {}

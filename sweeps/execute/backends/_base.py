@@ -81,6 +81,9 @@ class WorkerHandle:
         # ran it gone (stopped, restarted) under it. sweeps/status.py decides from them.
         self.out_of_memory: str | None = None
         self.engine_lost: str | None = None
+        # The engine did not come back within $VERSWEEP_ENGINE_WAIT_S: running the trial
+        # again here would wait as long again, so it stays interrupted for --resume.
+        self.engine_gave_up = False
         self.tags: dict[str, str] = {}
         self.artifacts: dict[str, str] = {}
         self._write_log(f"$ {' '.join(self.args)}\n")

@@ -337,7 +337,7 @@ class ContainerHandle(WorkerHandle):
                 # The engine is stopped or restarting: wait for it, then create.
                 why = backend.wait_for_engine(self._stderr_line)
                 if why is not None:
-                    self.engine_lost = why
+                    self.engine_lost, self.engine_gave_up = why, True
                     self._not_started(why)
                     return
         self.container_id = self.container.id
@@ -357,7 +357,7 @@ class ContainerHandle(WorkerHandle):
             self._exit_code = 125
             why = backend.wait_for_engine(self._stderr_line)
             if why is not None:
-                self.engine_lost = why
+                self.engine_lost, self.engine_gave_up = why, True
         except BaseException:
             self._fail_half_way()
             raise
@@ -491,7 +491,7 @@ class ContainerHandle(WorkerHandle):
         self._stderr_line(f"docker: {self.engine_lost}")
         why = self._backend.wait_for_engine(self._stderr_line)
         if why is not None:
-            self.engine_lost = why
+            self.engine_lost, self.engine_gave_up = why, True
             self._exit_code = -1
             return
         try:
