@@ -1,0 +1,279 @@
+"""One series from the trials of several version sweeps: ``python -m analysis.join``.
+
+    python -m analysis.join docs/versions-cpu/trials.csv docs/versions-cpu/more-lines/trials.csv \\
+        --leave-out "rnn_bench 1x320-ce-short basic @ torch-1.0.1-cu100 #0" \\
+        --out docs/versions-cpu/all-lines
+
+A fair version comparison runs every line in one sweep, its repeats interleaved across
+the lines (sweeps/grid/load.py). Where a machine cannot hold every line's environment at
+once (the thirty CPU lines need about 76 GB), the lines are measured in several sweeps,
+and a step between two lines of different sweeps could be the machine's drift between
+the sweeps rather than torch. So the later sweeps repeat some lines of the first one
+(anchors), and this joins them honestly:
+
+- the **drift** of each variant: the median of an anchor line in a later sweep over its
+  median in the first sweep that measured it (1.00: the machine did not drift);
+- the joined **series**: every line once, in release order, its repeats from the first
+  sweep that measured it, the steps found by the report's own method
+  (analysis/series.py: PELT on the logarithm of the per-line repeats), and each step
+  marked where its two lines come from different sweeps, with the drift that could
+  explain it.
+
+Input: the ``trials.csv`` files that ``analysis/report.py`` writes, the first sweep first.
+Output in ``--out``: ``join.md``, ``steps.csv``, ``drift.csv``, ``lines.csv`` and a figure
+per benchmark in ``plots/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The figures of a trial this joins: (workload, metric column, label, unit).
+METRICS = (("rnn_bench", "ms_per_batch_median", "ms per batch", "ms"),
+           ("ptb_lm", "words_per_second", "words per second", "words/s"),
+           ("ptb_lm", "test_perplexity", "test perplexity", ""))
+NEEDED_COLUMNS = {"name", "workload", "image", "status", *(m[1] for m in METRICS)}
+VERSION = re.compile(r"torch-(\d+)\.(\d+)\.(\d+)")
+
+
+class JoinError(Exception):
+    """A user's input that cannot be joined: one line, exit 2."""
+
+
+@dataclass
+class Line:
+    """One torch line (image) of the joined series: where it was measured, its repeats."""
+
+    image: str
+    sweep: str  # the first sweep (trials file) that measured it
+    values: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (metric, variant)
+    anchor: dict[str, dict[tuple[str, str], list[float]]] = field(default_factory=dict)
+
+
+def release_key(image: str) -> tuple:
+    """Release order of an image name: torch-1.13.1-cu116 -> (1, 13, 1, image)."""
+    found = VERSION.search(image)
+    if not found:
+        raise JoinError(f"image {image!r} names no torch version (torch-X.Y.Z-...): "
+                        "only version sweeps can be joined")
+    return (*(int(part) for part in found.groups()), image)
+
+
+def read_trials(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise JoinError(f"{path}: no such file (give the trials.csv that the report wrote)")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = NEEDED_COLUMNS - set(reader.fieldnames or [])
+        if missing:
+            raise JoinError(f"{path}: not a report's trials.csv (no column "
+                            f"{', '.join(sorted(missing))})")
+        return list(reader)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def join(files: Sequence[tuple[str, list[dict[str, str]]]],
+         leave_out: Sequence[str] = ()) -> list[Line]:
+    """The lines of every file, in release order; a line already measured by an earlier
+    file keeps that file's values, and a later file's values of it become an anchor."""
+    lines: dict[str, Line] = {}
+    skipped = set(leave_out)
+    for sweep, rows in files:
+        seen_here: dict[str, dict[tuple[str, str], list[float]]] = {}
+        for row in rows:
+            if row["status"] != "ok" or row["name"] in skipped:
+                continue
+            variant = row["name"].split(" @ ")[0]
+            for workload, column, metric, _unit in METRICS:
+                value = _number(row.get(column))
+                if row["workload"] == workload and value is not None:
+                    seen_here.setdefault(row["image"], {}).setdefault(
+                        (metric, variant), []).append(value)
+        for image, values in seen_here.items():
+            release_key(image)
+            if image in lines:
+                lines[image].anchor[sweep] = values
+            else:
+                lines[image] = Line(image, sweep, values)
+    return sorted(lines.values(), key=lambda line: release_key(line.image))
+
+
+def drift_rows(lines: Sequence[Line]) -> list[list]:
+    """[metric, variant, image, first sweep, later sweep, ratio later / first]."""
+    rows = []
+    for line in lines:
+        for sweep, values in line.anchor.items():
+            for key, later in sorted(values.items()):
+                first = line.values.get(key)
+                if first:
+                    rows.append([key[0], key[1], line.image, line.sweep, sweep,
+                                 statistics.median(later) / statistics.median(first)])
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.join",
+        description="Join the trials.csv of several version sweeps into one series, with "
+                    "the drift of the lines they share.")
+    parser.add_argument("trials", nargs="+", type=Path,
+                        help="trials.csv files of analysis/report.py, the first sweep first")
+    parser.add_argument("--leave-out", action="append", default=[], metavar="TRIAL",
+                        help="a trial's name to leave out (e.g. one the report marked busy)")
+    parser.add_argument("--out", type=Path, required=True, help="directory to write into")
+    args = parser.parse_args(argv)
+    try:
+        files = [(str(path.parent.name or path), read_trials(path)) for path in args.trials]
+        if len({name for name, _ in files}) < len(files):
+            files = [(str(path), rows) for path, (_, rows) in zip(args.trials, files,
+                                                                  strict=True)]
+        lines = join(files, args.leave_out)
+        if len(lines) < 3:
+            raise JoinError(f"{len(lines)} torch line(s) with ok trials: a series needs 3")
+        write(lines, [name for name, _ in files], args.out, args.trials, args.leave_out)
+    except JoinError as error:
+        print(f"analysis.join: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"analysis.join: cannot write {args.out}: {error.strerror}", file=sys.stderr)
+        return 2
+    print(f"{len(lines)} torch lines from {len(files)} sweeps -> {args.out / 'join.md'}")
+    return 0
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
+          sources: Sequence[Path], leave_out: Sequence[str]) -> None:
+    from analysis import plots
+    from analysis.series import find_steps
+
+    variants = sorted({key for line in lines for key in line.values})
+    drift = drift_rows(lines)
+    by_variant: dict[tuple[str, str], list[float]] = {}
+    for metric, variant, *_rest, ratio in drift:
+        by_variant.setdefault((metric, variant), []).append(ratio)
+
+    step_rows = []
+    for key in variants:
+        points = [(line.image, line.values.get(key, [])) for line in lines]
+        found = find_steps(points)
+        sweep_of = {line.image: line.sweep for line in lines}
+        for step in found.steps:
+            crosses = sweep_of[step.before] != sweep_of[step.after]
+            ratios = by_variant.get(key, [])
+            step_rows.append([key[0], key[1], step.before, step.after, step.ratio,
+                              step.noise, "across" if crosses else "within",
+                              min(ratios) if crosses and ratios else None,
+                              max(ratios) if crosses and ratios else None])
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plots").mkdir(exist_ok=True)
+    _csv(out / "drift.csv", ["metric", "variant", "image", "first_sweep", "later_sweep",
+                             "ratio_later_over_first"], drift)
+    _csv(out / "steps.csv", ["metric", "variant", "before", "after", "ratio", "noise",
+                             "sweeps", "drift_low", "drift_high"], step_rows)
+    _csv(out / "lines.csv", ["image", "sweep", "metric", "variant", "repeats", "median",
+                             "low", "high"],
+         [[line.image, line.sweep, key[0], key[1], len(values), statistics.median(values),
+           min(values), max(values)] for line in lines
+          for key, values in sorted(line.values.items())])
+
+    images = [line.image for line in lines]
+    # A line measured in a later sweep than the first is marked on the axis: steps next to
+    # it may hold the drift between the sweeps.
+    labels = [line.image + (" †" if line.sweep != sweeps[0] else "") for line in lines]
+    figures = []
+    for group in sorted({(metric, variant.rsplit(" ", 1)[0] if metric == "ms per batch"
+                          else variant) for metric, variant in variants}):
+        metric, title = group
+        members = [key for key in variants if key[0] == metric
+                   and (key[1].rsplit(" ", 1)[0] if metric == "ms per batch" else key[1])
+                   == title]
+        series = {}
+        for key in members:
+            bars = []
+            for line in lines:
+                values = line.values.get(key)
+                bars.append(plots.Bar(statistics.median(values), min(values), max(values))
+                            if values else plots.Bar(None))
+            series[key[1].rsplit(" ", 1)[-1] if metric == "ms per batch" else key[1]] = bars
+        name = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{title} {metric}").strip("_") + ".png"
+        (out / "plots" / name).write_bytes(plots.lines_across_versions(
+            f"{title}: {metric}, {len(images)} torch lines (†: measured in a later sweep)",
+            labels, series, ylabel=f"{metric} (median, min-max of repeats)"))
+        figures.append(name)
+
+    md = ["# The torch lines of several sweeps, joined", "",
+          "Made by `python -m analysis.join " + " ".join(str(p) for p in sources)
+          + "".join(f' --leave-out "{name}"' for name in leave_out) + f" --out {out}`.", "",
+          "Each line's repeats come from the first sweep that measured it; a line measured "
+          "again by a later sweep is an **anchor**, and its later median over its first "
+          "median is the machine's **drift** between the two sweeps for that variant. A step "
+          "between two lines of different sweeps (`across`) is only a torch effect where it "
+          "is well beyond that drift.", "",
+          "## Lines", "", "| torch line | sweep | anchor in |", "|---|---|---|"]
+    md += [f"| {line.image} | {line.sweep} | {', '.join(line.anchor) or '-'} |"
+           for line in lines]
+    md += ["", "## Drift between the sweeps (anchor lines)", ""]
+    if drift:
+        ratios = [row[-1] for row in drift]
+        md += [f"{len(drift)} anchor figures: later / first median "
+               f"{statistics.median(ratios):.3f}, from {min(ratios):.3f} to "
+               f"{max(ratios):.3f} (`drift.csv`).", "",
+               "| metric | variant | median drift | range |", "|---|---|---:|---|"]
+        md += [f"| {key[0]} | {key[1]} | {statistics.median(values):.3f} | "
+               f"{min(values):.3f} to {max(values):.3f} |"
+               for key, values in sorted(by_variant.items())]
+    else:
+        md += ["No line was measured by more than one sweep: the drift is unknown, so every "
+               "step across sweeps is unconfirmed."]
+    md += ["", "## Steps in the joined series", ""]
+    if step_rows:
+        md += ["| metric | variant | step | ratio | noise of a mean | sweeps | drift |",
+               "|---|---|---|---:|---:|---|---|"]
+        for metric, variant, before, after, ratio, noise, sweeps_, low, high in step_rows:
+            span = f"{low:.2f} to {high:.2f}" if low is not None else "-"
+            md.append(f"| {metric} | {variant} | {before} → {after} | {ratio:.2f}x | "
+                      f"±{noise:.1%} | {sweeps_} | {span} |")
+    else:
+        md.append("No step beyond the repeats' noise.")
+    md += ["", "## Medians per line", "",
+           "| variant | " + " | ".join(VERSION.search(i).group(0)[6:] for i in images) + " |",
+           "|---|" + "---:|" * len(images)]
+    for key in variants:
+        cells = []
+        for line in lines:
+            values = line.values.get(key)
+            cells.append(_fmt(statistics.median(values)) if values else "-")
+        md.append(f"| {key[1]} ({key[0]}) | " + " | ".join(cells) + " |")
+    md += ["", "## Figures", ""] + [f"![{name}](plots/{name})" for name in figures]
+    (out / "join.md").write_text("\n".join(md) + "\n")
+
+
+def _csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

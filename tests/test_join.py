@@ -1,0 +1,117 @@
+"""analysis/join.py: the lines of several version sweeps joined into one series, with the
+drift between the sweeps measured on the lines they share."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis import join
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = ["run_id", "name", "workload", "image", "repeat", "status", "ms_per_batch_median",
+          "test_perplexity", "best_valid_perplexity", "words_per_second", "message"]
+
+
+def trials(path: Path, lines: dict[str, float], *, noise=(0.99, 1.0, 1.01),
+           status: str = "ok") -> Path:
+    """A report's trials.csv: 1x320 cudnn at ``lines[image]`` ms, three repeats each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        for image, ms in lines.items():
+            for repeat, factor in enumerate(noise):
+                writer.writerow([f"{image}{repeat}", f"rnn_bench 1x320 cudnn @ {image} #{repeat}",
+                                 "rnn_bench", image, repeat, status, ms * factor, "", "", "",
+                                 ""])
+    return path
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis.join", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_anchor_lines_give_the_drift_and_steps_across_sweeps_are_marked(tmp_path):
+    first = trials(tmp_path / "first" / "trials.csv", {
+        "torch-1.0.1-cu100": 100.0, "torch-1.4.0-cu101": 100.0, "torch-2.0.1-cu117": 40.0,
+        "torch-2.4.0-cu124": 40.0})
+    # The second sweep measures the lines between, and 2.0.1 again on a machine 10% slower.
+    second = trials(tmp_path / "second" / "trials.csv", {
+        "torch-1.2.0-cu100": 100.0, "torch-1.13.1-cu116": 100.0, "torch-2.0.1-cu117": 44.0,
+        "torch-2.2.2-cu121": 20.0})
+    done = run(str(first), str(second), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "7 torch lines from 2 sweeps" in done.stdout
+
+    drift = list(csv.DictReader((tmp_path / "out" / "drift.csv").open()))
+    assert [(d["image"], d["first_sweep"], d["later_sweep"]) for d in drift] == [
+        ("torch-2.0.1-cu117", "first", "second")]
+    assert float(drift[0]["ratio_later_over_first"]) == pytest.approx(1.1)
+
+    lines = list(csv.DictReader((tmp_path / "out" / "lines.csv").open()))
+    # Release order, each line once, an anchor's values from the first sweep that had it.
+    assert [row["image"] for row in lines] == [
+        "torch-1.0.1-cu100", "torch-1.2.0-cu100", "torch-1.4.0-cu101", "torch-1.13.1-cu116",
+        "torch-2.0.1-cu117", "torch-2.2.2-cu121", "torch-2.4.0-cu124"]
+    anchor = next(row for row in lines if row["image"] == "torch-2.0.1-cu117")
+    assert anchor["sweep"] == "first" and float(anchor["median"]) == pytest.approx(40.0)
+
+    steps = list(csv.DictReader((tmp_path / "out" / "steps.csv").open()))
+    found = {(s["before"], s["after"]): s for s in steps}
+    # 1.13.1 (second sweep) -> 2.0.1 (first sweep): across the sweeps, with the drift beside.
+    big = found[("torch-1.13.1-cu116", "torch-2.0.1-cu117")]
+    assert big["sweeps"] == "across" and float(big["drift_low"]) == pytest.approx(1.1)
+    assert float(big["ratio"]) == pytest.approx(0.4, rel=0.01)
+    # 2.0.1 -> 2.2.2 halves, 2.2.2 -> 2.4.0 doubles back: both found, both across sweeps.
+    assert ("torch-2.0.1-cu117", "torch-2.2.2-cu121") in found
+    assert ("torch-2.2.2-cu121", "torch-2.4.0-cu124") in found
+    text = (tmp_path / "out" / "join.md").read_text()
+    assert "| torch-2.0.1-cu117 | first | second |" in text
+    assert "1 anchor figures: later / first median 1.100" in text
+    assert list((tmp_path / "out" / "plots").glob("*.png"))
+
+
+def test_a_step_within_one_sweep_is_marked_within_and_left_out_trials_stay_out(tmp_path):
+    first = trials(tmp_path / "a" / "trials.csv", {
+        "torch-1.0.1-cu100": 100.0, "torch-1.2.0-cu100": 100.0, "torch-1.4.0-cu101": 50.0,
+        "torch-1.6.0-cu101": 50.0})
+    done = run(str(first), "--out", str(tmp_path / "out"),
+               "--leave-out", "rnn_bench 1x320 cudnn @ torch-1.6.0-cu101 #0")
+    assert done.returncode == 0, done.stderr
+    steps = list(csv.DictReader((tmp_path / "out" / "steps.csv").open()))
+    assert [(s["before"], s["after"], s["sweeps"]) for s in steps] == [
+        ("torch-1.2.0-cu100", "torch-1.4.0-cu101", "within")]
+    lines = {row["image"]: row for row in csv.DictReader((tmp_path / "out" / "lines.csv").open())}
+    assert lines["torch-1.6.0-cu101"]["repeats"] == "2"
+    assert "the drift is unknown" in (tmp_path / "out" / "join.md").read_text()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing.csv", "no such file"),
+    (lambda p: (p / "bad.csv", (p / "bad.csv").write_text("a,b\n1,2\n"))[0],
+     "not a report's trials.csv (no column"),
+    (lambda p: trials(p / "x" / "trials.csv", {"gpu-image": 1.0, "torch-1.0.1-cu100": 2.0,
+                                               "torch-1.2.0-cu100": 2.0}),
+     "names no torch version"),
+    (lambda p: trials(p / "y" / "trials.csv", {"torch-1.0.1-cu100": 1.0}),
+     "a series needs 3"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, make, message):
+    path = make(tmp_path)
+    done = run(str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_release_order_is_numeric_not_alphabetic():
+    images = ["torch-1.10.0-cu113", "torch-1.2.0-cu100", "torch-2.0.1-cu117",
+              "torch-1.13.1-cu116"]
+    assert sorted(images, key=join.release_key) == [
+        "torch-1.2.0-cu100", "torch-1.10.0-cu113", "torch-1.13.1-cu116", "torch-2.0.1-cu117"]
