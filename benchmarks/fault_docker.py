@@ -53,6 +53,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fault_sweep  # noqa: E402  (how every fault starts its sweep)
 
 EXPERIMENT = "faults"
 TEST_IMAGE = "torch-2.13.0-cpu"  # tests/dockerenv.py's image of the matrix
@@ -261,36 +264,6 @@ def _finished(home: Path) -> int:
         return 0
 
 
-def _sweep(home: Path, grid: Path, env: dict, *extra: str) -> subprocess.Popen:
-    log = open(home / ("driver-resume.log" if extra else "driver.log"), "w")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "sweeps" / "run.py"), "--grid", str(grid),
-         "--experiment", EXPERIMENT, "--num-cpus", "2", *extra],
-        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    return proc
-
-
-def _env(ray_tmp: str | None) -> dict:
-    env = dict(os.environ)
-    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
-        env.pop(name, None)
-    if ray_tmp is not None:
-        env["RAY_TMPDIR"] = ray_tmp
-    return env
-
-
-def _wait(driver: subprocess.Popen, home: Path, until, what: str, limit: float = 600) -> None:
-    deadline = time.monotonic() + limit
-    while not until():
-        if driver.poll() is not None:
-            raise RuntimeError(f"the sweep ended before {what}:\n"
-                               + (home / "driver.log").read_text()[-3000:])
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no {what} in {limit:.0f} s")
-        time.sleep(0.3)
-
-
 def _finish(figures: dict, home: Path, grid: Path, env: dict, driver: subprocess.Popen,
             started: float, result_metric: str, before_resume=None, say=print) -> dict:
     """Wait for the sweep; --resume once if it failed; count."""
@@ -308,13 +281,13 @@ def _finish(figures: dict, home: Path, grid: Path, env: dict, driver: subprocess
         if before_resume is not None:
             before_resume()
         say(f"the sweep exited {figures['exit_code']}; running it again with --resume")
-        resumed = _sweep(home, grid, env, "--resume")
+        resumed = fault_sweep.launch(home, grid, EXPERIMENT, env, "--resume")
         figures["resume_exit_code"] = resumed.wait(timeout=900)
         figures["sweep_wall_s"] = round(time.monotonic() - started, 1)
         figures["resume_tail"] = (home / "driver-resume.log").read_text(
             errors="replace").splitlines()[-4:]
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    figures.update(outage.count(uri, outage.planned_keys(grid), experiment_name=EXPERIMENT,
+    figures.update(outage.count(uri, fault_sweep.planned_keys(grid), experiment_name=EXPERIMENT,
                                 result_metric=result_metric))
     figures["messages"] = _messages(uri)
     return figures
@@ -346,11 +319,13 @@ def engine_restart(home: Path, *, trials: int = 4, after: int = 1, batches: int 
         load_started = time.monotonic()
         engine.load(f"versweep:{TEST_IMAGE}")
         figures["image_load_s"] = round(time.monotonic() - load_started, 1)
-        env = dict(_env(ray_tmp), DOCKER_HOST=engine.host)
+        env = fault_sweep.sweep_env(ray_tmp, DOCKER_HOST=engine.host)
         started = time.monotonic()
-        driver = _sweep(home, grid, env)
-        _wait(driver, home, lambda: _finished(home) >= after, f"{after} finished trial(s)")
-        _wait(driver, home, lambda: engine.running_containers() > 0, "a running container")
+        driver = fault_sweep.launch(home, grid, EXPERIMENT, env)
+        fault_sweep.wait_until(driver, home, lambda: _finished(home) >= after,
+                               f"{after} finished trial(s)")
+        fault_sweep.wait_until(driver, home, lambda: engine.running_containers() > 0,
+                               "a running container")
         time.sleep(1.0)  # the worker is well into its trial
         figures["finished_before_fault"] = _finished(home)
         figures["containers_running_at_fault"] = engine.running_containers()
@@ -370,9 +345,9 @@ def oom(home: Path, *, memory: str = "384m", ray_tmp: str | None = None, say=pri
     grid = home / "faults.toml"
     grid.write_text(OOM_GRID.format(image=TEST_IMAGE, memory=memory))
     figures: dict = {"fault": "oom", "container_memory": memory, "resume": False}
-    env = _env(ray_tmp)
+    env = fault_sweep.sweep_env(ray_tmp)
     started = time.monotonic()
-    driver = _sweep(home, grid, env)
+    driver = fault_sweep.launch(home, grid, EXPERIMENT, env)
     # A failed trial is the right outcome here: no --resume (it would fail the same way).
     return _finish(figures, home, grid, env, driver, started,
                    ("parameters", outage.RESULT_METRIC), say=say)
@@ -392,10 +367,11 @@ def disk_full(home: Path, *, trials: int = 6, after: int = 2, trial_seconds: int
     filler = artifacts / "filler"
     figures: dict = {"fault": "disk-full", "trials": trials, "tmpfs": size}
     try:
-        env = dict(_env(ray_tmp), VERSWEEP_PYTHON=str(python))
+        env = fault_sweep.sweep_env(ray_tmp, VERSWEEP_PYTHON=str(python))
         started = time.monotonic()
-        driver = _sweep(home, grid, env)
-        _wait(driver, home, lambda: _finished(home) >= after, f"{after} finished trial(s)")
+        driver = fault_sweep.launch(home, grid, EXPERIMENT, env)
+        fault_sweep.wait_until(driver, home, lambda: _finished(home) >= after,
+                               f"{after} finished trial(s)")
         figures["finished_before_fault"] = _finished(home)
         descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
         try:  # to the last byte

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fault_figures  # noqa: E402  (the figures of every fault)
+import fault_sweep  # noqa: E402  (how every fault starts its sweep)
 
 EXPERIMENT = "killed"
 VENV_IMAGE = "torch-2.13.0-cpu"
@@ -176,23 +176,6 @@ def _kill_point_reached(kill_at: str, after: int, uri: str, envs: Path) -> bool:
     return done >= after
 
 
-def _sweep(home: Path, grid: Path, env: dict, *extra: str) -> subprocess.Popen:
-    log = open(home / ("driver-resume.log" if extra else "driver.log"), "w")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "sweeps" / "run.py"), "--grid", str(grid),
-         "--experiment", EXPERIMENT, "--num-cpus", "2", *extra],
-        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    return proc
-
-
-def planned_keys(grid: Path) -> list[str] | None:
-    from sweeps.grid.load import load_sweep
-
-    sweep = load_sweep(str(grid))
-    return None if sweep.is_search else [trial.key for trial in sweep.trials]
-
-
 def measure(home: Path, *, kind: str = "grid", trials: int = 6, kill_at: str = "finished:2",
             ray_tmp: str | None = None, envs_dir: Path | None = None,
             extra_env: dict | None = None, resumes: int = 3, say=print) -> dict:
@@ -207,21 +190,13 @@ def measure(home: Path, *, kind: str = "grid", trials: int = 6, kill_at: str = "
     envs = envs_dir or home / "envs"
     own_ray_tmp = ray_tmp is None
     ray_tmp = ray_tmp or tempfile.mkdtemp(prefix="vsray-", dir="/tmp")
-    env = dict(os.environ, RAY_TMPDIR=ray_tmp, VERSWEEP_ENVS_DIR=str(envs), **(extra_env or {}))
-    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
-        env.pop(name, None)
+    env = fault_sweep.sweep_env(ray_tmp, VERSWEEP_ENVS_DIR=str(envs), **(extra_env or {}))
     figures: dict = {"kind": kind, "trials": trials, "kill_at": kill_at}
     try:
         started = time.monotonic()
-        driver = _sweep(home, grid, env)
-        deadline = started + 900
-        while not _kill_point_reached(point, after, uri, envs):
-            if driver.poll() is not None:
-                raise RuntimeError("the sweep ended before the kill:\n"
-                                   + (home / "driver.log").read_text()[-3000:])
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the kill point {kill_at} was not reached in 900 s")
-            time.sleep(0.2)
+        driver = fault_sweep.launch(home, grid, EXPERIMENT, env)
+        fault_sweep.wait_until(driver, home, lambda: _kill_point_reached(point, after, uri, envs),
+                               f"the kill point {kill_at}", limit_s=900, poll_s=0.2)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
         end_processes_of(ray_tmp)  # the machine is gone: its Ray and trials too
@@ -236,7 +211,7 @@ def measure(home: Path, *, kind: str = "grid", trials: int = 6, kill_at: str = "
         figures["resume_exit_codes"] = []
         log = ""
         for _ in range(resumes):
-            resumed = _sweep(home, grid, env, "--resume")
+            resumed = fault_sweep.launch(home, grid, EXPERIMENT, env, "--resume")
             figures["resume_exit_codes"].append(resumed.wait(timeout=900))
             log += (home / "driver-resume.log").read_text(errors="replace")
             if figures["resume_exit_codes"][-1] == 0:
@@ -258,9 +233,9 @@ def measure(home: Path, *, kind: str = "grid", trials: int = 6, kill_at: str = "
             and c.info.run_id != before[c.data.tags["versweep.trial_key"]])
         from sweeps.records.store import open_client
 
-        figures.update(fault_figures.count(open_client(uri), EXPERIMENT, planned_keys(grid),
-                                           result_metric=RESULT_METRIC[kind],
-                                           expected=trials))
+        figures.update(fault_figures.count(open_client(uri), EXPERIMENT,
+                                           fault_sweep.planned_keys(grid),
+                                           result_metric=RESULT_METRIC[kind], expected=trials))
         if kind == "venv":
             figures.update(_venv_figures(after_runs, envs))
         if kind == "search":

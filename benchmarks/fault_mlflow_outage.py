@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fault_figures  # noqa: E402  (benchmarks/fault_figures.py: the figures of every fault)
+import fault_sweep  # noqa: E402  (how every fault starts its sweep)
 
 EXPERIMENT = "outage"
 RESULT_METRIC = "device_check_value"
@@ -168,12 +169,6 @@ def _finished_children(url: str) -> int:
     return len(runs)
 
 
-def planned_keys(grid: Path) -> list[str]:
-    from sweeps.grid.load import load_sweep
-
-    return [trial.key for trial in load_sweep(str(grid)).trials]
-
-
 def count(url: str, planned: list[str], *, experiment_name: str = EXPERIMENT,
           result_metric: str | tuple[str, ...] = RESULT_METRIC) -> dict:
     """The figures, read from the store (a server's URL or any tracking URI); shared by
@@ -183,16 +178,6 @@ def count(url: str, planned: list[str], *, experiment_name: str = EXPERIMENT,
 
     return fault_figures.count(MlflowClient(url), experiment_name, planned,
                                result_metric=result_metric)
-
-
-def _sweep(home: Path, grid: Path, url: str, env: dict, *extra: str) -> subprocess.Popen:
-    log = open(home / ("driver-resume.log" if extra else "driver.log"), "w")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "sweeps" / "run.py"), "--grid", str(grid),
-         "--tracking-uri", url, "--experiment", EXPERIMENT, "--num-cpus", "2", *extra],
-        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    return proc
 
 
 def measure(home: Path, *, trials: int = 10, trial_seconds: int = 3, after: int = 3,
@@ -206,11 +191,7 @@ def measure(home: Path, *, trials: int = 10, trial_seconds: int = 3, after: int 
     python.chmod(0o755)
     grid = home / "outage.toml"
     grid.write_text(GRID.format(seeds=list(range(1, trials + 1))))
-    env = dict(os.environ, VERSWEEP_PYTHON=str(python))
-    for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
-        env.pop(name, None)
-    if ray_tmp is not None:
-        env["RAY_TMPDIR"] = ray_tmp
+    env = fault_sweep.sweep_env(ray_tmp, VERSWEEP_PYTHON=str(python))
     if wait_limit_s is not None:  # how long a store call waits (sweeps/records/store.py)
         env["VERSWEEP_STORE_WAIT_S"] = str(wait_limit_s)
     server = Server(home, backend_uri)
@@ -219,15 +200,11 @@ def measure(home: Path, *, trials: int = 10, trial_seconds: int = 3, after: int 
                      "backend": (backend_uri or "sqlite").split(":")[0]}
     try:
         started = time.monotonic()
-        driver = _sweep(home, grid, server.url, env)
+        driver = fault_sweep.launch(home, grid, EXPERIMENT, env, tracking_uri=server.url)
         deadline = started + 600
-        while _finished_children(server.url) < after:
-            if driver.poll() is not None:
-                raise RuntimeError("the sweep ended before the outage:\n"
-                                   + (home / "driver.log").read_text()[-3000:])
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"fewer than {after} trials finished in 600 s")
-            time.sleep(0.5)
+        fault_sweep.wait_until(driver, home, lambda: _finished_children(server.url) >= after,
+                               f"{after} finished trial(s) before the outage", limit_s=600,
+                               poll_s=0.5)
         figures["finished_before_outage"] = _finished_children(server.url)
         say(f"{figures['finished_before_outage']} trial(s) finished; "
             f"server {'killed' if mode == 'kill' else 'frozen'} for {outage:.0f} s")
@@ -254,10 +231,11 @@ def measure(home: Path, *, trials: int = 10, trial_seconds: int = 3, after: int 
         figures["driver_tail"] = driver_log.splitlines()[-3:]
         if figures["exit_code"] != 0:
             say(f"the sweep exited {figures['exit_code']}; running it again with --resume")
-            resumed = _sweep(home, grid, server.url, env, "--resume")
+            resumed = fault_sweep.launch(home, grid, EXPERIMENT, env, "--resume",
+                                         tracking_uri=server.url)
             figures["resume_exit_code"] = resumed.wait(timeout=600)
             figures["sweep_wall_s"] = round(time.monotonic() - started, 1)
-        figures.update(count(server.url, planned_keys(grid)))
+        figures.update(count(server.url, fault_sweep.planned_keys(grid)))
     finally:
         server.stop()
     return figures
