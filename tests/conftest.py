@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import durations
 import pytest
 from dockerenv import docker_image, registry  # noqa: F401  (the tests' own image and registry)
 from needs import missing_parts, need
@@ -21,6 +22,49 @@ def pytest_report_header(config) -> list[str]:
     if not missing:
         return ["versweep: every part the tests need is here (Docker engine, Chromium, ...)"]
     return ["versweep: missing parts of this machine (tests/needs.py):", *missing]
+
+
+def _module_fixture(item) -> bool:
+    """Whether the test uses a fixture made once per module (its processes must share it)."""
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = getattr(info, "name2fixturedefs", {}) or {}
+    return any(d.scope in ("module", "class", "package") for defs in definitions.values()
+               for d in defs)
+
+
+# Modules whose tests share nothing outside their own tmp_path (each starts its own Ray,
+# tracking server and store, on free ports): their tests may run at the same time in
+# different processes. Every other module runs in one process, its tests one after another
+# as they were written (some share an image tag, a registry or a module-scoped fixture).
+PARALLEL_MODULES = frozenset({"tests/test_run.py", "tests/test_security.py",
+                              "tests/test_faults.py", "tests/test_workloads.py",
+                              "tests/test_resume.py"})
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Order and group the tests for the suite's several processes (pytest-xdist).
+
+    A module runs in one process, as one ``xdist_group``, unless it is one of
+    PARALLEL_MODULES and the test uses no module-scoped fixture; such a test goes to
+    whichever process is free. The longest work goes first (tests/durations.py says why
+    and how the seconds are recorded), so that no long test starts last. Only the order
+    and the process change, never what runs.
+    """
+    recorded = durations.load()
+    groups: dict[str, list] = {}
+    for item in items:
+        key = item.nodeid
+        module = item.nodeid.split("::")[0]
+        if module not in PARALLEL_MODULES or _module_fixture(item):
+            key = "module:" + module
+            item.add_marker(pytest.mark.xdist_group(name=key))
+        groups.setdefault(key, []).append(item)
+
+    def seconds(members: list) -> float:
+        return sum(recorded.get(i.nodeid, durations.DEFAULT_S) for i in members)
+
+    ordered = sorted(groups.values(), key=seconds, reverse=True)  # stable: ties keep order
+    items[:] = [item for members in ordered for item in members]
 
 
 def pytest_runtest_setup(item) -> None:

@@ -18,6 +18,7 @@ pass by skipping them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -110,7 +111,21 @@ def make_base(recipe: dict = BASE_RECIPE) -> str:
 
 
 def build_test_image() -> str:
-    """``versweep:torch-2.13.0-cpu``, built from images/Dockerfile on the test base."""
+    """``versweep:torch-2.13.0-cpu``, built from images/Dockerfile on the test base.
+
+    The suite's processes (pytest-xdist) each ask for it at their start: a lock on this
+    machine lets the first make it while the others wait, then find it made.
+    """
+    lock_path = Path(tempfile.gettempdir()) / "versweep-test-image.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _build_test_image()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_test_image() -> str:
     base = make_base()
     done = subprocess.run([sys.executable, str(ROOT / "images" / "build.py"), "build",
                            TEST_IMAGE, "--base", base], capture_output=True, text=True,
