@@ -1,6 +1,7 @@
-"""One series from the trials of several version sweeps: ``python -m analysis.join``.
+"""One series from the trials of several version sweeps: ``versweep join`` (or
+``python -m analysis.join``).
 
-    python -m analysis.join docs/versions-cpu/trials.csv docs/versions-cpu/more-lines/trials.csv \\
+    versweep join docs/versions-cpu/trials.csv docs/versions-cpu/more-lines/trials.csv \\
         --leave-out "rnn_bench 1x320-ce-short basic @ torch-1.0.1-cu100 #0" \\
         --out docs/versions-cpu/all-lines
 
@@ -126,9 +127,9 @@ def drift_rows(lines: Sequence[Line]) -> list[list]:
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m analysis.join") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m analysis.join",
+        prog=prog,
         description="Join the trials.csv of several version sweeps into one series, with "
                     "the drift of the lines they share.")
     parser.add_argument("trials", nargs="+", type=Path,
@@ -147,10 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise JoinError(f"{len(lines)} torch line(s) with ok trials: a series needs 3")
         write(lines, [name for name, _ in files], args.out, args.trials, args.leave_out)
     except JoinError as error:
-        print(f"analysis.join: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
-        print(f"analysis.join: cannot write {args.out}: {error.strerror}", file=sys.stderr)
+        print(f"{prog}: error: cannot write {args.out}: {error.strerror}", file=sys.stderr)
         return 2
     print(f"{len(lines)} torch lines from {len(files)} sweeps -> {args.out / 'join.md'}")
     return 0

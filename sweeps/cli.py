@@ -2,6 +2,8 @@
 
     versweep run --grid smoke                    run a sweep       (python sweeps/run.py)
     versweep report --experiment versions        its report        (python analysis/report.py)
+    versweep join A/trials.csv B/trials.csv --out DIR   one series from several sweeps' reports
+                                                 (python -m analysis.join)
     versweep images list | build | pull | verify | push            (python images/build.py)
     versweep schedule --grid nightly --cron ...  scheduled sweeps  (python sweeps/schedule.py)
     versweep datasets ptb --dest data/ptb        download a corpus (python -m sweeps.datasets)
@@ -57,6 +59,12 @@ def _report(argv: list[str], prog: str) -> int:
     return main(argv, prog=prog)
 
 
+def _join(argv: list[str], prog: str) -> int:
+    from analysis.join import main
+
+    return main(argv, prog=prog)
+
+
 def _images(argv: list[str], prog: str) -> int:
     from sweeps.images.build import main
 
@@ -91,6 +99,8 @@ def _resources(argv: list[str], prog: str) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[list[str], str], int], str]] = {
     "run": ("run a sweep of a grid under Ray Tune, recorded in MLflow", _run, "versweep"),
     "report": ("write the version-comparison report of a sweep", _report, "report.py"),
+    "join": ("join the reports of a version sweep run in parts into one series, with the "
+             "drift between the parts", _join, "python -m analysis.join"),
     "images": ("list, build, pull, verify and mirror the matrix's Docker images", _images,
                "build.py"),
     "schedule": ("submit a grid's sweep to a Ray cluster on a schedule", _schedule,
