@@ -21,6 +21,9 @@ the sweeps rather than torch. So the later sweeps repeat some lines of the first
   explain it.
 
 Input: the ``trials.csv`` files that ``analysis/report.py`` writes, the first sweep first.
+A trial the report marked busy (its ``busy`` column) has its timings left out, as in the
+report; ``--leave-out`` leaves out further trials by name (a report older than that column
+names its busy trials in report.md).
 Output in ``--out``: ``join.md``, ``steps.csv``, ``drift.csv``, ``lines.csv`` and a figure
 per benchmark in ``plots/``.
 """
@@ -41,6 +44,7 @@ from pathlib import Path
 METRICS = (("rnn_bench", "ms_per_batch_median", "ms per batch", "ms"),
            ("ptb_lm", "words_per_second", "words per second", "words/s"),
            ("ptb_lm", "test_perplexity", "test perplexity", ""))
+TIMINGS = {"ms_per_batch_median", "words_per_second"}
 NEEDED_COLUMNS = {"name", "workload", "image", "status", *(m[1] for m in METRICS)}
 VERSION = re.compile(r"torch-(\d+)\.(\d+)\.(\d+)")
 
@@ -100,7 +104,12 @@ def join(files: Sequence[tuple[str, list[dict[str, str]]]],
             if row["status"] != "ok" or row["name"] in skipped:
                 continue
             variant = row["name"].split(" @ ")[0]
+            # A timing measured while other work kept the CPUs busy (the report's busy
+            # column) is left out, as the report leaves it out; its perplexity is kept.
+            busy = row.get("busy", "") == "True"
             for workload, column, metric, _unit in METRICS:
+                if busy and column in TIMINGS:
+                    continue
                 value = _number(row.get(column))
                 if row["workload"] == workload and value is not None:
                     seen_here.setdefault(row["image"], {}).setdefault(

@@ -1362,13 +1362,13 @@ def trials_csv(context: ReportContext) -> None:
     csv = context.csv_table("trials", [
         "run_id", "name", "workload", "image", "repeat", "status", "ms_per_batch_median",
         "test_perplexity", "best_valid_perplexity", "words_per_second", "message", "sweep_id",
-        "url"])
+        "url", "busy"])
     for trial in context.data.trials:
         csv.rows.append([trial.run_id, trial.name, trial.workload, trial.image, trial.repeat,
                          trial.status] + [trial.metrics.get(name) for name in (
                              "ms_per_batch_median", "test_perplexity", "best_valid_perplexity",
                              "words_per_second")] + [trial.message, trial.sweep_id,
-                                                     context.url(trial.run_id)])
+                                                     context.url(trial.run_id), busy(trial)])
 
 
 # --------------------------------------------------------------------------- --compare

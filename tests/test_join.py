@@ -77,6 +77,27 @@ def test_anchor_lines_give_the_drift_and_steps_across_sweeps_are_marked(tmp_path
     assert list((tmp_path / "out" / "plots").glob("*.png"))
 
 
+def test_a_timing_the_report_marked_busy_is_left_out_and_its_perplexity_kept(tmp_path):
+    path = tmp_path / "s" / "trials.csv"
+    path.parent.mkdir()
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER + ["busy"])
+        for image in ("torch-1.0.1-cu100", "torch-1.2.0-cu100", "torch-1.4.0-cu101"):
+            for repeat in range(3):
+                busy = image == "torch-1.2.0-cu100" and repeat == 0
+                writer.writerow([f"{image}{repeat}", f"ptb_lm small @ {image} #{repeat}",
+                                 "ptb_lm", image, repeat, "ok", "", 60 + repeat, "",
+                                 10.0 if busy else 1000.0 + repeat, "", busy])
+    done = run(str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    lines = [(r["image"], r["metric"], r["repeats"], float(r["low"]))
+             for r in csv.DictReader((tmp_path / "out" / "lines.csv").open())
+             if r["image"] == "torch-1.2.0-cu100"]
+    assert sorted(lines) == [("torch-1.2.0-cu100", "test perplexity", "3", 60.0),
+                             ("torch-1.2.0-cu100", "words per second", "2", 1001.0)]
+
+
 def test_a_step_within_one_sweep_is_marked_within_and_left_out_trials_stay_out(tmp_path):
     first = trials(tmp_path / "a" / "trials.csv", {
         "torch-1.0.1-cu100": 100.0, "torch-1.2.0-cu100": 100.0, "torch-1.4.0-cu101": 50.0,
