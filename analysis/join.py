@@ -266,7 +266,8 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
     else:
         md.append("No step beyond the repeats' noise.")
     md += ["", "## Medians per line", "",
-           "| variant | " + " | ".join(VERSION.search(i).group(0)[6:] for i in images) + " |",
+           "| variant | " + " | ".join(".".join(map(str, release_key(i)[:3])) for i in images)
+           + " |",
            "|---|" + "---:|" * len(images)]
     for key in variants:
         cells = []
