@@ -366,6 +366,24 @@ def test_trials_on_both_nodes_record_to_a_postgresql_server_and_send_artifacts_t
                    for name in leftovers), leftovers
 
 
+def wait_for_a_trial_part_way_on(node_id: str, uri: str, experiment: str,
+                                 driver: subprocess.Popen, limit_s: float) -> None:
+    """Wait until a trial of ``experiment`` runs on the node and has logged an epoch (a
+    validation perplexity): the moment to lose that node."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        assert driver.poll() is None, "the sweep ended before a trial ran on the node"
+        assert time.monotonic() < deadline, f"no trial part-way on the node in {limit_s:.0f} s"
+        try:
+            _, _, children = sweep_runs(uri, experiment)
+        except AssertionError:  # the experiment is not there yet
+            children = []
+        if any(c.info.status == "RUNNING" and c.data.metrics.get("valid_perplexity")
+               and c.data.tags.get("versweep.ray_node_id") == node_id for c in children):
+            return
+        time.sleep(0.5)
+
+
 def test_losing_a_node_mid_sweep_reruns_its_trials_on_the_other_node_and_loses_nothing(
         cluster, tmp_path):
     """Runs last in this module: node B does not come back."""
@@ -380,18 +398,7 @@ def test_losing_a_node_mid_sweep_reruns_its_trials_on_the_other_node_and_loses_n
          "--tracking-uri", uri], cwd=tmp_path, env=cluster_env(token=TOKEN),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # Wait until a trial on node B is part-way (it has logged an epoch), then lose B.
-        deadline = time.monotonic() + 300
-        while True:
-            assert driver.poll() is None and time.monotonic() < deadline, "no trial on B"
-            try:
-                _, _, children = sweep_runs(uri, "node_loss")
-            except AssertionError:  # the experiment is not there yet
-                children = []
-            if any(c.info.status == "RUNNING" and c.data.metrics.get("valid_perplexity")
-                   and c.data.tags.get("versweep.ray_node_id") == b_id for c in children):
-                break
-            time.sleep(0.5)
+        wait_for_a_trial_part_way_on(b_id, uri, "node_loss", driver, 300)
         assert cluster.kill_node(node_b) > 0
         out, err = driver.communicate(timeout=600)
     finally:
@@ -442,17 +449,7 @@ def test_losing_a_node_while_a_scheduled_runs_trials_run_on_it_loses_nothing(clu
         cwd=tmp_path, env=cluster_env(token=TOKEN), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 400
-        while True:
-            assert scheduler.poll() is None and time.monotonic() < deadline, "no trial on C"
-            try:
-                _, _, children = sweep_runs(uri, "sched_loss")
-            except AssertionError:  # the experiment is not there yet
-                children = []
-            if any(c.info.status == "RUNNING" and c.data.metrics.get("valid_perplexity")
-                   and c.data.tags.get("versweep.ray_node_id") == c_id for c in children):
-                break
-            time.sleep(0.5)
+        wait_for_a_trial_part_way_on(c_id, uri, "sched_loss", scheduler, 400)
         assert cluster.kill_node(node_c) > 0
         out, err = scheduler.communicate(timeout=600)
     finally:
