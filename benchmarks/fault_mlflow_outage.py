@@ -32,16 +32,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fault_figures  # noqa: E402  (benchmarks/fault_figures.py: the figures of every fault)
 import fault_sweep  # noqa: E402  (how every fault starts its sweep)
+from mlflow_server import MlflowServer  # noqa: E402  (one port, one store: restartable)
 
 EXPERIMENT = "outage"
 RESULT_METRIC = "device_check_value"
@@ -90,72 +88,6 @@ send({{"event": "result", "metrics": {{"device_check_seconds": 0.001,
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A real ``mlflow server`` on one port and one store (SQLite in ``home``, or
-    ``backend_uri``), that can be stopped and started again on both."""
-
-    def __init__(self, home: Path, backend_uri: str | None = None):
-        self.home = home
-        self.backend_uri = backend_uri or f"sqlite:///{home / 'mlflow.db'}"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = open(self.home / f"server-{self.starts}.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server",
-             "--backend-store-uri", self.backend_uri,
-             "--artifacts-destination", str(self.home / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            cwd=self.home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
-        log.close()
-        deadline = time.monotonic() + 120
-        while not self.healthy():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start:\n" + (
-                    self.home / f"server-{self.starts}.log").read_text()[-3000:])
-            time.sleep(0.3)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
-
-    def signal(self, signum: int) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
 def _finished_children(url: str) -> int:
     from mlflow import MlflowClient
 
@@ -194,7 +126,7 @@ def measure(home: Path, *, trials: int = 10, trial_seconds: int = 3, after: int 
     env = fault_sweep.sweep_env(ray_tmp, VERSWEEP_PYTHON=str(python))
     if wait_limit_s is not None:  # how long a store call waits (sweeps/records/store.py)
         env["VERSWEEP_STORE_WAIT_S"] = str(wait_limit_s)
-    server = Server(home, backend_uri)
+    server = MlflowServer(home, backend_uri or home / "mlflow.db")
     server.start()
     figures: dict = {"mode": mode, "trials": trials, "trial_seconds": trial_seconds,
                      "backend": (backend_uri or "sqlite").split(":")[0]}

@@ -37,12 +37,14 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from mlflow_server import MlflowServer  # noqa: E402  (the tests' and benchmarks' server)
 
 GRID = textwrap.dedent("""
     [sweep]
@@ -55,43 +57,6 @@ GRID = textwrap.dedent("""
     axes.seed = {seeds}
     config.num_threads = 1
 """)
-
-
-def start_server(home: Path, backend_uri: str, port: int, workers: int) -> subprocess.Popen:
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-         "--artifacts-destination", str(home / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-        cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
-    log.close()
-    return proc
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"mlflow server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def postgres_version() -> str:
@@ -232,18 +197,16 @@ def main() -> int:
         lines.append(line)
 
     results: list[dict] = []
-    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    servers: dict[str, MlflowServer] = {}
     try:
         with running_postgres() as pg_uri:
             stores = {"postgres": pg_uri, "sqlite": f"sqlite:///{home / 'sqlite' / 'mlflow.db'}"}
             for name, uri in stores.items():
                 (home / name).mkdir(exist_ok=True)
                 migrate(uri)
-                port = free_port()
-                servers[name] = (start_server(home / name, uri, port, args.server_workers),
-                                 f"http://127.0.0.1:{port}")
-            for name, (proc, url) in servers.items():
-                wait_healthy(url, proc, home / name / "server.log")
+                servers[name] = MlflowServer(home / name, uri, port=free_port(),
+                                             workers=args.server_workers,
+                                             start_limit_s=300).start()
             import mlflow
             import psycopg2
             import sqlalchemy
@@ -263,14 +226,14 @@ def main() -> int:
             try:
                 for rnd in range(args.rounds):
                     for name in (order if rnd % 2 == 0 else order[::-1]):
-                        result = one_round(writers, servers[name][1], name, rnd, args, home)
+                        result = one_round(writers, servers[name].url, name, rnd, args, home)
                         results.append(result)
                         say(json.dumps(result))
             finally:
                 writers.stop()
     finally:
-        for proc, _ in servers.values():
-            stop_server(proc)
+        for server in servers.values():
+            server.stop()
         shutil.rmtree(home, ignore_errors=True)
 
     rate = {name: [r["trials_per_s"] for r in results if r["backend"] == name]

@@ -11,8 +11,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -173,40 +171,13 @@ def running_mlflow_server(home: Path, db: Path | str, *, workers: int = 1,
     logs them through HTTP, into that folder, and a run's artifact URI is
     ``mlflow-artifacts:/...``. Its log is ``home/server.log``. It is stopped afterwards as a
     whole process group (uvicorn runs its workers as children). ``env``: more variables
-    for the server (``PGPASSFILE``).
+    for the server (``PGPASSFILE``). benchmarks/mlflow_server.py runs it, as it runs the
+    benchmarks' servers.
     """
-    backend = db if isinstance(db, str) and "://" in db else f"sqlite:///{db}"
-    port = free_port()
-    with open(home / "server.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server",
-             "--backend-store-uri", backend,
-             "--artifacts-destination", str(home / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-            cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            # Tracking only: no background job runner process competing for the CPU.
-            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **(env or {})))
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        try:
-            while True:
-                try:
-                    with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-                        if answer.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mlflow server did not start:\n"
-                                       + (home / "server.log").read_text()[-3000:])
-                time.sleep(0.3)
-            yield url
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=5)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    benchmarks = str(ROOT / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    from mlflow_server import MlflowServer
+
+    with MlflowServer(home, db, port=free_port(), workers=workers, env=env) as server:
+        yield server.url
