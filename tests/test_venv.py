@@ -220,7 +220,8 @@ def test_a_crashed_build_is_ignored_and_two_processes_build_one_environment_once
     assert store.leftovers() == [] and store.problem(VENV_KEY) is None
 
 
-@pytest.mark.parametrize("damage", ["marker removed", "torch deleted", "marker disagrees"])
+@pytest.mark.parametrize("damage", ["marker removed", "torch deleted", "marker disagrees",
+                                    "built with less"])
 def test_a_corrupt_environment_is_rebuilt_and_never_used(tmp_path, damage):
     store = EnvStore(tmp_path / "envs")
     build_or_skip(store)
@@ -234,9 +235,14 @@ def test_a_corrupt_environment_is_rebuilt_and_never_used(tmp_path, damage):
 
         shutil.rmtree(path / marker["site_packages"] / "torch")
         expected = "torch is missing from it"
-    else:
+    elif damage == "marker disagrees":
         (path / MARKER).write_text(json.dumps(dict(marker, torch="2.12.0")))
         expected = "its marker says torch '2.12.0', not '2.13.0'"
+    else:  # an environment from a versweep that did not yet install all its torch needs
+        (path / MARKER).write_text(json.dumps(dict(marker, requirements=["torch==2.13.0",
+                                                                         "numpy<2"])))
+        expected = ("it was built with ['torch==2.13.0', 'numpy<2'], and this versweep "
+                    "installs ['torch==2.13.0']")
     assert store.problem(VENV_KEY).startswith(expected)
     assert [s.problem for s in store.states()] == [store.problem(VENV_KEY)]
 
@@ -518,7 +524,9 @@ def test_an_environment_installs_what_its_torchs_import_needs_undeclared():
     assert requirements("1.0.1") == ["torch==1.0.1", "numpy<2"]
     assert requirements("1.10.0") == ["torch==1.10.0", "numpy<2", "setuptools<70"]
     assert requirements("1.11.0") == ["torch==1.11.0", "numpy<2", "setuptools<70"]
-    assert requirements("1.12.1") == ["torch==1.12.1", "numpy<2"]
+    assert requirements("1.12.1") == ["torch==1.12.1", "numpy<2", "setuptools<70"]
+    assert requirements("2.1.0") == ["torch==2.1.0", "numpy<2", "setuptools<70"]
+    assert requirements("2.2.2") == ["torch==2.2.2", "numpy<2"]
     assert requirements("2.3.1") == ["torch==2.3.1"]
     assert requirements("2.15.0") == ["torch==2.15.0"]
 

@@ -195,17 +195,21 @@ def requirements(torch: str) -> list[str]:
       torch`` fails with "numpy.core.multiarray failed to import" without it), and every
       torch before 2.3 was compiled against NumPy 1.x and breaks under NumPy 2; the images
       of those lines ship NumPy 1.x too.
-    - setuptools < 70: torch 1.10 and 1.11 import ``pkg_resources.packaging`` in
-      torch/torch_version.py at start-up (pytorch#76864 removed it in 1.12) without
-      declaring it; pip's venvs bring setuptools, uv's do not, and setuptools 70 dropped
-      that module. Found by versions-cpu: torch 1.10.0 failed to build without it.
+    - setuptools < 70: torch 1.10 to 2.1 reach ``pkg_resources.packaging`` from
+      torch/torch_version.py without declaring it; pip's venvs bring setuptools, uv's do
+      not, and setuptools 70 dropped that module. 1.10 and 1.11 import it at start-up
+      (found by versions-cpu: torch 1.10.0 failed to build without it); 1.12 to 2.1 only
+      when a TorchVersion is compared with something that is not a version, which 2.1's
+      ``torch.optim.Adam`` does through torch._dynamo (found by the second part of
+      versions-cpu: every rnn_bench trial on 2.1.0 failed with "No module named
+      'pkg_resources'"). 2.2 and later do not use it.
     Nothing else: the workers are the standard library plus torch.
     """
     wanted = [f"torch=={torch}"]
     numbers = tuple(int(part) for part in re.findall(r"\d+", torch)[:2])
     if len(numbers) == 2 and numbers < (2, 3):
         wanted.append("numpy<2")
-    if len(numbers) == 2 and (1, 10) <= numbers < (1, 12):
+    if len(numbers) == 2 and (1, 10) <= numbers < (2, 2):
         wanted.append("setuptools<70")
     return wanted
 
@@ -421,6 +425,10 @@ class EnvStore:
         for name, value in expected.items():
             if marker.get(name) != value:
                 return f"its marker says {name} {marker.get(name)!r}, not {value!r}"
+        wanted = requirements(torch)
+        if marker.get("requirements") != wanted:  # built by a versweep that installed less
+            return (f"it was built with {marker.get('requirements')}, and this versweep "
+                    f"installs {wanted}")
         if not (path / "bin" / "python").exists():  # a link to an interpreter now gone
             return f"its interpreter {marker.get('interpreter')} is gone"
         site = path / str(marker.get("site_packages", ""))
