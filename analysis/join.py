@@ -39,6 +39,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # The figures of a trial this joins: (workload, metric column, label, unit).
 METRICS = (("rnn_bench", "ms_per_batch_median", "ms per batch", "ms"),
@@ -123,6 +124,30 @@ def join(files: Sequence[tuple[str, list[dict[str, str]]]],
     return sorted(lines.values(), key=lambda line: release_key(line.image))
 
 
+# How a step is read (join.md, steps.csv "reading").
+WITHIN = "torch (one sweep)"
+DRIFT = "drift"
+BEYOND = "beyond the drift"
+UNKNOWN = "unconfirmed (no anchor)"
+
+
+def reading(ratio: float, noise: float, crosses: bool, low: float | None,
+            high: float | None, later_after: bool) -> str:
+    """Whether a step is torch's or may be the machine's drift between two sweeps.
+
+    A step from a line of the first sweep to one of a later sweep looks like the drift
+    (later / first); the other way round, like its inverse. It is ``drift`` where its ratio
+    lies within the anchors' range of that, widened by twice the noise of a mean.
+    """
+    if not crosses:
+        return WITHIN
+    if low is None or high is None:
+        return UNKNOWN
+    lo, hi = (low, high) if later_after else (1.0 / high, 1.0 / low)
+    slack = 1.0 + 2.0 * noise
+    return DRIFT if lo / slack <= ratio <= hi * slack else BEYOND
+
+
 def drift_rows(lines: Sequence[Line]) -> list[list]:
     """[metric, variant, image, first sweep, later sweep, ratio later / first]."""
     rows = []
@@ -181,7 +206,7 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
     for metric, variant, *_rest, ratio in drift:
         by_variant.setdefault((metric, variant), []).append(ratio)
 
-    step_rows = []
+    step_rows: list[list[Any]] = []
     for key in variants:
         points = [(line.image, line.values.get(key, [])) for line in lines]
         found = find_steps(points)
@@ -189,17 +214,20 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
         for step in found.steps:
             crosses = sweep_of[step.before] != sweep_of[step.after]
             ratios = by_variant.get(key, [])
+            low = min(ratios) if crosses and ratios else None
+            high = max(ratios) if crosses and ratios else None
             step_rows.append([key[0], key[1], step.before, step.after, step.ratio,
-                              step.noise, "across" if crosses else "within",
-                              min(ratios) if crosses and ratios else None,
-                              max(ratios) if crosses and ratios else None])
+                              step.noise, "across" if crosses else "within", low, high,
+                              reading(step.ratio, step.noise, crosses, low, high,
+                                      sweeps.index(sweep_of[step.after])
+                                      > sweeps.index(sweep_of[step.before]))])
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
     _csv(out / "drift.csv", ["metric", "variant", "image", "first_sweep", "later_sweep",
                              "ratio_later_over_first"], drift)
     _csv(out / "steps.csv", ["metric", "variant", "before", "after", "ratio", "noise",
-                             "sweeps", "drift_low", "drift_high"], step_rows)
+                             "sweeps", "drift_low", "drift_high", "reading"], step_rows)
     _csv(out / "lines.csv", ["image", "sweep", "metric", "variant", "repeats", "median",
                              "low", "high"],
          [[line.image, line.sweep, key[0], key[1], len(values), statistics.median(values),
@@ -257,12 +285,19 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
                "step across sweeps is unconfirmed."]
     md += ["", "## Steps in the joined series", ""]
     if step_rows:
-        md += ["| metric | variant | step | ratio | noise of a mean | sweeps | drift |",
-               "|---|---|---|---:|---:|---|---|"]
-        for metric, variant, before, after, ratio, noise, sweeps_, low, high in step_rows:
-            span = f"{low:.2f} to {high:.2f}" if low is not None else "-"
+        kept = [row for row in step_rows if row[-1] != DRIFT]
+        md += [f"{len(step_rows)} steps; {len(step_rows) - len(kept)} of them lie between "
+               "lines of different sweeps and within the drift between those sweeps (the "
+               "reading `drift`): they are the machine, not torch, and are listed in "
+               "`steps.csv` only. The others:", "",
+               "| metric | variant | step | ratio | noise of a mean | sweeps | drift | reading |",
+               "|---|---|---|---:|---:|---|---|---|"]
+        for (metric, variant, before, after, ratio, noise, sweeps_, drift_low, drift_high,
+             said) in kept:
+            span = (f"{drift_low:.2f} to {drift_high:.2f}" if drift_low is not None
+                    else "-")
             md.append(f"| {metric} | {variant} | {before} → {after} | {ratio:.2f}x | "
-                      f"±{noise:.1%} | {sweeps_} | {span} |")
+                      f"±{noise:.1%} | {sweeps_} | {span} | {said} |")
     else:
         md.append("No step beyond the repeats' noise.")
     md += ["", "## Medians per line", "",

@@ -68,6 +68,7 @@ def test_anchor_lines_give_the_drift_and_steps_across_sweeps_are_marked(tmp_path
     big = found[("torch-1.13.1-cu116", "torch-2.0.1-cu117")]
     assert big["sweeps"] == "across" and float(big["drift_low"]) == pytest.approx(1.1)
     assert float(big["ratio"]) == pytest.approx(0.4, rel=0.01)
+    assert big["reading"] == "beyond the drift"  # 0.4x is far from the 1/1.1 drift gives
     # 2.0.1 -> 2.2.2 halves, 2.2.2 -> 2.4.0 doubles back: both found, both across sweeps.
     assert ("torch-2.0.1-cu117", "torch-2.2.2-cu121") in found
     assert ("torch-2.2.2-cu121", "torch-2.4.0-cu124") in found
@@ -106,8 +107,8 @@ def test_a_step_within_one_sweep_is_marked_within_and_left_out_trials_stay_out(t
                "--leave-out", "rnn_bench 1x320 cudnn @ torch-1.6.0-cu101 #0")
     assert done.returncode == 0, done.stderr
     steps = list(csv.DictReader((tmp_path / "out" / "steps.csv").open()))
-    assert [(s["before"], s["after"], s["sweeps"]) for s in steps] == [
-        ("torch-1.2.0-cu100", "torch-1.4.0-cu101", "within")]
+    assert [(s["before"], s["after"], s["sweeps"], s["reading"]) for s in steps] == [
+        ("torch-1.2.0-cu100", "torch-1.4.0-cu101", "within", "torch (one sweep)")]
     lines = {row["image"]: row for row in csv.DictReader((tmp_path / "out" / "lines.csv").open())}
     assert lines["torch-1.6.0-cu101"]["repeats"] == "2"
     assert "the drift is unknown" in (tmp_path / "out" / "join.md").read_text()
@@ -129,6 +130,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, make, message):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("ratio, later_after, expected", [
+    (1.30, True, "drift"),  # first -> later sweep, 1.3x: the 1.2-1.4 drift itself
+    (0.75, False, "drift"),  # later -> first: the inverse drift, 1/1.4 to 1/1.2
+    (1.30, False, "beyond the drift"),  # the wrong way round for drift
+    (0.40, True, "beyond the drift"),
+])
+def test_a_step_across_sweeps_is_read_as_drift_only_within_the_anchors_range(
+        ratio, later_after, expected):
+    assert join.reading(ratio, 0.02, True, 1.2, 1.4, later_after) == expected
+    assert join.reading(ratio, 0.02, True, None, None, later_after) == join.UNKNOWN
+    assert join.reading(ratio, 0.02, False, None, None, later_after) == join.WITHIN
 
 
 def test_release_order_is_numeric_not_alphabetic():
