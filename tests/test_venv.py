@@ -115,6 +115,34 @@ def test_a_tiny_rnn_bench_trial_runs_in_the_environment(venv_store, tmp_path):
     assert outcome.result_metrics, outcome.result_metrics
 
 
+def sources_compiled_on_import(python: str, env_root: Path, module: str) -> list[str]:
+    """The files of ``env_root`` that ``python`` compiled from source to import ``module``
+    (``python -v`` says "code object from <file>.py" for those; "...pyc'" for bytecode),
+    with bytecode writing off as a worker on a machine with PYTHONDONTWRITEBYTECODE runs."""
+    proc = subprocess.run([python, "-v", "-c", f"import {module}"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                          timeout=120, check=True)
+    prefix = "# code object from "
+    return [line[len(prefix):] for line in proc.stderr.splitlines()
+            if line.startswith(prefix) and line.endswith(".py")
+            and line[len(prefix):].startswith(str(env_root))]
+
+
+def test_an_environment_holds_its_bytecode_so_no_trial_compiles_torch(venv_store, tmp_path):
+    """Compiled once at the build: a worker's import of torch (and of torch._dynamo, which
+    its optimizers reach) compiles nothing, also where bytecode may not be written."""
+    path = venv_store.path_of(VENV_KEY)
+    assert marker_of(venv_store)["bytecode"] is True
+    python = str(path / "bin" / "python")
+    # Tell-tale first: this check does see sources compiled on import.
+    plain = tmp_path
+    (plain / "fresh_module.py").write_text("X = 1\n")
+    compiled = sources_compiled_on_import(python, plain, "sys; sys.path.insert(0, "
+                                          f"{str(plain)!r}); import fresh_module")
+    assert compiled == [str(plain / "fresh_module.py")]
+    assert sources_compiled_on_import(python, path, "torch, torch._dynamo") == []
+
+
 def test_a_second_start_reuses_the_environment_without_building(venv_store, tmp_path):
     before = marker_of(venv_store)
     inode = venv_store.path_of(VENV_KEY).stat().st_ino
@@ -221,7 +249,7 @@ def test_a_crashed_build_is_ignored_and_two_processes_build_one_environment_once
 
 
 @pytest.mark.parametrize("damage", ["marker removed", "torch deleted", "marker disagrees",
-                                    "built with less"])
+                                    "built with less", "built without bytecode"])
 def test_a_corrupt_environment_is_rebuilt_and_never_used(tmp_path, damage):
     store = EnvStore(tmp_path / "envs")
     build_or_skip(store)
@@ -238,6 +266,10 @@ def test_a_corrupt_environment_is_rebuilt_and_never_used(tmp_path, damage):
     elif damage == "marker disagrees":
         (path / MARKER).write_text(json.dumps(dict(marker, torch="2.12.0")))
         expected = "its marker says torch '2.12.0', not '2.13.0'"
+    elif damage == "built without bytecode":  # from a versweep that compiled nothing
+        (path / MARKER).write_text(json.dumps({k: v for k, v in marker.items()
+                                               if k != "bytecode"}))
+        expected = "it was built without compiled bytecode"
     else:  # an environment from a versweep that did not yet install all its torch needs
         (path / MARKER).write_text(json.dumps(dict(marker, requirements=["torch==2.13.0",
                                                                          "numpy<2"])))

@@ -32,10 +32,11 @@ Layout of ``$VERSWEEP_ENVS_DIR`` (default ``~/.cache/versweep/envs``)::
 Builds are:
 
 - built aside: ``uv venv --relocatable --python <interpreter>`` then ``uv pip install
-  torch==<version>`` from uv's shared cache (hard links on one filesystem: thirty
+  --compile-bytecode torch==<version>`` from uv's shared cache (hard links on one filesystem: thirty
   environments do not hold thirty copies of one library); where uv cannot serve the
   interpreter, ``<interpreter> -m venv`` and that environment's pip (from the index uv would
-  use, never pip's own configuration);
+  use, never pip's own configuration). Both compile the bytecode at install: a trial
+  never compiles torch's sources, also where PYTHONDONTWRITEBYTECODE forbids caching it;
 - verified: ``<env>/bin/python -m workers env`` (PYTHONPATH = this checkout) must report
   the torch that was asked for;
 - recorded: a marker (torch, Python, interpreter, builder, built_at, last_used, size,
@@ -429,6 +430,9 @@ class EnvStore:
         if marker.get("requirements") != wanted:  # built by a versweep that installed less
             return (f"it was built with {marker.get('requirements')}, and this versweep "
                     f"installs {wanted}")
+        if marker.get("bytecode") is not True:  # built by a versweep that compiled nothing
+            return ("it was built without compiled bytecode (every trial would compile "
+                    "torch's sources again)")
         if not (path / "bin" / "python").exists():  # a link to an interpreter now gone
             return f"its interpreter {marker.get('interpreter')} is gone"
         site = path / str(marker.get("site_packages", ""))
@@ -673,6 +677,7 @@ class EnvStore:
                 "archs_reported": event.get("compiled_archs"),
                 "python_minor": interpreter.minor, "interpreter": interpreter.path,
                 "builder": builder, "requirements": requirements(plan.torch),
+                "bytecode": True,  # compiled at install (both builders)
                 "site_packages": str(sites[0].relative_to(tmp)),
                 "built_at": _now(), "last_used": _now(),
                 "build_seconds": round(time.monotonic() - started, 1),
@@ -700,8 +705,11 @@ class EnvStore:
                              plan.interpreter.path, str(tmp)], progress, plan.key,
                             cwd=_neutral_cwd(self.root))
         if code == 0:
-            args = [uv, "pip", "install", "--python", str(tmp / "bin" / "python"),
-                    *requirements(plan.torch)]
+            # Compiled now, once: where PYTHONDONTWRITEBYTECODE is set (as on many CI and
+            # shared machines) every trial would compile torch's sources again, seconds of
+            # CPU before its first event (docs/performance.md).
+            args = [uv, "pip", "install", "--compile-bytecode", "--python",
+                    str(tmp / "bin" / "python"), *requirements(plan.torch)]
             code, out = _stream(args, progress, plan.key, cwd=_neutral_cwd(self.root))
             if code != 0 and _says(out, _UNREACHABLE):
                 progress(f"{plan.key}: the index cannot be reached; trying uv's cache only")
@@ -730,7 +738,7 @@ class EnvStore:
         index = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") \
             or "https://pypi.org/simple"
         code, out = _stream([str(tmp / "bin" / "python"), "-m", "pip", "install",
-                             "--no-input", "--index-url", index, *requirements(plan.torch)],
+                             "--no-input", "--compile", "--index-url", index, *requirements(plan.torch)],
                             progress, plan.key, cwd=_neutral_cwd(self.root), env=_pip_env())
         if code != 0:
             if _says(out, ("no matching distribution", "could not find a version")):
