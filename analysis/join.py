@@ -14,11 +14,12 @@ the sweeps rather than torch. So the later sweeps repeat some lines of the first
 
 - the **drift** of each variant: the median of an anchor line in a later sweep over its
   median in the first sweep that measured it (1.00: the machine did not drift);
-- the joined **series**: every line once, in release order, its repeats from the first
-  sweep that measured it, the steps found by the report's own method
+- the joined **series**: every line once, in release order, each of its figures from the
+  first sweep that measured that figure (a line whose benchmarks failed in one sweep and
+  ran in a later one takes them from the later one), the steps found by the report's own method
   (analysis/series.py: PELT on the logarithm of the per-line repeats), and each step
-  marked where its two lines come from different sweeps, with the drift that could
-  explain it.
+  marked where its two figures come from different sweeps, with the drift between those
+  two sweeps (measured on the lines both of them ran) that could explain it.
 
 Input: the ``trials.csv`` files that ``analysis/report.py`` writes, the first sweep first.
 A trial the report marked busy (its ``busy`` column) has its timings left out, as in the
@@ -59,9 +60,19 @@ class Line:
     """One torch line (image) of the joined series: where it was measured, its repeats."""
 
     image: str
-    sweep: str  # the first sweep (trials file) that measured it
-    values: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (metric, variant)
+    sweep: str  # the first sweep (trials file) that measured any of its figures
+    # (metric, variant) -> its repeats, from the first sweep that measured that figure ...
+    values: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    source: dict[tuple[str, str], str] = field(default_factory=dict)  # ... which was this one
+    # later sweep -> its repeats of figures an earlier sweep already measured
     anchor: dict[str, dict[tuple[str, str], list[float]]] = field(default_factory=dict)
+
+    def by_sweep(self, key: tuple[str, str]) -> dict[str, list[float]]:
+        """Every sweep's repeats of one figure of this line, the first one first."""
+        found = {self.source[key]: self.values[key]} if key in self.values else {}
+        found.update((sweep, values[key]) for sweep, values in self.anchor.items()
+                     if key in values)
+        return found
 
 
 def release_key(image: str) -> tuple:
@@ -95,8 +106,9 @@ def _number(text: str | None) -> float | None:
 
 def join(files: Sequence[tuple[str, list[dict[str, str]]]],
          leave_out: Sequence[str] = ()) -> list[Line]:
-    """The lines of every file, in release order; a line already measured by an earlier
-    file keeps that file's values, and a later file's values of it become an anchor."""
+    """The lines of every file, in release order; a figure of a line already measured by
+    an earlier file keeps that file's values, and a later file's values of it become an
+    anchor; a figure no earlier file measured is taken from the first file that did."""
     lines: dict[str, Line] = {}
     skipped = set(leave_out)
     for sweep, rows in files:
@@ -117,10 +129,12 @@ def join(files: Sequence[tuple[str, list[dict[str, str]]]],
                         (metric, variant), []).append(value)
         for image, values in seen_here.items():
             release_key(image)
-            if image in lines:
-                lines[image].anchor[sweep] = values
-            else:
-                lines[image] = Line(image, sweep, values)
+            line = lines.setdefault(image, Line(image, sweep))
+            for key, repeats in values.items():
+                if key in line.values:
+                    line.anchor.setdefault(sweep, {})[key] = repeats
+                else:
+                    line.values[key], line.source[key] = repeats, sweep
     return sorted(lines.values(), key=lambda line: release_key(line.image))
 
 
@@ -148,16 +162,18 @@ def reading(ratio: float, noise: float, crosses: bool, low: float | None,
     return DRIFT if lo / slack <= ratio <= hi * slack else BEYOND
 
 
-def drift_rows(lines: Sequence[Line]) -> list[list]:
-    """[metric, variant, image, first sweep, later sweep, ratio later / first]."""
+def drift_rows(lines: Sequence[Line], sweeps: Sequence[str]) -> list[list]:
+    """[metric, variant, image, earlier sweep, later sweep, ratio later / earlier] for
+    every pair of sweeps that measured the same figure of a line."""
     rows = []
     for line in lines:
-        for sweep, values in line.anchor.items():
-            for key, later in sorted(values.items()):
-                first = line.values.get(key)
-                if first:
-                    rows.append([key[0], key[1], line.image, line.sweep, sweep,
-                                 statistics.median(later) / statistics.median(first)])
+        for key in sorted({k for k in line.values}
+                          | {k for values in line.anchor.values() for k in values}):
+            measured = sorted(line.by_sweep(key).items(), key=lambda s: sweeps.index(s[0]))
+            for number, (earlier, first) in enumerate(measured):
+                for later, values in measured[number + 1:]:
+                    rows.append([key[0], key[1], line.image, earlier, later,
+                                 statistics.median(values) / statistics.median(first)])
     return rows
 
 
@@ -201,26 +217,30 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
     from analysis.series import find_steps
 
     variants = sorted({key for line in lines for key in line.values})
-    drift = drift_rows(lines)
-    by_variant: dict[tuple[str, str], list[float]] = {}
-    for metric, variant, *_rest, ratio in drift:
-        by_variant.setdefault((metric, variant), []).append(ratio)
+    drift = drift_rows(lines, sweeps)
+    # (metric, variant, earlier sweep, later sweep) -> the drift ratios of that pair
+    by_pair: dict[tuple[str, str, str, str], list[float]] = {}
+    for metric, variant, _image, earlier, later, ratio in drift:
+        by_pair.setdefault((metric, variant, earlier, later), []).append(ratio)
 
     step_rows: list[list[Any]] = []
     for key in variants:
         points = [(line.image, line.values.get(key, [])) for line in lines]
         found = find_steps(points)
-        sweep_of = {line.image: line.sweep for line in lines}
+        sweep_of = {line.image: line.source.get(key, line.sweep) for line in lines}
         for step in found.steps:
-            crosses = sweep_of[step.before] != sweep_of[step.after]
-            ratios = by_variant.get(key, [])
-            low = min(ratios) if crosses and ratios else None
-            high = max(ratios) if crosses and ratios else None
+            before, after = sweep_of[step.before], sweep_of[step.after]
+            crosses = before != after
+            # The drift between exactly these two sweeps (earlier -> later in file order).
+            pair = sorted((before, after), key=sweeps.index)
+            ratios = by_pair.get((key[0], key[1], pair[0], pair[1]), []) if crosses else []
+            low = min(ratios) if ratios else None
+            high = max(ratios) if ratios else None
             step_rows.append([key[0], key[1], step.before, step.after, step.ratio,
-                              step.noise, "across" if crosses else "within", low, high,
+                              step.noise, f"across ({before} -> {after})" if crosses
+                              else "within", low, high,
                               reading(step.ratio, step.noise, crosses, low, high,
-                                      sweeps.index(sweep_of[step.after])
-                                      > sweeps.index(sweep_of[step.before]))])
+                                      sweeps.index(after) > sweeps.index(before))])
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
@@ -230,7 +250,7 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
                              "sweeps", "drift_low", "drift_high", "reading"], step_rows)
     _csv(out / "lines.csv", ["image", "sweep", "metric", "variant", "repeats", "median",
                              "low", "high"],
-         [[line.image, line.sweep, key[0], key[1], len(values), statistics.median(values),
+         [[line.image, line.source[key], key[0], key[1], len(values), statistics.median(values),
            min(values), max(values)] for line in lines
           for key, values in sorted(line.values.items())])
 
@@ -262,24 +282,34 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
     md = ["# The torch lines of several sweeps, joined", "",
           "Made by `python -m analysis.join " + " ".join(str(p) for p in sources)
           + "".join(f' --leave-out "{name}"' for name in leave_out) + f" --out {out}`.", "",
-          "Each line's repeats come from the first sweep that measured it; a line measured "
-          "again by a later sweep is an **anchor**, and its later median over its first "
-          "median is the machine's **drift** between the two sweeps for that variant. A step "
-          "between two lines of different sweeps (`across`) is only a torch effect where it "
-          "is well beyond that drift.", "",
-          "## Lines", "", "| torch line | sweep | anchor in |", "|---|---|---|"]
-    md += [f"| {line.image} | {line.sweep} | {', '.join(line.anchor) or '-'} |"
-           for line in lines]
+          "Each figure of a line comes from the first sweep that measured it; a figure "
+          "measured again by a later sweep is an **anchor**, and its later median over its "
+          "earlier median is the machine's **drift** between the two sweeps for that "
+          "variant. A step between two figures of different sweeps (`across`) is only a "
+          "torch effect where it is well beyond the drift between those two sweeps.", "",
+          "## Lines", "", "| torch line | figures from | anchor in |", "|---|---|---|"]
+    for line in lines:
+        origins = list(dict.fromkeys(line.source[key] for key in sorted(line.values)))
+        if len(origins) > 1:  # say which figures came from which sweep
+            origins = [origin + " (" + ", ".join(sorted({k[1].split(" ")[0] for k, s in
+                                                         line.source.items()
+                                                         if s == origin})) + ")"
+                       for origin in origins]
+        md.append(f"| {line.image} | {', '.join(origins)} | "
+                  f"{', '.join(line.anchor) or '-'} |")
     md += ["", "## Drift between the sweeps (anchor lines)", ""]
     if drift:
-        ratios = [row[-1] for row in drift]
-        md += [f"{len(drift)} anchor figures: later / first median "
-               f"{statistics.median(ratios):.3f}, from {min(ratios):.3f} to "
-               f"{max(ratios):.3f} (`drift.csv`).", "",
-               "| metric | variant | median drift | range |", "|---|---|---:|---|"]
-        md += [f"| {key[0]} | {key[1]} | {statistics.median(values):.3f} | "
-               f"{min(values):.3f} to {max(values):.3f} |"
-               for key, values in sorted(by_variant.items())]
+        for earlier, later in sorted({(row[3], row[4]) for row in drift},
+                                     key=lambda p: (sweeps.index(p[0]), sweeps.index(p[1]))):
+            ratios = [row[-1] for row in drift if (row[3], row[4]) == (earlier, later)]
+            md.append(f"- {earlier} -> {later}: {len(ratios)} anchor figures: later / first "
+                      f"median {statistics.median(ratios):.3f}, from {min(ratios):.3f} to "
+                      f"{max(ratios):.3f}")
+        md += ["", "(`drift.csv` has each.)", "",
+               "| metric | variant | sweeps | median drift | range |", "|---|---|---|---:|---|"]
+        md += [f"| {key[0]} | {key[1]} | {key[2]} -> {key[3]} | "
+               f"{statistics.median(values):.3f} | {min(values):.3f} to {max(values):.3f} |"
+               for key, values in sorted(by_pair.items())]
     else:
         md += ["No line was measured by more than one sweep: the drift is unknown, so every "
                "step across sweeps is unconfirmed."]

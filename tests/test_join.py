@@ -66,7 +66,8 @@ def test_anchor_lines_give_the_drift_and_steps_across_sweeps_are_marked(tmp_path
     found = {(s["before"], s["after"]): s for s in steps}
     # 1.13.1 (second sweep) -> 2.0.1 (first sweep): across the sweeps, with the drift beside.
     big = found[("torch-1.13.1-cu116", "torch-2.0.1-cu117")]
-    assert big["sweeps"] == "across" and float(big["drift_low"]) == pytest.approx(1.1)
+    assert big["sweeps"] == "across (second -> first)"
+    assert float(big["drift_low"]) == pytest.approx(1.1)
     assert float(big["ratio"]) == pytest.approx(0.4, rel=0.01)
     assert big["reading"] == "beyond the drift"  # 0.4x is far from the 1/1.1 drift gives
     # 2.0.1 -> 2.2.2 halves, 2.2.2 -> 2.4.0 doubles back: both found, both across sweeps.
@@ -76,6 +77,52 @@ def test_anchor_lines_give_the_drift_and_steps_across_sweeps_are_marked(tmp_path
     assert "| torch-2.0.1-cu117 | first | second |" in text
     assert "1 anchor figures: later / first median 1.100" in text
     assert list((tmp_path / "out" / "plots").glob("*.png"))
+
+
+def test_a_figure_that_failed_in_one_sweep_comes_from_the_next_and_steps_use_that_pairs_drift(
+        tmp_path):
+    """2.1.0's benchmark failed in the second sweep and ran in the third: the series takes
+    it from the third, and a step next to it is read against the drift between the first
+    and the third sweep (measured on their shared lines), not the second's."""
+    first = trials(tmp_path / "first" / "trials.csv", {
+        "torch-1.13.1-cu116": 100.0, "torch-2.0.1-cu117": 40.0, "torch-2.2.2-cu121": 40.0})
+    second = trials(tmp_path / "second" / "trials.csv", {"torch-1.13.1-cu116": 150.0,
+                                                         "torch-2.1.0-cu121": 1.0},
+                    status="failed")
+    # The second sweep's one ok line: 1.13.1, 1.5x slower than the first (its drift).
+    with second.open("a", newline="") as handle:
+        for repeat in range(3):
+            csv.writer(handle).writerow([f"ok{repeat}", f"rnn_bench 1x320 cudnn @ "
+                                         f"torch-1.13.1-cu116 #{repeat}", "rnn_bench",
+                                         "torch-1.13.1-cu116", repeat, "ok", 150.0, "", "",
+                                         "", ""])
+    # The third: 2.1.0 at last, and 2.0.1 / 2.2.2 again on a machine 1.2x slower than the
+    # first's; 2.1.0 is 2x its neighbours, well beyond that.
+    third = trials(tmp_path / "third" / "trials.csv", {
+        "torch-2.0.1-cu117": 48.0, "torch-2.1.0-cu121": 96.0, "torch-2.2.2-cu121": 48.0})
+    done = run(str(first), str(second), str(third), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+
+    lines = {row["image"]: row for row in csv.DictReader((tmp_path / "out" / "lines.csv").open())}
+    assert lines["torch-2.1.0-cu121"]["sweep"] == "third"
+    assert float(lines["torch-2.1.0-cu121"]["median"]) == pytest.approx(96.0)
+    assert lines["torch-2.0.1-cu117"]["sweep"] == "first"  # an anchor keeps its first values
+
+    drift = {(d["image"], d["first_sweep"], d["later_sweep"]): float(d["ratio_later_over_first"])
+             for d in csv.DictReader((tmp_path / "out" / "drift.csv").open())}
+    assert drift == pytest.approx({("torch-1.13.1-cu116", "first", "second"): 1.5,
+                                   ("torch-2.0.1-cu117", "first", "third"): 1.2,
+                                   ("torch-2.2.2-cu121", "first", "third"): 1.2})
+    steps = {(s["before"], s["after"]): s
+             for s in csv.DictReader((tmp_path / "out" / "steps.csv").open())}
+    up = steps[("torch-2.0.1-cu117", "torch-2.1.0-cu121")]
+    assert up["sweeps"] == "across (first -> third)"
+    assert float(up["drift_low"]) == pytest.approx(1.2)  # not the second sweep's 1.5
+    assert float(up["ratio"]) == pytest.approx(2.4, rel=0.02)
+    assert up["reading"] == "beyond the drift"
+    text = (tmp_path / "out" / "join.md").read_text()
+    assert "| torch-2.1.0-cu121 | third | - |" in text
+    assert "- first -> third: 2 anchor figures" in text
 
 
 def test_a_timing_the_report_marked_busy_is_left_out_and_its_perplexity_kept(tmp_path):

@@ -309,6 +309,27 @@ def test_an_old_torch_on_python_36_built_with_venv_and_pip_runs_a_trial(tmp_path
     assert (outcome.env["torch"], outcome.env["python"][:4]) == ("1.0.1", "3.6.")
 
 
+@pytest.mark.needs("package-index")
+def test_an_old_torch_on_python_36_built_by_uv_holds_its_bytecode_and_runs_a_trial(tmp_path):
+    """uv's own --compile-bytecode fails on Python 3.6; the build compiles with the
+    environment's interpreter instead, so an old line's trials compile nothing either."""
+    store = EnvStore(tmp_path / "envs")
+    plan = store.plan(MATRIX["torch-1.0.1-cu100"])
+    if isinstance(plan, str) or plan.interpreter.minor != "3.6":
+        pytest.skip(f"no Python 3.6 here for torch 1.0.1: {plan}")
+    env = store.ensure(plan)
+    assert env.built and env.marker["builder"].startswith("uv ") and env.marker["bytecode"]
+    site = plan.path / env.marker["site_packages"]
+    assert (site / "torch" / "__pycache__" / "__init__.cpython-36.pyc").is_file()
+    assert sources_compiled_on_import(str(plan.path / "bin" / "python"), plan.path,
+                                      "torch") == []
+    backend = VenvBackend({"torch-1.0.1-cu100": MATRIX["torch-1.0.1-cu100"]}, store=store)
+    outcome = run_trial(backend, spec_of("rnn_bench", dict(TINY_BENCH, impl="basic"),
+                                         image="torch-1.0.1-cu100"), log_dir=tmp_path)
+    assert outcome.status == "ok", outcome.message
+    assert outcome.env["python"].startswith("3.6.")
+
+
 # ----------------------------------------------------------------- the budget
 
 

@@ -32,11 +32,12 @@ Layout of ``$VERSWEEP_ENVS_DIR`` (default ``~/.cache/versweep/envs``)::
 Builds are:
 
 - built aside: ``uv venv --relocatable --python <interpreter>`` then ``uv pip install
-  --compile-bytecode torch==<version>`` from uv's shared cache (hard links on one filesystem: thirty
+  torch==<version>`` from uv's shared cache (hard links on one filesystem: thirty
   environments do not hold thirty copies of one library); where uv cannot serve the
   interpreter, ``<interpreter> -m venv`` and that environment's pip (from the index uv would
-  use, never pip's own configuration). Both compile the bytecode at install: a trial
-  never compiles torch's sources, also where PYTHONDONTWRITEBYTECODE forbids caching it;
+  use, never pip's own configuration). The bytecode is compiled at the build (uv's
+  environments by their interpreter's compileall, pip's by pip): a trial never compiles
+  torch's sources, also where PYTHONDONTWRITEBYTECODE forbids caching them;
 - verified: ``<env>/bin/python -m workers env`` (PYTHONPATH = this checkout) must report
   the torch that was asked for;
 - recorded: a marker (torch, Python, interpreter, builder, built_at, last_used, size,
@@ -705,11 +706,8 @@ class EnvStore:
                              plan.interpreter.path, str(tmp)], progress, plan.key,
                             cwd=_neutral_cwd(self.root))
         if code == 0:
-            # Compiled now, once: where PYTHONDONTWRITEBYTECODE is set (as on many CI and
-            # shared machines) every trial would compile torch's sources again, seconds of
-            # CPU before its first event (docs/performance.md).
-            args = [uv, "pip", "install", "--compile-bytecode", "--python",
-                    str(tmp / "bin" / "python"), *requirements(plan.torch)]
+            args = [uv, "pip", "install", "--python", str(tmp / "bin" / "python"),
+                    *requirements(plan.torch)]
             code, out = _stream(args, progress, plan.key, cwd=_neutral_cwd(self.root))
             if code != 0 and _says(out, _UNREACHABLE):
                 progress(f"{plan.key}: the index cannot be reached; trying uv's cache only")
@@ -721,6 +719,7 @@ class EnvStore:
                                     f"({_first_error(out)}) and uv's cache does not hold "
                                     f"torch=={plan.torch} and its dependencies")
             if code == 0:
+                self._compile_bytecode(plan, tmp, progress)
                 return _uv_version(uv)
         if not _says(out, _UV_CANNOT_USE):
             self._refuse(plan, out)
@@ -728,6 +727,29 @@ class EnvStore:
                  "its own venv module and pip")
         shutil.rmtree(tmp, ignore_errors=True)
         return self._install_with_pip(plan, tmp, progress)
+
+    def _compile_bytecode(self, plan: EnvPlan, tmp: Path, progress: Progress) -> None:
+        """Compile the environment's packages now, once, with its own interpreter.
+
+        Where PYTHONDONTWRITEBYTECODE is set (many CI runners and shared machines) a trial
+        would otherwise compile torch's sources again in every worker: seconds of CPU
+        before its first event (docs/performance.md). Not uv's --compile-bytecode: it
+        fails on Python 3.6. A file that does not compile (a template, a test for another
+        Python) is left as it is, as pip and uv leave it; its import would fail anyway.
+        """
+        progress(f"{plan.key}: compiling its bytecode")
+        sites = sorted(tmp.glob("lib/python*/site-packages"))
+        try:
+            proc = subprocess.run([str(tmp / "bin" / "python"), "-m", "compileall", "-q",
+                                   "-j", "0", *map(str, sites)], capture_output=True,
+                                  text=True, cwd=_neutral_cwd(self.root),
+                                  preexec_fn=_die_with_builder(), timeout=VERIFY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise BuildError(f"cannot build {plan.key}: compiling its bytecode took more "
+                             f"than {VERIFY_TIMEOUT_S} s") from None
+        if proc.returncode not in (0, 1):  # 1: some file did not compile
+            raise BuildError(f"cannot build {plan.key}: compiling its bytecode failed: "
+                             f"{_first_error(proc.stdout + proc.stderr)}")
 
     def _install_with_pip(self, plan: EnvPlan, tmp: Path, progress: Progress) -> str:
         code, out = _stream([plan.interpreter.path, "-m", "venv", str(tmp)], progress, plan.key,
