@@ -289,7 +289,7 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
           "torch effect where it is well beyond the drift between those two sweeps.", "",
           "## Lines", "", "| torch line | figures from | anchor in |", "|---|---|---|"]
     for line in lines:
-        origins = list(dict.fromkeys(line.source[key] for key in sorted(line.values)))
+        origins = sorted(set(line.source.values()), key=sweeps.index)
         if len(origins) > 1:  # say which figures came from which sweep
             origins = [origin + " (" + ", ".join(sorted({k[1].split(" ")[0] for k, s in
                                                          line.source.items()
