@@ -148,7 +148,7 @@ def main(argv=None) -> int:
              "imports": "import ray, ray.tune, mlflow"}
     for key, name in names.items():
         plain, compiled = figures[False][key], figures[True][key]
-        ratios = [p / c for p, c in zip(plain, compiled)]
+        ratios = [p / c for p, c in zip(plain, compiled, strict=True)]
         lines.append(f"{name:36} {spread(plain):>22} {spread(compiled):>22} "
                      f"{spread(ratios):>24}")
     text = "\n".join(lines) + "\n"

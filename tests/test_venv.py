@@ -23,7 +23,14 @@ from pathlib import Path
 
 import pytest
 from needs import need
-from venvenv import VENV_CUDA_IMAGE, VENV_IMAGE, VENV_KEY, build_or_skip, venv_backend
+from venvenv import (
+    VENV_CUDA_IMAGE,
+    VENV_IMAGE,
+    VENV_KEY,
+    build_or_skip,
+    linked_copy,
+    venv_backend,
+)
 
 from sweeps.envs import command
 from sweeps.envs.store import (
@@ -250,9 +257,10 @@ def test_a_crashed_build_is_ignored_and_two_processes_build_one_environment_once
 
 @pytest.mark.parametrize("damage", ["marker removed", "torch deleted", "marker disagrees",
                                     "built with less", "built without bytecode"])
-def test_a_corrupt_environment_is_rebuilt_and_never_used(tmp_path, damage):
+def test_a_corrupt_environment_is_rebuilt_and_never_used(venv_store, tmp_path, damage):
     store = EnvStore(tmp_path / "envs")
-    build_or_skip(store)
+    linked_copy(venv_store, store)  # a whole environment, as built, then damaged
+    assert store.problem(VENV_KEY) is None
     path = store.path_of(VENV_KEY)
     marker = marker_of(store)
     if damage == "marker removed":

@@ -12,10 +12,13 @@ with one line (tests/needs.py, ``package-index``).
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 from needs import need
 
-from sweeps.envs.store import BuildError, EnvStore
+from sweeps.envs.store import MARKER, BuildError, EnvStore
 from sweeps.execute.backends.venv import VenvBackend
 from sweeps.grid.matrix import load_matrix
 from sweeps.paths import MATRIX_PATH
@@ -39,6 +42,18 @@ def build_or_skip(store: EnvStore, name: str = VENV_IMAGE):
         if "cannot be reached" in str(exc):
             need("package-index")
         raise
+
+
+def linked_copy(source: EnvStore, target: EnvStore, key: str = VENV_KEY) -> None:
+    """``key``'s built environment of ``source`` put into ``target`` without a build: its
+    files hard-linked (as uv links them from its cache), its marker a copy of its own, so
+    that a test may rewrite the marker or delete files without touching ``source``'s."""
+    origin, copy = source.path_of(key), target.path_of(key)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(origin, copy, symlinks=True, copy_function=os.link,
+                    ignore=lambda directory, names: [MARKER] if directory == str(origin)
+                    else [])
+    shutil.copyfile(origin / MARKER, copy / MARKER)
 
 
 @pytest.fixture(scope="session")
