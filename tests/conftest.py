@@ -36,11 +36,17 @@ def _module_fixture(item) -> bool:
 # tracking server and store, on free ports): their tests may run at the same time in
 # different processes. Every other module runs in one process, its tests one after another
 # as they were written (some share an image tag, a registry or a module-scoped fixture).
+# test_venv's tests share the run's built environment (venv_store), which each process
+# builds once for itself.
 PARALLEL_MODULES = frozenset({"tests/test_run.py", "tests/test_security.py",
                               "tests/test_faults.py", "tests/test_workloads.py",
-                              "tests/test_resume.py"})
+                              "tests/test_resume.py", "tests/test_venv.py"})
 
 
+# tryfirst: pytest-xdist's own hook turns the xdist_group marks into the "@group" suffix of
+# each test's id, by which --dist loadgroup keeps a group in one process; run after it,
+# the marks added here would group nothing.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Order and group the tests for the suite's several processes (pytest-xdist).
 

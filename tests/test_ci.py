@@ -105,3 +105,27 @@ def test_upstream_refuses_an_out_it_cannot_write(tmp_path):
     done = run_upstream(blocker / "out", "tests/test_compare.py")
     assert done.returncode == 2 and done.stderr.startswith(".ci/upstream: error: --out ")
     assert "Traceback" not in done.stderr
+
+
+def test_the_suites_processes_keep_a_module_in_one_process_and_share_a_parallel_one():
+    """tests/conftest.py's layout, as the README's test command really runs it (-n 3
+    --dist loadgroup from pyproject.toml): a module runs in one process, the tests of a
+    module of PARALLEL_MODULES go to several. Checked on quick tests of two modules."""
+    from conftest import PARALLEL_MODULES
+
+    grouped = "tests/test_cli.py"
+    spread = "tests/test_workloads.py"
+    assert grouped not in PARALLEL_MODULES and spread in PARALLEL_MODULES
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-n", "3",
+         "--dist", "loadgroup", grouped,
+         f"{spread}::test_the_plugin_names_its_trials_and_keys_from_its_own_config"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    workers: dict[str, set[str]] = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("[gw") and " PASSED " in line:
+            module = line.split(" PASSED ")[1].split("::")[0]
+            workers.setdefault(module, set()).add(line.split("]")[0])
+    assert len(workers[grouped]) == 1, workers  # one process ran all of test_cli
+    assert len(workers[spread]) > 1, workers  # the four went to several processes

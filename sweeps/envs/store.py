@@ -760,7 +760,8 @@ class EnvStore:
         index = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") \
             or "https://pypi.org/simple"
         code, out = _stream([str(tmp / "bin" / "python"), "-m", "pip", "install",
-                             "--no-input", "--compile", "--index-url", index, *requirements(plan.torch)],
+                             "--no-input", "--compile", "--index-url", index,
+                             *requirements(plan.torch)],
                             progress, plan.key, cwd=_neutral_cwd(self.root), env=_pip_env())
         if code != 0:
             if _says(out, ("no matching distribution", "could not find a version")):
