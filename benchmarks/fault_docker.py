@@ -120,19 +120,6 @@ OOM_GRID = textwrap.dedent("""
     config.num_threads = 1
 """)
 
-DISK_GRID = textwrap.dedent("""
-    [sweep]
-    name = "faults"
-    backend = "local"
-    device = "cpu"
-    trial_timeout_s = 300
-    max_concurrent = 1
-
-    [[group]]
-    workload = "env"
-    axes.seed = {seeds}
-    config.num_threads = 1
-""")
 
 
 # --------------------------------------------------------------------------- a private engine
@@ -359,7 +346,7 @@ def disk_full(home: Path, *, trials: int = 6, after: int = 2, trial_seconds: int
     python.write_text(outage.STANDIN.format(python=sys.executable, seconds=trial_seconds))
     python.chmod(0o755)
     grid = home / "faults.toml"
-    grid.write_text(DISK_GRID.format(seeds=list(range(1, trials + 1))))
+    grid.write_text(fault_sweep.env_grid(EXPERIMENT, range(1, trials + 1), timeout_s=300))
     artifacts = home / "mlartifacts"  # sweeps/records/location.py: beside mlflow.db
     artifacts.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "versweep-fault", str(artifacts)],

@@ -48,35 +48,13 @@ import fault_sweep  # noqa: E402  (how every fault starts its sweep)
 EXPERIMENT = "killed"
 VENV_IMAGE = "torch-2.13.0-cpu"
 
+# The sweep of each kind: benchmarks/fault_sweep.py's smallest sweep, or a small search.
 GRIDS = {
-    "grid": textwrap.dedent("""
-        [sweep]
-        name = "killed"
-        backend = "local"
-        device = "cpu"
-        trial_timeout_s = 120
-        max_concurrent = 1
-
-        [[group]]
-        workload = "env"
-        axes.seed = {seeds}
-        config.num_threads = 1
-    """),
-    "venv": textwrap.dedent("""
-        [sweep]
-        name = "killed"
-        backend = "venv"
-        device = "cpu"
-        images = ["{image}"]
-        trial_timeout_s = 300
-        max_concurrent = 1
-
-        [[group]]
-        workload = "env"
-        axes.seed = {seeds}
-        config.num_threads = 1
-    """),
-    "search": textwrap.dedent("""
+    "grid": lambda trials: fault_sweep.env_grid(EXPERIMENT, range(1, trials + 1)),
+    "venv": lambda trials: fault_sweep.env_grid(EXPERIMENT, range(1, trials + 1),
+                                                backend="venv", images=[VENV_IMAGE],
+                                                timeout_s=300),
+    "search": lambda trials: textwrap.dedent("""
         [sweep]
         name = "killed"
         backend = "local"
@@ -114,40 +92,16 @@ GRIDS = {
         type = "asha"
         grace_period = 1
         reduction_factor = 2
-    """),
+    """).format(trials=trials),
 }
 # An ok trial's result metric: the env workload's, the language model's test perplexity.
 RESULT_METRIC = {"grid": "device_check_value", "venv": "device_check_value",
                  "search": "test_perplexity"}
 
 
-def _own_pids_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if entry.stat().st_uid != os.getuid():
-                continue
-            seen = ((entry / "cmdline").read_bytes() + (entry / "environ").read_bytes())
-        except OSError:
-            continue
-        if text.encode() in seen:
-            pids.append(int(entry.name))
-    return pids
-
-
 def end_processes_of(ray_tmp: str, timeout: float = 30) -> None:
     """SIGKILL every process of this user that mentions ``ray_tmp`` (only this run's do)."""
-    deadline = time.monotonic() + timeout
-    while (pids := _own_pids_mentioning(ray_tmp)) and time.monotonic() < deadline:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-    left = _own_pids_mentioning(ray_tmp)
+    left = fault_sweep.end_processes_of(ray_tmp, timeout)
     if left:
         raise RuntimeError(f"processes of {ray_tmp} still alive: {left}")
 
@@ -184,8 +138,7 @@ def measure(home: Path, *, kind: str = "grid", trials: int = 6, kill_at: str = "
     point, _, count_text = kill_at.partition(":")
     after = int(count_text or 0)
     grid = home / "killed.toml"
-    grid.write_text(GRIDS[kind].format(seeds=list(range(1, trials + 1)), trials=trials,
-                                       image=VENV_IMAGE))
+    grid.write_text(GRIDS[kind](trials))
     uri = f"sqlite:///{home}/mlflow.db"
     envs = envs_dir or home / "envs"
     own_ray_tmp = ray_tmp is None

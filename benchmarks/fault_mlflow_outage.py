@@ -37,7 +37,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -51,20 +50,6 @@ from mlflow_server import MlflowServer  # noqa: E402  (one port, one store: rest
 
 EXPERIMENT = "outage"
 RESULT_METRIC = "device_check_value"
-
-GRID = textwrap.dedent("""
-    [sweep]
-    name = "outage"
-    backend = "local"
-    device = "cpu"
-    trial_timeout_s = 300
-    max_concurrent = 1
-
-    [[group]]
-    workload = "env"
-    axes.seed = {seeds}
-    config.num_threads = 1
-""")
 
 # The env workload's worker, without torch: env, one metric a second, the result.
 STANDIN = r'''#!{python} -S
@@ -122,7 +107,7 @@ def measure(home: Path, *, trials: int = 10, trial_seconds: int = 3, after: int 
     python.write_text(STANDIN.format(python=sys.executable, seconds=trial_seconds))
     python.chmod(0o755)
     grid = home / "outage.toml"
-    grid.write_text(GRID.format(seeds=list(range(1, trials + 1))))
+    grid.write_text(fault_sweep.env_grid(EXPERIMENT, range(1, trials + 1), timeout_s=300))
     env = fault_sweep.sweep_env(ray_tmp, VERSWEEP_PYTHON=str(python))
     if wait_limit_s is not None:  # how long a store call waits (sweeps/records/store.py)
         env["VERSWEEP_STORE_WAIT_S"] = str(wait_limit_s)

@@ -5,11 +5,17 @@ that every fault is injected into the same kind of sweep, started the same way: 
 ``sweeps/run.py`` as a child process with its own local Ray (``--num-cpus 2``), its output
 in ``driver.log`` (``driver-resume.log`` for ``--resume``) beside the sweep, and neither an
 outer tracking URI nor an outer Ray address leaking in from the caller's environment.
+
+The smallest real sweep (``env_grid``), the sweep's environment (``sweep_env``) and the
+ending of a dead sweep's processes (``end_processes_of``) are also the tests' own
+(tests/sweeping.py), so that a test and a benchmark start and end a sweep alike.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +24,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "sweeps" / "run.py"
+
+
+def env_grid(name: str, seeds, *, backend: str = "local", timeout_s: int = 120,
+             images: list[str] | None = None, **sweep) -> str:
+    """The smallest real sweep, as grid text: ``env`` trials, one per seed, one at a time,
+    one torch thread. ``images`` for the docker and venv backends; ``sweep``: more keys of
+    its ``[sweep]`` table (``container_memory="2g"``)."""
+    table = {"name": name, "backend": backend, "device": "cpu"}
+    if images is not None:
+        table["images"] = list(images)
+    table.update(sweep)
+    table.update(trial_timeout_s=timeout_s, max_concurrent=1)
+    lines = ["[sweep]", *(f"{key} = {json.dumps(value)}" for key, value in table.items()),
+             "", "[[group]]", 'workload = "env"', f"axes.seed = {json.dumps(list(seeds))}",
+             "config.num_threads = 1", ""]
+    return "\n".join(lines)
 
 
 def sweep_env(ray_tmp: str | None = None, **extra: str) -> dict:
@@ -58,6 +80,43 @@ def wait_until(driver: subprocess.Popen, home: Path, reached: Callable[[], bool]
         if time.monotonic() > deadline:
             raise RuntimeError(f"no {what} in {limit_s:.0f} s")
         time.sleep(poll_s)
+
+
+def own_pids_mentioning(text: str) -> list[int]:
+    """Pids of this user's processes whose command line or environment contains ``text``.
+
+    The environment counts because Ray renames its worker processes ("ray::_trainable"),
+    but they keep the RAY_TMPDIR their cluster was started with.
+    """
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            seen = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            seen += (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in seen:
+            pids.append(int(entry.name))
+    return pids
+
+
+def end_processes_of(text: str, timeout: float = 30) -> list[int]:
+    """SIGKILL, until none is left or ``timeout`` passed, every process of this user that
+    mentions ``text`` (a run's private Ray temp dir: only that run's processes do), as a
+    dead machine ends them; returns those still alive (none, normally)."""
+    deadline = time.monotonic() + timeout
+    while (pids := own_pids_mentioning(text)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    return own_pids_mentioning(text)
 
 
 def planned_keys(grid: Path) -> list[str] | None:

@@ -22,7 +22,6 @@ load; the load average is printed next to each figure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -36,20 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-GRID = """
-[sweep]
-name = "overhead"
-backend = "local"
-device = "cpu"
-trial_timeout_s = 300
-max_concurrent = 1
-
-[[group]]
-workload = "env"
-axes.seed = {seeds}
-config.num_threads = 1
-"""
+from fault_sweep import env_grid  # noqa: E402  (the smallest real sweep, as the tests run it)
 
 
 def load() -> str:
@@ -129,7 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vsbench-") as tmp:
         tmp = Path(tmp)
         grid = tmp / "overhead.toml"
-        grid.write_text(GRID.format(seeds=json.dumps(list(range(1, args.trials + 1)))))
+        grid.write_text(env_grid("overhead", range(1, args.trials + 1), timeout_s=300))
         sweep = load_sweep(str(grid))
         commands = [worker_args(sys.executable, spec) for spec in sweep.trials]
         # Loops bracket every sweep (loop, sweep, loop, sweep, loop): on a shared machine

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from needs import tool
-from sweeping import free_port, own_processes_mentioning
+from sweeping import free_port, own_pids_mentioning
 
 # How long one `ray start` may take on a busy two-core machine.
 START_TIMEOUT_S = 240
@@ -166,7 +166,7 @@ class LoopbackCluster:
 
     def kill_node(self, node: Node) -> int:
         """Lose ``node``: SIGKILL every process of it at once (raylet, Ray workers, trials)."""
-        pids = own_processes_mentioning(node.temp_dir)
+        pids = own_pids_mentioning(node.temp_dir)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,42 +15,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "sweeps" / "run.py"
 
-# The smallest real sweep: `env` trials on the local backend, one per seed.
-ENV_GRID = textwrap.dedent("""
-    [sweep]
-    name = "{name}"
-    backend = "local"
-    device = "cpu"
-    trial_timeout_s = 120
-    max_concurrent = 1
+BENCHMARKS = str(ROOT / "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
 
-    [[group]]
-    workload = "env"
-    axes.seed = {seeds}
-    config.num_threads = 1
-""")
-
-
-def own_processes_mentioning(text: str) -> list[int]:
-    """Pids of this user's processes whose command line or environment contains ``text``.
-
-    The environment counts because Ray renames its worker processes ("ray::_trainable"),
-    but they keep the RAY_TMPDIR their cluster was started with.
-    """
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if entry.stat().st_uid != os.getuid():
-                continue
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-            environ = (entry / "environ").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline.replace("\0", " ") or text in environ:
-            pids.append(int(entry.name))
-    return pids
+# How a sweep is started and ended, shared with the fault benchmarks (one way, not two):
+# env_grid(name, seeds), the smallest real sweep (`env` trials on the local backend, one per
+# seed); sweep_env(ray_tmp), the environment without an outer store or Ray; and
+# own_pids_mentioning(text), this user's processes that mention a private Ray temp dir.
+from fault_sweep import end_processes_of, env_grid, own_pids_mentioning, sweep_env  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -71,22 +41,9 @@ def ray_tmp():
 def end_processes_mentioning(path: str, *, remove: bool = False) -> None:
     """SIGKILL this user's processes that mention ``path`` (a private Ray temp dir);
     with ``remove``, delete the directory too. Only processes a test started mention it."""
-    for pid in own_processes_mentioning(path):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    end_processes_of(path)
     if remove:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def sweep_env(ray_tmp: str, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    env["RAY_TMPDIR"] = ray_tmp
-    env.update(extra)
-    return env
 
 
 def versweep(args: list[str], *, cwd: Path, ray_tmp: str, timeout: float = 600,
@@ -118,9 +75,6 @@ def sweep_runs(tracking_uri: str, experiment: str):
 
 def _counting():
     """benchmarks/fault_figures.py, the one place a fault's figures are counted."""
-    benchmarks = str(ROOT / "benchmarks")
-    if benchmarks not in sys.path:
-        sys.path.insert(0, benchmarks)
     import fault_figures
 
     return fault_figures
@@ -174,9 +128,6 @@ def running_mlflow_server(home: Path, db: Path | str, *, workers: int = 1,
     for the server (``PGPASSFILE``). benchmarks/mlflow_server.py runs it, as it runs the
     benchmarks' servers.
     """
-    benchmarks = str(ROOT / "benchmarks")
-    if benchmarks not in sys.path:
-        sys.path.insert(0, benchmarks)
     from mlflow_server import MlflowServer
 
     with MlflowServer(home, db, port=free_port(), workers=workers, env=env) as server:

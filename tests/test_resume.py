@@ -19,19 +19,19 @@ import time
 import pytest
 from needs import need
 from sweeping import (
-    ENV_GRID,
     ROOT,
     RUN,
     assert_nothing_lost,
     end_processes_mentioning,
+    env_grid,
     fault_figures,
-    own_processes_mentioning,
+    own_pids_mentioning,
     sweep_env,
     sweep_runs,
     versweep,
 )
 
-GRID = ENV_GRID.format(name="resumable", seeds=[1, 2, 3, 4, 5, 6, 7, 8])
+GRID = env_grid("resumable", [1, 2, 3, 4, 5, 6, 7, 8])
 
 
 def finished_children(uri: str) -> list:
@@ -66,10 +66,10 @@ def test_a_sweep_killed_with_sigkill_resumes_without_running_a_trial_twice(tmp_p
     # for a moment; end it the way a dead machine would, so that nothing finishes after
     # the snapshot below. Only this test's processes mention its private Ray temp dir.
     deadline = time.monotonic() + 30
-    while own_processes_mentioning(ray_tmp) and time.monotonic() < deadline:
+    while own_pids_mentioning(ray_tmp) and time.monotonic() < deadline:
         end_processes_mentioning(ray_tmp)
         time.sleep(0.5)
-    assert own_processes_mentioning(ray_tmp) == []
+    assert own_pids_mentioning(ray_tmp) == []
 
     before = {c.data.tags["versweep.trial_key"]: c.info.run_id for c in finished_children(uri)}
     assert 2 <= len(before) < 8, "the kill must land mid-sweep"

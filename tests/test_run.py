@@ -19,10 +19,10 @@ import time
 import pytest
 from loopback_cluster import ray_cli
 from sweeping import (
-    ENV_GRID,
     RUN,
+    env_grid,
     free_port,
-    own_processes_mentioning,
+    own_pids_mentioning,
     running_mlflow_server,
     sweep_env,
     sweep_runs,
@@ -300,7 +300,7 @@ def mlflow_server(tmp_path):
 
 def test_a_sweep_records_into_a_real_mlflow_server(tmp_path, ray_tmp, mlflow_server):
     grid = tmp_path / "two.toml"
-    grid.write_text(ENV_GRID.format(name="two", seeds="[1, 2]"))
+    grid.write_text(env_grid("two", [1, 2]))
     done = versweep(["--grid", str(grid), "--tracking-uri", mlflow_server,
                      "--experiment", "on-a-server"], cwd=tmp_path, ray_tmp=ray_tmp)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -353,7 +353,7 @@ def test_ctrl_c_stops_the_workers_records_the_trial_as_stopped_and_exits_130(tmp
                 if any("valid_perplexity" in c.data.metrics for c in children):
                     break
             time.sleep(1)
-        assert own_processes_mentioning('"synthetic_words":3001')
+        assert own_pids_mentioning('"synthetic_words":3001')
         driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=180)
     finally:
@@ -363,9 +363,9 @@ def test_ctrl_c_stops_the_workers_records_the_trial_as_stopped_and_exits_130(tmp
     assert "sweep interrupted" in out
     assert "Traceback" not in err
     deadline = time.monotonic() + 20
-    while own_processes_mentioning('"synthetic_words":3001') and time.monotonic() < deadline:
+    while own_pids_mentioning('"synthetic_words":3001') and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert own_processes_mentioning('"synthetic_words":3001') == []
+    assert own_pids_mentioning('"synthetic_words":3001') == []
     _, parents, children = sweep_runs(uri, "long")
     started = [c for c in children if "valid_perplexity" in c.data.metrics]
     assert started and all(c.data.tags["versweep.status"] == "stopped" for c in started)
@@ -388,7 +388,7 @@ def test_address_joins_an_existing_ray_cluster_and_leaves_it_running(tmp_path, r
     # The ray_tmp fixture ends this cluster's processes by pid afterwards (never `ray stop`,
     # which would end every Ray on the machine).
     grid = tmp_path / "two.toml"
-    grid.write_text(ENV_GRID.format(name="joined", seeds="[1, 2]"))
+    grid.write_text(env_grid("joined", [1, 2]))
     address = f"127.0.0.1:{port}"
     done = subprocess.run([sys.executable, str(RUN), "--grid", str(grid), "--address", address],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -401,7 +401,7 @@ def test_address_joins_an_existing_ray_cluster_and_leaves_it_running(tmp_path, r
 
 def test_an_address_with_no_cluster_is_one_line_and_exit_2(tmp_path, ray_tmp):
     grid = tmp_path / "two.toml"
-    grid.write_text(ENV_GRID.format(name="nowhere", seeds="[1, 2]"))
+    grid.write_text(env_grid("nowhere", [1, 2]))
     done = subprocess.run([sys.executable, str(RUN), "--grid", str(grid), "--address",
                            f"127.0.0.1:{free_port()}"], cwd=tmp_path, env=sweep_env(ray_tmp),
                           capture_output=True, text=True, timeout=600)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from loopback_cluster import ray_cli
-from sweeping import ENV_GRID, ROOT, end_processes_mentioning, free_port, sweep_runs
+from sweeping import ROOT, end_processes_mentioning, env_grid, free_port, sweep_runs
 
 SCHEDULE = ROOT / "sweeps" / "schedule.py"
 
@@ -90,7 +90,7 @@ def test_once_runs_the_sweep_as_a_ray_job_and_records_it(ray_head, tmp_path, cap
     from sweeps.cluster.schedule import main
 
     grid = tmp_path / "sched_once.toml"
-    grid.write_text(ENV_GRID.format(name="sched_once", seeds=[1, 2]))
+    grid.write_text(env_grid("sched_once", [1, 2]))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     done = schedule(["--once", "--grid", str(grid), "--address", ray_head,
                      "--tracking-uri", uri, "--python", sys.executable], cwd=tmp_path)
@@ -155,7 +155,7 @@ def test_a_schedule_fires_again_but_never_while_its_sweep_is_still_going(ray_hea
     from sweeps.records.schedule import ScheduleRecords
 
     grid = tmp_path / "sched_every.toml"
-    grid.write_text(ENV_GRID.format(name="sched_every", seeds=[1]))
+    grid.write_text(env_grid("sched_every", [1]))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # A sweep job takes far longer than 5 s (its driver alone starts Ray Tune), so
     # firings come due while it still runs.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from sweeping import ENV_GRID, ROOT, running_mlflow_server, versweep
+from sweeping import ROOT, env_grid, running_mlflow_server, versweep
 
 from sweeps.records.store import _without_password
 
@@ -39,7 +39,7 @@ def test_a_sweep_through_a_token_bearing_uri_writes_no_secret_anywhere(tmp_path,
     with running_mlflow_server(home, home / "mlflow.db") as url:
         uri = url.replace("http://", f"http://user:{URI_SECRET}@")
         grid = tmp_path / "secret.toml"
-        grid.write_text(ENV_GRID.format(name="secret", seeds="[1]"))
+        grid.write_text(env_grid("secret", [1]))
         # MLflow's client sends Basic auth from the URI's user:password (requests does) and
         # a bearer token from MLFLOW_TRACKING_TOKEN; a server without auth ignores both.
         # MLFLOW_TRACKING_USERNAME/PASSWORD would override the URI's: set the password
@@ -172,7 +172,7 @@ def test_a_cluster_with_token_authentication_runs_a_sweep_and_refuses_a_driver_w
     home = tmp_path / "home"
     home.mkdir()
     grid = tmp_path / "auth.toml"
-    grid.write_text(ENV_GRID.format(name="auth", seeds="[1, 2]"))
+    grid.write_text(env_grid("auth", [1, 2]))
     with loopback_cluster(token=RAY_TOKEN) as cluster:
         cluster.start_head(num_cpus=1, resources={}, dashboard=False)
         cluster.add_node(num_cpus=1, name="b", resources={})
