@@ -316,6 +316,12 @@ def test_a_store_that_does_not_exist_is_not_created(tmp_path):
     message = one_line_error(lambda: load_sweep_data(f"sqlite:///{missing}", VERSIONS))
     assert "no MLflow store at" in message and str(missing) in message
     assert not missing.exists() and not missing.parent.exists()
+    # An empty file (touch mlflow.db) holds no store either, and is not written to.
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    message = one_line_error(lambda: load_sweep_data(f"sqlite:///{empty}", VERSIONS))
+    assert "no MLflow store at" in message and str(empty) in message
+    assert empty.stat().st_size == 0
 
 
 # --------------------------------------------------------------------------- the search

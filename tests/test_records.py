@@ -576,15 +576,44 @@ def test_tracking_uri_comes_from_the_flag_then_the_environment_then_the_default(
     assert resolve_tracking_uri("sqlite:///runs/x.db", tmp_path) == \
         f"sqlite:///{tmp_path}/runs/x.db"
     assert resolve_tracking_uri("records.db", tmp_path) == f"sqlite:///{tmp_path}/records.db"
+    # ~ is the user's home in a SQLite URI as in a bare path, not a folder named "~" here.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve_tracking_uri("sqlite:///~/x.db", tmp_path) == \
+        f"sqlite:///{tmp_path}/home/x.db"
+    assert resolve_tracking_uri("~/y.db", tmp_path) == f"sqlite:///{tmp_path}/home/y.db"
     assert mlflow_ui_command("http://127.0.0.1:5000") == "open http://127.0.0.1:5000"
     assert "tracking server http://127.0.0.1:5000" in records_location("http://127.0.0.1:5000")
 
 
-@pytest.mark.parametrize("value", ["ftp://somewhere/store", "sqlite://", "sqlite:///:memory:"])
-def test_an_unusable_tracking_uri_is_one_clear_line(tmp_path, value):
+@pytest.mark.parametrize("value", ["ftp://somewhere/store", "sqlite://", "sqlite:///:memory:",
+                                   "notauri", "file:///tmp/store"])
+def test_an_unusable_tracking_uri_is_one_clear_line(tmp_path, monkeypatch, value):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     with pytest.raises(UserError) as raised:
         resolve_tracking_uri(value, tmp_path)
     assert "\n" not in str(raised.value) and "--tracking-uri" in str(raised.value)
+
+
+def test_a_store_that_cannot_open_is_one_line_in_seconds_not_mlflows_retries(tmp_path):
+    # MLflow retries an engine it cannot make for about two minutes, then a traceback;
+    # each of these is one line at once, and nothing is written in the wrong place.
+    text = tmp_path / "notes.db"
+    text.write_text("not a database\n")
+    database = f"postgresql+psycopg2://u@127.0.0.1:{free_port()}/db"
+    cases = {
+        f"sqlite:///{text}": "is not a SQLite database",
+        "sqlite:////proc/versweep-test.db": "cannot open the SQLite store",
+        "mysql://u@127.0.0.1:1/db": "database driver 'MySQLdb' is not installed",
+        database: "cannot reach the database of MLflow store",
+    }
+    for uri, expected in cases.items():
+        started = time.monotonic()
+        with pytest.raises(UserError) as raised:
+            SweepRecords(uri, "nowhere")
+        message = str(raised.value)
+        assert "\n" not in message and expected in message, (uri, message)
+        assert time.monotonic() - started < 15, uri
+    assert text.read_text() == "not a database\n"
 
 
 def test_an_unreachable_server_is_one_clear_line():

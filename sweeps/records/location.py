@@ -58,8 +58,12 @@ def _normalise_uri(value: str, cwd: Path, source: str) -> str:
         path = path if path.is_absolute() else cwd / path
         if path.suffix in (".db", ".sqlite", ".sqlite3"):
             return _sqlite_uri(validate.store_path(path, source, file=True))
-        return validate.store_path(path, source, file=False).resolve().as_uri()
+        folder = validate.store_path(path, source, file=False)
+        _file_store_allowed(value, source)
+        return folder.resolve().as_uri()
     scheme = value.split(":", 1)[0].lower()
+    if scheme == "file":
+        _file_store_allowed(value, source)
     if scheme.split("+", 1)[0] not in _KNOWN_SCHEMES:
         raise UserError(
             f"{source} {validate.shown(value)}: unknown scheme '{scheme}'; "
@@ -74,7 +78,7 @@ def _normalise_uri(value: str, cwd: Path, source: str) -> str:
                 "process ends and trials run in other processes; name a file, "
                 "e.g. sqlite:///mlflow.db"
             )
-        path = Path(unquote(rest))
+        path = Path(unquote(rest)).expanduser()  # sqlite:///~/x.db: the home's, not ./~
         return _sqlite_uri(validate.store_path(path if path.is_absolute() else cwd / path,
                                                source, file=True))
     if scheme in ("http", "https"):
@@ -82,11 +86,31 @@ def _normalise_uri(value: str, cwd: Path, source: str) -> str:
     return value
 
 
+def _file_store_allowed(value: str, source: str) -> None:
+    """MLflow 3 keeps its folder store (file://, a bare folder) only behind
+    MLFLOW_ALLOW_FILE_STORE, with a long notice; here one line says what to give instead."""
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("1", "true", "yes"):
+        return
+    raise UserError(
+        f"{source} {validate.shown(value)}: MLflow 3 no longer takes a folder (file://) as a "
+        "tracking store; give a SQLite file ending in .db (e.g. sqlite:///mlflow.db or "
+        "records.db) or an mlflow server's http://host:port")
+
+
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI; None for any other store."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
     return Path(unquote(tracking_uri[len("sqlite:///"):]))
+
+
+def holds_a_store(db: Path) -> bool:
+    """Whether a SQLite store's file holds a database: a missing or empty (0-byte) file
+    holds no records, and reading it through MLflow would write a new store into it."""
+    try:
+        return db.is_file() and db.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def artifact_root(tracking_uri: str) -> Path | None:

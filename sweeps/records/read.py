@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from sweeps.errors import UserError
+from sweeps.records.location import holds_a_store
 
 # search_runs page size: MLflow's largest for SQL stores.
 PAGE_SIZE = 1000
@@ -90,7 +91,7 @@ class StoreReader:
 
 def open_reader(tracking_uri: str, direct_sqlite: bool = True) -> StoreReader:
     db = sqlite_file(tracking_uri)
-    if db is not None and not db.exists():
+    if db is not None and not holds_a_store(db):
         # Opening it through MLflow would create an empty database; a report only reads.
         raise UserError(f"no MLflow store at {db}: run a sweep there first "
                         "(python sweeps/run.py --grid smoke) or point --tracking-uri / "

@@ -51,6 +51,7 @@ import math
 import os
 import re
 import shlex
+import socket
 import subprocess
 import tempfile
 import time
@@ -87,6 +88,7 @@ from sweeps.records.location import (  # noqa: F401  (mlflow-free; callers impor
     ARTIFACTS_DIR_NAME,
     artifact_root,
     default_tracking_uri,
+    holds_a_store,
     resolve_tracking_uri,
     sqlite_path,
 )
@@ -157,7 +159,7 @@ def store_exists(tracking_uri: str) -> bool:
     """Whether a SQLite store's database is there (any other store: True, the server
     decides); opening a missing one would create it."""
     db = sqlite_path(tracking_uri)
-    return db is None or db.is_file()
+    return db is None or holds_a_store(db)
 
 
 def nothing_to_resume(sweep_name: str, experiment: str, tracking_uri: str) -> UserError:
@@ -416,25 +418,92 @@ def open_client(tracking_uri: str) -> MlflowClient:
     # MLflow prints "View run ... at: <the tracking URI>" when a run ends on a server,
     # credentials and all; versweep prints its own links, with the password starred.
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    from sqlalchemy.exc import SQLAlchemyError
+
     db = sqlite_path(tracking_uri)
+    scheme = urlparse(tracking_uri).scheme.split("+", 1)[0]
     try:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
+            _check_sqlite(db)
             # MlflowClient opens the store (and creates a new database's tables) right here.
             with _sqlite_open_lock(db):
                 client = MlflowClient(tracking_uri=tracking_uri)
                 client.search_experiments(max_results=1)
         else:
-            if urlparse(tracking_uri).scheme in ("http", "https"):
+            if scheme in ("http", "https"):
                 _check_reachable(tracking_uri)
+            elif scheme in _DATABASE_PORTS:
+                _check_database(tracking_uri)
             client = MlflowClient(tracking_uri=tracking_uri)
             retrying(lambda: client.search_experiments(max_results=1), "opening the store")
     except MlflowException as error:
         raise UserError(f"MLflow store {_without_password(tracking_uri)}: "
                         f"{_first_line(error)}") from None
-    except OSError as error:
-        raise UserError(f"MLflow store {_without_password(tracking_uri)}: {error}") from None
+    except (OSError, SQLAlchemyError) as error:
+        raise UserError(f"MLflow store {_without_password(tracking_uri)}: "
+                        f"{_first_line(error)}") from None
     return client
+
+
+# The database URIs MLflow's SQLAlchemy store takes, with their servers' usual ports.
+_DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite(db: Path) -> None:
+    """A SQLite store's file is a SQLite database (or new) and opens here, checked in
+    milliseconds: MLflow retries a database it cannot open for about two minutes before
+    its own traceback (mlflow.store.db.utils.create_sqlalchemy_engine_with_retry)."""
+    import sqlite3
+
+    try:
+        with open(db, "rb") as handle:
+            head = handle.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        head = b""
+    if head and head != _SQLITE_HEADER:
+        raise UserError(f"{db} is not a SQLite database (an MLflow store's .db file); "
+                        "give the store's .db, or a new path for a new store")
+    try:
+        connection = sqlite3.connect(str(db), timeout=30)
+        try:
+            connection.execute("PRAGMA schema_version").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise UserError(f"cannot open the SQLite store {db} ({error}); give a path in a "
+                        "folder this user can write, e.g. sqlite:///mlflow.db") from None
+
+
+def _check_database(tracking_uri: str) -> None:
+    """A database URI's driver is installed and its server's port answers, checked in
+    seconds: MLflow retries a refused connection for about two minutes, and a missing
+    driver is a traceback. A server that answers decides the rest (password, database)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = _without_password(tracking_uri)
+    try:
+        url = make_url(tracking_uri)
+        url.get_dialect().import_dbapi()
+    except ModuleNotFoundError as error:
+        raise UserError(
+            f"MLflow store {shown}: its database driver '{error.name}' is not installed "
+            "here; install it (postgresql:// means psycopg 3: pip install 'psycopg[binary]') "
+            "or name an installed driver in the URI, e.g. postgresql+psycopg2://") from None
+    except (ArgumentError, NoSuchModuleError) as error:
+        raise UserError(f"MLflow store {shown}: {_first_line(error)}") from None
+    port = url.port or _DATABASE_PORTS.get(url.get_backend_name())
+    if not url.host or url.host.startswith("/") or port is None:
+        return  # a Unix socket: the driver decides
+    try:
+        socket.create_connection((url.host, port), timeout=10).close()
+    except OSError as error:
+        raise StoreUnreachable(
+            f"cannot reach the database of MLflow store {shown} at {url.host}:{port} "
+            f"({error.strerror or error}); start it, or check --tracking-uri / "
+            "MLFLOW_TRACKING_URI") from None
 
 
 def _check_reachable(server_uri: str) -> None:
