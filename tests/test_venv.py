@@ -375,6 +375,35 @@ def test_a_budget_too_small_for_one_environment_is_one_clear_error(tmp_path, mon
                               "size like '40g' or '512m'\n")
 
 
+def test_a_prune_with_a_mistaken_budget_or_folder_touches_nothing(tmp_path, monkeypatch,
+                                                                   capsys):
+    # A budget under any environment's size would evict every one not in use: refused,
+    # as a build refuses it (--all, which evicts regardless of the budget, still runs).
+    root = tmp_path / "envs"
+    kept = root / "torch-2.13.0-py3.11"
+    kept.mkdir(parents=True)
+    (kept / "versweep-env.json").write_text("{}")
+    for budget in ("0", "1m"):
+        code, out, err = envs_command(["prune"], monkeypatch, capsys, root,
+                                      VERSWEEP_ENVS_BUDGET=budget)
+        assert (code, out) == (2, ""), err
+        assert err == (f"versweep envs: error: the environments budget VERSWEEP_ENVS_BUDGET="
+                       f"{budget} is too small for one environment (each takes at least "
+                       "256 MB); raise it, e.g. to 40g\n")
+        assert (kept / "versweep-env.json").read_text() == "{}"
+    # $VERSWEEP_ENVS_DIR naming a file: one line for every subcommand, the file untouched.
+    afile = tmp_path / "envs.txt"
+    afile.write_text("mine\n")
+    for args in (["list"], ["prune"], ["build", VENV_IMAGE]):
+        code, out, err = envs_command(args, monkeypatch, capsys, afile,
+                                      VERSWEEP_ENVS_BUDGET="40g")
+        assert (code, out) == (2, ""), (args, out, err)
+        assert err == (f"versweep envs: error: the environments folder {afile} is a file, "
+                       "not a folder; set VERSWEEP_ENVS_DIR to a folder (or unset it for "
+                       "~/.cache/versweep/envs)\n"), args
+    assert afile.read_text() == "mine\n"
+
+
 def test_the_least_recently_used_environment_not_in_use_is_evicted(tmp_path):
     store = EnvStore(tmp_path / "envs")
     size = build_or_skip(store).marker["size_bytes"]

@@ -129,6 +129,8 @@ def do_list(store: EnvStore, images: list[Image], out) -> int:
 
 
 def do_prune(store: EnvStore, everything: bool, out) -> int:
+    if not everything:
+        store.check_budget()  # a mistyped budget would evict every environment not in use
     removed = store.prune(everything=everything, progress=lambda line: print(line, file=out))
     kept = [s for s in store.states() if s.problem is None]
     size = sum(int((s.marker or {}).get("size_bytes", 0)) for s in kept)

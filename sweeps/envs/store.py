@@ -349,6 +349,10 @@ class EnvStore:
             raise ValueError(f"builder must be 'auto' or 'pip', not {builder!r}")
         self.builder = builder
         self.root = Path(root).absolute() if root is not None else envs_dir()
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"the environments folder {self.root} is a file, not a folder; "
+                            f"set {ENVS_DIR_VAR} to a folder (or unset it for "
+                            "~/.cache/versweep/envs)")
         if budget is None:
             budget = os.environ.get(BUDGET_VAR) or DEFAULT_BUDGET
         self.budget_text = str(budget)
@@ -636,11 +640,16 @@ class EnvStore:
         value = self._read_json(".sizes.json").get(key)
         return int(value) if isinstance(value, (int, float)) else None
 
-    def _check_budget_fits(self, plan: EnvPlan, size: int | None, measured: bool) -> None:
+    def check_budget(self) -> None:
+        """A budget below any environment's size is a mistake, refused before a build
+        (nothing would fit) or a prune (it would evict every environment not in use)."""
         if self.budget < MIN_ENV_BYTES:
             raise BudgetError(f"the environments budget {BUDGET_VAR}={self.budget_text} is too "
                               f"small for one environment (each takes at least "
-                            f"{format_size(MIN_ENV_BYTES)}); raise it, e.g. to 40g")
+                              f"{format_size(MIN_ENV_BYTES)}); raise it, e.g. to 40g")
+
+    def _check_budget_fits(self, plan: EnvPlan, size: int | None, measured: bool) -> None:
+        self.check_budget()
         if size is not None and size > self.budget:
             how = "measured" if measured else "measured at its last build"
             raise BudgetError(f"the environments budget {BUDGET_VAR}={self.budget_text} is too "
