@@ -40,13 +40,21 @@ HEARTBEAT_FACTOR = 3
 
 
 def every_s() -> float:
-    """EVERY_S, or $VERSWEEP_PROGRESS_EVERY_S when that is a number of seconds (>= 0)."""
+    """EVERY_S, or $VERSWEEP_PROGRESS_EVERY_S (a number of seconds, 0 or more); anything
+    else set there is one line (UserError), checked before a command starts anything."""
     text = os.environ.get(EVERY_S_VAR, "").strip()
+    if not text:
+        return EVERY_S
     try:
         value = float(text)
     except ValueError:
-        return EVERY_S
-    return value if value >= 0 else EVERY_S
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        from sweeps.errors import UserError
+
+        raise UserError(f"{EVERY_S_VAR}={text!r} is not a number of seconds (0 or more); set "
+                        f"it to e.g. {EVERY_S:g}, or unset it")
+    return value
 
 
 def print_line(line: str) -> None:

@@ -131,13 +131,18 @@ def test_a_report_out_in_a_directory_that_cannot_be_written_is_one_line(place, c
     (["--tracking-uri", "f"], "is a file"),
     (["--matrix", "loop1.toml"], "loop of symbolic links"),
     (["--matrix", "dir.toml"], "is a directory"),
+    # The smoke grid runs on the host's torch and reads no image, but a --matrix given is
+    # checked all the same: a mistake there is not passed over in silence.
+    (["--matrix", "f"], "f: not valid TOML"),
+    (["--matrix", "ROOT/sweeps/grids/smoke.toml"], "smoke.toml: sweep: unknown key; the matrix "
+                                                  "holds schema = 1 and [[image]] tables"),
     (["--set", "sweep.data_dir=f"], "sweep.data_dir: directory 'f' is a file"),
     (["--set", "sweep.data_dir=loop1.toml"], "loop of symbolic links"),
     (["--set", "sweep.workload_dirs=[\"PLACE/loop1.toml\"]"], "loop of symbolic links"),
     (["--set", "sweep.workload_dirs=[\"PLACE/f\"]"], "is a file, not a directory"),
 ])
 def test_other_paths_of_a_sweep_are_one_line(place, capsys, args, words):
-    args = [arg.replace("PLACE", str(place)) for arg in args]
+    args = [arg.replace("PLACE", str(place)).replace("ROOT", str(ROOT)) for arg in args]
     assert words in refused(["run", "--grid", "smoke", *args], place, capsys)
 
 
@@ -203,6 +208,25 @@ def test_a_malformed_address_is_one_line_before_anything(place, capsys, address,
                             place, capsys)
     assert words in refused(["envs", "build", "--grid", "versions-cpu",
                              f"--address={address}"], place, capsys)
+
+
+def test_num_cpus_with_a_cluster_to_join_is_one_line_not_ignored(place, capsys,
+                                                                   monkeypatch):
+    # --num-cpus sizes a local Ray; a joined cluster's nodes decide their own CPUs.
+    line = refused(["run", "--grid", "smoke", "--num-cpus", "2", "--address",
+                    f"127.0.0.1:{free_port()}"], place, capsys)
+    assert "--num-cpus sizes the local Ray this command starts, but it joins" in line
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    assert "($RAY_ADDRESS)" in refused(["run", "--grid", "smoke", "--num-cpus", "2"],
+                                       place, capsys)
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
+def test_a_bad_progress_pace_is_one_line_not_passed_over(place, capsys, monkeypatch, value):
+    monkeypatch.setenv("VERSWEEP_PROGRESS_EVERY_S", value)
+    line = refused(["run", "--grid", "smoke"], place, capsys)
+    assert line == (f"versweep: error: VERSWEEP_PROGRESS_EVERY_S={value!r} is not a number "
+                    "of seconds (0 or more); set it to e.g. 5, or unset it")
 
 
 def test_an_address_where_nothing_listens_leaves_no_store(place, capsys):

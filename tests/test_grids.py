@@ -274,6 +274,8 @@ def test_the_local_backend_runs_a_docker_grid_on_the_host_torch():
     ("group.0.config.batches=20", "group[0].config.batches: config key 'batches' is unknown"),
     ("sweep.name.x=1", "is a value, not a table"),
     ("search.num_samples=4", "a grid is either [[group]] tables or one [search]"),
+    ('sweep.images=["torch-2.13.0-cpu"', "is not a TOML value (an unclosed list"),
+    ('sweep.name="smoke', "is not a TOML value"),
 ])
 def test_bad_overrides_fail_with_the_path(override, says):
     with pytest.raises(GridError) as caught:

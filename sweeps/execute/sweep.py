@@ -13,6 +13,7 @@ backend, no torch, no sweep to resume); 130 interrupted with Ctrl-C.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import TextIO
 
 from sweeps.errors import EXIT_FAILED as EXIT_TRIALS_FAILED
-from sweeps.errors import EXIT_INTERRUPTED, EXIT_OK
+from sweeps.errors import EXIT_INTERRUPTED, EXIT_OK, UserError
+from sweeps.progress import every_s
 from sweeps.status import Status
 from sweeps.validate import without_password
 
@@ -48,7 +50,10 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
     # Every input is checked before anything exists: no store, parent run or Ray instance
     # until all of them are known to be good (docs/reliability.md, "Bad input").
     if matrix is not None:  # read only for images, but a bad one is refused on any backend
+        from sweeps.grid.matrix import load_matrix
+
         validate.read_text(matrix, "--matrix")
+        load_matrix(Path(matrix))  # a syntax error or a grid given by mistake: one line
     sweep = load_sweep(grid, overrides, **({"matrix_path": Path(matrix)} if matrix else {}))
     backend_name = sweep.backend
     max_concurrent = max_concurrent or sweep.max_concurrent
@@ -56,6 +61,13 @@ def run_sweep(grid: str, *, backend: str | None = None, experiment: str | None =
                   else sweep.name)
     if address is not None:
         address = validate.ray_address(address, "--address")
+    joined = address or os.environ.get("RAY_ADDRESS")
+    if num_cpus is not None and joined:
+        where = "--address" if address else "$RAY_ADDRESS"
+        raise UserError(f"--num-cpus sizes the local Ray this command starts, but it joins the "
+                        f"cluster at {joined} ({where}), whose nodes' own `ray start "
+                        "--num-cpus` decide; drop --num-cpus (or --address)")
+    every_s()  # a bad $VERSWEEP_PROGRESS_EVERY_S is one line before anything
     if dry_run:
         # The table is shown without touching the backend, so a grid can be checked
         # before its images exist or where no Docker engine runs.

@@ -238,6 +238,11 @@ def apply_overrides(document: dict[str, Any], overrides: Sequence[str], shown: s
                             "runs over several lines or holds control characters; give it on "
                             "one line (a text of several lines as a TOML \"\"\"string\"\"\")")
         value = parse_override_value(value_text)
+        if isinstance(value, str) and value == value_text and value_text[:1] in "[{\"'":
+            # Broken TOML (an unclosed list or string) must not pass as a plain word.
+            raise GridError(f"{shown}: --set {path_text}: the value {validate.shown(value_text)} "
+                            "is not a TOML value (an unclosed list, table or string?); e.g. "
+                            "sweep.images='[\"torch-2.13.0-cpu\"]' or a plain word")
         if parts[:2] == ["group", "*"] and len(parts) >= 4 and parts[2] in ("config", "axes"):
             _set_worker_key_in_groups(document, parts, value, shown, path_text, grid_dir)
         else:
