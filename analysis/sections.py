@@ -131,6 +131,18 @@ def tag(trial: Trial, name: str) -> str | None:
     return None if value is None or value in _MISSING else value
 
 
+def number(text: str | None) -> float | None:
+    """A param's or tag's text as a finite number; None where it is missing (``_MISSING``:
+    the grid left it out, the worker reported null) or is not a number."""
+    if text is None or text in _MISSING:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def env_value(trial: Trial, field_name: str) -> str | None:
     """What the worker's env event said about ``field_name``: tags versweep.env.*, or for
     torch, cuda, cudnn, gpu, host, python and device the shortcut versweep.<name> (layout 3
@@ -255,13 +267,14 @@ BUSY_MARGIN_CPUS = 0.75
 
 def busy(trial: Trial) -> bool:
     """Whether other work competed with this trial for its node's CPUs while it ran."""
-    text = tag(trial, "versweep.busy_cpus")
-    if text is None:
+    busy_cpus = number(trial.tags.get("versweep.busy_cpus"))
+    if busy_cpus is None:
         return False  # recorded before versweep measured it, or not on Linux
-    threads = trial.params.get("num_threads")
-    own = float(threads) if threads not in (None, "", "None") else float(
-        tag(trial, "versweep.cpus") or 1)
-    return float(text) > own + BUSY_MARGIN_CPUS
+    # Its own threads: num_threads where the grid set it, else every CPU of the node.
+    own = number(trial.params.get("num_threads"))
+    if own is None:
+        own = number(trial.tags.get("versweep.cpus"))
+    return busy_cpus > (1.0 if own is None else own) + BUSY_MARGIN_CPUS
 
 
 def speed_groups(data: SweepData, images: Sequence[str], baseline: str,

@@ -693,3 +693,87 @@ def test_no_links_leaves_the_report_without_addresses(store, tmp_path):
                         "--no-links", "--out", str(tmp_path), "--no-log",
                         "--format", "md"]) == 0
     assert _links((tmp_path / "report.md").read_text()) == []
+
+
+# --------------------------------------------------------------------------- busy, num_threads
+
+
+def test_busy_timings_are_judged_where_the_grid_left_num_threads_out(store, tmp_path):
+    # The shipped versions and nightly grids leave config.num_threads out: MLflow holds the
+    # param as "null", and a trial's own threads are then its node's CPUs (versweep.cpus).
+    records = SweepRecords(store.tracking_uri, "no-threads")
+    specs = [_spec("rnn_bench", image, {"bench": "1x320-ce-long", "impl": "cudnn"}, repeat)
+             for image in (BASE, NEW) for repeat in (0, 1)]
+    assert all(spec.config_dict["num_threads"] is None for spec in specs)
+    parent = records.open_sweep(Sweep(
+        name="no-threads", path=Path("/home/me/no-threads.toml"), text='name = "x"\n',
+        description="", backend="docker", device="auto", trial_timeout_s=60.0, retries=0,
+        max_concurrent=1, trials=tuple(specs)), resume=False)
+    noisy = None
+    for spec in specs:
+        run_id = records.start_trial(parent, spec)
+        records.log_event(run_id, _env_event(spec.image, "rnn_bench", spec.config_dict))
+        records.log_event(run_id, {"v": 1, "event": "result",
+                                   "metrics": {"ms_per_batch_median": 80.0},
+                                   "samples": [0.08, 0.081, 0.079]})
+        # Two CPUs: 1.9 of them busy is the trial itself; 2.9 is other work beside it.
+        busy_cpus = "2.90" if (spec.image, spec.repeat) == (NEW, 1) else "1.90"
+        noisy = run_id if busy_cpus == "2.90" else noisy
+        records.finish_trial(run_id, "ok", extra_tags={"versweep.busy_cpus": busy_cpus,
+                                                        "versweep.cpus": "2"})
+    records.close_sweep(parent, {"ok": 4}, None)
+    assert MlflowClient(store.tracking_uri).get_run(noisy).data.params["num_threads"] == "null"
+
+    assert command.main(["--experiment", "no-threads", "--tracking-uri", store.tracking_uri,
+                        "--out", str(tmp_path), "--no-log", "--format", "md,csv"]) == 0
+    busy = {row["run_id"]: row["busy"] for row in read_csv(tmp_path / "trials.csv")}
+    assert busy == {run_id: str(run_id == noisy) for run_id in busy} and len(busy) == 4
+    assert "1 timing trial(s) ran while other work kept the node's CPUs busy" in (
+        tmp_path / "report.md").read_text()
+
+
+def test_a_param_or_tag_number_is_none_for_every_missing_spelling():
+    for missing in (None, "", "null", "None", "n/a", "nan"):
+        assert sections.number(missing) is None, missing
+    assert sections.number("8") == 8.0 and sections.number("1.90") == 1.9
+
+
+# --------------------------------------------------------------------------- writing --out
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` (hidden ones too): a file's bytes, None for a folder."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("blocker", ["report.html", "plots"])
+def test_a_report_that_cannot_be_written_whole_leaves_out_as_it_was(store, tmp_path, capsys,
+                                                                    blocker):
+    # --out holds files of its own (docs/versions-cpu: a README beside the report); a folder
+    # where report.html goes, or a file where plots/ goes, is found before anything moves in.
+    out = tmp_path / "out"
+    (out / "evidence").mkdir(parents=True)
+    (out / "README.md").write_text("mine\n")
+    (out / "evidence" / "notes.txt").write_text("kept\n")
+    if blocker == "plots":
+        (out / "plots").write_text("not a folder\n")
+    else:
+        (out / blocker).mkdir()
+    before = _tree(out)
+    code = command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                         "--out", str(out), "--no-log"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("report: error: cannot write"), err
+    assert err.count("\n") == 1 and "Traceback" not in err and blocker in err
+    assert _tree(out) == before  # no report.md, no plots, no CSV: nothing moved in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+
+    (out / blocker).rmdir() if blocker != "plots" else (out / blocker).unlink()
+    assert command.main(["--experiment", VERSIONS, "--tracking-uri", store.tracking_uri,
+                        "--out", str(out), "--no-log"]) == 0
+    after = _tree(out)
+    assert after["README.md"] == b"mine\n" and after["evidence/notes.txt"] == b"kept\n"
+    assert {"report.md", "report.html", "trials.csv"} <= set(after)
+    assert any(name.startswith("plots/") for name in after)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
