@@ -254,11 +254,11 @@ def _experiment(name: str) -> str:
 
 
 def _tracking_uri(cli_value: str | None) -> str:
-    from sweeps.records.location import resolve_tracking_uri, sqlite_path
+    from sweeps.records.location import holds_a_store, resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(cli_value, Path.cwd())
     db = sqlite_path(uri)
-    if db is not None and not db.exists():
+    if db is not None and not holds_a_store(db):
         # Opening a missing SQLite file would create an empty store: say what is wrong instead.
         raise UserError(f"no MLflow store at {db}; run a sweep there first, or point "
                         "--tracking-uri (or MLFLOW_TRACKING_URI) at your records")

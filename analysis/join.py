@@ -21,18 +21,22 @@ the sweeps rather than torch. So the later sweeps repeat some lines of the first
   marked where its two figures come from different sweeps, with the drift between those
   two sweeps (measured on the lines both of them ran) that could explain it.
 
-Input: the ``trials.csv`` files that ``analysis/report.py`` writes, the first sweep first.
+Input: the ``trials.csv`` files that ``analysis/report.py`` writes (or the report folders
+that hold them), the first sweep first, each once.
 A trial the report marked busy (its ``busy`` column) has its timings left out, as in the
 report; ``--leave-out`` leaves out further trials by name (a report older than that column
-names its busy trials in report.md).
+names its busy trials in report.md); a name that is no trial of the files is refused.
 Output in ``--out``: ``join.md``, ``steps.csv``, ``drift.csv``, ``lines.csv`` and a figure
-per benchmark in ``plots/``.
+per benchmark in ``plots/``, moved in together once all are written (analysis/output.py):
+other files in ``--out`` are kept, and a failure leaves it as it was.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import difflib
+import hashlib
+import io
 import math
 import re
 import statistics
@@ -41,6 +45,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from analysis.output import staged_output
+from sweeps import validate
+from sweeps.errors import ArgumentParser, UserError, run_command
 
 # The figures of a trial this joins: (workload, metric column, label, unit).
 METRICS = (("rnn_bench", "ms_per_batch_median", "ms per batch", "ms"),
@@ -51,7 +59,7 @@ NEEDED_COLUMNS = {"name", "workload", "image", "status", *(m[1] for m in METRICS
 VERSION = re.compile(r"torch-(\d+)\.(\d+)\.(\d+)")
 
 
-class JoinError(Exception):
+class JoinError(UserError):
     """A user's input that cannot be joined: one line, exit 2."""
 
 
@@ -84,16 +92,78 @@ def release_key(image: str) -> tuple:
     return (*(int(part) for part in found.groups()), image)
 
 
-def read_trials(path: Path) -> list[dict[str, str]]:
+def trials_file(path: Path) -> Path:
+    """The trials.csv an input names: the file itself, or a report folder's trials.csv."""
+    if path.is_dir():
+        if not (path / "trials.csv").is_file():
+            raise JoinError(f"{path}: a folder with no trials.csv in it; give the trials.csv "
+                            "that the report wrote, or the report's folder")
+        return path / "trials.csv"
     if not path.is_file():
         raise JoinError(f"{path}: no such file (give the trials.csv that the report wrote)")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
+    return path
+
+
+def read_trials(path: Path, content: bytes | None = None) -> list[dict[str, str]]:
+    """The rows of a report's trials.csv (``content``: its bytes, where already read)."""
+    path = trials_file(path)
+    if content is None:
+        content = read_bytes(path)
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise JoinError(f"{path}: not a report's trials.csv (not UTF-8 text: byte "
+                        f"0x{content[exc.start]:02x} at offset {exc.start}); give the "
+                        "trials.csv that the report wrote") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = NEEDED_COLUMNS - set(reader.fieldnames or [])
         if missing:
             raise JoinError(f"{path}: not a report's trials.csv (no column "
                             f"{', '.join(sorted(missing))})")
         return list(reader)
+    except csv.Error as exc:
+        raise JoinError(f"{path}: not a report's trials.csv (unreadable as CSV: {exc}); "
+                        "give the trials.csv that the report wrote") from None
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise JoinError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def check_distinct(given: Sequence[Path], paths: Sequence[Path],
+                   contents: Sequence[bytes]) -> None:
+    """Each sweep once: the same file (after resolving links), or a copy of it, twice is
+    refused; it would count as two sweeps and its lines as their own anchors."""
+    seen: dict[object, Path] = {}
+    for shown, path, content in zip(given, paths, contents, strict=True):
+        for key in (("path", path.resolve()), ("content", hashlib.sha256(content).digest())):
+            if key in seen:
+                same = ("name the same file" if key[0] == "path"
+                        else "hold the same trials (the same content)")
+                raise JoinError(f"'{seen[key]}' and '{shown}' {same}: give each sweep's "
+                                "trials.csv once")
+            seen[key] = shown
+
+
+def check_leave_out(files: Sequence[tuple[str, list[dict[str, str]]]],
+                    leave_out: Sequence[str]) -> None:
+    """Every --leave-out names a trial of the files: a typo would leave nothing out."""
+    names = sorted({row["name"] for _, rows in files for row in rows})
+    for name in leave_out:
+        if name in names:
+            continue
+        close = difflib.get_close_matches(name, names, n=1)
+        if close:
+            hint = f"did you mean '{close[0]}'?"
+        elif names:
+            hint = f"the trials' names are the `name` column of trials.csv, e.g. '{names[0]}'"
+        else:
+            hint = "the files hold no trials"
+        raise JoinError(f"--leave-out '{name}' is no trial of these files; {hint}")
 
 
 def _number(text: str | None) -> float | None:
@@ -177,33 +247,42 @@ def drift_rows(lines: Sequence[Line], sweeps: Sequence[str]) -> list[list]:
     return rows
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m analysis.join") -> int:
-    parser = argparse.ArgumentParser(
+def build_parser(prog: str = "python -m analysis.join") -> ArgumentParser:
+    parser = ArgumentParser(
         prog=prog,
         description="Join the trials.csv of several version sweeps into one series, with "
                     "the drift of the lines they share.")
     parser.add_argument("trials", nargs="+", type=Path,
-                        help="trials.csv files of analysis/report.py, the first sweep first")
+                        help="trials.csv files of analysis/report.py (or the report folders "
+                             "that hold them), the first sweep first")
     parser.add_argument("--leave-out", action="append", default=[], metavar="TRIAL",
                         help="a trial's name to leave out (e.g. one the report marked busy)")
-    parser.add_argument("--out", type=Path, required=True, help="directory to write into")
-    args = parser.parse_args(argv)
-    try:
-        files = [(str(path.parent.name or path), read_trials(path)) for path in args.trials]
-        if len({name for name, _ in files}) < len(files):
-            files = [(str(path), rows) for path, (_, rows) in zip(args.trials, files,
-                                                                  strict=True)]
-        lines = join(files, args.leave_out)
-        if len(lines) < 3:
-            raise JoinError(f"{len(lines)} torch line(s) with ok trials: a series needs 3")
-        write(lines, [name for name, _ in files], args.out, args.trials, args.leave_out)
-    except JoinError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"{prog}: error: cannot write {args.out}: {error.strerror}", file=sys.stderr)
-        return 2
-    print(f"{len(lines)} torch lines from {len(files)} sweeps -> {args.out / 'join.md'}")
+    parser.add_argument("--out", required=True, help="directory to write into")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m analysis.join") -> int:
+    return run_command(prog, lambda: _main(sys.argv[1:] if argv is None else list(argv),
+                                           prog))
+
+
+def _main(argv: list[str], prog: str) -> int:
+    args = build_parser(prog).parse_args(argv)
+    # Where the files go is checked before anything is read (a file, an empty name).
+    out = validate.output_dir(args.out, "--out")
+    paths = [trials_file(path) for path in args.trials]
+    contents = [read_bytes(path) for path in paths]
+    check_distinct(args.trials, paths, contents)
+    files = [(str(path.parent.name or path), read_trials(path, content))
+             for path, content in zip(paths, contents, strict=True)]
+    if len({name for name, _ in files}) < len(files):
+        files = [(str(path), rows) for path, (_, rows) in zip(paths, files, strict=True)]
+    check_leave_out(files, args.leave_out)
+    lines = join(files, args.leave_out)
+    if len(lines) < 3:
+        raise JoinError(f"{len(lines)} torch line(s) with ok trials: a series needs 3")
+    write(lines, [name for name, _ in files], out, args.trials, args.leave_out)
+    print(f"{len(lines)} torch lines from {len(files)} sweeps -> {out / 'join.md'}")
     return 0
 
 
@@ -242,17 +321,16 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
                               reading(step.ratio, step.noise, crosses, low, high,
                                       sweeps.index(after) > sweeps.index(before))])
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "plots").mkdir(exist_ok=True)
-    _csv(out / "drift.csv", ["metric", "variant", "image", "first_sweep", "later_sweep",
-                             "ratio_later_over_first"], drift)
-    _csv(out / "steps.csv", ["metric", "variant", "before", "after", "ratio", "noise",
-                             "sweeps", "drift_low", "drift_high", "reading"], step_rows)
-    _csv(out / "lines.csv", ["image", "sweep", "metric", "variant", "repeats", "median",
-                             "low", "high"],
-         [[line.image, line.source[key], key[0], key[1], len(values), statistics.median(values),
-           min(values), max(values)] for line in lines
-          for key, values in sorted(line.values.items())])
+    files: dict[str, bytes] = {}  # path in out -> its content
+    files["drift.csv"] = _csv(["metric", "variant", "image", "first_sweep", "later_sweep",
+                               "ratio_later_over_first"], drift)
+    files["steps.csv"] = _csv(["metric", "variant", "before", "after", "ratio", "noise",
+                               "sweeps", "drift_low", "drift_high", "reading"], step_rows)
+    files["lines.csv"] = _csv(
+        ["image", "sweep", "metric", "variant", "repeats", "median", "low", "high"],
+        [[line.image, line.source[key], key[0], key[1], len(values), statistics.median(values),
+          min(values), max(values)] for line in lines
+         for key, values in sorted(line.values.items())])
 
     images = [line.image for line in lines]
     # A line measured in a later sweep than the first is marked on the axis: steps next to
@@ -274,9 +352,9 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
                             if values else plots.Bar(None))
             series[key[1].rsplit(" ", 1)[-1] if metric == "ms per batch" else key[1]] = bars
         name = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{title} {metric}").strip("_") + ".png"
-        (out / "plots" / name).write_bytes(plots.lines_across_versions(
+        files[f"plots/{name}"] = plots.lines_across_versions(
             f"{title}: {metric}, {len(images)} torch lines (†: measured in a later sweep)",
-            labels, series, ylabel=f"{metric} (median, min-max of repeats)"))
+            labels, series, ylabel=f"{metric} (median, min-max of repeats)")
         figures.append(name)
 
     md = ["# The torch lines of several sweeps, joined", "",
@@ -341,14 +419,20 @@ def write(lines: Sequence[Line], sweeps: Sequence[str], out: Path,
             cells.append(_fmt(statistics.median(values)) if values else "-")
         md.append(f"| {key[1]} ({key[0]}) | " + " | ".join(cells) + " |")
     md += ["", "## Figures", ""] + [f"![{name}](plots/{name})" for name in figures]
-    (out / "join.md").write_text("\n".join(md) + "\n")
+    files["join.md"] = ("\n".join(md) + "\n").encode("utf-8")
+    # Moved into out together once all are written (analysis/output.py): a failure part-way
+    # leaves out as it was, and out's other files are kept.
+    with staged_output(out) as stage:
+        for name, content in files.items():
+            stage.file(name).write_bytes(content)
 
 
-def _csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+def _csv(header: list[str], rows: list[list]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
 
 
 if __name__ == "__main__":

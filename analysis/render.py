@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analysis.output import staged_output
+
 # The formats a report can be written in, as --format names them.
 FORMATS = ("md", "html", "csv")
 
@@ -294,32 +296,27 @@ def figures(report: Report) -> list[Figure]:
 
 
 def write_report(report: Report, out_dir: Path, formats: Sequence[str]) -> list[Path]:
-    """Write the report in ``formats`` under ``out_dir``; return the files written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    if "md" in formats:
-        plots = out_dir / PLOTS_DIR
-        plots.mkdir(exist_ok=True)
-        current = {figure.filename for figure in figures(report)}
-        for stale in plots.glob("*.png"):
-            # Figures of an earlier report written here would sit beside this one's and
-            # read as part of it.
-            if stale.name not in current:
-                stale.unlink()
-        for figure in figures(report):
-            path = plots / figure.filename
-            path.write_bytes(figure.data())
-            written.append(path)
-        path = out_dir / "report.md"
-        path.write_text(render_markdown(report), encoding="utf-8")
-        written.append(path)
-    if "html" in formats:
-        path = out_dir / "report.html"
-        path.write_text(render_html(report), encoding="utf-8")
-        written.append(path)
-    if "csv" in formats:
-        for table in report.csv_tables:
-            path = out_dir / f"{table.name}.csv"
-            path.write_text(render_csv(table), encoding="utf-8")
-            written.append(path)
-    return written
+    """Write the report in ``formats`` under ``out_dir``; return the files written.
+
+    All of them move in together once written (analysis/output.py): a failure leaves
+    ``out_dir`` as it was, and its other files (a README beside the report) are kept.
+    """
+    with staged_output(out_dir) as stage:
+        if "md" in formats:
+            current = {figure.filename for figure in figures(report)}
+            plots = out_dir / PLOTS_DIR
+            if plots.is_dir():
+                # Figures of an earlier report written here would sit beside this one's and
+                # read as part of it.
+                for stale in plots.glob("*.png"):
+                    if stale.name not in current and (stale.is_file() or stale.is_symlink()):
+                        stage.discard(Path(PLOTS_DIR) / stale.name)
+            for figure in figures(report):
+                stage.file(Path(PLOTS_DIR) / figure.filename).write_bytes(figure.data())
+            stage.file("report.md").write_text(render_markdown(report), encoding="utf-8")
+        if "html" in formats:
+            stage.file("report.html").write_text(render_html(report), encoding="utf-8")
+        if "csv" in formats:
+            for table in report.csv_tables:
+                stage.file(f"{table.name}.csv").write_text(render_csv(table), encoding="utf-8")
+    return stage.written

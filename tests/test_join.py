@@ -4,6 +4,7 @@ drift between the sweeps measured on the lines they share."""
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +33,10 @@ def trials(path: Path, lines: dict[str, float], *, noise=(0.99, 1.0, 1.01),
     return path
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis.join", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis.join", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_anchor_lines_give_the_drift_and_steps_across_sweeps_are_marked(tmp_path):
@@ -170,6 +172,11 @@ def test_a_step_within_one_sweep_is_marked_within_and_left_out_trials_stay_out(t
      "names no torch version"),
     (lambda p: trials(p / "y" / "trials.csv", {"torch-1.0.1-cu100": 1.0}),
      "a series needs 3"),
+    # A PNG (or any file not UTF-8) given by mistake: said, not a UnicodeDecodeError.
+    (lambda p: (p / "plot.png", (p / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\xff"))[0],
+     "plot.png: not a report's trials.csv (not UTF-8 text: byte 0x89 at offset 0)"),
+    (lambda p: (p / "report", (p / "report").mkdir())[0],
+     "report: a folder with no trials.csv in it"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, make, message):
     path = make(tmp_path)
@@ -197,3 +204,105 @@ def test_release_order_is_numeric_not_alphabetic():
               "torch-1.13.1-cu116"]
     assert sorted(images, key=join.release_key) == [
         "torch-1.2.0-cu100", "torch-1.10.0-cu113", "torch-1.13.1-cu116", "torch-2.0.1-cu117"]
+
+
+LINES = {"torch-1.0.1-cu100": 100.0, "torch-1.2.0-cu100": 100.0, "torch-1.4.0-cu101": 50.0}
+
+
+def one_error_line(done: subprocess.CompletedProcess, says: str) -> None:
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.startswith("python -m analysis.join: error: "), done.stderr
+    assert done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
+
+
+def test_a_report_folder_is_taken_for_its_trials_csv(tmp_path):
+    trials(tmp_path / "part-1" / "trials.csv", LINES)
+    done = run(str(tmp_path / "part-1"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "3 torch lines from 1 sweeps" in done.stdout
+    assert [r["sweep"] for r in csv.DictReader((tmp_path / "out" / "lines.csv").open())] == [
+        "part-1"] * 3
+
+
+@pytest.mark.parametrize("second", ["same path", "folder of it", "a copy"])
+def test_one_sweep_given_twice_is_refused(tmp_path, second):
+    first = trials(tmp_path / "a" / "trials.csv", LINES)
+    other = {"same path": first, "folder of it": first.parent,
+             "a copy": tmp_path / "b" / "trials.csv"}[second]
+    if second == "a copy":
+        other.parent.mkdir()
+        other.write_bytes(first.read_bytes())
+    done = run(str(first), str(other), "--out", str(tmp_path / "out"))
+    one_error_line(done, "give each sweep's trials.csv once")
+    assert ("same content" in done.stderr) == (second == "a copy")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_leave_out_that_names_no_trial_is_refused_with_the_names_to_use(tmp_path):
+    path = trials(tmp_path / "a" / "trials.csv", LINES)
+    done = run(str(path), "--leave-out", "nosuch", "--out", str(tmp_path / "out"))
+    one_error_line(done, "--leave-out 'nosuch' is no trial of these files; the trials' names "
+                         "are the `name` column of trials.csv, e.g. 'rnn_bench 1x320 cudnn @ ")
+    typo = run(str(path), "--leave-out", "rnn_bench 1x320 cudnn @ torch-1.2.0-cu100 #7",
+               "--out", str(tmp_path / "out"))
+    one_error_line(typo, "did you mean 'rnn_bench 1x320 cudnn @ torch-1.2.0-cu100 #")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_out_is_refused_before_anything_is_read(tmp_path):
+    path = trials(tmp_path / "a" / "trials.csv", LINES)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    # Run from tmp_path: an empty --out must not mean "loose in the working directory".
+    one_error_line(run(str(path), "--out", "", cwd=tmp_path), "--out '': is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    (tmp_path / "afile").write_text("mine\n")
+    # The input is missing too: --out, checked first, is what the line is about.
+    done = run("missing.csv", "--out", "afile", cwd=tmp_path)
+    one_error_line(done, "--out 'afile': is an existing file; give a directory")
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("args, says", [
+    ([], "the following arguments are required: trials, --out"),
+    (["x.csv"], "the following arguments are required: --out"),
+    (["x.csv", "--out", "o", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+])
+def test_usage_errors_are_one_line_with_where_to_find_help(tmp_path, args, says):
+    done = run(*args, cwd=tmp_path)
+    one_error_line(done, says)
+    assert "(see python -m analysis.join --help)" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` (hidden ones too): a file's bytes, None for a folder."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("blocker", ["join.md", "plots"])
+def test_a_join_that_cannot_be_written_whole_leaves_out_as_it_was(tmp_path, blocker):
+    path = trials(tmp_path / "a" / "trials.csv", LINES)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("mine\n")
+    (out / "drift.csv").write_text("an earlier join's\n")
+    if blocker == "plots":  # a file where the figures' folder goes
+        (out / "plots").write_text("not a folder\n")
+    else:  # a folder where join.md, the last file written, goes
+        (out / blocker).mkdir()
+    before = _tree(out)
+    done = run(str(path), "--out", str(out))
+    one_error_line(done, f"{blocker}: it is a f")
+    assert "Traceback" not in done.stderr
+    assert _tree(out) == before  # no CSV, no figure moved in, drift.csv not replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "out"]  # no staging left
+
+    (out / blocker).unlink() if blocker == "plots" else (out / blocker).rmdir()
+    done = run(str(path), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    after = _tree(out)
+    assert after["README.md"] == b"mine\n" and after["drift.csv"].startswith(b"metric,")
+    assert {"join.md", "steps.csv", "lines.csv"} <= set(after)
+    assert any(name.startswith("plots/") and name.endswith(".png") for name in after)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "out"]
