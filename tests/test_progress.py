@@ -8,6 +8,7 @@ import time
 import pytest
 
 from sweeps import progress
+from sweeps.errors import UserError
 from sweeps.progress import Progress, format_bytes, format_seconds, format_transfer, heartbeat
 
 MB = 2**20
@@ -141,7 +142,14 @@ def test_lines_are_plain_lines_and_a_failing_say_never_fails_the_step(clock):
 def test_the_interval_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(progress.EVERY_S_VAR, "0.5")
     assert Progress("x").every == 0.5 and Progress("x").heartbeat_s == 1.5
-    monkeypatch.setenv(progress.EVERY_S_VAR, "soon")
+    # A pace that is no number of seconds is one line, not passed over for the default
+    # (the run checks it before anything starts: tests/test_bad_input.py).
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv(progress.EVERY_S_VAR, bad)
+        with pytest.raises(UserError, match=f"^{progress.EVERY_S_VAR}='{bad}' is not a "
+                                            r"number of seconds \(0 or more\)"):
+            Progress("x")
+    monkeypatch.setenv(progress.EVERY_S_VAR, " ")
     assert Progress("x").every == progress.EVERY_S
     monkeypatch.delenv(progress.EVERY_S_VAR)
     assert Progress("x").every == progress.EVERY_S
