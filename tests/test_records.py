@@ -605,6 +605,10 @@ def test_a_store_that_cannot_open_is_one_line_in_seconds_not_mlflows_retries(tmp
         "sqlite:////proc/versweep-test.db": "cannot open the SQLite store",
         "mysql://u@127.0.0.1:1/db": "database driver 'MySQLdb' is not installed",
         database: "cannot reach the database of MLflow store",
+        "sqlite:////dev/null": "/dev/null is not a regular file",
+        # A Unix socket where no PostgreSQL listens: checked too, not MLflow's retries.
+        f"postgresql+psycopg2://u@/db?host={tmp_path}": "no PostgreSQL socket "
+                                                       f"{tmp_path}/.s.PGSQL.5432",
     }
     for uri, expected in cases.items():
         started = time.monotonic()

@@ -462,9 +462,12 @@ def _check_sqlite(db: Path) -> None:
             head = handle.read(len(_SQLITE_HEADER))
     except FileNotFoundError:
         head = b""
+    if db.exists() and not db.is_file():
+        raise UserError(f"{db} is not a regular file (a device, a socket or a pipe); name the "
+                        "SQLite file of an MLflow store, e.g. sqlite:///mlflow.db")
     if head and head != _SQLITE_HEADER:
-        raise UserError(f"{db} is not a SQLite database (an MLflow store's .db file); "
-                        "give the store's .db, or a new path for a new store")
+        raise UserError(f"{db} is not a SQLite database; name the .db file of an MLflow "
+                        "store (a sweep makes one where none is)")
     try:
         connection = sqlite3.connect(str(db), timeout=30)
         try:
@@ -472,8 +475,8 @@ def _check_sqlite(db: Path) -> None:
         finally:
             connection.close()
     except sqlite3.Error as error:
-        raise UserError(f"cannot open the SQLite store {db} ({error}); give a path in a "
-                        "folder this user can write, e.g. sqlite:///mlflow.db") from None
+        raise UserError(f"cannot open the SQLite store {db} ({error}); check that it is an "
+                        "MLflow store's .db and that this user may write its folder") from None
 
 
 def _check_database(tracking_uri: str) -> None:
@@ -488,15 +491,30 @@ def _check_database(tracking_uri: str) -> None:
         url = make_url(tracking_uri)
         url.get_dialect().import_dbapi()
     except ModuleNotFoundError as error:
+        hint = (" (postgresql:// means psycopg 3: pip install 'psycopg[binary]'; or name an "
+                "installed driver, e.g. postgresql+psycopg2://)"
+                if url.get_backend_name() == "postgresql" else
+                " (or name an installed driver in the URI's scheme, e.g. mysql+pymysql://)")
         raise UserError(
             f"MLflow store {shown}: its database driver '{error.name}' is not installed "
-            "here; install it (postgresql:// means psycopg 3: pip install 'psycopg[binary]') "
-            "or name an installed driver in the URI, e.g. postgresql+psycopg2://") from None
+            f"here; install it into this environment{hint}") from None
     except (ArgumentError, NoSuchModuleError) as error:
         raise UserError(f"MLflow store {shown}: {_first_line(error)}") from None
     port = url.port or _DATABASE_PORTS.get(url.get_backend_name())
+    socket_dir = url.query.get("host") if not url.host else None
+    if url.get_backend_name() == "postgresql" and (not url.host or url.host.startswith("/")):
+        # A Unix socket: libpq's .s.PGSQL.<port> in the host folder (Debian's, else /tmp).
+        folders = [url.host or socket_dir] if (url.host or socket_dir) else [
+            "/var/run/postgresql", "/tmp"]
+        sockets = [Path(str(folder)) / f".s.PGSQL.{port}" for folder in folders]
+        if not any(path.exists() for path in sockets):
+            raise StoreUnreachable(
+                f"cannot reach the database of MLflow store {shown}: no PostgreSQL socket "
+                f"{' or '.join(map(str, sockets))}; start it, or name its host:port in "
+                "--tracking-uri / MLFLOW_TRACKING_URI")
+        return
     if not url.host or url.host.startswith("/") or port is None:
-        return  # a Unix socket: the driver decides
+        return  # another database's Unix socket: its driver decides
     try:
         socket.create_connection((url.host, port), timeout=10).close()
     except OSError as error:
