@@ -157,6 +157,19 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _checked_settings(prog: str) -> int:
+    """0, or EXIT_USER_ERROR after one line, for a setting every command reads as it works
+    ($VERSWEEP_PROGRESS_EVERY_S): refused before a command makes or fetches anything."""
+    from sweeps.progress import every_s
+
+    try:
+        every_s()
+    except UserError as exc:
+        sys.stderr.write(f"{prog}: error: {one_line(exc)}\n")
+        return EXIT_USER_ERROR
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, *, script: str | None = None) -> int:
     """Dispatch ``argv`` to its command; return the exit code.
 
@@ -167,7 +180,7 @@ def main(argv: Sequence[str] | None = None, *, script: str | None = None) -> int
     argv = list(sys.argv[1:] if argv is None else argv)
     if script is not None:
         _, command_main, prog = COMMANDS[script]
-        return command_main(argv, prog)
+        return _checked_settings(prog) or command_main(argv, prog)
     if not argv:
         sys.stderr.write(usage() + "\n")
         return EXIT_USER_ERROR
@@ -176,9 +189,12 @@ def main(argv: Sequence[str] | None = None, *, script: str | None = None) -> int
         return EXIT_OK
     if argv[0] in COMMANDS:
         name, rest = argv[0], argv[1:]
-        return COMMANDS[name][1](rest, f"versweep {name}")
+        prog = f"versweep {name}"
+        # `versweep run`'s lines say "versweep: error:", as `versweep --grid` does.
+        return (_checked_settings("versweep" if name == "run" else prog)
+                or COMMANDS[name][1](rest, prog))
     if argv[0].startswith("-"):  # `versweep --grid smoke`: the sweep, as it always was
-        return _run(argv, "versweep")
+        return _checked_settings("versweep") or _run(argv, "versweep")
     sys.stderr.write(f"versweep: error: '{argv[0]}' is not a command; one of "
                      f"{', '.join(COMMANDS)} (see versweep --help)\n")
     return EXIT_USER_ERROR

@@ -97,10 +97,10 @@ def download_file(url: str, target: Path, blob_id: str, timeout: float = 60.0,
     and the target is left as it was. Progress lines (``say``) name the file; the
     returned Progress has the bytes and the time, for the caller's final line.
     """
+    progress = Progress(target.name, say)  # before the temporary file: it may refuse
     descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
                                              dir=target.parent)
     temporary_path = Path(temporary)
-    progress = Progress(target.name, say)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             _fetch_to(url, handle, timeout, progress)

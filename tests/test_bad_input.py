@@ -224,9 +224,14 @@ def test_num_cpus_with_a_cluster_to_join_is_one_line_not_ignored(place, capsys,
 @pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
 def test_a_bad_progress_pace_is_one_line_not_passed_over(place, capsys, monkeypatch, value):
     monkeypatch.setenv("VERSWEEP_PROGRESS_EVERY_S", value)
-    line = refused(["run", "--grid", "smoke"], place, capsys)
-    assert line == (f"versweep: error: VERSWEEP_PROGRESS_EVERY_S={value!r} is not a number "
-                    "of seconds (0 or more); set it to e.g. 5, or unset it")
+    monkeypatch.setenv("VERSWEEP_ENVS_DIR", str(place / "envs"))
+    said = (f"error: VERSWEEP_PROGRESS_EVERY_S={value!r} is not a number of seconds (0 or "
+            "more); set it to e.g. 5, or unset it")
+    assert refused(["run", "--grid", "smoke"], place, capsys) == f"versweep: {said}"
+    # Every command that shows progress: refused before it makes or fetches anything.
+    for args in (["envs", "build", "torch-2.13.0-cpu"],
+                 ["datasets", "ptb", "--dest", "ptb", "--base-url", "http://127.0.0.1:1/"]):
+        assert refused(args, place, capsys) == f"versweep {args[0]}: {said}"
 
 
 def test_an_address_where_nothing_listens_leaves_no_store(place, capsys):

@@ -401,7 +401,25 @@ def test_a_prune_with_a_mistaken_budget_or_folder_touches_nothing(tmp_path, monk
         assert err == (f"versweep envs: error: the environments folder {afile} is a file, "
                        "not a folder; set VERSWEEP_ENVS_DIR to a folder (or unset it for "
                        "~/.cache/versweep/envs)\n"), args
+    below = afile / "sub"
+    for args in (["list"], ["prune"], ["build", VENV_IMAGE]):
+        code, out, err = envs_command(args, monkeypatch, capsys, below,
+                                      VERSWEEP_ENVS_BUDGET="40g")
+        assert (code, out) == (2, ""), (args, out, err)
+        assert err.startswith(f"versweep envs: error: the environments folder {below} is "
+                              f"below the file {afile}, not a folder;"), (args, err)
     assert afile.read_text() == "mine\n"
+    # A build with a budget under one environment: one line before anything is planned,
+    # printed or made; a prune of a folder never made: nothing to do, nothing made.
+    fresh = tmp_path / "fresh"
+    code, out, err = envs_command(["build", VENV_IMAGE], monkeypatch, capsys, fresh,
+                                  VERSWEEP_ENVS_BUDGET="0")
+    assert (code, out) == (2, "") and err.count("\n") == 1, (out, err)
+    code, out, err = envs_command(["prune"], monkeypatch, capsys, fresh,
+                                  VERSWEEP_ENVS_BUDGET="40g")
+    assert (code, out, err) == (0, "deleted 0 (0 B); kept 0 environment(s), 0 B of "
+                                   "VERSWEEP_ENVS_BUDGET=40g\n", "")
+    assert not fresh.exists()
 
 
 def test_the_least_recently_used_environment_not_in_use_is_evicted(tmp_path):

@@ -81,6 +81,7 @@ def do_build(store: EnvStore, images: list[Image], out, live: Say | None = None)
     """
     if not images:
         raise UserError("nothing to build: name matrix entries, all / cuda / cpu, or --grid")
+    store.check_budget()  # before anything is planned, printed or made
     _ = store.uv  # one line at once where uv is missing
     store.check_writable()
     counts = {"built": 0, "there": 0, "cannot": 0, "failed": 0}

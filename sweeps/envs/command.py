@@ -131,7 +131,9 @@ def do_list(store: EnvStore, images: list[Image], out) -> int:
 def do_prune(store: EnvStore, everything: bool, out) -> int:
     if not everything:
         store.check_budget()  # a mistyped budget would evict every environment not in use
-    removed = store.prune(everything=everything, progress=lambda line: print(line, file=out))
+    # A folder never made holds nothing to delete: it is not made (nor locked) to find that.
+    removed = (store.prune(everything=everything, progress=lambda line: print(line, file=out))
+               if store.root.is_dir() else [])
     kept = [s for s in store.states() if s.problem is None]
     size = sum(int((s.marker or {}).get("size_bytes", 0)) for s in kept)
     busy = sum(1 for s in store.states() if s.in_use)

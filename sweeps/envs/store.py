@@ -349,8 +349,12 @@ class EnvStore:
             raise ValueError(f"builder must be 'auto' or 'pip', not {builder!r}")
         self.builder = builder
         self.root = Path(root).absolute() if root is not None else envs_dir()
-        if self.root.exists() and not self.root.is_dir():
-            raise UserError(f"the environments folder {self.root} is a file, not a folder; "
+        # The folder, or the nearest of its parents that exists, must be a folder.
+        there = next((path for path in (self.root, *self.root.parents) if path.exists()),
+                     None)
+        if there is not None and not there.is_dir():
+            where = "is a file" if there == self.root else f"is below the file {there}"
+            raise UserError(f"the environments folder {self.root} {where}, not a folder; "
                             f"set {ENVS_DIR_VAR} to a folder (or unset it for "
                             "~/.cache/versweep/envs)")
         if budget is None:

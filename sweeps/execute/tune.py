@@ -595,7 +595,7 @@ def _check_reachable(address: str) -> None:
     except OSError as exc:
         raise UserError(f"cannot join the Ray cluster at {address}: nothing answers there "
                         f"({exc.strerror or exc}); start it with `ray start --head` or fix "
-                        "--address") from None
+                        "--address (or $RAY_ADDRESS, where that named it)") from None
 
 
 class _NoRestoreHint(logging.Filter):
