@@ -159,7 +159,10 @@ def usage() -> str:
 
 def _checked_settings(prog: str) -> int:
     """0, or EXIT_USER_ERROR after one line, for a setting every command reads as it works
-    ($VERSWEEP_PROGRESS_EVERY_S): refused before a command makes or fetches anything."""
+    ($VERSWEEP_PROGRESS_EVERY_S): refused before a command makes or fetches anything.
+    A sweep checks it in run_sweep itself (a scheduled job calls that, not this)."""
+    if prog in ("versweep", "versweep run"):
+        return 0
     from sweeps.progress import every_s
 
     try:
@@ -190,11 +193,9 @@ def main(argv: Sequence[str] | None = None, *, script: str | None = None) -> int
     if argv[0] in COMMANDS:
         name, rest = argv[0], argv[1:]
         prog = f"versweep {name}"
-        # `versweep run`'s lines say "versweep: error:", as `versweep --grid` does.
-        return (_checked_settings("versweep" if name == "run" else prog)
-                or COMMANDS[name][1](rest, prog))
+        return _checked_settings(prog) or COMMANDS[name][1](rest, prog)
     if argv[0].startswith("-"):  # `versweep --grid smoke`: the sweep, as it always was
-        return _checked_settings("versweep") or _run(argv, "versweep")
+        return _run(argv, "versweep")
     sys.stderr.write(f"versweep: error: '{argv[0]}' is not a command; one of "
                      f"{', '.join(COMMANDS)} (see versweep --help)\n")
     return EXIT_USER_ERROR
